@@ -1,0 +1,3 @@
+from stepdrop_search.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""Discrete DDPM noise schedules: linear (Ho et al.) and cosine (Nichol & Dhariwal).
+
+A schedule is a small immutable value (kind, T, parameters). Everything else — β, ᾱ, σ, log-SNR — is
+derived from it, so a checkpoint or a policy file only needs to store :meth:`NoiseSchedule.to_dict`
+and can be checked against another one with :attr:`NoiseSchedule.hash`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import torch
+
+from stepdrop_search.errors import UserError
+
+SCHEDULE_KINDS = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """β_t for t = 0..T-1 and its derived views, all as float64 CPU tensors.
+
+    ``beta_start``/``beta_end`` only matter for ``linear``; ``cosine_s`` only for ``cosine``.
+    """
+
+    kind: str = "linear"
+    T: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise UserError(f"unknown noise schedule {self.kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
+        if not isinstance(self.T, int) or self.T < 2:
+            raise UserError(f"noise schedule T must be an integer ≥ 2, got {self.T!r}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise UserError("noise schedule needs 0 < beta_start < beta_end < 1")
+
+    @cached_property
+    def betas(self) -> torch.Tensor:
+        if self.kind == "linear":
+            return torch.linspace(self.beta_start, self.beta_end, self.T, dtype=torch.float64)
+        # Nichol & Dhariwal: ᾱ(t) = f(t)/f(0), f(t) = cos²(((t/T)+s)/(1+s)·π/2); β clipped at 0.999.
+        steps = torch.arange(self.T + 1, dtype=torch.float64) / self.T
+        f = torch.cos((steps + self.cosine_s) / (1 + self.cosine_s) * math.pi / 2) ** 2
+        return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+    @cached_property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.betas
+
+    @cached_property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t = Π_{s≤t} (1 − β_s)."""
+        return torch.cumprod(self.alphas, dim=0)
+
+    @cached_property
+    def sigmas(self) -> torch.Tensor:
+        """EDM-style noise level σ_t = √((1 − ᾱ_t)/ᾱ_t) (the x/√ᾱ parameterisation)."""
+        a = self.alphas_cumprod
+        return ((1 - a) / a).sqrt()
+
+    @cached_property
+    def log_snr(self) -> torch.Tensor:
+        """λ_t = log(ᾱ_t / (1 − ᾱ_t)), strictly decreasing in t."""
+        a = self.alphas_cumprod
+        return torch.log(a) - torch.log1p(-a)
+
+    def skip_alphas_cumprod(self, skip: int) -> torch.Tensor:
+        """ᾱ_skip^t = Π_{s=t−skip+1..t} α_s (S2-DMs' α_skip), truncated at s = 0 for small t."""
+        log_alpha = torch.log(self.alphas)
+        csum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(log_alpha, 0)])
+        t = torch.arange(self.T)
+        lower = (t - skip + 1).clamp(min=0)
+        return torch.exp(csum[t + 1] - csum[lower])
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if self.kind == "linear":
+            data.pop("cosine_s")
+        else:
+            data.pop("beta_start")
+            data.pop("beta_end")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NoiseSchedule:
+        if not isinstance(data, dict):
+            raise UserError(f"noise schedule must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {"kind", "T", "beta_start", "beta_end", "cosine_s"}
+        if unknown:
+            raise UserError(f"noise schedule has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    @cached_property
+    def hash(self) -> str:
+        """Stable short hash of the defining parameters (not of floating-point tensors)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
