@@ -34,6 +34,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,8 +56,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, disallowed global: all "not ours"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable stepdrop-search checkpoint (truncated or another format: {reason[:120]})") from None
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            reason = "it holds Python objects besides tensors and plain data, which are refused for safety"
+        else:
+            reason = text.splitlines()[0][:120] if text else type(exc).__name__
+        raise UserError(f"{path} is not a readable stepdrop-search checkpoint (truncated or another format: {reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a stepdrop-search checkpoint (no '{FORMAT}' header); pass a file written by `stepdrop-search train`")
     if payload.get("version") != VERSION:

@@ -7,6 +7,7 @@ from anywhere below becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -17,10 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from stepdrop_search.errors import UserError
+from stepdrop_search.policies.io import PolicyDocument
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the best way to sample a diffusion model with few network evaluations.")
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 
@@ -139,33 +141,145 @@ def models(
     console.print(table)
 
 
+def parse_params(items: list[str] | None) -> dict:
+    """--param key=value (repeatable); values are read as JSON (numbers, lists, true/false), else text."""
+    params = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--param {item!r} is not key=value")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
+                   schedule) -> PolicyDocument:
+    """A policy file (validated against the model's schedule) or a built-in KIND built for that schedule."""
+    from stepdrop_search.diffusion.solvers import SolverSpec
+    from stepdrop_search.policies import POLICIES, load_policy, policy_class
+
+    if spec not in POLICIES and (spec.endswith(".json") or Path(spec).exists()):
+        doc = load_policy(spec, schedule)
+        if nfe is not None and nfe != doc.policy.nfe:
+            raise UserError(f"{spec} has nfe {doc.policy.nfe}; drop --nfe or export a new policy")
+        if params:
+            raise UserError("--param applies to a policy KIND, not to a policy file")
+        if solver is None and eta is None:
+            return doc
+        return PolicyDocument(doc.policy, SolverSpec(solver or doc.solver.name, doc.solver.eta if eta is None else eta),
+                              doc.provenance)
+    policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=schedule)
+    return PolicyDocument(policy, SolverSpec(solver or "ddim", eta or 0.0))
+
+
+PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
+NfeOption = Annotated[int | None, typer.Option(help="target NFE (expected NFE for stochastic kinds)")]
+ParamOption = Annotated[list[str] | None, typer.Option("--param", help="kind parameter key=value (repeatable)")]
+SolverOption = Annotated[str | None, typer.Option(help="ddim, ddpm (ancestral) or dpmpp-2m (default: the file's, else ddim)")]
+EtaOption = Annotated[float | None, typer.Option(help="DDIM η (0 = deterministic)")]
+ModelOption = Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")]
+
+
 @app.command()
 @user_errors_exit_2
 def sample(
-    model: Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")] = None,
-    nfe: Annotated[int, typer.Option(help="network evaluations (DDIM steps, trailing spacing)")] = 50,
+    policy: PolicyOption = "uniform",
+    nfe: NfeOption = None,
+    param: ParamOption = None,
+    solver: SolverOption = None,
+    eta: EtaOption = None,
+    model: ModelOption = None,
     n: Annotated[int, typer.Option(help="number of images")] = 64,
     seed: int = 0,
+    batch_size: int = 256,
+    calibrate: Annotated[bool, typer.Option(help="OSS amplitude calibration against a 100-step DDIM teacher")] = False,
     out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("samples.png"),
+    barcode: Annotated[Path | None, typer.Option(help="also write the barcode PNG of evaluated timesteps")] = None,
     device: str = "auto",
 ) -> None:
-    """Sample a grid of images with DDIM (η = 0)."""
-    import torch
-
+    """Sample a grid of images with any policy and solver; prints the measured NFE."""
     from stepdrop_search.checkpoint import load_model
-    from stepdrop_search.diffusion.sampler import ddim_sample, uniform_timesteps
-    from stepdrop_search.images import save_grid
-    from stepdrop_search.train import resolve_device
+    from stepdrop_search.devices import resolve_device
+    from stepdrop_search.diffusion.sampler import AmplitudeCalibration
+    from stepdrop_search.generation import amplitude_profile, generate
+    from stepdrop_search.images import save_barcode, save_grid
 
     loaded = load_model(model, device=resolve_device(device))
-    if not 1 <= nfe <= loaded.schedule.T:
-        raise UserError(f"--nfe must be between 1 and T={loaded.schedule.T}, got {nfe}")
-    cfg = loaded.config
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen).to(next(loaded.model.parameters()).device)
-    images = ddim_sample(loaded.model, loaded.schedule, x, uniform_timesteps(loaded.schedule.T, nfe))
-    save_grid(images, out)
-    console.print(f"wrote {out} ({n} images, NFE {nfe}, model {loaded.source})")
+    doc = resolve_policy(policy, nfe if nfe is not None else (None if policy.endswith(".json") else 50),
+                         param, solver, eta, loaded.schedule)
+    calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule)) if calibrate else None
+    result = generate(loaded.model, loaded.schedule, doc.policy, doc.solver, n=n, seed=seed, batch_size=batch_size,
+                      calibration=calibration)
+    save_grid(result.x0, out)
+    if barcode is not None:
+        save_barcode(result.evaluated, result.grid, loaded.schedule.T, barcode)
+    nfe_measured = result.nfe.float()
+    console.print(f"wrote {out}: {n} images, policy {doc.policy.kind}, solver {doc.solver.name}, measured NFE "
+                  f"{nfe_measured.mean():.2f} (min {int(nfe_measured.min())}, max {int(nfe_measured.max())}; "
+                  f"expected {doc.policy.expected_nfe():.2f})" + (f"; barcode {barcode}" if barcode else ""))
+
+
+policy_app = typer.Typer(no_args_is_help=True, help="List, show and export skip policies.")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("list")
+def policy_list() -> None:
+    """The built-in policy kinds and their parameters (with defaults)."""
+    from dataclasses import MISSING, fields
+
+    from stepdrop_search.policies import POLICIES
+
+    table = Table()
+    for column in ("kind", "type", "parameters (default)"):
+        table.add_column(column)
+    for kind, cls in sorted(POLICIES.items()):
+        params = [f"{f.name}={f.default if f.default is not MISSING else f.default_factory()}"
+                  for f in fields(cls) if f.name not in ("nfe", "schedule")]
+        table.add_row(kind, "static" if cls.static else "stochastic", ", ".join(params) or "-")
+    console.print(table)
+
+
+def _policy_document(policy: str, nfe, param, solver, eta, model) -> tuple[PolicyDocument, object]:
+    from stepdrop_search.checkpoint import load_model
+    from stepdrop_search.policies.io import provenance
+
+    loaded = load_model(model)
+    doc = resolve_policy(policy, nfe, param, solver, eta, loaded.schedule)
+    if not doc.provenance:
+        doc = PolicyDocument(doc.policy, doc.solver, provenance(command_line(), loaded.weights_hash))
+    return doc, loaded
+
+
+@policy_app.command("show")
+@user_errors_exit_2
+def policy_show(
+    policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
+    nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Print a policy as its JSON document (timesteps included for static kinds)."""
+    doc, _ = _policy_document(policy, nfe, param, solver, eta, model)
+    typer.echo(doc.to_json(), nl=False)
+
+
+@policy_app.command("export")
+@user_errors_exit_2
+def policy_export(
+    policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
+    out: Annotated[Path, typer.Option(help="JSON file to write")],
+    nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Write a policy file for the model's noise schedule (atomically)."""
+    from stepdrop_search.policies import save_policy
+
+    doc, loaded = _policy_document(policy, nfe, param, solver, eta, model)
+    save_policy(out, doc)
+    console.print(f"wrote {out} ({doc.policy.kind}, nfe {doc.policy.nfe}, schedule {doc.policy.schedule.hash})")
 
 
 def main() -> None:

@@ -21,3 +21,16 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     img = Image.fromarray(array[..., 0] if images.shape[1] == 1 else array)
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def save_barcode(evaluated: torch.Tensor, grid: torch.Tensor, T: int, path: str | Path, rows: int = 32) -> Path:
+    """StepDrop's "barcode": one row per sample, one column per timestep 0..T−1 (noise on the left),
+    white where the sample's network was evaluated."""
+    from PIL import Image
+
+    rows = min(rows, evaluated.shape[0])
+    bars = torch.zeros(rows, T, dtype=torch.uint8)
+    columns = (T - 1 - grid).long()
+    bars[:, columns] = evaluated[:rows].to(torch.uint8) * 255
+    img = Image.fromarray(bars.repeat_interleave(6, dim=0).numpy())
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from stepdrop_search.checkpoint import atomic_write, load_checkpoint, save_checkpoint, state_dict_hash
 from stepdrop_search.data import horizontal_flip_makes_sense, load_dataset
+from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.model import UNet, count_parameters, preset_config
@@ -63,16 +64,6 @@ class TrainConfig:
     @property
     def warmup(self) -> int:
         return max(1, min(200, self.steps // 10)) if self.warmup_steps is None else max(1, self.warmup_steps)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -240,7 +231,7 @@ def export_weights(checkpoint_path: str | Path, out: str | Path) -> dict:
         "noise_schedule_hash": saved["schedule_hash"],
         "weights_hash": state_dict_hash(saved["ema"]),
         "train_config": cfg,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     out = Path(out)
     save_checkpoint(out, {key: saved[key] for key in ("model_config", "schedule", "schedule_hash", "dataset")}

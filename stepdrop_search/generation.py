@@ -1,0 +1,63 @@
+"""Sampling a policy with common random numbers: the bridge between policies and the sampler.
+
+For a given seed every policy sees the same x_T (drawn on the CPU, so also across devices), the same
+coin-flip stream for its plan and the same solver-noise stream; differences between policies are then
+differences of the policies, not of the noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stepdrop_search.diffusion.sampler import AmplitudeCalibration, SampleResult, sample
+from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.errors import UserError
+from stepdrop_search.policies.base import Policy
+
+
+def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """x_T for sample indices 0..n−1 of ``seed``: the same tensor for every policy and device."""
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, solver: SolverSpec, *, n: int,
+             seed: int = 0, batch_size: int = 256, clamp: bool = True,
+             calibration: AmplitudeCalibration | None = None, x_T: torch.Tensor | None = None) -> SampleResult:
+    """Draw ``n`` samples of ``policy`` in batches; returns the concatenated :class:`SampleResult` (on CPU)."""
+    if policy.schedule.hash != schedule.hash:
+        raise UserError(f"the policy was made for noise schedule {policy.schedule.hash}, the model uses {schedule.hash}")
+    if n < 1 or batch_size < 1:
+        raise UserError("the number of samples and the batch size must be ≥ 1")
+    param = next(model.parameters())
+    cfg = model.config
+    if x_T is None:
+        x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+    plan_gen = torch.Generator().manual_seed(seed + 1)
+    noise_gen = torch.Generator(device=param.device).manual_seed(seed + 2)
+    parts = []
+    for start in range(0, n, batch_size):
+        x = x_T[start:start + batch_size].to(param.device, param.dtype)
+        plan = policy.plan(x.shape[0], plan_gen, solver.name)
+        parts.append(sample(model, schedule, x, plan, eta=solver.eta, clamp=clamp, generator=noise_gen,
+                            calibration=calibration))
+    return SampleResult(torch.cat([p.x0.cpu() for p in parts]), torch.cat([p.nfe.cpu() for p in parts]),
+                        torch.cat([p.evaluated.cpu() for p in parts]), parts[0].grid)
+
+
+def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int = 64, steps: int = 100,
+                      seed: int = 1234) -> torch.Tensor:
+    """Teacher 5%/95% quantile profile over t for OSS amplitude calibration: (T, 2), linearly interpolated
+    in t from the states of a ``steps``-step DDIM teacher run on ``n`` samples."""
+    from stepdrop_search.policies.kinds import Uniform
+
+    teacher = Uniform(nfe=steps, schedule=schedule)
+    cfg = model.config
+    x = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed).to(next(model.parameters()).device)
+    run = sample(model, schedule, x, teacher.plan(n), trajectory=True)
+    levels = torch.tensor([0.05, 0.95], device=x.device)
+    quantiles = torch.quantile(run.trajectory.flatten(2), levels, dim=2).mean(2).T.cpu().double()  # (L, 2)
+    t = run.grid.flip(0).double().numpy()
+    all_t = np.arange(schedule.T, dtype=np.float64)
+    return torch.from_numpy(np.stack([np.interp(all_t, t, quantiles.flip(0)[:, k].numpy()) for k in range(2)], 1)).float()

@@ -1,0 +1,129 @@
+"""The versioned JSON policy file (``"schema": 1``) and its one validator.
+
+A document holds the policy (kind, params, nfe, noise schedule + hash, timesteps when static), the
+solver it was made for, and provenance (model hash, command, date, objective values…). Loading checks
+everything and turns each problem into one :class:`UserError` line; saving is atomic.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stepdrop_search.checkpoint import atomic_write
+from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.errors import UserError
+from stepdrop_search.policies.base import Policy, policy_class, validate_timesteps
+
+SCHEMA = 1
+REQUIRED = ("schema", "kind", "params", "nfe", "solver", "noise_schedule", "noise_schedule_hash")
+
+
+@dataclass(frozen=True)
+class PolicyDocument:
+    policy: Policy
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    provenance: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        p = self.policy
+        doc = {
+            "schema": SCHEMA,
+            "kind": p.kind,
+            "params": {} if p.kind == "explicit" else p.params(),
+            "nfe": p.nfe,
+            "expected_nfe": round(p.expected_nfe(), 4),
+            "solver": self.solver.to_dict(),
+            "noise_schedule": p.schedule.to_dict(),
+            "noise_schedule_hash": p.schedule.hash,
+        }
+        if p.static:
+            doc["timesteps"] = p.timesteps().tolist()
+        doc["provenance"] = self.provenance
+        return doc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, doc, source: str = "policy") -> PolicyDocument:
+        if not isinstance(doc, dict):
+            raise UserError(f"{source}: a policy file must hold a JSON object, found {type(doc).__name__}")
+        missing = [k for k in REQUIRED if k not in doc]
+        if missing:
+            raise UserError(f"{source}: missing field(s) {', '.join(missing)}")
+        if doc["schema"] != SCHEMA:
+            raise UserError(f"{source}: schema {doc['schema']!r} is not supported (this version reads schema {SCHEMA})")
+        if not isinstance(doc["kind"], str):
+            raise UserError(f"{source}: kind must be a string")
+        kind_cls = policy_class(doc["kind"])
+        schedule = NoiseSchedule.from_dict(doc["noise_schedule"])
+        if doc["noise_schedule_hash"] != schedule.hash:
+            raise UserError(f"{source}: noise_schedule_hash {doc['noise_schedule_hash']!r} does not match its noise_schedule "
+                            f"({schedule.hash}); the file was edited or damaged")
+        nfe = doc["nfe"]
+        if nfe is not None and (not isinstance(nfe, int) or isinstance(nfe, bool)):
+            raise UserError(f"{source}: nfe must be an integer, got {nfe!r}")
+        solver_doc = doc["solver"]
+        if not isinstance(solver_doc, dict) or not isinstance(solver_doc.get("name"), str) \
+                or not isinstance(solver_doc.get("eta", 0.0), (int, float)):
+            raise UserError(f"{source}: solver must be an object like {{\"name\": \"ddim\", \"eta\": 0.0}}")
+        solver = SolverSpec(solver_doc["name"], float(solver_doc.get("eta", 0.0)))
+        provenance = doc.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise UserError(f"{source}: provenance must be a JSON object")
+
+        stored = None
+        if kind_cls.static:
+            if "timesteps" not in doc:
+                raise UserError(f"{source}: a static policy ({doc['kind']}) needs its timesteps")
+            stored = validate_timesteps(doc["timesteps"], schedule.T, source)
+            if nfe is not None and nfe != len(stored):
+                raise UserError(f"{source}: nfe {nfe} does not match the {len(stored)} timesteps")
+        params = doc["params"]
+        if doc["kind"] == "explicit":
+            if params not in ({}, None):
+                raise UserError(f"{source}: explicit policies keep their steps in 'timesteps', params must be empty")
+            params = {"steps": stored.tolist()}
+        try:
+            policy = kind_cls.from_params(params, nfe=nfe, schedule=schedule)
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+        if stored is not None and not policy.timesteps().equal(stored):
+            raise UserError(f"{source}: timesteps do not match the {policy.kind} policy's parameters; "
+                            "for a hand-edited list set \"kind\": \"explicit\"")
+        return cls(policy, solver, provenance)
+
+
+def save_policy(path: str | os.PathLike, document: PolicyDocument) -> Path:
+    text = document.to_json()
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def load_policy(path: str | os.PathLike, schedule: NoiseSchedule | None = None) -> PolicyDocument:
+    """Read and validate a policy file; with ``schedule``, also require it was made for that noise schedule."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"policy file {path} not found; export one with `stepdrop-search policy export KIND --nfe N --out FILE`")
+    try:
+        doc = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file; a policy file is JSON") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    document = PolicyDocument.from_dict(doc, str(path))
+    if schedule is not None and document.policy.schedule.hash != schedule.hash:
+        raise UserError(f"{path} was made for noise schedule {document.policy.schedule.hash} "
+                        f"({document.policy.schedule.kind}, T={document.policy.schedule.T}), but the model uses "
+                        f"{schedule.hash} ({schedule.kind}, T={schedule.T}); rebuild the policy for this model")
+    return document
+
+
+def provenance(command: str = "", model_hash: str | None = None, **extra) -> dict:
+    """Standard provenance fields; ``extra`` carries objective values, seeds, search details."""
+    return {"model_hash": model_hash, "command": command,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}

@@ -1,0 +1,320 @@
+"""Every built-in skip policy. Each class is a frozen dataclass whose fields are its JSON parameters.
+
+Conventions: timesteps run from noise to data (strictly decreasing); the first evaluated step is T−1
+unless a spacing says otherwise (``leading`` starts lower, as in DDIM's original code); the last
+evaluation jumps to x̂0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from stepdrop_search.diffusion.sampler import Plan
+from stepdrop_search.errors import UserError
+from stepdrop_search.policies.base import Policy, distinct_decreasing, policy_dataclass, register, validate_timesteps
+
+SPACINGS = ("leading", "trailing", "linspace")
+PROFILES = ("constant", "linear", "quadratic", "cosine2")
+
+
+def uniform_steps(T: int, n: int, spacing: str) -> torch.Tensor:
+    """DDIM's three spacings (the diffusers names): leading arange(n)·(T//n), trailing round(T − k·T/n) − 1,
+    linspace(T−1, 0, n). They differ in where the grid touches the ends, which moves FID noticeably."""
+    if spacing == "leading":
+        return torch.arange(n - 1, -1, -1, dtype=torch.long) * (T // n)
+    if spacing == "trailing":
+        return (T - torch.arange(n, dtype=torch.float64) * T / n).round().long() - 1
+    if spacing == "linspace":
+        return torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long()
+    raise UserError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+
+
+@policy_dataclass
+class _StaticPolicy(Policy):
+    """Static kinds need an NFE (the number of timesteps they return)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.nfe is None:
+            raise UserError(f"{self.kind}: an nfe (number of timesteps) is required")
+
+
+@register
+class Uniform(_StaticPolicy):
+    kind = "uniform"
+    spacing: str = "trailing"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.spacing not in SPACINGS:
+            raise UserError(f"uniform: unknown spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
+
+    def timesteps(self) -> torch.Tensor:
+        return uniform_steps(self.T, self.nfe, self.spacing)
+
+
+def _unit_ramp(n: int) -> torch.Tensor:
+    return torch.linspace(0, 1, n, dtype=torch.float64)
+
+
+@register
+class Quadratic(_StaticPolicy):
+    """t_i = (T−1)(1 − s_i)², s uniform in [0, 1]: steps crowd near the data end (StepDrop's code)."""
+
+    kind = "quadratic"
+
+    def timesteps(self) -> torch.Tensor:
+        return distinct_decreasing((self.T - 1) * (1 - _unit_ramp(self.nfe)) ** 2, self.T)
+
+
+@register
+class Cosine(_StaticPolicy):
+    """t_i = (T−1) cos²(π s_i / 2): dense near both ends, sparse in the middle."""
+
+    kind = "cosine"
+
+    def timesteps(self) -> torch.Tensor:
+        return distinct_decreasing((self.T - 1) * torch.cos(math.pi * _unit_ramp(self.nfe) / 2) ** 2, self.T)
+
+
+def _interp_timesteps(values: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
+    """Real-valued t where an increasing per-step ``curve`` takes ``values`` (linear interpolation)."""
+    return torch.from_numpy(np.interp(values.numpy(), curve.numpy(), np.arange(len(curve), dtype=np.float64)))
+
+
+@register
+class Karras(_StaticPolicy):
+    """EDM spacing: σ_i = (σ_max^{1/ρ} + s_i (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, mapped to the nearest t."""
+
+    kind = "karras"
+    rho: float = 7.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.rho > 0:
+            raise UserError("karras: rho must be > 0")
+
+    def timesteps(self) -> torch.Tensor:
+        log_sigma = self.schedule.sigmas.log()
+        lo, hi = self.schedule.sigmas[0] ** (1 / self.rho), self.schedule.sigmas[-1] ** (1 / self.rho)
+        sigma = (hi + _unit_ramp(self.nfe) * (lo - hi)) ** self.rho
+        return distinct_decreasing(_interp_timesteps(sigma.log(), log_sigma), self.T)
+
+
+@register
+class LogSNR(_StaticPolicy):
+    """Uniform in λ = log(ᾱ/(1−ᾱ)) between λ(T−1) and λ(0) (the DPM-Solver default)."""
+
+    kind = "logsnr"
+
+    def timesteps(self) -> torch.Tensor:
+        neg = -self.schedule.log_snr
+        values = neg[-1] + _unit_ramp(self.nfe) * (neg[0] - neg[-1])
+        return distinct_decreasing(_interp_timesteps(values, neg), self.T)
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+@register
+class Importance(_StaticPolicy):
+    """StepDrop's target-NFE heuristic: fractions of the NFE in the noisy band [hi, T), the middle
+    (lo, hi) and the data band [0, lo), each spread evenly, giving exactly NFE distinct steps
+    (StepDrop's linspace + set() produced 900/899, 101/100 and fewer steps than asked)."""
+
+    kind = "importance"
+    fractions: tuple[float, ...] = (0.3, 0.4, 0.3)
+    band_edges: tuple[int, ...] = (900, 100)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            raise UserError("importance: fractions must be three non-negative numbers (high, middle, low) summing to 1")
+        if len(self.band_edges) != 2 or not 0 < self.band_edges[1] < self.band_edges[0] < self.T:
+            raise UserError(f"importance: band_edges must be [high, low] with 0 < low < high < {self.T}")
+        hi_edge, lo_edge = (int(v) for v in self.band_edges)
+        counts = self.band_counts()
+        room = (self.T - hi_edge, hi_edge - lo_edge - 1, lo_edge)
+        for name, n, space in zip(("high", "middle", "low"), counts, room, strict=True):
+            if n > space:
+                raise UserError(f"importance: {n} steps do not fit the {name} band ({space} timesteps); "
+                                "lower nfe or change fractions/band_edges")
+
+    def band_counts(self) -> tuple[int, int, int]:
+        high = _round_half_up(self.fractions[0] * self.nfe)
+        low = min(_round_half_up(self.fractions[2] * self.nfe), self.nfe - high)
+        return high, self.nfe - high - low, low
+
+    def timesteps(self) -> torch.Tensor:
+        hi_edge, lo_edge = (int(v) for v in self.band_edges)
+        n_high, n_mid, n_low = self.band_counts()
+        high = torch.linspace(self.T - 1, hi_edge, n_high, dtype=torch.float64)
+        mid = hi_edge - torch.arange(1, n_mid + 1, dtype=torch.float64) * (hi_edge - lo_edge) / (n_mid + 1)
+        low = torch.linspace(lo_edge - 1, 0, n_low, dtype=torch.float64)
+        return distinct_decreasing(torch.cat([high, mid, low]), self.T)
+
+
+@register
+class Explicit(_StaticPolicy):
+    """A given list of timesteps (what DP and Optuna searches export)."""
+
+    kind = "explicit"
+    steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.nfe is None:
+            object.__setattr__(self, "nfe", len(self.steps))
+        super().__post_init__()
+        validate_timesteps(list(self.steps), self.T, "explicit")
+        if self.nfe != len(self.steps):
+            raise UserError(f"explicit: nfe {self.nfe} does not match the {len(self.steps)} timesteps")
+
+    def timesteps(self) -> torch.Tensor:
+        return torch.tensor(self.steps, dtype=torch.long)
+
+
+@register
+class SkippedStep(_StaticPolicy):
+    """Seed "skipped-step sampling": ancestral jumps of size m from T−1 while t > t_c, then the chosen
+    solver on an even grid from t_c down to 0 with the remaining NFE. ``m = None`` picks the size that
+    spends about half the NFE above t_c."""
+
+    kind = "skipped-step"
+    t_c: int = 600
+    m: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.t_c < self.T - 1:
+            raise UserError(f"skipped-step: t_c must be in [0, {self.T - 2}]")
+        if self.m is None:
+            object.__setattr__(self, "m", max(1, math.ceil((self.T - 1 - self.t_c) / max(1, self.nfe // 2))))
+        if self.m < 1:
+            raise UserError("skipped-step: m must be ≥ 1")
+        if self.nfe - self.jumps() < 1:
+            raise UserError(f"skipped-step: {self.jumps()} jumps of m={self.m} above t_c={self.t_c} leave no step "
+                            f"of the {self.nfe} below it; raise m or nfe, or lower t_c")
+
+    def jumps(self) -> int:
+        return math.ceil((self.T - 1 - self.t_c) / self.m)
+
+    def timesteps(self) -> torch.Tensor:
+        above = (self.T - 1) - torch.arange(self.jumps()) * self.m
+        below = torch.linspace(self.t_c, 0, self.nfe - self.jumps(), dtype=torch.float64).round().long()
+        return torch.cat([above, below])
+
+    def solvers(self, solver: str, length: int) -> tuple[str, ...]:
+        return ("ddpm",) * self.jumps() + (solver,) * (length - self.jumps())
+
+
+def skip_profile(name: str, u: torch.Tensor) -> torch.Tensor:
+    """StepDrop's f(u): constant 1, linear 4u(1−u), quadratic 16u²(1−u)², cosine² sin²(πu) — all
+    largest mid-trajectory, where steps are least important."""
+    if name == "constant":
+        return torch.ones_like(u)
+    if name == "linear":
+        return 4 * u * (1 - u)
+    if name == "quadratic":
+        return 16 * u**2 * (1 - u) ** 2
+    if name == "cosine2":
+        return torch.sin(math.pi * u) ** 2
+    raise UserError(f"unknown skip profile {name!r}; choose one of {', '.join(PROFILES)}")
+
+
+@policy_dataclass
+class _CoinFlipPolicy(Policy):
+    """Shared by StepDrop and adaptive: a base grid and per-step skip probabilities p_i = min(1, p0·f(u_i)),
+    zero on the first and last ``protect`` steps. ``p0 = None`` calibrates p0 so the expected NFE is ``nfe``."""
+
+    static = False
+    base_steps: int | None = None
+    base_spacing: str = "trailing"
+    profile: str = "constant"
+    p0: float | None = None
+    protect: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base_steps is None:
+            if self.nfe is None:
+                raise UserError(f"{self.kind}: give nfe (a target expected NFE) or base_steps and p0")
+            object.__setattr__(self, "base_steps", min(self.T, 2 * self.nfe))
+        if not 2 <= self.base_steps <= self.T:
+            raise UserError(f"{self.kind}: base_steps must be in 2..{self.T}")
+        if self.protect < 0 or 2 * self.protect > self.base_steps:
+            raise UserError(f"{self.kind}: protect must be in 0..base_steps/2")
+        if self.protect < 1:
+            raise UserError(f"{self.kind}: protect must be ≥ 1 (the first step starts from x_T)")
+        uniform_steps(self.T, 2, self.base_spacing)  # validates the spacing name
+        skip_profile(self.profile, torch.zeros(1))  # validates the profile name
+        if self.p0 is None:
+            if self.nfe is None:
+                raise UserError(f"{self.kind}: give nfe or p0")
+            object.__setattr__(self, "p0", self._calibrate(self.nfe))
+        elif self.p0 < 0:
+            raise UserError(f"{self.kind}: p0 must be ≥ 0")
+        expected = self.expected_nfe()
+        if self.nfe is None:
+            object.__setattr__(self, "nfe", max(1, _round_half_up(expected)))
+        elif abs(expected - self.nfe) > 0.5:
+            raise UserError(f"{self.kind}: nfe {self.nfe} does not match the expected NFE {expected:.2f} of p0={self.p0}; "
+                            "omit p0 to calibrate it, or omit nfe")
+
+    def grid(self) -> torch.Tensor:
+        return uniform_steps(self.T, self.base_steps, self.base_spacing)
+
+    def skip_probabilities(self, p0: float | None = None) -> torch.Tensor:
+        n = self.base_steps
+        p = (self.p0 if p0 is None else p0) * skip_profile(self.profile, torch.arange(n, dtype=torch.float64) / (n - 1))
+        p = p.clamp(max=1.0)
+        p[: self.protect] = 0
+        p[n - self.protect:] = 0
+        return p
+
+    def expected_nfe(self) -> float:
+        return float((1 - self.skip_probabilities()).sum())
+
+    def _calibrate(self, target: int) -> float:
+        """Bisect p0 so that Σ(1 − p_i) = target; errors if the target is out of reach."""
+        fewest = float((1 - self.skip_probabilities(1e9)).sum())
+        if not fewest - 1e-9 <= target <= self.base_steps:
+            raise UserError(f"{self.kind}: expected NFE {target} is out of reach with base_steps={self.base_steps}, "
+                            f"protect={self.protect}, profile={self.profile} (possible: {fewest:.1f}..{self.base_steps})")
+        lo, hi = 0.0, 1.0
+        while float((1 - self.skip_probabilities(hi)).sum()) > target:
+            hi *= 2
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if float((1 - self.skip_probabilities(mid)).sum()) > target else (lo, mid)
+        return round(hi, 12)
+
+
+@register
+class StepDrop(_CoinFlipPolicy):
+    """StepDrop's coin flip: each base step i is skipped with p_i, independently per sample. Measured NFE
+    varies by sample; its mean is the expected NFE (StepDrop reported 50 for runs that averaged 668–850)."""
+
+    kind = "stepdrop"
+    profile: str = "cosine2"
+
+    def plan(self, batch: int, generator: torch.Generator | None = None, solver: str = "ddim") -> Plan:
+        p = self.skip_probabilities().float()
+        evaluate = torch.rand(batch, self.base_steps, generator=generator) >= p
+        return Plan(self.grid(), self.solvers(solver, self.base_steps), evaluate=evaluate)
+
+
+@register
+class Adaptive(_CoinFlipPolicy):
+    """StepDrop's adaptive rule p_skip ∝ 1/‖ε_θ‖ (which its code never implemented): after each evaluation
+    the following base steps are skipped with min(1, p0·f(u)/r), r = ‖ε‖/√D from the ε just computed,
+    so it costs no extra NFE. p0 is calibrated for r = 1 (a well-trained ε has unit scale); the measured
+    NFE is reported and moves with r."""
+
+    kind = "adaptive"
+
+    def plan(self, batch: int, generator: torch.Generator | None = None, solver: str = "ddim") -> Plan:
+        return Plan(self.grid(), self.solvers(solver, self.base_steps), skip_base=self.skip_probabilities().float())
