@@ -66,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"{path} is not a stepdrop-search checkpoint (no '{FORMAT}' header); pass a file written by `stepdrop-search train`")
     if payload.get("version") != VERSION:
         raise UserError(f"{path} has checkpoint version {payload.get('version')!r}; this stepdrop-search reads version {VERSION}")
-    for key in ("model_config", "schedule", "model"):
+    for key in ("model_config", "model"):
         if key not in payload:
             raise UserError(f"{path} is missing '{key}'; the file is damaged")
     return payload
@@ -121,6 +121,8 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
     if path is None:
         return load_default_model(device=device)
     payload = load_checkpoint(path)
+    if "schedule" not in payload or payload.get("kind") == "feature-net":
+        raise UserError(f"{path} is not a diffusion model checkpoint (it holds no noise schedule)")
     weights = "ema" if use_ema and "ema" in payload else "model"
     model = build_model(payload, weights, str(path)).to(device).eval()
     schedule = NoiseSchedule.from_dict(dict(payload["schedule"]))

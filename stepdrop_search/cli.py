@@ -6,6 +6,7 @@ from anywhere below becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import shlex
@@ -280,6 +281,111 @@ def policy_export(
     doc, loaded = _policy_document(policy, nfe, param, solver, eta, model)
     save_policy(out, doc)
     console.print(f"wrote {out} ({doc.policy.kind}, nfe {doc.policy.nfe}, schedule {doc.policy.schedule.hash})")
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag} needs at least one value")
+    return values
+
+
+@app.command()
+@user_errors_exit_2
+def evaluate(
+    policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file to evaluate (repeatable)")] = None,
+    baselines: Annotated[str, typer.Option(help="comma-separated: ddim, ddpm, dpmpp-2m (uniform steps) or any policy kind")] = "",
+    nfe: Annotated[str, typer.Option(help="comma-separated NFE values for the baselines")] = "10,25,50",
+    suite: Annotated[str | None, typer.Option(help="'stepdrop': the structure of StepDrop's Tables 1-3")] = None,
+    samples: Annotated[int, typer.Option(help="samples per policy and seed")] = 2000,
+    seeds: Annotated[int, typer.Option(help="seeds 0..S-1; every policy gets the same x_T per seed")] = 3,
+    metrics: Annotated[str, typer.Option(help="comma-separated from fid,kid,is,prc,residual,throughput,gflops,memory")] =
+    ",".join(("fid", "kid", "residual", "throughput", "gflops")),
+    teacher: Annotated[str, typer.Option(help="teacher of the residual, <solver>-<steps>")] = "ddim-1000",
+    residual_samples: Annotated[int, typer.Option(help="samples (per seed) compared with the teacher")] = 256,
+    batch_size: int = 256,
+    model: ModelOption = None,
+    features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one for the model's data)")] = None,
+    inception_weights: Annotated[Path | None, typer.Option(help="torch-fidelity Inception weights, for inception-fid")] = None,
+    data: Annotated[str | None, typer.Option(help="real images for inception-fid (the model's data set folder)")] = None,
+    out: Annotated[Path, typer.Option(help="results stem: writes OUT.json, OUT.csv and OUT.png")] = Path("results/evaluation"),
+    device: str = "auto",
+) -> None:
+    """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
+    import torch
+
+    from stepdrop_search.checkpoint import load_model
+    from stepdrop_search.devices import resolve_device
+    from stepdrop_search.evaluation import Candidate, baseline, parse_metrics, stepdrop_suite
+    from stepdrop_search.evaluation import evaluate as run_evaluation
+    from stepdrop_search.objectives.features import load_features
+    from stepdrop_search.objectives.metrics import FIDELITY_METRICS
+    from stepdrop_search.objectives.residual import Teacher
+    from stepdrop_search.policies import load_policy
+    from stepdrop_search.report import plot_quality_vs_nfe, results_table, write_results
+
+    wanted = parse_metrics(metrics)
+    teacher_spec = Teacher.parse(teacher)
+    dev = resolve_device(device)
+    loaded = load_model(model, device=dev)
+    candidates = []
+    if suite is not None:
+        if suite != "stepdrop":
+            raise UserError(f"unknown suite {suite!r}; available: stepdrop")
+        candidates += stepdrop_suite(loaded.schedule)
+    for name in [b.strip() for b in baselines.split(",") if b.strip()] or ([] if candidates or policy else ["ddim"]):
+        candidates += [baseline(name, n, loaded.schedule) for n in parse_int_list(nfe, "--nfe")]
+    for path in policy or []:
+        doc = load_policy(path, loaded.schedule)
+        candidates.append(Candidate(f"{path.stem}", doc, path.stem))
+    feature_file = load_features(features, dataset=loaded.dataset, device=dev) if set(wanted) & set(FIDELITY_METRICS) else None
+    inception = None
+    if "inception-fid" in wanted:
+        from stepdrop_search.data import load_dataset
+        from stepdrop_search.objectives.metrics import inception_fid
+
+        if inception_weights is None or not inception_weights.is_file():
+            inception_fid(torch.zeros(0), torch.zeros(0), inception_weights, device=dev)  # the one-line error
+        real = load_dataset(loaded.dataset.get("name", ""), data, split="test", image_size=loaded.config.image_size)
+        inception = (str(inception_weights), real.images)
+    results = run_evaluation(loaded, candidates, samples=samples, seeds=seeds, metrics=wanted, features=feature_file,
+                             teacher=teacher_spec, batch_size=batch_size, residual_samples=residual_samples,
+                             inception=inception,
+                             progress=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
+    console.print(results_table(results, f"{samples} samples × {seeds} seeds, same x_T per seed (mean ± std over seeds)"))
+    meta = {"command": command_line(), "model": loaded.source, "model_hash": loaded.weights_hash,
+            "features": feature_file.source if feature_file else None, "samples": samples, "seeds": seeds,
+            "teacher": teacher_spec.name, "residual_samples": min(residual_samples, samples), "device": str(dev),
+            "batch_size": batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    written = write_results(results, out, meta)
+    plot = plot_quality_vs_nfe(results, out.with_suffix(".png"), "fid" if "fid" in wanted else "residual")
+    console.print("wrote " + ", ".join(str(p) for p in written + ([plot] if plot else [])))
+
+
+features_app = typer.Typer(no_args_is_help=True, help="The proxy feature network behind proxy-FID/KID/IS/PR.")
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("train")
+@user_errors_exit_2
+def features_train(
+    dataset: Annotated[str, typer.Option(help="a labelled data set: fashion-mnist, mnist, cifar10, synthetic")] = "fashion-mnist",
+    data: Annotated[str | None, typer.Option(help="data folder (default: the data set's standard place)")] = None,
+    image_size: Annotated[int | None, typer.Option(help="resize to the diffusion model's resolution")] = None,
+    steps: int = 1200,
+    batch_size: int = 128,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="feature file to write (a JSON card goes beside it)")] = Path("features.pt"),
+) -> None:
+    """Train the classifier, report its held-out accuracy and store the real data's reference statistics."""
+    from stepdrop_search.objectives.features import train_feature_net
+
+    card = train_feature_net(dataset, data, out, steps=steps, batch_size=batch_size, seed=seed, image_size=image_size,
+                             command=command_line(), log=lambda m: err_console.print(m, highlight=False))
+    console.print(f"wrote {out}: test accuracy {card['accuracy_test']:.2%} on {card['test_images']} images")
 
 
 def main() -> None:

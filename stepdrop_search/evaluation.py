@@ -1,0 +1,184 @@
+"""Evaluate policies against each other with common random numbers and error bars.
+
+For every seed, every candidate gets the same x_T (and noise streams), so differences between rows
+are differences between policies. Each row reports mean ± std over seeds of: proxy-FID, KID, IS,
+precision/recall (torch-fidelity in our feature space), the trajectory residual to a cached teacher,
+the measured NFE, GFLOPs per image (flop counter × measured NFE), throughput (warm, stated batch, no
+file I/O) and peak memory (CUDA max allocated on GPU; process RSS high-water on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.errors import UserError
+from stepdrop_search.generation import generate
+from stepdrop_search.model import forward_gflops
+from stepdrop_search.objectives.features import FeatureFile
+from stepdrop_search.objectives.metrics import FIDELITY_METRICS, fidelity_metrics, inception_fid
+from stepdrop_search.objectives.residual import Teacher, residual, teacher_outputs
+from stepdrop_search.policies import PolicyDocument, policy_class
+from stepdrop_search.policies.kinds import StepDrop, Uniform
+
+METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
+DEFAULT_METRICS = ("fid", "kid", "residual", "throughput", "gflops")
+#: Baselines by name: a solver on uniform (trailing) steps, or any policy kind with its defaults and DDIM.
+SOLVER_BASELINES = {"ddim": "ddim", "ddpm": "ddpm", "dpmpp-2m": "dpmpp-2m"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    document: PolicyDocument
+    family: str = ""  # rows of one family form one line in the quality-vs-NFE plot
+
+
+def baseline(name: str, nfe: int, schedule: NoiseSchedule) -> Candidate:
+    if name in SOLVER_BASELINES:
+        doc = PolicyDocument(Uniform(nfe=nfe, schedule=schedule), SolverSpec(SOLVER_BASELINES[name]))
+    else:
+        doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"))
+    return Candidate(f"{name}-{nfe}", doc, name)
+
+
+def stepdrop_suite(schedule: NoiseSchedule) -> list[Candidate]:
+    """The structure of StepDrop's Tables 1–3 on our model, with honest (measured) NFE."""
+    def row(name, policy, solver="ddim", family=None):
+        return Candidate(name, PolicyDocument(policy, SolverSpec(solver)), family or name)
+
+    return [
+        row("ddpm-1000", Uniform(nfe=1000, schedule=schedule), "ddpm", "ddpm"),
+        row("ddim-50", Uniform(nfe=50, schedule=schedule), family="ddim"),
+        row("ddim-25", Uniform(nfe=25, schedule=schedule), family="ddim"),
+        row("importance-50", policy_class("importance")(nfe=50, schedule=schedule), family="importance"),
+        row("importance-25", policy_class("importance")(nfe=25, schedule=schedule), family="importance"),
+        row("target-50 uniform (linspace)", Uniform(nfe=50, spacing="linspace", schedule=schedule), family="uniform-linspace"),
+        row("target-50 stochastic", StepDrop(nfe=50, profile="constant", schedule=schedule), family="stochastic"),
+        row("linear p=0.5", StepDrop(base_steps=1000, p0=0.5, profile="linear", protect=20, schedule=schedule),
+            family="stepdrop-linear"),
+        row("cosine2 p=0.3", StepDrop(base_steps=1000, p0=0.3, profile="cosine2", protect=20, schedule=schedule),
+            family="stepdrop-cosine2"),
+    ]
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    values: dict[str, float]
+    failed: str | None = None
+
+
+@dataclass
+class Result:
+    candidate: Candidate
+    samples: int
+    per_seed: list[SeedResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> str | None:
+        return next((r.failed for r in self.per_seed if r.failed), None)
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """metric → (mean, std over seeds); std is the sample std (0 for one seed)."""
+        ok = [r.values for r in self.per_seed if not r.failed]
+        keys = sorted({k for v in ok for k in v})
+        out = {}
+        for key in keys:
+            xs = [v[key] for v in ok if key in v]
+            mean = sum(xs) / len(xs)
+            std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+            out[key] = (mean, std)
+        return out
+
+    def to_dict(self) -> dict:
+        doc = self.candidate.document
+        return {"name": self.candidate.name, "family": self.candidate.family, "policy": doc.to_dict(),
+                "samples": self.samples, "failed": self.failed,
+                "summary": {k: {"mean": m, "std": s} for k, (m, s) in self.summary().items()},
+                "per_seed": [{"seed": r.seed, "failed": r.failed, **r.values} for r in self.per_seed]}
+
+
+def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise UserError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    return tuple(names)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, seeds: int | Iterable[int],
+             metrics: Iterable[str], features: FeatureFile | None, teacher: Teacher = Teacher(),
+             batch_size: int = 256, residual_samples: int = 256,
+             inception: tuple[str, torch.Tensor] | None = None,
+             progress: Callable[[str], None] = lambda message: None) -> list[Result]:
+    """Evaluate every candidate on the same seeds; a candidate that produces non-finite samples is
+    reported as failed (with the reason), never a crash. ``inception`` = (weights path, real images)
+    enables the real Inception FID metric ``inception-fid``."""
+    metrics = set(parse_metrics(metrics))
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if samples < 2 or not seed_list:
+        raise UserError("evaluation needs at least 2 samples and 1 seed")
+    if metrics & set(FIDELITY_METRICS) and features is None:
+        raise UserError("proxy-FID/KID/IS/PR need a feature file (--features)")
+    if "inception-fid" in metrics and inception is None:
+        inception_fid(torch.zeros(0), torch.zeros(0), None, device=torch.device("cpu"))  # raises the one-line error
+    device = next(loaded.model.parameters()).device
+    gflops_per_forward = forward_gflops(loaded.model) if "gflops" in metrics else 0.0
+    n_residual = min(residual_samples, samples)
+    # Warm-up (allocator, kernels) so the first candidate's throughput is not penalised.
+    generate(loaded.model, loaded.schedule, Uniform(nfe=2, schedule=loaded.schedule), SolverSpec(), n=min(samples, batch_size))
+
+    results = []
+    for cand in candidates:
+        if cand.document.policy.schedule.hash != loaded.schedule.hash:
+            raise UserError(f"{cand.name} was made for another noise schedule than the model's")
+        result = Result(cand, samples)
+        for seed in seed_list:
+            progress(f"{cand.name}: seed {seed}")
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                torch.cuda.synchronize(device)
+            tick = time.perf_counter()
+            run = generate(loaded.model, loaded.schedule, cand.document.policy, cand.document.solver, n=samples,
+                           seed=seed, batch_size=batch_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - tick
+            nfe = run.nfe.float()
+            values = {"nfe": float(nfe.mean()), "nfe_min": float(nfe.min()), "nfe_max": float(nfe.max())}
+            if not torch.isfinite(run.x0).all():
+                bad = int((~torch.isfinite(run.x0.flatten(1))).any(1).sum())
+                result.per_seed.append(SeedResult(seed, values, f"{bad} of {samples} samples are not finite"))
+                continue
+            if "throughput" in metrics:
+                values["images_per_s"] = samples / wall
+            if "gflops" in metrics:
+                values["gflops"] = gflops_per_forward * values["nfe"]
+            if "memory" in metrics:
+                values["peak_memory_mb"] = _peak_memory_mb(device)
+            wanted = metrics & set(FIDELITY_METRICS)
+            if wanted:
+                values.update(fidelity_metrics(run.x0, features, wanted, device=device, seed=seed))
+            if "inception-fid" in metrics:
+                values["inception_fid"] = inception_fid(run.x0, inception[1], inception[0], device=device)
+            if "residual" in metrics:
+                ref = teacher_outputs(loaded, teacher, n=n_residual, seed=seed, batch_size=batch_size)
+                values["residual"] = float(residual(run.x0[:n_residual], ref).mean())
+            result.per_seed.append(SeedResult(seed, values))
+        results.append(result)
+    return results

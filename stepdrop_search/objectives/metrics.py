@@ -1,0 +1,144 @@
+"""FID, KID, IS and precision/recall through torch-fidelity, in our proxy feature space.
+
+The classifier is registered with torch-fidelity as a feature extractor (``stepdrop-proxy``) and
+created by torch-fidelity itself; generated images go through its feature pipeline as an in-memory
+uint8 dataset (no image files), and the metric values come from its own functions. Only the real
+side differs from ``calculate_metrics``: its statistics come from our feature file (loaded with
+``weights_only=True``) instead of a data set on disk or torch-fidelity's pickle cache, so evaluation
+needs no data set and never unpickles.
+
+Real Inception FID (``inception_fid``) calls ``torch_fidelity.calculate_metrics`` end to end; it needs
+the Inception weights file offline and the real images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from stepdrop_search.errors import UserError
+from stepdrop_search.objectives.features import FeatureFile, load_features
+
+EXTRACTOR = "stepdrop-proxy"
+FIDELITY_METRICS = ("fid", "kid", "is", "prc")
+
+
+class ProxyFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity face of :class:`FeatureNet`: uint8 images in, ("features", "logits") out."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise UserError("the proxy feature extractor needs its feature file (feature_extractor_weights_path)")
+        self.net = load_features(feature_extractor_weights_path).net
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("features", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "logits" if metric == "isc" else "features"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+
+    def forward(self, x):
+        features, logits = self.net(x.float() / 127.5 - 1)
+        named = {"features": features, "logits": logits}
+        return tuple(named[name] for name in self.features_list)
+
+
+if EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(EXTRACTOR, ProxyFeatureExtractor)
+
+
+class UInt8Images(Dataset):
+    """Images in [−1, 1] seen as the uint8 tensors torch-fidelity expects (as if saved to PNG, but in memory)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+_extractors: dict[tuple[str, str], FeatureExtractorBase] = {}
+
+
+def proxy_extractor(features: FeatureFile, device: torch.device) -> FeatureExtractorBase:
+    """torch-fidelity builds the extractor; ``cuda`` follows our device (its default True would not)."""
+    key = (features.source, str(device))
+    if key not in _extractors:
+        _extractors[key] = create_feature_extractor(EXTRACTOR, ["features", "logits"], cuda=device.type == "cuda",
+                                                    feature_extractor_weights_path=features.source, verbose=False)
+    return _extractors[key]
+
+
+def fidelity_metrics(images: torch.Tensor, features: FeatureFile, wanted: set[str], *, device: torch.device,
+                     seed: int = 0, batch_size: int = 500) -> dict[str, float]:
+    """Proxy-FID (``fid``), KID, IS and precision/recall of ``images`` against the reference statistics."""
+    extractor = proxy_extractor(features, device)
+    feats = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, device.type == "cuda",
+                                          save_cpu_ram=True, verbose=False)
+    generated, logits = feats["features"].double(), feats["logits"]
+    reference = features.reference
+    out: dict[str, float] = {}
+    if "fid" in wanted:
+        stats = fid_features_to_statistics(generated)
+        ref = {"mu": reference["mu"].double().numpy(), "sigma": reference["sigma"].double().numpy()}
+        out["fid"] = fid_statistics_to_metric(stats, ref, verbose=False)[KEY_METRIC_FID]
+    real = reference["features"].double()
+    if "kid" in wanted:
+        size = min(1000, len(generated), len(real))
+        kid = kid_features_to_metric(generated, real, kid_subsets=50, kid_subset_size=size, verbose=False, rng_seed=seed)
+        out["kid"], out["kid_std"] = kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD]
+    if "is" in wanted:
+        out["is"] = isc_features_to_metric(logits, splits=min(10, max(1, len(logits) // 100)), rng_seed=seed)[KEY_METRIC_ISC_MEAN]
+    if "prc" in wanted:
+        # k-NN radii depend on set size: compare with an equally large subset of the real features.
+        pick = torch.from_numpy(np.random.RandomState(seed).permutation(len(real))[: len(generated)])
+        prc = prc_features_to_metric(generated.float(), real[pick].float(), prc_neighborhood=3, prc_batch_size=10000,
+                                     save_cpu_ram=True, verbose=False)
+        out["precision"], out["recall"] = prc[KEY_METRIC_PRECISION], prc[KEY_METRIC_RECALL]
+    return out
+
+
+def inception_fid(images: torch.Tensor, real_images: torch.Tensor, weights: str | Path | None, *,
+                  device: torch.device, batch_size: int = 200) -> float:
+    """Real Inception FID with ``torch_fidelity.calculate_metrics``; the weights must be supplied offline."""
+    if weights is None:
+        raise UserError("Inception FID needs the torch-fidelity Inception weights file "
+                        "(pt_inception-2015-12-05-6726825d.pth) passed with --inception-weights PATH; "
+                        "it cannot be downloaded here")
+    if not Path(weights).is_file():
+        raise UserError(f"Inception weights {weights} not found; download pt_inception-2015-12-05-6726825d.pth "
+                        "on a connected machine and pass its path")
+
+    def rgb(x: torch.Tensor) -> UInt8Images:
+        return UInt8Images(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+
+    result = torch_fidelity.calculate_metrics(input1=rgb(images), input2=rgb(real_images), fid=True,
+                                              feature_extractor="inception-v3-compat",
+                                              feature_extractor_weights_path=str(weights), cuda=device.type == "cuda",
+                                              batch_size=batch_size, cache=False, verbose=False, save_cpu_ram=True)
+    return float(result[KEY_METRIC_FID])

@@ -1,0 +1,114 @@
+"""Presenting evaluation results: a rich table, JSON + CSV files and a quality-vs-NFE plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from stepdrop_search.checkpoint import atomic_write
+from stepdrop_search.evaluation import Result
+
+COLUMNS = [  # (summary key, header, format)
+    ("fid", "proxy-FID", "{:.3f}"), ("inception_fid", "Inception FID", "{:.2f}"), ("kid", "KID", "{:.4f}"), ("is", "IS", "{:.3f}"),
+    ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"), ("residual", "residual", "{:.5f}"),
+    ("images_per_s", "img/s", "{:.1f}"), ("gflops", "GFLOPs/img", "{:.2f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
+]
+
+
+def _cell(summary: dict, key: str, fmt: str, with_std: bool = True) -> str:
+    if key not in summary:
+        return ""
+    mean, std = summary[key]
+    return fmt.format(mean) + (f" ± {fmt.format(std)}" if with_std else "")
+
+
+def nfe_cell(summary: dict) -> str:
+    mean = summary["nfe"][0]
+    lo, hi = summary["nfe_min"][0], summary["nfe_max"][0]
+    return f"{mean:.0f}" if lo == hi == mean else f"{mean:.1f} [{lo:.0f}–{hi:.0f}]"
+
+
+def results_table(results: list[Result], title: str) -> Table:
+    present = [c for c in COLUMNS if any(c[0] in r.summary() for r in results)]
+    table = Table(title=title)
+    table.add_column("policy")
+    table.add_column("solver")
+    table.add_column("NFE (measured)")
+    for _, header, _ in present:
+        table.add_column(header, justify="right")
+    for r in results:
+        s = r.summary()
+        if r.failed:
+            table.add_row(r.candidate.name, r.candidate.document.solver.name, "", f"failed: {r.failed}")
+            continue
+        table.add_row(r.candidate.name, r.candidate.document.solver.name, nfe_cell(s),
+                      *(_cell(s, key, fmt, key not in ("gflops", "peak_memory_mb")) for key, _, fmt in present))
+    return table
+
+
+def results_markdown(results: list[Result]) -> str:
+    present = [c for c in COLUMNS if any(c[0] in r.summary() for r in results)]
+    lines = ["| policy | solver | NFE (measured) | " + " | ".join(h for _, h, _ in present) + " |",
+             "|---" * (3 + len(present)) + "|"]
+    for r in results:
+        s = r.summary()
+        cells = [f"failed: {r.failed}"] if r.failed else [_cell(s, key, fmt, key not in ("gflops", "peak_memory_mb"))
+                                                         for key, _, fmt in present]
+        lines.append(f"| {r.candidate.name} | {r.candidate.document.solver.name} | "
+                     f"{'' if r.failed else nfe_cell(s)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: list[Result], out: Path, meta: dict) -> list[Path]:
+    """``out``.json (everything, per seed) and ``out``.csv (one summary row per policy), atomically."""
+    out = Path(out)
+    json_path, csv_path = out.with_suffix(".json"), out.with_suffix(".csv")
+    payload = {"meta": meta, "results": [r.to_dict() for r in results]}
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+    keys = sorted({k for r in results for k in r.summary()})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["policy", "family", "kind", "solver", "samples", "seeds", "failed"]
+                    + [f"{k}_{stat}" for k in keys for stat in ("mean", "std")])
+    for r in results:
+        s = r.summary()
+        writer.writerow([r.candidate.name, r.candidate.family, r.candidate.document.policy.kind,
+                         r.candidate.document.solver.name, r.samples, len(r.per_seed), r.failed or ""]
+                        + [f"{s[k][i]:.6g}" if k in s else "" for k in keys for i in (0, 1)])
+    atomic_write(csv_path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    return [json_path, csv_path]
+
+
+def plot_quality_vs_nfe(results: list[Result], path: Path, metric: str = "fid") -> Path | None:
+    """Quality against measured NFE, one line per family, error bars = std over seeds (the Pareto view)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families: dict[str, list[tuple[float, float, float]]] = {}
+    for r in results:
+        s = r.summary()
+        if r.failed or metric not in s:
+            continue
+        families.setdefault(r.candidate.family or r.candidate.name, []).append((s["nfe"][0], *s[metric]))
+    if not families:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for family, points in sorted(families.items()):
+        points.sort()
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                    capsize=3, label=family)
+    ax.set_xscale("log")
+    ax.set_xlabel("measured NFE")
+    ax.set_ylabel({"fid": "proxy-FID", "residual": "residual to teacher"}.get(metric, metric))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(path)

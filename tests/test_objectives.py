@@ -1,0 +1,150 @@
+"""Metrics through torch-fidelity, residual, the search objective and `evaluate` end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stepdrop_search.checkpoint import load_model
+from stepdrop_search.cli import app
+from stepdrop_search.data import load_dataset
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.errors import UserError
+from stepdrop_search.evaluation import Candidate, evaluate, stepdrop_suite
+from stepdrop_search.objectives.features import load_features
+from stepdrop_search.objectives.metrics import ProxyFeatureExtractor, fidelity_metrics, inception_fid, proxy_extractor
+from stepdrop_search.objectives.objective import Objective
+from stepdrop_search.objectives.residual import Teacher
+from stepdrop_search.policies import PolicyDocument
+from stepdrop_search.policies.kinds import Uniform
+
+runner = CliRunner()
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def features(tiny_features):
+    return load_features(tiny_features)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path / "cache"))
+
+
+def test_feature_file_reports_accuracy_above_chance_and_holds_reference_stats(features):
+    assert features.card["accuracy_test"] > 0.5  # 3 balanced classes: chance is 1/3
+    ref = features.reference
+    assert ref["features"].shape == (2048, 64) and ref["sigma"].shape == (64, 64)
+
+
+def test_fid_of_the_reference_set_against_itself_is_about_zero(features):
+    real = load_dataset("synthetic", split="test").images
+    assert fidelity_metrics(real, features, {"fid"}, device=CPU)["fid"] == pytest.approx(0, abs=1e-3)
+
+
+def test_fid_grows_with_added_noise(features):
+    real = load_dataset("synthetic", split="test").images
+    gen = torch.Generator().manual_seed(0)
+    fids = [fidelity_metrics((real + s * torch.randn(real.shape, generator=gen)).clamp(-1, 1), features, {"fid"},
+                             device=CPU)["fid"] for s in (0.05, 0.2, 0.5)]
+    assert fids[0] < fids[1] < fids[2]
+
+
+def test_all_fidelity_metrics_come_from_the_registered_proxy_extractor(features):
+    extractor = proxy_extractor(features, CPU)
+    assert isinstance(extractor, ProxyFeatureExtractor)  # not torch-fidelity's Inception
+    real = load_dataset("synthetic", split="test").images[:300]
+    values = fidelity_metrics(real, features, {"fid", "kid", "is", "prc"}, device=CPU)
+    assert set(values) >= {"fid", "kid", "is", "precision", "recall"}
+    assert 1 <= values["is"] <= 3 + 1e-6 and values["precision"] > 0.5
+
+
+def test_missing_inception_weights_give_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="Inception weights.*--inception-weights"):
+        inception_fid(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), None, device=CPU)
+    with pytest.raises(UserError, match="not found"):
+        inception_fid(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), tmp_path / "none.pth", device=CPU)
+
+
+def test_residual_of_the_teacher_itself_is_zero(tiny_checkpoint, features):
+    loaded = load_model(tiny_checkpoint)
+    objective = Objective(loaded, features, samples=16, teacher=Teacher("ddim", 20))
+    same = objective(PolicyDocument(Uniform(nfe=20, schedule=loaded.schedule), SolverSpec("ddim")))
+    other = objective(PolicyDocument(Uniform(nfe=5, schedule=loaded.schedule), SolverSpec("ddim")))
+    assert same.residual == 0.0 and other.residual > 0
+    assert other.value == pytest.approx(other.fid + 100 * other.residual)
+
+
+def test_teacher_outputs_are_cached_on_disk(tiny_checkpoint, tmp_path):
+    from stepdrop_search.objectives.residual import teacher_outputs
+
+    loaded = load_model(tiny_checkpoint)
+    first = teacher_outputs(loaded, Teacher("ddim", 10), n=4, seed=0)
+    assert len(list((tmp_path / "cache").glob("teacher-*.pt"))) == 1
+    assert torch.equal(first, teacher_outputs(loaded, Teacher("ddim", 10), n=4, seed=0))
+
+
+class NaNModel(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, x, t):
+        return self.inner(x, t) * float("nan")
+
+
+def test_non_finite_samples_make_a_failed_result_not_a_crash(tiny_checkpoint, features):
+    loaded = load_model(tiny_checkpoint)
+    loaded.model = NaNModel(loaded.model)
+    doc = PolicyDocument(Uniform(nfe=5, schedule=loaded.schedule))
+    results = evaluate(loaded, [Candidate("nan", doc)], samples=8, seeds=1, metrics=["fid"], features=features)
+    assert "not finite" in results[0].failed
+    scores = Objective(loaded, features, samples=8, residual_weight=0)(doc)
+    assert scores.failed and math.isinf(scores.value)
+
+
+def test_stepdrop_suite_reports_true_expected_nfe():
+    suite = {c.name: c.document.policy for c in stepdrop_suite(Uniform(nfe=1).schedule)}
+    assert suite["ddpm-1000"].nfe == 1000
+    assert 650 < suite["linear p=0.5"].expected_nfe() < 700
+    assert suite["cosine2 p=0.3"].expected_nfe() > 800
+
+
+def test_evaluate_end_to_end_on_the_tiny_model(tiny_checkpoint, tiny_features, tmp_path):
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--features", str(tiny_features),
+                                 "--baselines", "ddim,importance", "--nfe", "5,10", "--samples", "64", "--seeds", "2",
+                                 "--metrics", "fid,kid,is,prc,residual,throughput,gflops,memory",
+                                 "--teacher", "ddim-50", "--residual-samples", "16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.with_suffix(".json").read_text())
+    names = [r["name"] for r in data["results"]]
+    assert names == ["ddim-5", "ddim-10", "importance-5", "importance-10"]
+    for row in data["results"]:
+        assert len(row["per_seed"]) == 2 and row["summary"]["fid"]["std"] >= 0
+        assert row["summary"]["nfe"]["mean"] == int(row["name"].rsplit("-", 1)[1])
+    seeds = [r["per_seed"][0] for r in data["results"]]
+    assert all(s["seed"] == 0 for s in seeds)
+    assert out.with_suffix(".csv").read_text().startswith("policy,")
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_reloads_a_policy_file(tiny_checkpoint, tiny_features, tmp_path):
+    from stepdrop_search.policies import save_policy
+
+    loaded = load_model(tiny_checkpoint)
+    path = save_policy(tmp_path / "mine.json", PolicyDocument(Uniform(nfe=4, spacing="linspace", schedule=loaded.schedule)))
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--features", str(tiny_features),
+                                 "--policy", str(path), "--samples", "32", "--seeds", "1", "--metrics", "fid",
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "mine" in result.output
+
+
+def test_evaluate_asking_for_inception_without_weights_exits_2(tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--metrics", "inception-fid",
+                                 "--samples", "8", "--seeds", "1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--inception-weights" in result.output
