@@ -365,6 +365,67 @@ def evaluate(
     console.print("wrote " + ", ".join(str(p) for p in written + ([plot] if plot else [])))
 
 
+@app.command()
+@user_errors_exit_2
+def optimize(
+    nfe: Annotated[int, typer.Option(help="NFE of the schedule to find")] = 25,
+    method: Annotated[str, typer.Option(help="dp-gits, dp-oss, optuna or all")] = "all",
+    kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)")] = "explicit",
+    solver: Annotated[str, typer.Option(help="ddim, ddpm or dpmpp-2m")] = "ddim",
+    trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count)")] = 30,
+    timeout: Annotated[float | None, typer.Option(help="seconds each worker may search")] = 600.0,
+    sampler: Annotated[str, typer.Option(help="tpe, cmaes, gp or nsga2")] = "tpe",
+    study: Annotated[str | None, typer.Option(help="study name (default from kind, solver, NFE)")] = None,
+    storage: Annotated[str | None, typer.Option(help="database URL or journal:PATH (default sqlite in studies/)")] = None,
+    n_jobs: Annotated[int, typer.Option(help="local worker processes sharing the study")] = 1,
+    samples: Annotated[int, typer.Option(help="fixed noise set size of the objective")] = 128,
+    seed: int = 0,
+    residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual")] = 100.0,
+    teacher: str = "ddim-1000",
+    free_boundary: Annotated[bool, typer.Option(help="search the first and last step too")] = True,
+    search_eta: Annotated[bool, typer.Option(help="also search DDIM's η")] = False,
+    multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set")] = False,
+    nfe_range: Annotated[str | None, typer.Option(help="LO,HI for --multi-objective")] = None,
+    dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches")] = 100,
+    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for the DP searches")] = 64,
+    gits_cost: Annotated[str, typer.Option(help="dev, l1 or l2")] = "dev",
+    gits_gamma: float = 1.15,
+    model: ModelOption = None,
+    features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one)")] = None,
+    out: Annotated[Path | None, typer.Option(help="policy file to write (default policies/best-….json)")] = None,
+    device: str = "auto",
+) -> None:
+    """Search for the best schedule (DP-GITS, DP-OSS, Optuna) and export it as a policy file."""
+    from stepdrop_search.search.optimize import OptimizeConfig
+    from stepdrop_search.search.optimize import optimize as run_optimize
+
+    span = tuple(parse_int_list(nfe_range, "--nfe-range")) if nfe_range else None
+    if span is not None and len(span) != 2:
+        raise UserError("--nfe-range takes LO,HI")
+    sampler_name = "nsga2" if multi_objective and sampler == "tpe" else sampler
+    cfg = OptimizeConfig(nfe=nfe, method=method, kind=kind, solver=solver, model=str(model) if model else None,
+                         features=str(features) if features else None, device=device, samples=samples, seed=seed,
+                         residual_weight=residual_weight, teacher=teacher, trials=trials, timeout=timeout,
+                         sampler=sampler_name, study=study, storage=storage, n_jobs=n_jobs, free_boundary=free_boundary,
+                         search_eta=search_eta, dp_grid=dp_grid, dp_samples=dp_samples, gits_cost=gits_cost,
+                         gits_gamma=gits_gamma, multi_objective=multi_objective, nfe_range=span,
+                         out=str(out) if out else None, command=command_line())
+    result = run_optimize(cfg, log=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
+    table = Table(title=f"objective on {samples} fixed samples (lower is better); proxy-FID also on 3 held-out seeds")
+    for column in ("candidate", "NFE", "objective", "proxy-FID", "residual", "held-out proxy-FID"):
+        table.add_column(column)
+    for c in sorted(result.candidates, key=lambda c: c.scores.get("value", float("inf"))):
+        held = f"{c.held_out[0]:.3f} ± {c.held_out[1]:.3f}" if c.held_out else ""
+        sc = c.scores
+        table.add_row(c.name, f"{sc.get('nfe', 0):.0f}", f"{sc.get('value', float('nan')):.4f}",
+                      f"{sc['fid']:.3f}" if sc.get("fid") is not None else "",
+                      f"{sc['residual']:.5f}" if sc.get("residual") is not None else "", held)
+    console.print(table)
+    console.print(f"{result.trials} trials in study {result.study_name}; {result.wall_time_s:.0f} s")
+    for path in result.exported:
+        console.print(f"exported {path}")
+
+
 features_app = typer.Typer(no_args_is_help=True, help="The proxy feature network behind proxy-FID/KID/IS/PR.")
 app.add_typer(features_app, name="features")
 

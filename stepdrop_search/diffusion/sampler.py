@@ -51,6 +51,7 @@ class SampleResult:
     evaluated: Tensor  # (B, L) bool: which grid steps each sample evaluated (the "barcode")
     grid: Tensor
     trajectory: Tensor | None = None  # (L, B, …): the state at each grid step, when asked for
+    denoised: Tensor | None = None  # (L, B, …): x̂0 predicted at each grid step, when asked for
 
 
 class NFECounter:
@@ -102,7 +103,8 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
            calibration: AmplitudeCalibration | None = None, trajectory: bool = False) -> SampleResult:
     """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample goes to x̂0.
 
-    ``trajectory=True`` (dense plans only: teacher runs) also returns the state at every grid step.
+    ``trajectory=True`` (dense plans only: teacher runs) also returns the state and the x̂0 prediction at
+    every grid step (what the DP searches compare against).
     """
     device, batch, length = x.device, x.shape[0], len(plan.grid)
     if plan.evaluate is not None and not bool(plan.evaluate[:, 0].all()):
@@ -119,6 +121,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
     if trajectory and not plan.dense:
         raise UserError("trajectories are recorded for static policies only")
     states = torch.empty((length, *x.shape), device=device, dtype=x.dtype) if trajectory else None
+    denoised = torch.empty_like(states) if trajectory else None
     use_dpm = "dpmpp-2m" in plan.solvers
     if use_dpm:
         prev_x0 = torch.zeros_like(x)
@@ -151,6 +154,8 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
         eps = counter(xi, grid[i], idx)
         a_t = a_ext[i]
         x0, eps_c = predict_x0(xi, eps, a_t, clamp)
+        if denoised is not None:
+            denoised[i] = x0
 
         if idx is None:
             target = i + 1
@@ -201,4 +206,4 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
         else:
             x = x.index_copy(0, idx, x_next)
             evaluated[idx, i] = True
-    return SampleResult(x, counter.counts, evaluated, plan.grid, states)
+    return SampleResult(x, counter.counts, evaluated, plan.grid, states, denoised)

@@ -47,8 +47,9 @@ class Objective:
         self._teacher_x0 = teacher_outputs(self.loaded, self.teacher, n=self.samples, seed=self.seed,
                                            batch_size=self.batch_size) if self.residual_weight else None
 
-    def __call__(self, document: PolicyDocument, samples: int | None = None) -> Scores:
-        """Score a policy on the first ``samples`` (default all) of the fixed noise set."""
+    def __call__(self, document: PolicyDocument, samples: int | None = None, with_fid: bool = True) -> Scores:
+        """Score a policy on the first ``samples`` (default all) of the fixed noise set; ``with_fid=False``
+        is the cheap rung of a search (residual only)."""
         n = min(samples or self.samples, self.samples)
         run = generate(self.loaded.model, self.loaded.schedule, document.policy, document.solver, n=n, seed=self.seed,
                        batch_size=self.batch_size)
@@ -56,7 +57,7 @@ class Objective:
         if not torch.isfinite(run.x0).all():
             return Scores(math.inf, nfe=nfe, failed="non-finite samples")
         fid = None
-        if self.features is not None:
+        if self.features is not None and with_fid:
             fid = fidelity_metrics(run.x0, self.features, {"fid"}, device=next(self.loaded.model.parameters()).device,
                                    seed=self.seed)["fid"]
         res = float(residual(run.x0, self._teacher_x0[:n]).mean()) if self._teacher_x0 is not None else None

@@ -1,0 +1,327 @@
+"""`stepdrop-search optimize`: DP-GITS, DP-OSS and Optuna searches behind one function.
+
+``optimize(config)`` runs the chosen methods on one model and objective, seeds the Optuna study with
+the baselines and the DP results (so the search starts from the best known point), runs the workers
+(``n_jobs`` local processes via joblib; more machines run the same command against one storage), and
+exports the best policy — or the Pareto set in multi-objective mode — atomically with provenance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+
+from stepdrop_search.checkpoint import LoadedModel, load_model
+from stepdrop_search.devices import resolve_device
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.errors import UserError
+from stepdrop_search.objectives.features import load_features
+from stepdrop_search.objectives.objective import Objective
+from stepdrop_search.objectives.residual import Teacher
+from stepdrop_search.policies import PolicyDocument, save_policy
+from stepdrop_search.policies.io import provenance
+from stepdrop_search.policies.kinds import Explicit, Importance, Uniform
+from stepdrop_search.search.dp import gits_schedule, oss_schedule, teacher_trajectory
+from stepdrop_search.search.space import SEARCHABLE, steps_to_params, suggest_document
+from stepdrop_search.search.study import make_storage, open_study
+
+METHODS = ("dp-gits", "dp-oss", "optuna", "all")
+SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
+HELD_OUT_SEEDS = (1000, 1001, 1002)
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    nfe: int = 25
+    method: str = "all"
+    kind: str = "explicit"
+    solver: str = "ddim"
+    model: str | None = None
+    features: str | None = None
+    device: str = "auto"
+    samples: int = 128
+    seed: int = 0
+    residual_weight: float = 100.0
+    teacher: str = "ddim-1000"
+    trials: int = 30
+    timeout: float | None = 600.0
+    sampler: str = "tpe"
+    study: str | None = None
+    storage: str | None = None
+    n_jobs: int = 1
+    free_boundary: bool = True
+    search_eta: bool = False
+    prune_samples: int = 32
+    dp_grid: int = 100
+    dp_samples: int = 64
+    gits_cost: str = "dev"
+    gits_gamma: float = 1.15
+    multi_objective: bool = False
+    nfe_range: tuple[int, int] | None = None
+    out: str | None = None
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown --sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.kind not in SEARCHABLE:
+            raise UserError(f"--kind {self.kind!r} cannot be searched; choose one of {', '.join(SEARCHABLE)}")
+        if self.nfe < 1 or self.trials < 1 or self.samples < 2 or self.n_jobs < 1:
+            raise UserError("--nfe, --trials and --n-jobs must be ≥ 1 and --samples ≥ 2")
+        if self.multi_objective and (self.nfe_range is None or not 1 <= self.nfe_range[0] < self.nfe_range[1]):
+            raise UserError("--multi-objective needs --nfe-range LO,HI with 1 ≤ LO < HI")
+        if self.method in ("dp-gits", "dp-oss", "all") and self.kind != "explicit":
+            raise UserError("DP methods produce explicit schedules; use --method optuna to search another --kind")
+        SolverSpec(self.solver)
+        Teacher.parse(self.teacher)
+
+    @property
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        span = f"{self.nfe_range[0]}-{self.nfe_range[1]}" if self.multi_objective else str(self.nfe)
+        return f"{self.kind}-{self.solver}-nfe{span}"
+
+    def study_config(self, model_hash: str) -> dict:
+        """What the study optimises; a resumed run must match it."""
+        keys = ("nfe", "kind", "solver", "samples", "seed", "residual_weight", "teacher", "free_boundary",
+                "search_eta", "prune_samples", "multi_objective", "nfe_range")
+        return {"model_hash": model_hash, **{k: _jsonable(getattr(self, k)) for k in keys}}
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+@dataclass
+class Candidate:
+    name: str
+    document: PolicyDocument
+    source: str  # "baseline", "dp-gits", "dp-oss", "optuna"
+    scores: dict = field(default_factory=dict)
+    held_out: tuple[float, float] | None = None  # proxy-FID mean, std over held-out seeds
+    cost_nfe: int | None = None
+
+
+@dataclass
+class OptimizeResult:
+    best: Candidate | None
+    candidates: list[Candidate]
+    exported: list[Path]
+    study_name: str | None
+    trials: int
+    wall_time_s: float
+
+
+class Context:
+    """The loaded model, features and objective, built once per process."""
+
+    def __init__(self, cfg: OptimizeConfig) -> None:
+        self.device = resolve_device(cfg.device)
+        self.loaded: LoadedModel = load_model(cfg.model, device=self.device)
+        self.features = load_features(cfg.features, dataset=self.loaded.dataset, device=self.device)
+        self.objective = Objective(self.loaded, self.features, samples=cfg.samples, seed=cfg.seed,
+                                   residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher))
+
+
+def baselines(cfg: OptimizeConfig, loaded: LoadedModel, nfe: int) -> list[Candidate]:
+    """DDIM-uniform (trailing and linspace) and StepDrop-importance at the target NFE, with cfg's solver."""
+    s, solver = loaded.schedule, SolverSpec(cfg.solver)
+    rows = [("uniform-trailing", Uniform(nfe=nfe, schedule=s)), ("uniform-linspace", Uniform(nfe=nfe, spacing="linspace", schedule=s))]
+    try:
+        rows.append(("importance", Importance(nfe=nfe, schedule=s)))
+    except UserError:
+        pass  # importance cannot place this NFE in its bands
+    return [Candidate(name, PolicyDocument(p, solver), "baseline") for name, p in rows]
+
+
+def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> list[Candidate]:
+    out = []
+    if cfg.method not in ("dp-gits", "dp-oss", "all"):
+        return out
+    traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed, solver=cfg.solver)
+    solver = SolverSpec(cfg.solver)
+    if cfg.method in ("dp-gits", "all"):
+        res = gits_schedule(traj, cfg.nfe, cost=cfg.gits_cost, gamma=cfg.gits_gamma, solver=cfg.solver)
+        log(f"DP-GITS ({res.nfe_spent} NFE): {res.steps.tolist()}")
+        out.append(Candidate("dp-gits", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
+                                                       solver), "dp-gits", cost_nfe=res.nfe_spent))
+    if cfg.method in ("dp-oss", "all"):
+        res = oss_schedule(ctx.loaded, traj, cfg.nfe, solver=cfg.solver)
+        log(f"DP-OSS ({res.nfe_spent} NFE): {res.steps.tolist()}")
+        out.append(Candidate("dp-oss", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
+                                                      solver), "dp-oss", cost_nfe=res.nfe_spent))
+    return out
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def trial_function(cfg: OptimizeConfig, ctx: Context):
+    """The Optuna objective: cheap rung first (residual on ``prune_samples``), full objective for survivors."""
+
+    def run(trial: optuna.Trial):
+        nfe = trial.suggest_int("nfe", *cfg.nfe_range) if cfg.multi_objective else cfg.nfe
+        try:
+            doc = suggest_document(trial, cfg.kind, nfe, ctx.loaded.schedule, solver=cfg.solver,
+                                   free_boundary=cfg.free_boundary, search_eta=cfg.search_eta)
+        except UserError as exc:
+            trial.set_user_attr("invalid", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        trial.set_user_attr("policy", doc.to_dict())
+        if not cfg.multi_objective and cfg.prune_samples < cfg.samples:
+            cheap = ctx.objective(doc, samples=cfg.prune_samples, with_fid=cfg.residual_weight == 0)
+            trial.report(cheap.value, 0)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        scores = ctx.objective(doc)
+        trial.set_user_attr("scores", scores.to_dict())
+        if scores.failed:
+            trial.set_user_attr("failed", scores.failed)
+            raise optuna.TrialPruned(scores.failed)
+        return (scores.value, scores.nfe) if cfg.multi_objective else scores.value
+
+    return run
+
+
+def _counted(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def worker(cfg: OptimizeConfig, ctx: Context | None = None) -> int:
+    """One search worker: load the shared study and run trials until the study holds ``trials`` finished
+    (complete or pruned) trials or the timeout passes. Returns the trials this worker finished."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ctx = ctx or Context(cfg)
+    storage = make_storage(cfg.storage, cfg.study_name)
+    directions = ["minimize", "minimize"] if cfg.multi_objective else ["minimize"]
+    study, _ = open_study(cfg.study_name, storage, sampler=make_sampler(cfg.sampler, cfg.seed),
+                          pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=directions,
+                          config=cfg.study_config(ctx.loaded.weights_hash))
+    before = _counted(study)
+    if before >= cfg.trials:
+        return 0
+    stop = optuna.study.MaxTrialsCallback(cfg.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    study.optimize(trial_function(cfg, ctx), timeout=cfg.timeout, callbacks=[stop], gc_after_trial=False)
+    return _counted(study) - before
+
+
+def _worker_process(cfg: OptimizeConfig) -> int:
+    torch.set_num_threads(1)  # n_jobs processes share the cores
+    return worker(cfg)
+
+
+def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[Candidate]) -> None:
+    """Enqueue baselines and DP results as the first trials (explicit kind only: they are step sets)."""
+    if cfg.kind != "explicit" or cfg.multi_objective:
+        return
+    for cand in seeds:
+        steps = cand.document.policy.timesteps().tolist()
+        fits_fixed_ends = steps[0] == cand.document.policy.T - 1 and steps[-1] == 0
+        if len(steps) != cfg.nfe or not (cfg.free_boundary or fits_fixed_ends):
+            continue
+        study.enqueue_trial(steps_to_params(steps, cfg.free_boundary), user_attrs={"source": cand.name},
+                            skip_if_exists=True)
+
+
+def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -> OptimizeResult:
+    tick = time.perf_counter()
+    ctx = Context(cfg)
+    loaded = ctx.loaded
+    candidates = [] if cfg.multi_objective else baselines(cfg, loaded, cfg.nfe)
+    candidates += run_dp(cfg, ctx, log) if not cfg.multi_objective else []
+    for cand in candidates:
+        cand.scores = ctx.objective(cand.document).to_dict()
+        log(f"{cand.name}: objective {cand.scores['value']:.4f} (proxy-FID {cand.scores['fid']:.3f}, "
+            f"residual {cand.scores['residual'] or 0:.5f})")
+
+    study_name, trials_done = None, 0
+    if cfg.method in ("optuna", "all"):
+        storage = make_storage(cfg.storage, cfg.study_name)
+        directions = ["minimize", "minimize"] if cfg.multi_objective else ["minimize"]
+        study, created = open_study(cfg.study_name, storage, sampler=make_sampler(cfg.sampler, cfg.seed),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=directions,
+                                    config=cfg.study_config(loaded.weights_hash))
+        if created:
+            seed_study(cfg, study, candidates)
+        study_name = cfg.study_name
+        log(f"study {study_name}: {_counted(study)} finished trials so far, target {cfg.trials}")
+        if cfg.n_jobs == 1:
+            worker(cfg, ctx)
+        else:
+            from joblib import Parallel, delayed
+
+            Parallel(n_jobs=cfg.n_jobs, backend="loky")(delayed(_worker_process)(cfg) for _ in range(cfg.n_jobs))
+        trials_done = _counted(study)
+        candidates += study_candidates(cfg, study, loaded)
+
+    exported = export(cfg, ctx, candidates, study_name, trials_done, time.perf_counter() - tick, log)
+    best = min((c for c in candidates if math.isfinite(c.scores.get("value", math.inf))),
+               key=lambda c: c.scores["value"], default=None)
+    return OptimizeResult(best, candidates, exported, study_name, trials_done, time.perf_counter() - tick)
+
+
+def study_candidates(cfg: OptimizeConfig, study: optuna.Study, loaded: LoadedModel) -> list[Candidate]:
+    if cfg.multi_objective:
+        trials = study.best_trials
+    else:
+        complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        trials = [min(complete, key=lambda t: t.value)] if complete else []
+    out = []
+    for t in trials:
+        doc = PolicyDocument.from_dict(t.user_attrs["policy"], f"trial {t.number}")
+        name = f"optuna-trial-{t.number}" + (f" (seeded: {t.user_attrs['source']})" if "source" in t.user_attrs else "")
+        out.append(Candidate(name, doc, "optuna", dict(t.user_attrs.get("scores", {}))))
+    return out
+
+
+def held_out_fid(ctx: Context, cand: Candidate) -> tuple[float, float]:
+    """Proxy-FID on noise the search never saw (seeds 1000–1002): mean, std."""
+    values = []
+    for seed in HELD_OUT_SEEDS:
+        objective = Objective(ctx.loaded, ctx.features, samples=ctx.objective.samples, seed=seed, residual_weight=0)
+        values.append(objective(cand.document).fid)
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def export(cfg: OptimizeConfig, ctx: Context, candidates: list[Candidate], study_name: str | None, trials: int,
+           wall: float, log: Callable[[str], None]) -> list[Path]:
+    finite = [c for c in candidates if math.isfinite(c.scores.get("value", math.inf))]
+    if not finite:
+        raise UserError("no candidate produced a finite objective; nothing to export")
+    for cand in finite:
+        cand.held_out = held_out_fid(ctx, cand)
+    chosen = [c for c in finite if c.source == "optuna"] if cfg.multi_objective else [min(finite, key=lambda c: c.scores["value"])]
+    paths = []
+    for i, cand in enumerate(chosen):
+        nfe = cand.document.policy.nfe
+        default = f"policies/best-{cfg.kind}-{cfg.solver}-nfe{nfe}.json" if not cfg.multi_objective else \
+            f"policies/pareto-{cfg.study_name}-{i}-nfe{nfe}.json"
+        path = Path(cfg.out) if cfg.out and not cfg.multi_objective else Path(default)
+        prov = provenance(cfg.command, ctx.loaded.weights_hash, objective={
+            **cand.scores, "held_out_fid_mean": cand.held_out[0], "held_out_fid_std": cand.held_out[1],
+            "held_out_seeds": list(HELD_OUT_SEEDS), "samples": cfg.samples, "seed": cfg.seed,
+            "residual_weight": cfg.residual_weight, "teacher": cfg.teacher},
+            search={"method": cfg.method, "winner": cand.name, "study": study_name, "storage": cfg.storage or "sqlite (studies/)",
+                    "trials": trials, "sampler": cfg.sampler, "kind": cfg.kind, "wall_time_s": round(wall, 1),
+                    "config": asdict(cfg) | {"nfe_range": _jsonable(cfg.nfe_range)}})
+        paths.append(save_policy(path, PolicyDocument(cand.document.policy, cand.document.solver, prov)))
+        log(f"exported {cand.name} → {path}")
+    return paths

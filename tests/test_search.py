@@ -1,0 +1,200 @@
+"""DP searches, Optuna studies, durable resume after SIGKILL, and several workers on one study."""
+
+import itertools
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from stepdrop_search.checkpoint import load_model
+from stepdrop_search.policies import load_policy
+from stepdrop_search.search.dp import _distance, edge_step, gits_schedule, oss_schedule, teacher_trajectory
+from stepdrop_search.search.optimize import OptimizeConfig, optimize
+from stepdrop_search.search.space import gaps_to_steps, steps_to_params
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    return load_model(tiny_checkpoint)
+
+
+def test_gaps_parameterisation_is_always_valid_and_invertible():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        gaps = (torch.rand(9, generator=gen) * 0.98 + 0.02).tolist()
+        steps = gaps_to_steps(gaps, 999, 3, 1000)
+        assert len(steps.unique()) == 10 and (steps[1:] < steps[:-1]).all() and steps[0] == 999 and steps[-1] == 3
+    known = [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    p = steps_to_params(known, True)
+    assert gaps_to_steps([p[f"gap_{i}"] for i in range(9)], p["t_first"], p["t_last"], 1000).tolist() == known
+
+
+def test_gits_dp_matches_brute_force_on_a_small_grid(tiny):
+    traj = teacher_trajectory(tiny, grid_size=7, n=4)
+    nfe = 3
+    result = gits_schedule(traj, nfe, cost="l2", gamma=1.15)
+    N = 7
+
+    def edge(i, j):
+        cand = edge_step(traj.states[i], traj.denoised[i], traj.alphas[i], traj.alphas[j], "ddim")
+        return float(_distance(cand - traj.states[j], "l2").mean())
+
+    best = None
+    for middle in itertools.combinations(range(1, N), nfe - 1):
+        path = [0, *middle, N]
+        # GITS discount γ on later edges: total = Σ_k γ^k · C[path_k][path_k+1]
+        total = sum(1.15**k * edge(a, b) for k, (a, b) in enumerate(zip(path, path[1:], strict=False)))
+        if best is None or total < best[0]:
+            best = (total, path[:-1])
+    assert result.steps.tolist() == traj.grid[best[1]].tolist()
+    assert result.cost == pytest.approx(best[0], rel=1e-5)
+    assert result.nfe_spent == 7 * 4
+
+
+def test_dp_with_nfe_equal_to_the_grid_uses_every_node(tiny):
+    traj = teacher_trajectory(tiny, grid_size=5, n=2)
+    assert gits_schedule(traj, 5).steps.tolist() == traj.grid.tolist()
+    assert oss_schedule(tiny, traj, 5).steps.tolist() == traj.grid.tolist()
+
+
+def test_oss_gives_per_sample_schedules_and_counts_its_nfe(tiny):
+    traj = teacher_trajectory(tiny, grid_size=12, n=3)
+    result = oss_schedule(tiny, traj, 4)
+    assert result.per_sample.shape == (3, 4) and (result.per_sample[:, 0] == 999).all()
+    assert len(result.steps.unique()) == 4 and (result.steps[1:] < result.steps[:-1]).all()
+    assert result.nfe_spent > traj.nfe
+
+
+def tiny_args(tiny_checkpoint, tiny_features, storage, extra=()):
+    return [sys.executable, "-m", "stepdrop_search", "optimize", "--model", str(tiny_checkpoint), "--features",
+            str(tiny_features), "--nfe", "5", "--method", "optuna", "--samples", "16", "--teacher", "ddim-50",
+            "--storage", storage, "--study", "s", "--timeout", "300", *extra]
+
+
+def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint, tiny_features, tmp_path):
+    out = tmp_path / "best.json"
+    cfg = OptimizeConfig(nfe=5, method="all", model=str(tiny_checkpoint), features=str(tiny_features), samples=16,
+                         teacher="ddim-50", trials=6, storage=f"sqlite:///{tmp_path}/s.db", dp_grid=20, dp_samples=4,
+                         out=str(out))
+    result = optimize(cfg)
+    doc = load_policy(out, load_model(tiny_checkpoint).schedule)
+    assert doc.policy.nfe == 5
+    prov = doc.provenance
+    assert prov["search"]["trials"] >= 6 and prov["objective"]["held_out_fid_std"] >= 0
+    assert {c.source for c in result.candidates} >= {"baseline", "dp-gits", "dp-oss", "optuna"}
+    best_value = min(c.scores["value"] for c in result.candidates)
+    assert prov["objective"]["value"] == pytest.approx(best_value)
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    sources = [t.user_attrs.get("source") for t in study.trials]
+    assert "dp-gits" in sources and "uniform-trailing" in sources  # the study was seeded
+
+
+def finished(db: Path) -> list[tuple[int, str, float]]:
+    with sqlite3.connect(db) as con:
+        return con.execute("select t.number, t.state, v.value from trials t left join trial_values v "
+                           "on v.trial_id = t.trial_id order by t.number").fetchall()
+
+
+def test_killed_optimize_keeps_finished_trials_when_rerun(tiny_checkpoint, tiny_features, tmp_path):
+    db = tmp_path / "kill.db"
+    args = tiny_args(tiny_checkpoint, tiny_features, f"sqlite:///{db}", ["--trials", "200"])
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if db.exists() and sum(s in ("COMPLETE", "PRUNED") for _, s, _ in finished(db)) >= 3:
+            break
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [row for row in finished(db) if row[1] in ("COMPLETE", "PRUNED")]
+    assert len(before) >= 3
+    rerun = subprocess.run(tiny_args(tiny_checkpoint, tiny_features, f"sqlite:///{db}", ["--trials", str(len(before) + 2)]),
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    after = finished(db)
+    assert all(row in after for row in before)  # nothing finished was lost or changed
+    assert sum(s in ("COMPLETE", "PRUNED") for _, s, _ in after) >= len(before) + 2
+
+
+def run_two_workers(args) -> None:
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+
+
+def assert_study_is_clean(storage: str, target: int) -> None:
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = [t.state for t in study.trials]
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL not in states
+    finished_count = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
+    assert target <= finished_count <= target + 1  # each worker may finish the trial it was running
+    seeded = [t.user_attrs["source"] for t in study.trials if "source" in t.user_attrs]
+    assert len(seeded) == len(set(seeded))  # every seed enqueued once, run once
+
+
+def test_two_workers_share_one_fresh_sqlite_study(tiny_checkpoint, tiny_features, tmp_path):
+    storage = f"sqlite:///{tmp_path}/shared.db"
+    run_two_workers(tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "8"]))
+    assert_study_is_clean(storage, 8)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture
+def postgres():
+    """A private PostgreSQL 15 cluster on 127.0.0.1 (as the postgres user when the tests run as root)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries not installed")
+    tmp_path = Path(tempfile.mkdtemp(prefix="stepdrop-pg-"))  # pytest's tmp dirs are not traversable by postgres
+    data = tmp_path / "pg"
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(tmp_path, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {tmp_path} -h 127.0.0.1",
+                    "-l", str(tmp_path / "pg.log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "create database studies"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/studies"
+    finally:
+        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(tiny_checkpoint, tiny_features, postgres):
+    run_two_workers(tiny_args(tiny_checkpoint, tiny_features, postgres, ["--trials", "8"]))
+    assert_study_is_clean(postgres, 8)
+
+
+def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tiny_features, tmp_path):
+    storage = f"sqlite:///{tmp_path}/cfg.db"
+    first = subprocess.run(tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "1"]), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    args = tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "2"])
+    args[args.index("16")] = "24"  # other --samples
+    second = subprocess.run(args, capture_output=True, text=True)
+    assert second.returncode == 2 and "other settings (samples)" in second.stderr
