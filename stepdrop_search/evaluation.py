@@ -30,7 +30,6 @@ from stepdrop_search.policies import PolicyDocument, policy_class
 from stepdrop_search.policies.kinds import StepDrop, Uniform
 
 METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
-DEFAULT_METRICS = ("fid", "kid", "residual", "throughput", "gflops")
 #: Baselines by name: a solver on uniform (trailing) steps, or any policy kind with its defaults and DDIM.
 SOLVER_BASELINES = {"ddim": "ddim", "ddpm": "ddpm", "dpmpp-2m": "dpmpp-2m"}
 

@@ -140,6 +140,7 @@ def load_features(path: str | Path | None = None, *, dataset: dict | None = None
     except RuntimeError:
         raise UserError(f"{path}: weights do not fit the feature network it describes; the file is damaged") from None
     info = dict(payload["dataset"])
-    if dataset and (info.get("image_size"), info.get("channels")) != (dataset.get("image_size"), dataset.get("channels")):
+    if dataset and "image_size" in dataset and \
+            (info.get("image_size"), info.get("channels")) != (dataset.get("image_size"), dataset.get("channels")):
         raise UserError(f"{path} was trained on {info} images, the model makes {dataset}; pass a matching --features")
     return FeatureFile(net.to(device).eval(), info, dict(payload["reference"]), dict(payload["card"]), str(path))
