@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from stepdrop_search.train import TrainConfig, train
+
+# Test models are tiny: one intra-op thread is as fast, and it cannot stall on a busy machine
+# (two spinning OpenMP threads per process oversubscribe 2 cores badly). Subprocesses inherit it.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def tiny_config(out_dir, **overrides) -> TrainConfig:
