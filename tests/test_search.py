@@ -106,6 +106,8 @@ def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint
 
 def finished(db: Path) -> list[tuple[int, str, float]]:
     with sqlite3.connect(db) as con:
+        if not con.execute("select name from sqlite_master where name = 'trial_values'").fetchall():
+            return []  # the worker has not created Optuna's tables yet
         return con.execute("select t.number, t.state, v.value from trials t left join trial_values v "
                            "on v.trial_id = t.trial_id order by t.number").fetchall()
 

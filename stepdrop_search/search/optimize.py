@@ -215,10 +215,16 @@ def worker(cfg: OptimizeConfig, ctx: Context | None = None) -> int:
                           pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=directions,
                           config=cfg.study_config(ctx.loaded.weights_hash))
     before = _counted(study)
-    if before >= cfg.trials:
-        return 0
-    stop = optuna.study.MaxTrialsCallback(cfg.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    study.optimize(trial_function(cfg, ctx), timeout=cfg.timeout, callbacks=[stop], gc_after_trial=False)
+    objective = trial_function(cfg, ctx)
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout else math.inf
+    while _counted(study) < cfg.trials and time.monotonic() < deadline:
+        try:
+            study.optimize(objective, n_trials=1, gc_after_trial=False)
+        except ValueError as exc:
+            # SQLite can hand one enqueued (seed) trial to two workers at once; the second worker's
+            # result is refused ("Cannot tell a COMPLETE trial") and discarded: the study keeps one.
+            if "Cannot tell" not in str(exc):
+                raise
     return _counted(study) - before
 
 
