@@ -45,7 +45,13 @@ def make_storage(spec: str | None, study: str) -> optuna.storages.BaseStorage:
             # Two workers creating Optuna's tables in a fresh database at the same moment: the loser
             # collides with the winner's DDL. Once the winner is done, opening the storage succeeds.
             time.sleep(0.5 * (attempt + 1))
-        except (OperationalError, ImportError, ValueError) as exc:
+        except OperationalError as exc:
+            if "already exists" in str(exc):  # the same race as above, as SQLite reports it
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(exc).strip().splitlines()[0][:160]
+            raise UserError(f"cannot open study storage {spec}: {first}") from None
+        except (ImportError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0][:160]
             raise UserError(f"cannot open study storage {spec}: {first}") from None
     raise UserError(f"cannot create the study tables in {spec}; another process keeps changing them")
