@@ -50,19 +50,6 @@ def results_table(results: list[Result], title: str) -> Table:
     return table
 
 
-def results_markdown(results: list[Result]) -> str:
-    present = [c for c in COLUMNS if any(c[0] in r.summary() for r in results)]
-    lines = ["| policy | solver | NFE (measured) | " + " | ".join(h for _, h, _ in present) + " |",
-             "|---" * (3 + len(present)) + "|"]
-    for r in results:
-        s = r.summary()
-        cells = [f"failed: {r.failed}"] if r.failed else [_cell(s, key, fmt, key not in ("gflops", "peak_memory_mb"))
-                                                         for key, _, fmt in present]
-        lines.append(f"| {r.candidate.name} | {r.candidate.document.solver.name} | "
-                     f"{'' if r.failed else nfe_cell(s)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def write_results(results: list[Result], out: Path, meta: dict) -> list[Path]:
     """``out``.json (everything, per seed) and ``out``.csv (one summary row per policy), atomically."""
     out = Path(out)

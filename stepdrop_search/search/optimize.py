@@ -275,7 +275,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
 
             Parallel(n_jobs=cfg.n_jobs, backend="loky")(delayed(_worker_process)(cfg) for _ in range(cfg.n_jobs))
         trials_done = _counted(study)
-        candidates += study_candidates(cfg, study, loaded)
+        candidates += study_candidates(cfg, study)
 
     exported = export(cfg, ctx, candidates, study_name, trials_done, time.perf_counter() - tick, log)
     best = min((c for c in candidates if math.isfinite(c.scores.get("value", math.inf))),
@@ -283,7 +283,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     return OptimizeResult(best, candidates, exported, study_name, trials_done, time.perf_counter() - tick)
 
 
-def study_candidates(cfg: OptimizeConfig, study: optuna.Study, loaded: LoadedModel) -> list[Candidate]:
+def study_candidates(cfg: OptimizeConfig, study: optuna.Study) -> list[Candidate]:
     if cfg.multi_objective:
         trials = study.best_trials
     else:
