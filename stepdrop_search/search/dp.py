@@ -23,7 +23,7 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.sampler import sample
-from stepdrop_search.diffusion.solvers import ancestral_step, ddim_step
+from stepdrop_search.diffusion.solvers import ancestral_step, ddim_step, predict_x0
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.policies.base import distinct_decreasing
@@ -145,7 +145,7 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solv
             spent += B
             eps = torch.cat(eps_chunks)
             a_t = abar_nodes[i]
-            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1).to(x.dtype)
+            x0 = predict_x0(x, eps, a_t, clamp=True)[0].to(x.dtype)
             # Intermediate levels may stop at any node after i but x̂0; the last level must reach x̂0.
             lo, hi = (N, N + 1) if last else (i + 1, N - (nfe - level - 2))
             if lo >= hi:
