@@ -85,7 +85,7 @@ def state_dict_hash(state: dict[str, torch.Tensor]) -> str:
 class LoadedModel:
     """A ready-to-sample model with everything a sampler and a policy file need to know about it."""
 
-    model: UNet
+    model: torch.nn.Module  # our UNet, or an adapter with the same interface (``config``, ε(x, t))
     schedule: NoiseSchedule
     dataset: dict
     weights_hash: str
@@ -93,7 +93,8 @@ class LoadedModel:
     card: dict = field(default_factory=dict)
 
     @property
-    def config(self) -> UNetConfig:
+    def config(self):
+        """Our UNetConfig, or an adapter's shape (``in_channels``, ``image_size``)."""
         return self.model.config
 
 
@@ -116,10 +117,15 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
                use_ema: bool = True) -> LoadedModel:
     """Rebuild a model from a training checkpoint or weights file (EMA weights when present).
 
-    ``path=None`` loads the model shipped inside the package, offline.
+    ``path=None`` loads the model shipped inside the package, offline; ``diffusers:DIR`` loads a locally
+    saved diffusers UNet2DModel with its scheduler config (the optional diffusers extra).
     """
     if path is None:
         return load_default_model(device=device)
+    if str(path).startswith("diffusers:"):
+        from stepdrop_search.interop import PREFIX, load_diffusers_model
+
+        return load_diffusers_model(str(path)[len(PREFIX):], device=device)
     payload = load_checkpoint(path)
     if "schedule" not in payload or payload.get("kind") == "feature-net":
         raise UserError(f"{path} is not a diffusion model checkpoint (it holds no noise schedule)")

@@ -11,6 +11,7 @@ import functools
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -271,16 +272,43 @@ def policy_show(
 @user_errors_exit_2
 def policy_export(
     policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
-    out: Annotated[Path, typer.Option(help="JSON file to write")],
+    out: Annotated[Path | None, typer.Option(help="file to write (required for --format json)")] = None,
+    format: Annotated[str, typer.Option(help="json (our policy file) or diffusers (timesteps for set_timesteps)")] = "json",
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Write a policy file for the model's noise schedule (atomically)."""
+    """Write a policy file for the model's noise schedule (atomically), or its timesteps for diffusers."""
     from stepdrop_search.policies import save_policy
 
+    if format not in ("json", "diffusers"):
+        raise UserError(f"unknown --format {format!r}; choose json or diffusers")
     doc, loaded = _policy_document(policy, nfe, param, solver, eta, model)
+    if format == "diffusers":
+        _export_diffusers(doc, out)
+        return
+    if out is None:
+        raise UserError("--format json needs --out FILE")
     save_policy(out, doc)
     console.print(f"wrote {out} ({doc.policy.kind}, nfe {doc.policy.nfe}, schedule {doc.policy.schedule.hash})")
+
+
+def _export_diffusers(doc, out: Path | None) -> None:
+    from stepdrop_search.checkpoint import atomic_write
+    from stepdrop_search.interop import custom_timestep_support, diffusers_timesteps, scheduler_config_from_schedule
+
+    steps = diffusers_timesteps(doc)
+    support = custom_timestep_support()
+    if out is not None:
+        payload = {"timesteps": steps, "num_train_timesteps": doc.policy.schedule.T,
+                   "scheduler_config": scheduler_config_from_schedule(doc.policy.schedule),
+                   "accepts_custom_timesteps": support}
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+    lines = [f"scheduler.set_timesteps(timesteps={steps})"]
+    lines += [f"# {cls}: " + ("accepts custom timesteps" if ok else "does not accept custom timesteps; use one that does")
+              for cls, ok in support.items()]
+    if out is not None:
+        lines.append(f"# wrote {out}")
+    console.print("\n".join(lines), markup=False, highlight=False)
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -373,7 +401,8 @@ def optimize(
     kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)")] = "explicit",
     solver: Annotated[str, typer.Option(help="ddim, ddpm or dpmpp-2m")] = "ddim",
     trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count)")] = 30,
-    timeout: Annotated[float | None, typer.Option(help="seconds each worker may search")] = 600.0,
+    budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher and export included (0: no limit)")] = 900.0,
+    timeout: Annotated[float | None, typer.Option(help="seconds each worker may search (within --budget)")] = None,
     sampler: Annotated[str, typer.Option(help="tpe, cmaes, gp or nsga2")] = "tpe",
     study: Annotated[str | None, typer.Option(help="study name (default from kind, solver, NFE)")] = None,
     storage: Annotated[str | None, typer.Option(help="database URL or journal:PATH (default sqlite in studies/)")] = None,
@@ -406,11 +435,14 @@ def optimize(
     cfg = OptimizeConfig(nfe=nfe, method=method, kind=kind, solver=solver, model=str(model) if model else None,
                          features=str(features) if features else None, device=device, samples=samples, seed=seed,
                          residual_weight=residual_weight, teacher=teacher, trials=trials, timeout=timeout,
+                         budget=budget or None,
                          sampler=sampler_name, study=study, storage=storage, n_jobs=n_jobs, free_boundary=free_boundary,
                          search_eta=search_eta, dp_grid=dp_grid, dp_samples=dp_samples, gits_cost=gits_cost,
                          gits_gamma=gits_gamma, multi_objective=multi_objective, nfe_range=span,
                          out=str(out) if out else None, command=command_line())
-    result = run_optimize(cfg, log=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
+    start = time.perf_counter()
+    result = run_optimize(cfg, log=lambda m: err_console.print(f"[dim]{time.perf_counter() - start:6.0f} s  {m}[/dim]",
+                                                               highlight=False))
     table = Table(title=f"objective on {samples} fixed samples (lower is better); proxy-FID also on 3 held-out seeds")
     for column in ("candidate", "NFE", "objective", "proxy-FID", "residual", "held-out proxy-FID"):
         table.add_column(column)

@@ -200,3 +200,20 @@ def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tiny_features,
     args[args.index("16")] = "24"  # other --samples
     second = subprocess.run(args, capture_output=True, text=True)
     assert second.returncode == 2 and "other settings (samples)" in second.stderr
+
+
+def test_search_time_is_what_the_budget_leaves_after_setup_and_export_reserve():
+    from stepdrop_search.search.optimize import search_seconds
+
+    assert search_seconds(OptimizeConfig(budget=900), elapsed=300, reserve=100) == 500
+    assert search_seconds(OptimizeConfig(budget=900, timeout=60), elapsed=300, reserve=100) == 60
+    assert search_seconds(OptimizeConfig(budget=900), elapsed=950, reserve=0) < 0
+    assert search_seconds(OptimizeConfig(budget=None), elapsed=950, reserve=0) is None
+
+
+def test_optimize_with_its_budget_spent_still_exports_the_best_seed(tiny_checkpoint, tiny_features, tmp_path):
+    out = tmp_path / "best.json"
+    result = subprocess.run(tiny_args(tiny_checkpoint, tiny_features, f"sqlite:///{tmp_path}/s.db",
+                                      ("--budget", "1", "--out", str(out))), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "budget" in result.stderr and out.is_file()

@@ -1,4 +1,5 @@
-"""Discrete DDPM noise schedules: linear (Ho et al.) and cosine (Nichol & Dhariwal).
+"""Discrete DDPM noise schedules: linear (Ho et al.), cosine (Nichol & Dhariwal) and scaled-linear
+(linear in √β, the latent-diffusion schedule diffusers calls ``scaled_linear``).
 
 A schedule is a small immutable value (kind, T, parameters). Everything else — β, ᾱ, σ, log-SNR — is
 derived from it, so a checkpoint or a policy file only needs to store :meth:`NoiseSchedule.to_dict`
@@ -17,14 +18,14 @@ import torch
 
 from stepdrop_search.errors import UserError
 
-SCHEDULE_KINDS = ("linear", "cosine")
+SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine")
 
 
 @dataclass(frozen=True)
 class NoiseSchedule:
     """β_t for t = 0..T-1 and its derived views, all as float64 CPU tensors.
 
-    ``beta_start``/``beta_end`` only matter for ``linear``; ``cosine_s`` only for ``cosine``.
+    ``beta_start``/``beta_end`` only matter for ``linear`` and ``scaled_linear``; ``cosine_s`` only for ``cosine``.
     """
 
     kind: str = "linear"
@@ -45,6 +46,8 @@ class NoiseSchedule:
     def betas(self) -> torch.Tensor:
         if self.kind == "linear":
             return torch.linspace(self.beta_start, self.beta_end, self.T, dtype=torch.float64)
+        if self.kind == "scaled_linear":
+            return torch.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, self.T, dtype=torch.float64) ** 2
         # Nichol & Dhariwal: ᾱ(t) = f(t)/f(0), f(t) = cos²(((t/T)+s)/(1+s)·π/2); β clipped at 0.999.
         steps = torch.arange(self.T + 1, dtype=torch.float64) / self.T
         f = torch.cos((steps + self.cosine_s) / (1 + self.cosine_s) * math.pi / 2) ** 2

@@ -9,6 +9,7 @@ search can record and move past; it never raises.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -42,10 +43,11 @@ class Objective:
     residual_weight: float = 100.0
     teacher: Teacher = field(default_factory=Teacher)
     batch_size: int = 256
+    log: Callable[[str], None] = field(default=lambda m: None, repr=False)
 
     def __post_init__(self) -> None:
         self._teacher_x0 = teacher_outputs(self.loaded, self.teacher, n=self.samples, seed=self.seed,
-                                           batch_size=self.batch_size) if self.residual_weight else None
+                                           batch_size=self.batch_size, log=self.log) if self.residual_weight else None
 
     def __call__(self, document: PolicyDocument, samples: int | None = None, with_fid: bool = True) -> Scores:
         """Score a policy on the first ``samples`` (default all) of the fixed noise set; ``with_fid=False``

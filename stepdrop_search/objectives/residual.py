@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("STEPDROP_CACHE", Path.home() / ".cache" / "stepdrop-search")).expanduser()
 
 
-def teacher_outputs(loaded: LoadedModel, teacher: Teacher, *, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
+def teacher_outputs(loaded: LoadedModel, teacher: Teacher, *, n: int, seed: int, batch_size: int = 256,
+                    log: Callable[[str], None] = lambda m: None) -> torch.Tensor:
     """x0 of the teacher for samples 0..n−1 of ``seed`` (the same x_T every policy gets), cached."""
     cfg = loaded.config
     key = hashlib.sha256(f"{loaded.weights_hash}|{loaded.schedule.hash}|{teacher.name}|{seed}|{n}|"
@@ -58,6 +60,7 @@ def teacher_outputs(loaded: LoadedModel, teacher: Teacher, *, n: int, seed: int,
                 return cached
         except Exception:  # a damaged cache entry is recomputed, never trusted
             pass
+    log(f"teacher {teacher.name}: computing x0 of {n} samples ({n * teacher.steps} forwards, once; cached in {path.parent})")
     policy = Uniform(nfe=teacher.steps, schedule=loaded.schedule)
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     x0 = generate(loaded.model, loaded.schedule, policy, SolverSpec(teacher.solver), n=n, seed=seed,

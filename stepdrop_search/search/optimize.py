@@ -9,9 +9,10 @@ exports the best policy — or the Pareto set in multi-objective mode — atomic
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -50,7 +51,8 @@ class OptimizeConfig:
     residual_weight: float = 100.0
     teacher: str = "ddim-1000"
     trials: int = 30
-    timeout: float | None = 600.0
+    timeout: float | None = None
+    budget: float | None = 900.0
     sampler: str = "tpe"
     study: str | None = None
     storage: str | None = None
@@ -74,6 +76,8 @@ class OptimizeConfig:
             raise UserError(f"unknown --sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.kind not in SEARCHABLE:
             raise UserError(f"--kind {self.kind!r} cannot be searched; choose one of {', '.join(SEARCHABLE)}")
+        if (self.budget is not None and self.budget <= 0) or (self.timeout is not None and self.timeout <= 0):
+            raise UserError("--budget and --timeout are seconds > 0 (leave them out for no limit)")
         if self.nfe < 1 or self.trials < 1 or self.samples < 2 or self.n_jobs < 1:
             raise UserError("--nfe, --trials and --n-jobs must be ≥ 1 and --samples ≥ 2")
         if self.multi_objective and (self.nfe_range is None or not 1 <= self.nfe_range[0] < self.nfe_range[1]):
@@ -124,12 +128,12 @@ class OptimizeResult:
 class Context:
     """The loaded model, features and objective, built once per process."""
 
-    def __init__(self, cfg: OptimizeConfig) -> None:
+    def __init__(self, cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -> None:
         self.device = resolve_device(cfg.device)
         self.loaded: LoadedModel = load_model(cfg.model, device=self.device)
         self.features = load_features(cfg.features, dataset=self.loaded.dataset, device=self.device)
         self.objective = Objective(self.loaded, self.features, samples=cfg.samples, seed=cfg.seed,
-                                   residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher))
+                                   residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=log)
 
 
 def baselines(cfg: OptimizeConfig, loaded: LoadedModel, nfe: int) -> list[Candidate]:
@@ -147,6 +151,7 @@ def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> lis
     out = []
     if cfg.method not in ("dp-gits", "dp-oss", "all"):
         return out
+    log(f"DP: teacher trajectories on a {cfg.dp_grid}-step grid for {cfg.dp_samples} samples")
     traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed, solver=cfg.solver)
     solver = SolverSpec(cfg.solver)
     if cfg.method in ("dp-gits", "all"):
@@ -204,11 +209,26 @@ def _counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def worker(cfg: OptimizeConfig, ctx: Context | None = None) -> int:
+def progress_callback(cfg: OptimizeConfig, log: Callable[[str], None]):
+    """An Optuna callback that reports each finished trial and the best value so far."""
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if cfg.multi_objective:
+            outcome = f"{trial.state.name.lower()}, Pareto set {len(study.best_trials)}"
+        elif trial.state == optuna.trial.TrialState.COMPLETE:
+            outcome = f"objective {trial.value:.4f}, best {study.best_value:.4f}"
+        else:
+            outcome = trial.state.name.lower()
+        log(f"trial {trial.number} ({_counted(study)}/{cfg.trials} finished): {outcome}")
+
+    return report
+
+
+def worker(cfg: OptimizeConfig, ctx: Context | None = None, log: Callable[[str], None] = lambda m: None) -> int:
     """One search worker: load the shared study and run trials until the study holds ``trials`` finished
     (complete or pruned) trials or the timeout passes. Returns the trials this worker finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ctx = ctx or Context(cfg)
+    ctx = ctx or Context(cfg, log)
     storage = make_storage(cfg.storage, cfg.study_name)
     directions = ["minimize", "minimize"] if cfg.multi_objective else ["minimize"]
     study, _ = open_study(cfg.study_name, storage, sampler=make_sampler(cfg.sampler, cfg.seed),
@@ -219,7 +239,7 @@ def worker(cfg: OptimizeConfig, ctx: Context | None = None) -> int:
     deadline = time.monotonic() + cfg.timeout if cfg.timeout else math.inf
     while _counted(study) < cfg.trials and time.monotonic() < deadline:
         try:
-            study.optimize(objective, n_trials=1, gc_after_trial=False)
+            study.optimize(objective, n_trials=1, gc_after_trial=False, callbacks=[progress_callback(cfg, log)])
         except ValueError as exc:
             # SQLite can hand one enqueued (seed) trial to two workers at once; the second worker's
             # result is refused ("Cannot tell a COMPLETE trial") and discarded: the study keeps one.
@@ -228,9 +248,9 @@ def worker(cfg: OptimizeConfig, ctx: Context | None = None) -> int:
     return _counted(study) - before
 
 
-def _worker_process(cfg: OptimizeConfig) -> int:
+def _worker_process(cfg: OptimizeConfig, index: int) -> int:
     torch.set_num_threads(1)  # n_jobs processes share the cores
-    return worker(cfg)
+    return worker(cfg, log=lambda m: print(f"[worker {index}] {m}", file=sys.stderr, flush=True))
 
 
 def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[Candidate]) -> None:
@@ -248,17 +268,20 @@ def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[Candidate])
 
 def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -> OptimizeResult:
     tick = time.perf_counter()
-    ctx = Context(cfg)
+    ctx = Context(cfg, log)
     loaded = ctx.loaded
     candidates = [] if cfg.multi_objective else baselines(cfg, loaded, cfg.nfe)
     candidates += run_dp(cfg, ctx, log) if not cfg.multi_objective else []
+    scoring = time.perf_counter()
     for cand in candidates:
         cand.scores = ctx.objective(cand.document).to_dict()
         log(f"{cand.name}: objective {cand.scores['value']:.4f} (proxy-FID {cand.scores['fid']:.3f}, "
             f"residual {cand.scores['residual'] or 0:.5f})")
+    per_score = (time.perf_counter() - scoring) / max(1, len(candidates))
 
     study_name, trials_done = None, 0
     if cfg.method in ("optuna", "all"):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
         storage = make_storage(cfg.storage, cfg.study_name)
         directions = ["minimize", "minimize"] if cfg.multi_objective else ["minimize"]
         study, created = open_study(cfg.study_name, storage, sampler=make_sampler(cfg.sampler, cfg.seed),
@@ -267,13 +290,21 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
         if created:
             seed_study(cfg, study, candidates)
         study_name = cfg.study_name
-        log(f"study {study_name}: {_counted(study)} finished trials so far, target {cfg.trials}")
-        if cfg.n_jobs == 1:
-            worker(cfg, ctx)
+        # The export scores every candidate on the held-out seeds: reserve that time out of the budget.
+        reserve = len(HELD_OUT_SEEDS) * per_score * (len(candidates) + 1)
+        search_time = search_seconds(cfg, time.perf_counter() - tick, reserve)
+        log(f"study {study_name}: {_counted(study)} finished trials so far, target {cfg.trials}"
+            + (f", at most {search_time:.0f} s" if search_time is not None else ""))
+        if search_time is not None and search_time <= 0:
+            log(f"the --budget of {cfg.budget:.0f} s is spent before the search; exporting the best seed "
+                "(raise --budget, or re-run: the teacher is cached now)")
+        elif cfg.n_jobs == 1:
+            worker(replace(cfg, timeout=search_time), ctx, log)
         else:
             from joblib import Parallel, delayed
 
-            Parallel(n_jobs=cfg.n_jobs, backend="loky")(delayed(_worker_process)(cfg) for _ in range(cfg.n_jobs))
+            Parallel(n_jobs=cfg.n_jobs, backend="loky")(delayed(_worker_process)(replace(cfg, timeout=search_time), i)
+                                                        for i in range(cfg.n_jobs))
         trials_done = _counted(study)
         candidates += study_candidates(cfg, study)
 
@@ -281,6 +312,14 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     best = min((c for c in candidates if math.isfinite(c.scores.get("value", math.inf))),
                key=lambda c: c.scores["value"], default=None)
     return OptimizeResult(best, candidates, exported, study_name, trials_done, time.perf_counter() - tick)
+
+
+def search_seconds(cfg: OptimizeConfig, elapsed: float, reserve: float) -> float | None:
+    """Seconds the workers may search: ``--timeout``, capped by what is left of ``--budget`` after the
+    work done so far and the export's reserve; None means no limit."""
+    left = cfg.budget - elapsed - reserve if cfg.budget is not None else math.inf
+    limit = min(left, cfg.timeout if cfg.timeout is not None else math.inf)
+    return None if math.isinf(limit) else limit
 
 
 def study_candidates(cfg: OptimizeConfig, study: optuna.Study) -> list[Candidate]:
@@ -312,6 +351,7 @@ def export(cfg: OptimizeConfig, ctx: Context, candidates: list[Candidate], study
     finite = [c for c in candidates if math.isfinite(c.scores.get("value", math.inf))]
     if not finite:
         raise UserError("no candidate produced a finite objective; nothing to export")
+    log(f"proxy-FID of {len(finite)} candidates on held-out seeds {', '.join(map(str, HELD_OUT_SEEDS))}")
     for cand in finite:
         cand.held_out = held_out_fid(ctx, cand)
     chosen = [c for c in finite if c.source == "optuna"] if cfg.multi_objective else [min(finite, key=lambda c: c.scores["value"])]

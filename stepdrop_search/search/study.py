@@ -12,6 +12,7 @@ Creation is race-free: exactly one worker creates the study (and seeds it); the 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -39,8 +40,10 @@ def make_storage(spec: str | None, study: str) -> optuna.storages.BaseStorage:
     engine_kwargs = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna; we rely on it knowingly
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S)
         except (IntegrityError, ProgrammingError):
             # Two workers creating Optuna's tables in a fresh database at the same moment: the loser
             # collides with the winner's DDL. Once the winner is done, opening the storage succeeds.

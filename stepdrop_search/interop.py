@@ -1,0 +1,191 @@
+"""diffusers interop: a locally saved diffusers ``UNet2DModel`` as our model, our schedules handed to
+diffusers schedulers, and our models stepped by diffusers' own scheduler loop for side-by-side runs.
+
+diffusers is an optional extra (``pip install 'stepdrop-search[diffusers]'``). Nothing here reaches
+the hub: models load with ``local_files_only=True`` from a directory the user saved.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
+from stepdrop_search.diffusion.sampler import SampleResult
+from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.errors import UserError
+from stepdrop_search.generation import initial_noise
+from stepdrop_search.policies import PolicyDocument
+
+PREFIX = "diffusers:"
+# diffusers beta_schedule → our NoiseSchedule kind (squaredcos_cap_v2 is Nichol & Dhariwal's cosine, s = 0.008).
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
+# Short names for diffusers' scheduler classes, and whether ``set_timesteps(timesteps=[…])`` takes a custom
+# list as of diffusers 0.42; with diffusers installed, :func:`custom_timestep_support` asks it instead.
+SCHEDULERS = {
+    "ddpm": ("DDPMScheduler", True),
+    "dpm-solver-multistep": ("DPMSolverMultistepScheduler", True),
+    "euler": ("EulerDiscreteScheduler", True),
+    "ddim": ("DDIMScheduler", False),
+    "unipc": ("UniPCMultistepScheduler", False),
+}
+
+
+def require_diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise UserError("this needs the optional diffusers extra: pip install 'stepdrop-search[diffusers]'") from None
+    return diffusers
+
+
+def custom_timestep_support() -> dict[str, bool]:
+    """Class name → whether its ``set_timesteps`` accepts ``timesteps=[…]`` (read off the installed diffusers)."""
+    try:
+        import diffusers
+    except ImportError:
+        return {cls: known for cls, known in SCHEDULERS.values()}
+    return {cls: "timesteps" in inspect.signature(getattr(diffusers, cls).set_timesteps).parameters
+            for cls, _ in SCHEDULERS.values()}
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    """The part of a model config the sampler reads."""
+
+    in_channels: int
+    image_size: int
+
+
+class DiffusersEpsilon(torch.nn.Module):
+    """ε_θ(x, t) of a diffusers ``UNet2DModel`` behind the interface of our U-Net."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.config = ImageShape(int(unet.config.in_channels), int(unet.config.sample_size))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # Learned-variance models (improved DDPM) return [ε, v] along channels: keep ε.
+        return self.unet(x, t).sample[:, : x.shape[1]]
+
+
+def schedule_from_scheduler_config(config: dict, source: str) -> NoiseSchedule:
+    """Our noise schedule from a diffusers ``scheduler_config.json``; refuses what our ε-sampler cannot run."""
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise UserError(f"{source}: prediction_type {prediction!r} is not supported; the sampler needs an "
+                        "ε-prediction model (prediction_type 'epsilon')")
+    if config.get("trained_betas") is not None:
+        raise UserError(f"{source}: trained_betas are not supported; use a linear, scaled_linear or "
+                        "squaredcos_cap_v2 beta_schedule")
+    beta_schedule = config.get("beta_schedule", "linear")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise UserError(f"{source}: beta_schedule {beta_schedule!r} is not supported; "
+                        f"supported: {', '.join(BETA_SCHEDULES)}")
+    return NoiseSchedule(kind=BETA_SCHEDULES[beta_schedule], T=int(config.get("num_train_timesteps", 1000)),
+                         beta_start=float(config.get("beta_start", 1e-4)), beta_end=float(config.get("beta_end", 0.02)))
+
+
+def scheduler_config_from_schedule(schedule: NoiseSchedule) -> dict:
+    """The diffusers scheduler config describing one of our noise schedules (ε-prediction, no clipping
+    beyond the data range)."""
+    beta_schedule = {kind: name for name, kind in BETA_SCHEDULES.items()}[schedule.kind]
+    return {"num_train_timesteps": schedule.T, "beta_schedule": beta_schedule, "beta_start": schedule.beta_start,
+            "beta_end": schedule.beta_end, "prediction_type": "epsilon", "clip_sample": True, "clip_sample_range": 1.0}
+
+
+def _read_scheduler_config(directory: Path) -> tuple[dict, Path]:
+    for path in (directory / "scheduler" / "scheduler_config.json", directory / "scheduler_config.json"):
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()), path
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UserError(f"{path}: not valid JSON ({exc})") from None
+    raise UserError(f"{directory}: no scheduler_config.json (looked in scheduler/ and the directory itself); save "
+                    "the pipeline with save_pretrained or the scheduler with scheduler.save_pretrained(DIR)")
+
+
+def load_diffusers_model(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """A diffusers ``UNet2DModel`` (pipeline layout ``DIR/unet`` or a bare model directory) with its
+    scheduler config, offline."""
+    diffusers = require_diffusers()
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"diffusers model directory {directory} does not exist")
+    config, config_path = _read_scheduler_config(directory)
+    schedule = schedule_from_scheduler_config(config, str(config_path))
+    unet_dir = directory / "unet" if (directory / "unet").is_dir() else directory
+    diffusers.utils.logging.set_verbosity_error()  # its advice to install accelerate is noise for our users
+    try:
+        unet = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{unet_dir}: cannot load a diffusers UNet2DModel ({first})") from None
+    if getattr(unet.config, "num_class_embeds", None) or getattr(unet.config, "class_embed_type", None):
+        raise UserError(f"{unet_dir}: class-conditional UNet2DModels are not supported (the sampler is unconditional)")
+    if unet.config.out_channels not in (unet.config.in_channels, 2 * unet.config.in_channels):
+        raise UserError(f"{unet_dir}: out_channels {unet.config.out_channels} is neither ε nor [ε, variance] "
+                        f"for {unet.config.in_channels} input channels")
+    model = DiffusersEpsilon(unet).to(device).eval()
+    card = {"scheduler_config": config, "format": "diffusers"}
+    return LoadedModel(model, schedule, {}, state_dict_hash(unet.state_dict()), f"{PREFIX}{directory}", card)
+
+
+def diffusers_timesteps(document: PolicyDocument) -> list[int]:
+    """The policy's steps in the form ``scheduler.set_timesteps(timesteps=[…])`` takes (descending ints)."""
+    policy = document.policy
+    if not policy.static:
+        raise UserError(f"policy kind {policy.kind!r} draws its steps per sample; diffusers takes one fixed list. "
+                        "Export a static policy (explicit, uniform, karras, importance, …) instead")
+    return [int(t) for t in policy.timesteps().tolist()]
+
+
+def make_scheduler(name: str, loaded: LoadedModel):
+    """A diffusers scheduler for ``loaded``: its own scheduler config for diffusers models, else one built from
+    our noise schedule."""
+    diffusers = require_diffusers()
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown diffusers scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    config = loaded.card.get("scheduler_config") or scheduler_config_from_schedule(loaded.schedule)
+    return getattr(diffusers, SCHEDULERS[name][0]).from_config(config)
+
+
+@torch.no_grad()
+def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: int = 0, nfe: int | None = None,
+                     timesteps: list[int] | None = None, batch_size: int = 256, clamp: bool = True) -> SampleResult:
+    """Sample ``loaded`` with a diffusers scheduler's own loop (its default spacing for ``nfe`` steps, or the
+    given ``timesteps``), from the same x_T our sampler uses for ``seed``; NFE counted per model call.
+    ``clamp`` clips the result to the data range, as diffusers' pipelines do before making images."""
+    if (nfe is None) == (timesteps is None):
+        raise UserError("give either an NFE (the scheduler's own spacing) or a list of timesteps")
+    scheduler = make_scheduler(scheduler_name, loaded)
+    cls_name = SCHEDULERS[scheduler_name][0]
+    if timesteps is not None and not custom_timestep_support()[cls_name]:
+        raise UserError(f"diffusers' {cls_name} does not accept custom timesteps; use ddpm, dpm-solver-multistep "
+                        "or euler")
+    model = loaded.model
+    device = next(model.parameters()).device
+    cfg = model.config
+    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+    generator = torch.Generator(device=device).manual_seed(seed + 2)
+    outputs, calls = [], torch.zeros(n, dtype=torch.long)
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for start in range(0, n, batch_size):
+        if timesteps is not None:
+            scheduler.set_timesteps(timesteps=timesteps, device=device)
+        else:
+            scheduler.set_timesteps(nfe, device=device)
+        x = x_T[start:start + batch_size].to(device) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            eps = model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
+            calls[start:start + x.shape[0]] += 1
+            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+        outputs.append((x.clamp(-1, 1) if clamp else x).cpu())
+    steps = len(scheduler.timesteps)
+    return SampleResult(torch.cat(outputs), calls, torch.ones(n, steps, dtype=torch.bool),
+                        scheduler.timesteps.detach().cpu().round().long())
