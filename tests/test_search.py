@@ -24,8 +24,10 @@ from stepdrop_search.search.space import gaps_to_steps, steps_to_params
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
+def private_cache_and_workdir(tmp_path, monkeypatch):
+    """Teacher cache and default outputs (policies/, studies/) stay in the test's own directory."""
     monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")
