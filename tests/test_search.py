@@ -105,6 +105,17 @@ def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint
     sources = [t.user_attrs.get("source") for t in study.trials]
     assert "dp-gits" in sources and "uniform-trailing" in sources  # the study was seeded
 
+    # evaluate on the objective's noise set reproduces the exported objective
+    from stepdrop_search.evaluation import Candidate, evaluate
+    from stepdrop_search.objectives.features import load_features
+    from stepdrop_search.objectives.residual import Teacher
+
+    loaded = load_model(tiny_checkpoint)
+    [res] = evaluate(loaded, [Candidate("best", doc)], samples=16, seeds=[0], metrics=["fid", "residual"],
+                     features=load_features(str(tiny_features)), teacher=Teacher.parse("ddim-50"), residual_samples=16)
+    assert res.summary()["fid"][0] == pytest.approx(prov["objective"]["fid"], rel=1e-4)
+    assert res.summary()["residual"][0] == pytest.approx(prov["objective"]["residual"], rel=1e-4)
+
 
 def finished(db: Path) -> list[tuple[int, str, float]]:
     with sqlite3.connect(db) as con:
