@@ -1,17 +1,20 @@
 """Sampler speed: images/s and the share of wall time spent outside the network forward.
 
-    python bench/sampler_speed.py [--batch 256] [--nfe 10 50] [--repeats 3] [--device auto]
+    python bench/sampler_speed.py [--batch 256] [--nfe 10 50] [--repeats 3] [--device auto] [--diffusers]
 
 Runs the shipped model (or --model) warm, without file I/O. The network's own time is measured inside
 a wrapper around the forward (perf_counter on CPU; CUDA events on GPU, read once at the end), so
 "outside" = 1 − network time / wall time covers the loop, solver arithmetic, gathers and NFE counting.
-Targets (issue 3): ≤ 1% for static policies, ≤ 3% for stochastic/adaptive ones.
+Targets (issue 3): ≤ 1% for static policies, ≤ 3% for stochastic/adaptive ones. ``--diffusers`` adds
+rows for the same model, batch and NFE stepped by diffusers' own DDIM and DPM-Solver++ scheduler loops
+(their default spacing), so the two loops' overhead is compared in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--diffusers", action="store_true", help="also time diffusers' scheduler loops")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -66,28 +70,33 @@ def main() -> None:
     timed = TimedModel(loaded.model)
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, model {loaded.source}")
     print(f"{'policy':<10} {'solver':<9} {'NFE':>5} {'measured NFE':>13} {'img/s':>8} {'outside net':>12}")
+    timed_loaded = replace(loaded, model=timed)
     for nfe in args.nfe:
-        for policy in (Uniform(nfe=nfe), StepDrop(nfe=nfe), Adaptive(nfe=nfe)):
-            for solver in ("ddim", "dpmpp-2m"):
-                def run(policy=policy, solver=solver):
-                    return generate(timed, loaded.schedule, policy, SolverSpec(solver), n=args.batch,
-                                    batch_size=args.batch, seed=0)
+        rows = [(policy.kind, solver, lambda policy=policy, solver=solver: generate(
+                    timed, loaded.schedule, policy, SolverSpec(solver), n=args.batch, batch_size=args.batch, seed=0))
+                for policy in (Uniform(nfe=nfe), StepDrop(nfe=nfe), Adaptive(nfe=nfe)) for solver in ("ddim", "dpmpp-2m")]
+        if args.diffusers:
+            from stepdrop_search.interop import diffusers_sample
 
-                run()  # warm-up
-                walls, outside, nfes = [], [], []
-                for _ in range(args.repeats):
-                    timed.reset()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    tick = time.perf_counter()
-                    result = run()
-                    wall = time.perf_counter() - tick
-                    walls.append(wall)
-                    outside.append(1 - timed.network_seconds() / wall)
-                    nfes.append(result.nfe.float().mean().item())
-                best = min(range(args.repeats), key=lambda i: walls[i])
-                print(f"{policy.kind:<10} {solver:<9} {nfe:>5} {nfes[best]:>13.2f} {args.batch / walls[best]:>8.1f} "
-                      f"{100 * sorted(outside)[len(outside) // 2]:>11.2f}%")
+            rows += [("diffusers", name, lambda name=name, nfe=nfe: diffusers_sample(
+                        timed_loaded, name, n=args.batch, nfe=nfe, batch_size=args.batch))
+                     for name in ("ddim", "dpm-solver-multistep")]
+        for kind, solver, run in rows:
+            run()  # warm-up
+            walls, outside, nfes = [], [], []
+            for _ in range(args.repeats):
+                timed.reset()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                tick = time.perf_counter()
+                result = run()
+                wall = time.perf_counter() - tick
+                walls.append(wall)
+                outside.append(1 - timed.network_seconds() / wall)
+                nfes.append(result.nfe.float().mean().item())
+            best = min(range(args.repeats), key=lambda i: walls[i])
+            print(f"{kind:<10} {solver[:9]:<9} {nfe:>5} {nfes[best]:>13.2f} {args.batch / walls[best]:>8.1f} "
+                  f"{100 * sorted(outside)[len(outside) // 2]:>11.2f}%")
 
 
 if __name__ == "__main__":
