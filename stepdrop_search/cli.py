@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import re
 import shlex
 import sys
 import time
@@ -65,6 +66,7 @@ def train(
     timesteps: Annotated[int, typer.Option("--timesteps", help="T, the number of diffusion steps")] = 1000,
     skip_loss_every: Annotated[int, typer.Option(help="S2-DM skip K (e.g. 10); 0 = plain DDPM loss")] = 0,
     skip_loss_tau: Annotated[float, typer.Option(help="S2-DM weight τ of the plain loss")] = 0.99,
+    init_from: Annotated[str | None, typer.Option(help="fine-tune from these weights (EMA if present); 'default': the shipped model")] = None,
     checkpoint_every: int = 250,
     out: Annotated[str, typer.Option(help="run folder; the checkpoint is OUT/last.pt")] = "runs/default",
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
@@ -77,7 +79,7 @@ def train(
     cfg = TrainConfig(preset=preset, dataset=dataset, data_dir=data, image_size=image_size, steps=steps,
                       batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
                       grad_clip=grad_clip, flip=flip, seed=seed, schedule=schedule, T=timesteps,
-                      skip_loss_every=skip_loss_every, skip_loss_tau=skip_loss_tau,
+                      skip_loss_every=skip_loss_every, skip_loss_tau=skip_loss_tau, init_from=init_from,
                       checkpoint_every=checkpoint_every, out_dir=out, device=device, command=command_line())
     with training_progress() as on_step:
         path = run_training(cfg, resume=resume, on_step=on_step)
@@ -298,15 +300,14 @@ def _export_diffusers(doc, out: Path | None) -> None:
 
     steps = diffusers_timesteps(doc)
     support = custom_timestep_support()
+    lines = [f"scheduler.set_timesteps(timesteps={steps})"]
+    lines += [f"# {cls}: " + ("accepts custom timesteps" if ok else "does not accept custom timesteps; use one that does")
+              for cls, ok in support.items()]
     if out is not None:
         payload = {"timesteps": steps, "num_train_timesteps": doc.policy.schedule.T,
                    "scheduler_config": scheduler_config_from_schedule(doc.policy.schedule),
                    "accepts_custom_timesteps": support}
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
-    lines = [f"scheduler.set_timesteps(timesteps={steps})"]
-    lines += [f"# {cls}: " + ("accepts custom timesteps" if ok else "does not accept custom timesteps; use one that does")
-              for cls, ok in support.items()]
-    if out is not None:
         lines.append(f"# wrote {out}")
     console.print("\n".join(lines), markup=False, highlight=False)
 
@@ -327,7 +328,9 @@ def evaluate(
     policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file to evaluate (repeatable)")] = None,
     baselines: Annotated[str, typer.Option(help="comma-separated: ddim, ddpm, dpmpp-2m (uniform steps) or any policy kind")] = "",
     nfe: Annotated[str, typer.Option(help="comma-separated NFE values for the baselines")] = "10,25,50",
-    suite: Annotated[str | None, typer.Option(help="'stepdrop': the structure of StepDrop's Tables 1-3")] = None,
+    suite: Annotated[str | None, typer.Option(help="'stepdrop': StepDrop's Tables 1-3; 'peers': every peer schedule at each --nfe")] = None,
+    solvers: Annotated[str | None, typer.Option(help="also run each --policy with these solvers (schedule transfer)")] = None,
+    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for the DP rows of --suite peers")] = 32,
     samples: Annotated[int, typer.Option(help="samples per policy and seed")] = 2000,
     seeds: Annotated[int, typer.Option(help="seeds 0..S-1; every policy gets the same x_T per seed")] = 3,
     metrics: Annotated[str, typer.Option(help="comma-separated from fid,kid,is,prc,residual,throughput,gflops,memory")] =
@@ -339,36 +342,48 @@ def evaluate(
     features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one for the model's data)")] = None,
     inception_weights: Annotated[Path | None, typer.Option(help="torch-fidelity Inception weights, for inception-fid")] = None,
     data: Annotated[str | None, typer.Option(help="real images for inception-fid (the model's data set folder)")] = None,
-    out: Annotated[Path, typer.Option(help="results stem: writes OUT.json, OUT.csv and OUT.png")] = Path("results/evaluation"),
+    out: Annotated[Path, typer.Option(help="results stem: writes OUT.json, .csv, .md and .png")] = Path("results/evaluation"),
     device: str = "auto",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
     import torch
 
     from stepdrop_search.checkpoint import load_model
-    from stepdrop_search.devices import resolve_device
-    from stepdrop_search.evaluation import Candidate, baseline, parse_metrics, stepdrop_suite
+    from stepdrop_search.devices import machine_description, resolve_device
+    from stepdrop_search.diffusion.solvers import SolverSpec
+    from stepdrop_search.evaluation import Candidate, baseline, parse_metrics
     from stepdrop_search.evaluation import evaluate as run_evaluation
     from stepdrop_search.objectives.features import load_features
     from stepdrop_search.objectives.metrics import FIDELITY_METRICS
     from stepdrop_search.objectives.residual import Teacher
     from stepdrop_search.policies import load_policy
-    from stepdrop_search.report import plot_quality_vs_nfe, results_table, write_results
+    from stepdrop_search.report import plot_quality_vs_nfe, results_table, write_markdown, write_results
+    from stepdrop_search.suites import build_suite
 
     wanted = parse_metrics(metrics)
     teacher_spec = Teacher.parse(teacher)
+    nfes = parse_int_list(nfe, "--nfe")
+    extra_solvers = [SolverSpec(name.strip()).name for name in (solvers or "").split(",") if name.strip()]
     dev = resolve_device(device)
     loaded = load_model(model, device=dev)
     candidates = []
-    if suite is not None:
-        if suite != "stepdrop":
-            raise UserError(f"unknown suite {suite!r}; available: stepdrop")
-        candidates += stepdrop_suite(loaded.schedule)
-    for name in [b.strip() for b in baselines.split(",") if b.strip()] or ([] if candidates or policy else ["ddim"]):
-        candidates += [baseline(name, n, loaded.schedule) for n in parse_int_list(nfe, "--nfe")]
+    for name in [b.strip() for b in baselines.split(",") if b.strip()] or ([] if suite or policy else ["ddim"]):
+        candidates += [baseline(name, n, loaded.schedule) for n in nfes]
     for path in policy or []:
         doc = load_policy(path, loaded.schedule)
-        candidates.append(Candidate(f"{path.stem}", doc, path.stem))
+        family = re.sub(r"-nfe\d+$", "", path.stem)
+        for solver_name in extra_solvers or [doc.solver.name]:
+            own = solver_name == doc.solver.name
+            candidates.append(Candidate(path.stem if own else f"{path.stem}→{solver_name}",
+                                        doc if own else PolicyDocument(doc.policy, SolverSpec(solver_name)),
+                                        family if own else f"{family}→{solver_name}"))
+    missing = []
+    if suite is not None:
+        built = build_suite(suite, loaded, nfes, dp_samples=dp_samples,
+                            log=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
+        candidates, missing = built.rows + candidates, built.missing
+        for line in missing:
+            err_console.print(f"not run here: {line}", highlight=False)
     feature_file = load_features(features, dataset=loaded.dataset, device=dev) if set(wanted) & set(FIDELITY_METRICS) else None
     inception = None
     if "inception-fid" in wanted:
@@ -387,8 +402,11 @@ def evaluate(
     meta = {"command": command_line(), "model": loaded.source, "model_hash": loaded.weights_hash,
             "features": feature_file.source if feature_file else None, "samples": samples, "seeds": seeds,
             "teacher": teacher_spec.name, "residual_samples": min(residual_samples, samples), "device": str(dev),
-            "batch_size": batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+            "batch_size": batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine_description(dev), "suite": suite, "not_run": missing,
+            "title": f"Evaluation: suite {suite}" if suite else "Evaluation"}
     written = write_results(results, out, meta)
+    written.append(write_markdown(results, out.with_suffix(".md"), meta, missing))
     plot = plot_quality_vs_nfe(results, out.with_suffix(".png"), "fid" if "fid" in wanted else "residual")
     console.print("wrote " + ", ".join(str(p) for p in written + ([plot] if plot else [])))
 

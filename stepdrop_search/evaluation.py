@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
@@ -27,7 +28,7 @@ from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import FIDELITY_METRICS, fidelity_metrics, inception_fid
 from stepdrop_search.objectives.residual import Teacher, residual, teacher_outputs
 from stepdrop_search.policies import PolicyDocument, policy_class
-from stepdrop_search.policies.kinds import StepDrop, Uniform
+from stepdrop_search.policies.kinds import Uniform
 
 METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
 #: Baselines by name: a solver on uniform (trailing) steps, or any policy kind with its defaults and DDIM.
@@ -36,9 +37,46 @@ SOLVER_BASELINES = {"ddim": "ddim", "ddpm": "ddpm", "dpmpp-2m": "dpmpp-2m"}
 
 @dataclass(frozen=True)
 class Candidate:
+    """One row of an evaluation. Rows are sampled by our sampler from ``document``, or, with ``diffusers`` set,
+    by that diffusers scheduler's own loop: on the timesteps of ``document``'s static policy, or with
+    ``document=None`` on the scheduler's default spacing for ``nfe`` steps."""
+
     name: str
-    document: PolicyDocument
+    document: PolicyDocument | None
     family: str = ""  # rows of one family form one line in the quality-vs-NFE plot
+    diffusers: str | None = None
+    nfe: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.document is None and (self.diffusers is None or self.nfe is None):
+            raise ValueError("a row without a policy must name a diffusers scheduler and its NFE")
+
+    @property
+    def solver_label(self) -> str:
+        return f"diffusers {self.diffusers}" if self.diffusers else self.document.solver.name
+
+    @property
+    def kind_label(self) -> str:
+        return self.document.policy.kind if self.document is not None else "scheduler default"
+
+    @property
+    def nominal_nfe(self) -> int:
+        """The NFE the row was built for (the expected NFE of a stochastic policy)."""
+        return self.document.policy.nfe if self.document is not None else self.nfe
+
+    def to_dict(self) -> dict:
+        out = {"policy": self.document.to_dict() if self.document is not None else None}
+        return out | ({"diffusers": self.diffusers, "nfe": self.nominal_nfe} if self.diffusers else {})
+
+    def sample(self, loaded: LoadedModel, *, n: int, seed: int, batch_size: int) -> SampleResult:
+        if self.diffusers:
+            from stepdrop_search.interop import diffusers_sample, diffusers_timesteps
+
+            steps = diffusers_timesteps(self.document) if self.document is not None else None
+            return diffusers_sample(loaded, self.diffusers, n=n, seed=seed, nfe=None if steps else self.nfe,
+                                    timesteps=steps, batch_size=batch_size)
+        return generate(loaded.model, loaded.schedule, self.document.policy, self.document.solver, n=n, seed=seed,
+                        batch_size=batch_size)
 
 
 def baseline(name: str, nfe: int, schedule: NoiseSchedule) -> Candidate:
@@ -47,26 +85,6 @@ def baseline(name: str, nfe: int, schedule: NoiseSchedule) -> Candidate:
     else:
         doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"))
     return Candidate(f"{name}-{nfe}", doc, name)
-
-
-def stepdrop_suite(schedule: NoiseSchedule) -> list[Candidate]:
-    """The structure of StepDrop's Tables 1–3 on our model, with honest (measured) NFE."""
-    def row(name, policy, solver="ddim", family=None):
-        return Candidate(name, PolicyDocument(policy, SolverSpec(solver)), family or name)
-
-    return [
-        row("ddpm-1000", Uniform(nfe=1000, schedule=schedule), "ddpm", "ddpm"),
-        row("ddim-50", Uniform(nfe=50, schedule=schedule), family="ddim"),
-        row("ddim-25", Uniform(nfe=25, schedule=schedule), family="ddim"),
-        row("importance-50", policy_class("importance")(nfe=50, schedule=schedule), family="importance"),
-        row("importance-25", policy_class("importance")(nfe=25, schedule=schedule), family="importance"),
-        row("target-50 uniform (linspace)", Uniform(nfe=50, spacing="linspace", schedule=schedule), family="uniform-linspace"),
-        row("target-50 stochastic", StepDrop(nfe=50, profile="constant", schedule=schedule), family="stochastic"),
-        row("linear p=0.5", StepDrop(base_steps=1000, p0=0.5, profile="linear", protect=20, schedule=schedule),
-            family="stepdrop-linear"),
-        row("cosine2 p=0.3", StepDrop(base_steps=1000, p0=0.3, profile="cosine2", protect=20, schedule=schedule),
-            family="stepdrop-cosine2"),
-    ]
 
 
 @dataclass
@@ -99,8 +117,7 @@ class Result:
         return out
 
     def to_dict(self) -> dict:
-        doc = self.candidate.document
-        return {"name": self.candidate.name, "family": self.candidate.family, "policy": doc.to_dict(),
+        return {"name": self.candidate.name, "family": self.candidate.family, **self.candidate.to_dict(),
                 "samples": self.samples, "failed": self.failed,
                 "summary": {k: {"mean": m, "std": s} for k, (m, s) in self.summary().items()},
                 "per_seed": [{"seed": r.seed, "failed": r.failed, **r.values} for r in self.per_seed]}
@@ -144,7 +161,7 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
 
     results = []
     for cand in candidates:
-        if cand.document.policy.schedule.hash != loaded.schedule.hash:
+        if cand.document is not None and cand.document.policy.schedule.hash != loaded.schedule.hash:
             raise UserError(f"{cand.name} was made for another noise schedule than the model's")
         result = Result(cand, samples)
         for seed in seed_list:
@@ -153,8 +170,7 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
                 torch.cuda.reset_peak_memory_stats(device)
                 torch.cuda.synchronize(device)
             tick = time.perf_counter()
-            run = generate(loaded.model, loaded.schedule, cand.document.policy, cand.document.solver, n=samples,
-                           seed=seed, batch_size=batch_size)
+            run = cand.sample(loaded, n=samples, seed=seed, batch_size=batch_size)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             wall = time.perf_counter() - tick

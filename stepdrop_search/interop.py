@@ -7,6 +7,7 @@ the hub: models load with ``local_files_only=True`` from a directory the user sa
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from stepdrop_search.checkpoint import DIFFUSERS_PREFIX as PREFIX
 from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
@@ -21,7 +23,6 @@ from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.policies import PolicyDocument
 
-PREFIX = "diffusers:"
 # diffusers beta_schedule → our NoiseSchedule kind (squaredcos_cap_v2 is Nichol & Dhariwal's cosine, s = 0.008).
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 # Short names for diffusers' scheduler classes, and whether ``set_timesteps(timesteps=[…])`` takes a custom
@@ -33,6 +34,10 @@ SCHEDULERS = {
     "ddim": ("DDIMScheduler", False),
     "unipc": ("UniPCMultistepScheduler", False),
 }
+
+
+def diffusers_installed() -> bool:
+    return importlib.util.find_spec("diffusers") is not None
 
 
 def require_diffusers():

@@ -32,8 +32,12 @@ def nfe_cell(summary: dict) -> str:
     return f"{mean:.0f}" if lo == hi == mean else f"{mean:.1f} [{lo:.0f}–{hi:.0f}]"
 
 
+def present_columns(results: list[Result]) -> list[tuple[str, str, str]]:
+    return [c for c in COLUMNS if any(c[0] in r.summary() for r in results)]
+
+
 def results_table(results: list[Result], title: str) -> Table:
-    present = [c for c in COLUMNS if any(c[0] in r.summary() for r in results)]
+    present = present_columns(results)
     table = Table(title=title)
     table.add_column("policy")
     table.add_column("solver")
@@ -41,13 +45,17 @@ def results_table(results: list[Result], title: str) -> Table:
     for _, header, _ in present:
         table.add_column(header, justify="right")
     for r in results:
-        s = r.summary()
-        if r.failed:
-            table.add_row(r.candidate.name, r.candidate.document.solver.name, "", f"failed: {r.failed}")
-            continue
-        table.add_row(r.candidate.name, r.candidate.document.solver.name, nfe_cell(s),
-                      *(_cell(s, key, fmt, key not in ("gflops", "peak_memory_mb")) for key, _, fmt in present))
+        table.add_row(*row_cells(r, present))
     return table
+
+
+def row_cells(r: Result, present: list[tuple[str, str, str]]) -> list[str]:
+    """policy, solver, measured NFE and one cell per present metric (mean ± std; GFLOPs and memory bare)."""
+    if r.failed:
+        return [r.candidate.name, r.candidate.solver_label, "", f"failed: {r.failed}"] + [""] * (len(present) - 1)
+    s = r.summary()
+    return [r.candidate.name, r.candidate.solver_label, nfe_cell(s)] + [
+        _cell(s, key, fmt, key not in ("gflops", "peak_memory_mb")) for key, _, fmt in present]
 
 
 def write_results(results: list[Result], out: Path, meta: dict) -> list[Path]:
@@ -63,11 +71,63 @@ def write_results(results: list[Result], out: Path, meta: dict) -> list[Path]:
                     + [f"{k}_{stat}" for k in keys for stat in ("mean", "std")])
     for r in results:
         s = r.summary()
-        writer.writerow([r.candidate.name, r.candidate.family, r.candidate.document.policy.kind,
-                         r.candidate.document.solver.name, r.samples, len(r.per_seed), r.failed or ""]
+        writer.writerow([r.candidate.name, r.candidate.family, r.candidate.kind_label,
+                         r.candidate.solver_label, r.samples, len(r.per_seed), r.failed or ""]
                         + [f"{s[k][i]:.6g}" if k in s else "" for k in keys for i in (0, 1)])
     atomic_write(csv_path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
     return [json_path, csv_path]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def by_nfe_table(results: list[Result], metric: str = "fid") -> list[str]:
+    """Families × nominal NFE, ``metric`` mean ± std; the best mean of each column in bold."""
+    cells: dict[str, dict[int, tuple[float, float]]] = {}
+    for r in results:
+        s = r.summary()
+        if not r.failed and metric in s:
+            cells.setdefault(r.candidate.family or r.candidate.name, {})[r.candidate.nominal_nfe] = s[metric]
+    nfes = sorted({n for row in cells.values() for n in row})
+    best = {n: min(row[n][0] for row in cells.values() if n in row) for n in nfes}
+    fmt = next((f for key, _, f in COLUMNS if key == metric), "{:.4g}")
+    rows = []
+    for family, row in cells.items():
+        line = [family]
+        for n in nfes:
+            if n not in row:
+                line.append("")
+                continue
+            text = f"{fmt.format(row[n][0])} ± {fmt.format(row[n][1])}"
+            line.append(f"**{text}**" if row[n][0] == best[n] else text)
+        rows.append(line)
+    return _markdown_table(["family"] + [f"NFE {n}" for n in nfes], rows)
+
+
+def write_markdown(results: list[Result], path: Path, meta: dict, missing: list[str] = ()) -> Path:
+    """A Markdown report: how it was made (command, date, machine, samples × seeds), quality by NFE per
+    family, every row with all its metrics, and the rows that could not run here with the reason."""
+    header = next((h for key, h, _ in COLUMNS if key == "fid"), "fid")
+    present = present_columns(results)
+    lines = [f"# {meta.get('title', 'Evaluation')}", "",
+             f"- command: `{meta.get('command', '')}`",
+             f"- date: {meta.get('date', '')}; machine: {meta.get('machine', '')}; device: {meta.get('device', '')}",
+             f"- model: {meta.get('model', '')} (weights {meta.get('model_hash', '')}); features: {meta.get('features')}",
+             f"- {meta.get('samples')} samples × {meta.get('seeds')} seeds; every row gets the same x_T per seed; "
+             f"values are mean ± std over seeds; residual: {meta.get('residual_samples')} samples against "
+             f"{meta.get('teacher')}", ""]
+    metric = "fid" if any("fid" in r.summary() for r in results) else "residual"
+    if len({r.candidate.nominal_nfe for r in results}) > 1:
+        lines += [f"## {header if metric == 'fid' else 'residual'} by NFE (best per column in bold)", ""]
+        lines += by_nfe_table(results, metric) + [""]
+    lines += ["## Every row", ""]
+    rows = [row_cells(r, present) for r in results]
+    lines += _markdown_table(["policy", "solver", "NFE (measured)"] + [h for _, h, _ in present], rows) + [""]
+    if missing:
+        lines += ["## Not run here", ""] + [f"- {m}" for m in missing] + [""]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return Path(path)
 
 
 def plot_quality_vs_nfe(results: list[Result], path: Path, metric: str = "fid") -> Path | None:

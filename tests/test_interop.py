@@ -90,6 +90,17 @@ def test_our_ddim_equals_diffusers_ddim_scheduler_on_the_same_model(tmp_path):
     assert theirs.nfe.tolist() == [10] * 4 == ours.nfe.tolist()
 
 
+def test_our_dpmpp_2m_equals_diffusers_dpm_solver_multistep_on_custom_timesteps(tmp_path):
+    """DPM-Solver++(2M) agrees with diffusers' DPMSolverMultistepScheduler (its defaults: 2nd order, first-order
+    last step below 15 steps, final σ = 0) on a non-uniform schedule, when neither clips x̂0 per step."""
+    loaded = load_model(f"diffusers:{save_tiny_pipeline(tmp_path, {'num_train_timesteps': 1000})}")
+    policy = Explicit(steps=(999, 760, 540, 330, 120), schedule=loaded.schedule)
+    theirs = diffusers_sample(loaded, "dpm-solver-multistep", n=4, seed=5, clamp=False,
+                              timesteps=list(policy.timesteps().tolist()))
+    ours = generate(loaded.model, loaded.schedule, policy, SolverSpec("dpmpp-2m"), n=4, seed=5, clamp=False)
+    assert torch.allclose(ours.x0, theirs.x0, rtol=1e-4, atol=1e-4)
+
+
 def test_exported_timesteps_are_what_diffusers_schedulers_step_through(tiny_checkpoint):
     loaded = load_model(tiny_checkpoint)
     doc = PolicyDocument(Explicit(steps=(990, 700, 400, 150, 20), schedule=loaded.schedule))

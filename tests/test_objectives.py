@@ -12,13 +12,14 @@ from stepdrop_search.cli import app
 from stepdrop_search.data import load_dataset
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
-from stepdrop_search.evaluation import Candidate, evaluate, stepdrop_suite
+from stepdrop_search.evaluation import Candidate, evaluate
 from stepdrop_search.objectives.features import load_features
 from stepdrop_search.objectives.metrics import ProxyFeatureExtractor, fidelity_metrics, inception_fid, proxy_extractor
 from stepdrop_search.objectives.objective import Objective
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.policies.kinds import Uniform
+from stepdrop_search.suites import PEER_KINDS, peers_suite, stepdrop_suite
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -107,7 +108,7 @@ def test_non_finite_samples_make_a_failed_result_not_a_crash(tiny_checkpoint, fe
 
 
 def test_stepdrop_suite_reports_true_expected_nfe():
-    suite = {c.name: c.document.policy for c in stepdrop_suite(Uniform(nfe=1).schedule)}
+    suite = {c.name: c.document.policy for c in stepdrop_suite(Uniform(nfe=1).schedule).rows}
     assert suite["ddpm-1000"].nfe == 1000
     assert 650 < suite["linear p=0.5"].expected_nfe() < 700
     assert suite["cosine2 p=0.3"].expected_nfe() > 800
@@ -130,6 +131,42 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_checkpoint, tiny_features, t
     assert all(s["seed"] == 0 for s in seeds)
     assert out.with_suffix(".csv").read_text().startswith("policy,")
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    report = out.with_suffix(".md").read_text()
+    fid = data["results"][0]["summary"]["fid"]
+    assert f"{fid['mean']:.3f} ± {fid['std']:.3f}" in report  # the report prints evaluate's numbers
+    assert "## proxy-FID by NFE" in report and "| importance |" in report
+
+
+def test_peers_suite_has_every_peer_at_every_nfe_or_says_why(tiny_checkpoint):
+    loaded = load_model(tiny_checkpoint)
+    suite = peers_suite(loaded, [3, 6], dp_samples=4, diffusers_available=False)
+    families = {c.family for c in suite.rows}
+    expected = {"ddim-trailing", "ddim-leading", "ddim-linspace", "dp-gits", "dp-oss", "dpmpp-2m-trailing",
+                "dp-oss→dpmpp-2m", *PEER_KINDS}
+    for nfe in (3, 6):
+        built = {c.family for c in suite.rows if c.nominal_nfe == nfe}
+        explained = {line.split("@")[0] for line in suite.missing if f"@{nfe}:" in line}
+        assert expected - {"diffusers"} <= built | explained
+        assert sum("diffusers is not installed" in line for line in suite.missing if f"@{nfe}:" in line) == 6
+    assert families >= {"dp-oss", "ddim-leading"}
+    oss = [c.document.policy.timesteps() for c in suite.rows if c.family == "dp-oss"]
+    assert [len(t) for t in oss] == [3, 6]
+
+
+def test_peers_suite_runs_diffusers_schedulers_through_evaluate(tiny_checkpoint, tiny_features, tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "peers"
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--features", str(tiny_features),
+                                 "--suite", "peers", "--nfe", "4", "--samples", "8", "--seeds", "2", "--dp-samples", "4",
+                                 "--metrics", "fid,residual", "--teacher", "ddim-20", "--residual-samples", "4",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())["results"]}
+    for scheduler in ("dpm-solver-multistep", "ddpm", "euler"):
+        default, ours = rows[f"diffusers {scheduler}@4"], rows[f"diffusers {scheduler} on dp-oss@4"]
+        assert default["summary"]["nfe"]["mean"] == ours["summary"]["nfe"]["mean"] == 4  # counted, not declared
+        assert ours["policy"]["timesteps"] == rows["dp-oss@4"]["policy"]["timesteps"]
+    assert "## Every row" in out.with_suffix(".md").read_text()
 
 
 def test_evaluate_reloads_a_policy_file(tiny_checkpoint, tiny_features, tmp_path):
@@ -142,6 +179,22 @@ def test_evaluate_reloads_a_policy_file(tiny_checkpoint, tiny_features, tmp_path
                                  "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "mine" in result.output
+
+
+def test_evaluate_runs_a_policy_file_with_other_solvers_for_schedule_transfer(tiny_checkpoint, tiny_features, tmp_path):
+    from stepdrop_search.policies import save_policy
+
+    loaded = load_model(tiny_checkpoint)
+    path = save_policy(tmp_path / "mine-nfe4.json", PolicyDocument(Uniform(nfe=4, schedule=loaded.schedule)))
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--features", str(tiny_features),
+                                 "--policy", str(path), "--solvers", "ddim,dpmpp-2m", "--samples", "16", "--seeds", "1",
+                                 "--metrics", "fid", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [(r["name"], r["family"], r["policy"]["solver"]["name"]) for r in rows] == [
+        ("mine-nfe4", "mine", "ddim"), ("mine-nfe4→dpmpp-2m", "mine→dpmpp-2m", "dpmpp-2m")]
+    assert rows[0]["summary"]["fid"]["mean"] != rows[1]["summary"]["fid"]["mean"]
 
 
 def test_evaluate_asking_for_inception_without_weights_exits_2(tiny_checkpoint, tmp_path):

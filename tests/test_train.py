@@ -111,6 +111,20 @@ def test_skip_loss_training_runs(tmp_path):
     assert load_checkpoint(path)["train_config"]["skip_loss_every"] == 10
 
 
+def test_fine_tune_starts_from_the_given_weights_with_a_fresh_optimizer(tiny_checkpoint, tmp_path):
+    start = load_checkpoint(tiny_checkpoint)["ema"]
+    path = train(tiny_config(tmp_path, steps=1, lr=1e-12, skip_loss_every=10, init_from=str(tiny_checkpoint)))
+    tuned = load_checkpoint(path)
+    assert tuned["step"] == 1  # the step count and optimizer are the fine-tune's own
+    for name, value in start.items():
+        assert torch.allclose(tuned["model"][name].float(), value.float(), atol=1e-6), name
+
+
+def test_fine_tune_from_another_architecture_is_refused(tiny_checkpoint, tmp_path):
+    with pytest.raises(UserError, match="another architecture"):
+        train(tiny_config(tmp_path, preset="xs", init_from=str(tiny_checkpoint)))
+
+
 def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     """SIGKILL a real `stepdrop-search train` process, then --resume: finished steps are kept."""
     out = tmp_path / "run"

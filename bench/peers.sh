@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The peers benchmark report (issue 6), one command:  bash bench/peers.sh
+#
+# 1. Optuna-searched schedules on the shipped model: one `optimize --method optuna` per NFE with DDIM, and one
+#    with DPM-Solver++(2M) at NFE 10 (for the schedule-transfer rows). Each run has a --budget of BUDGET seconds;
+#    its study lives in studies/ (re-running resumes it), the exported policy in $OUT/.
+# 2. `evaluate --suite peers` at NFE 5, 10, 25, 50 with those files, each run with both solvers: common random
+#    numbers, SEEDS seeds, SAMPLES samples per row and seed. Writes $OUT/peers.{md,json,csv,png}.
+#
+# Environment knobs (defaults are what the committed report used): SAMPLES, SEEDS, BUDGET, NFES, OUT, DEVICE.
+set -euo pipefail
+SAMPLES=${SAMPLES:-256}
+SEEDS=${SEEDS:-3}
+BUDGET=${BUDGET:-300}
+NFES=${NFES:-5,10,25,50}
+OUT=${OUT:-bench/results/peers}
+DEVICE=${DEVICE:-auto}
+mkdir -p "$OUT"
+
+policies=()
+search() {  # search NFE SOLVER
+    local file="$OUT/optuna-$2-nfe$1.json"
+    stepdrop-search optimize --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --device "$DEVICE" \
+        --study "peers-optuna-$2-nfe$1" --out "$file"
+    policies+=(--policy "$file")
+}
+for nfe in ${NFES//,/ }; do search "$nfe" ddim; done
+search 10 dpmpp-2m
+
+stepdrop-search evaluate --suite peers --nfe "$NFES" "${policies[@]}" --solvers ddim,dpmpp-2m \
+    --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid,residual --residual-samples 128 \
+    --device "$DEVICE" --out "$OUT/peers"
