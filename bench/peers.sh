@@ -2,7 +2,8 @@
 # The peers benchmark report (issue 6), one command:  bash bench/peers.sh
 #
 # 1. Optuna-searched schedules on the shipped model: one `optimize --method optuna` per NFE with DDIM, and one
-#    with DPM-Solver++(2M) at NFE 10 (for the schedule-transfer rows). Each run has a --budget of BUDGET seconds;
+#    with DPM-Solver++(2M) at NFE 10 (for the schedule-transfer rows). Each run searches until its --budget of
+#    BUDGET seconds is spent;
 #    its study lives in studies/ (re-running resumes it), the exported policy in $OUT/.
 # 2. `evaluate --suite peers` at NFE 5, 10, 25, 50 with those files, each run with both solvers: common random
 #    numbers, SEEDS seeds, SAMPLES samples per row and seed. Writes $OUT/peers.{md,json,csv,png}.
@@ -20,7 +21,7 @@ mkdir -p "$OUT"
 policies=()
 search() {  # search NFE SOLVER
     local file="$OUT/optuna-$2-nfe$1.json"
-    stepdrop-search optimize --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --device "$DEVICE" \
+    stepdrop-search optimize --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --trials 10000 --device "$DEVICE" \
         --study "peers-optuna-$2-nfe$1" --out "$file"
     policies+=(--policy "$file")
 }

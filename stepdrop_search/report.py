@@ -136,6 +136,7 @@ def plot_quality_vs_nfe(results: list[Result], path: Path, metric: str = "fid") 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     families: dict[str, list[tuple[float, float, float]]] = {}
     for r in results:
@@ -145,16 +146,25 @@ def plot_quality_vs_nfe(results: list[Result], path: Path, metric: str = "fid") 
         families.setdefault(r.candidate.family or r.candidate.name, []).append((s["nfe"][0], *s[metric]))
     if not families:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for family, points in sorted(families.items()):
+    many = len(families) > 10  # beyond one colour cycle: vary the marker too, legend beside the axes
+    fig, ax = plt.subplots(figsize=(11, 6) if many else (6.5, 4.2), dpi=120)
+    markers = "osD^vP*Xh<>"
+    for i, (family, points) in enumerate(sorted(families.items())):
         points.sort()
-        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                    capsize=3, label=family)
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                    marker=markers[(i // 10) % len(markers)], capsize=3, label=family)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(sorted({r.candidate.nominal_nfe for r in results}))
     ax.set_xlabel("measured NFE")
     ax.set_ylabel({"fid": "proxy-FID", "residual": "residual to teacher"}.get(metric, metric))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

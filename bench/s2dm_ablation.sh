@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The S2-DM ablation (issue 6), one command:  bash bench/s2dm_ablation.sh
+#
+# Fine-tunes the shipped model twice from the same weights, same data order, same steps, side by side with one
+# thread each (so both get the same machine): a control with the plain DDPM loss, and one with the S2-DM skip-step
+# loss (K = 10, τ = 0.99). Then evaluates the shipped model and both fine-tunes at NFE 5, 10, 25 with DDIM on
+# uniform steps and with the Optuna-searched schedules of bench/peers.sh (searched on the shipped model).
+# Writes bench/results/s2dm-ablation-{base,control,s2dm}.{md,json,csv,png}; the wall time of each fine-tune is in
+# its checkpoint (stepdrop-search export prints it into the card).
+#
+# Environment knobs (defaults are what the committed results used): STEPS (fine-tune steps), LR, SAMPLES, SEEDS, POLICIES (folder of optuna-ddim-nfe*.json).
+set -euo pipefail
+STEPS=${STEPS:-500}
+LR=${LR:-2e-4}
+SAMPLES=${SAMPLES:-256}
+SEEDS=${SEEDS:-3}
+POLICIES=${POLICIES:-bench/results/peers}
+RUNS=${RUNS:-runs/s2dm-ablation}
+
+finetune() {  # finetune NAME [extra train flags]
+    local name=$1; shift
+    OMP_NUM_THREADS=1 stepdrop-search train --init-from default --steps "$STEPS" --lr "$LR" --device cpu \
+        --out "$RUNS/$name" --resume "$@"
+}
+finetune control &
+finetune s2dm --skip-loss-every 10 --skip-loss-tau 0.99 &
+wait
+
+policies=()
+for nfe in 5 10 25; do policies+=(--policy "$POLICIES/optuna-ddim-nfe$nfe.json"); done
+for name in base control s2dm; do
+    model=()
+    [ "$name" = base ] || model=(--model "$RUNS/$name/last.pt")
+    stepdrop-search evaluate "${model[@]}" --baselines ddim --nfe 5,10,25 "${policies[@]}" \
+        --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --out "bench/results/s2dm-ablation-$name"
+done
