@@ -377,13 +377,6 @@ def evaluate(
             candidates.append(Candidate(path.stem if own else f"{path.stem}→{solver_name}",
                                         doc if own else PolicyDocument(doc.policy, SolverSpec(solver_name)),
                                         family if own else f"{family}→{solver_name}"))
-    missing = []
-    if suite is not None:
-        built = build_suite(suite, loaded, nfes, dp_samples=dp_samples,
-                            log=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
-        candidates, missing = built.rows + candidates, built.missing
-        for line in missing:
-            err_console.print(f"not run here: {line}", highlight=False)
     feature_file = load_features(features, dataset=loaded.dataset, device=dev) if set(wanted) & set(FIDELITY_METRICS) else None
     inception = None
     if "inception-fid" in wanted:
@@ -394,10 +387,18 @@ def evaluate(
             inception_fid(torch.zeros(0), torch.zeros(0), inception_weights, device=dev)  # the one-line error
         real = load_dataset(loaded.dataset.get("name", ""), data, split="test", image_size=loaded.config.image_size)
         inception = (str(inception_weights), real.images)
+    def log(message: str) -> None:
+        err_console.print(f"[dim]{message}[/dim]", highlight=False)
+
+    missing = []
+    if suite is not None:  # after every input is checked: the peers suite's DP rows cost minutes
+        built = build_suite(suite, loaded, nfes, dp_samples=dp_samples, log=log)
+        candidates, missing = built.rows + candidates, built.missing
+        for line in missing:
+            err_console.print(f"not run here: {line}", highlight=False)
     results = run_evaluation(loaded, candidates, samples=samples, seeds=seeds, metrics=wanted, features=feature_file,
                              teacher=teacher_spec, batch_size=batch_size, residual_samples=residual_samples,
-                             inception=inception,
-                             progress=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
+                             inception=inception, progress=log)
     console.print(results_table(results, f"{samples} samples × {seeds} seeds, same x_T per seed (mean ± std over seeds)"))
     meta = {"command": command_line(), "model": loaded.source, "model_hash": loaded.weights_hash,
             "features": feature_file.source if feature_file else None, "samples": samples, "seeds": seeds,

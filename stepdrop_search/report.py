@@ -84,23 +84,20 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def by_nfe_table(results: list[Result], metric: str = "fid") -> list[str]:
     """Families × nominal NFE, ``metric`` mean ± std; the best mean of each column in bold."""
-    cells: dict[str, dict[int, tuple[float, float]]] = {}
+    cells: dict[str, dict[int, dict]] = {}
     for r in results:
         s = r.summary()
         if not r.failed and metric in s:
-            cells.setdefault(r.candidate.family or r.candidate.name, {})[r.candidate.nominal_nfe] = s[metric]
+            cells.setdefault(r.candidate.family or r.candidate.name, {})[r.candidate.nominal_nfe] = s
     nfes = sorted({n for row in cells.values() for n in row})
-    best = {n: min(row[n][0] for row in cells.values() if n in row) for n in nfes}
+    best = {n: min(row[n][metric][0] for row in cells.values() if n in row) for n in nfes}
     fmt = next((f for key, _, f in COLUMNS if key == metric), "{:.4g}")
     rows = []
     for family, row in cells.items():
         line = [family]
         for n in nfes:
-            if n not in row:
-                line.append("")
-                continue
-            text = f"{fmt.format(row[n][0])} ± {fmt.format(row[n][1])}"
-            line.append(f"**{text}**" if row[n][0] == best[n] else text)
+            text = _cell(row.get(n, {}), metric, fmt)
+            line.append(f"**{text}**" if text and row[n][metric][0] == best[n] else text)
         rows.append(line)
     return _markdown_table(["family"] + [f"NFE {n}" for n in nfes], rows)
 
@@ -108,7 +105,6 @@ def by_nfe_table(results: list[Result], metric: str = "fid") -> list[str]:
 def write_markdown(results: list[Result], path: Path, meta: dict, missing: list[str] = ()) -> Path:
     """A Markdown report: how it was made (command, date, machine, samples × seeds), quality by NFE per
     family, every row with all its metrics, and the rows that could not run here with the reason."""
-    header = next((h for key, h, _ in COLUMNS if key == "fid"), "fid")
     present = present_columns(results)
     lines = [f"# {meta.get('title', 'Evaluation')}", "",
              f"- command: `{meta.get('command', '')}`",
@@ -117,9 +113,9 @@ def write_markdown(results: list[Result], path: Path, meta: dict, missing: list[
              f"- {meta.get('samples')} samples × {meta.get('seeds')} seeds; every row gets the same x_T per seed; "
              f"values are mean ± std over seeds; residual: {meta.get('residual_samples')} samples against "
              f"{meta.get('teacher')}", ""]
-    metric = "fid" if any("fid" in r.summary() for r in results) else "residual"
+    metric, header = next(((key, h) for key, h, _ in present if key in ("fid", "residual")), ("fid", "proxy-FID"))
     if len({r.candidate.nominal_nfe for r in results}) > 1:
-        lines += [f"## {header if metric == 'fid' else 'residual'} by NFE (best per column in bold)", ""]
+        lines += [f"## {header} by NFE (best per column in bold)", ""]
         lines += by_nfe_table(results, metric) + [""]
     lines += ["## Every row", ""]
     rows = [row_cells(r, present) for r in results]

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stepdrop_search.checkpoint import atomic_write, default_model_path, load_checkpoint, save_checkpoint, state_dict_hash
+from stepdrop_search.checkpoint import atomic_write, load_checkpoint, load_model, save_checkpoint, state_dict_hash
 from stepdrop_search.data import horizontal_flip_makes_sense, load_dataset
 from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
-from stepdrop_search.model import UNet, UNetConfig, count_parameters, preset_config
+from stepdrop_search.model import UNet, count_parameters, preset_config
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -129,19 +129,13 @@ def _check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
 def initial_weights(path: str, model_config, schedule: NoiseSchedule) -> dict:
     """Weights to fine-tune from (EMA when the file has them), refused unless they fit this run's model
     and noise schedule: a fine-tune that silently changed either would compare nothing."""
-    payload = load_checkpoint(default_model_path() if path == "default" else path)
-    if "schedule" not in payload or payload.get("kind") == "feature-net":
-        raise UserError(f"--init-from {path} is not a diffusion model checkpoint")
-    try:
-        same_architecture = UNetConfig.from_dict(dict(payload["model_config"])) == model_config
-    except (KeyError, TypeError, ValueError):
-        same_architecture = False
-    if not same_architecture:
+    start = load_model(None if path == "default" else path)
+    if start.config != model_config:
         raise UserError(f"--init-from {path} holds another architecture than --preset/--dataset build here; "
                         "pass the preset and data set it was trained with")
-    if NoiseSchedule.from_dict(dict(payload["schedule"])).hash != schedule.hash:
+    if start.schedule.hash != schedule.hash:
         raise UserError(f"--init-from {path} was trained with another noise schedule; pass its --schedule/--timesteps")
-    return payload["ema" if "ema" in payload else "model"]
+    return start.model.state_dict()
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepReport], None] | None = None,
@@ -169,16 +163,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, wall_time, loss_log = 0, 0.0, []
-    if saved is None and cfg.init_from is not None:
-        start = initial_weights(cfg.init_from, model_config, schedule)
-        model.load_state_dict(start)
-        ema.load_state_dict(start)
     if saved is not None:
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         gen.set_state(saved["rng"])
         step, wall_time, loss_log = int(saved["step"]), float(saved["wall_time"]), list(saved["loss_log"])
+    elif cfg.init_from is not None:
+        start = initial_weights(cfg.init_from, model_config, schedule)
+        model.load_state_dict(start)
+        ema.load_state_dict(start)
 
     flip = horizontal_flip_makes_sense(cfg.dataset) if cfg.flip is None else cfg.flip
     images = data.images.to(device)
