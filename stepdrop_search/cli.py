@@ -351,7 +351,7 @@ def evaluate(
     from stepdrop_search.checkpoint import load_model
     from stepdrop_search.devices import machine_description, resolve_device
     from stepdrop_search.diffusion.solvers import SolverSpec
-    from stepdrop_search.evaluation import Candidate, baseline, parse_metrics
+    from stepdrop_search.evaluation import Candidate, baseline, parse_metrics, seed_values
     from stepdrop_search.evaluation import evaluate as run_evaluation
     from stepdrop_search.objectives.features import load_features
     from stepdrop_search.objectives.metrics import FIDELITY_METRICS
@@ -361,6 +361,7 @@ def evaluate(
     from stepdrop_search.suites import build_suite
 
     wanted = parse_metrics(metrics)
+    seed_values(samples, seeds)
     teacher_spec = Teacher.parse(teacher)
     nfes = parse_int_list(nfe, "--nfe")
     extra_solvers = [SolverSpec(name.strip()).name for name in (solvers or "").split(",") if name.strip()]

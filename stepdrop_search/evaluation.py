@@ -65,8 +65,11 @@ class Candidate:
         return self.document.policy.nfe if self.document is not None else self.nfe
 
     def to_dict(self) -> dict:
-        out = {"policy": self.document.to_dict() if self.document is not None else None}
-        return out | ({"diffusers": self.diffusers, "nfe": self.nominal_nfe} if self.diffusers else {})
+        if not self.diffusers:
+            return {"policy": self.document.to_dict()}
+        # A diffusers row is a scheduler loop, not one of our policy files: say which steps it was given.
+        steps = self.document.policy.timesteps().tolist() if self.document is not None else None
+        return {"policy": None, "diffusers": self.diffusers, "nfe": self.nominal_nfe, "timesteps": steps}
 
     def sample(self, loaded: LoadedModel, *, n: int, seed: int, batch_size: int) -> SampleResult:
         if self.diffusers:
@@ -131,6 +134,14 @@ def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def seed_values(samples: int, seeds: int | Iterable[int]) -> list[int]:
+    """The seeds an evaluation runs (0..S−1 for an int), after checking it can compute a metric at all."""
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if samples < 2 or not seed_list:
+        raise UserError("evaluation needs at least 2 samples (--samples) and 1 seed (--seeds)")
+    return seed_list
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -146,9 +157,7 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
     reported as failed (with the reason), never a crash. ``inception`` = (weights path, real images)
     enables the real Inception FID metric ``inception-fid``."""
     metrics = set(parse_metrics(metrics))
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if samples < 2 or not seed_list:
-        raise UserError("evaluation needs at least 2 samples and 1 seed")
+    seed_list = seed_values(samples, seeds)
     if metrics & set(FIDELITY_METRICS) and features is None:
         raise UserError("proxy-FID/KID/IS/PR need a feature file (--features)")
     if "inception-fid" in metrics and inception is None:

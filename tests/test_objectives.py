@@ -165,8 +165,16 @@ def test_peers_suite_runs_diffusers_schedulers_through_evaluate(tiny_checkpoint,
     for scheduler in ("dpm-solver-multistep", "ddpm", "euler"):
         default, ours = rows[f"diffusers {scheduler}@4"], rows[f"diffusers {scheduler} on dp-oss@4"]
         assert default["summary"]["nfe"]["mean"] == ours["summary"]["nfe"]["mean"] == 4  # counted, not declared
-        assert ours["policy"]["timesteps"] == rows["dp-oss@4"]["policy"]["timesteps"]
+        assert ours["timesteps"] == rows["dp-oss@4"]["policy"]["timesteps"] and ours["policy"] is None
+        assert default["diffusers"] == scheduler and default["timesteps"] is None
     assert "## Every row" in out.with_suffix(".md").read_text()
+
+
+def test_peers_suite_with_too_few_samples_fails_before_any_dp_work(tiny_checkpoint, tiny_features, tmp_path):
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--features", str(tiny_features),
+                                 "--suite", "peers", "--nfe", "4", "--samples", "1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "at least 2 samples" in result.output
+    assert "peers:" not in result.output and not list(tmp_path.iterdir())  # no DP row was built
 
 
 def test_evaluate_reloads_a_policy_file(tiny_checkpoint, tiny_features, tmp_path):
