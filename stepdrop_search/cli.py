@@ -344,8 +344,12 @@ def evaluate(
     data: Annotated[str | None, typer.Option(help="real images for inception-fid (the model's data set folder)")] = None,
     out: Annotated[Path, typer.Option(help="results stem: writes OUT.json, .csv, .md and .png")] = Path("results/evaluation"),
     device: str = "auto",
+    compile_mode: Annotated[str, typer.Option("--compile", help="torch.compile the network: on, off, or auto "
+                                              "(when the run makes ≥ 250k sample-forwards)")] = "auto",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
+    import dataclasses
+
     import torch
 
     from stepdrop_search.checkpoint import load_model
@@ -358,10 +362,12 @@ def evaluate(
     from stepdrop_search.objectives.residual import Teacher
     from stepdrop_search.policies import load_policy
     from stepdrop_search.report import plot_quality_vs_nfe, results_table, write_markdown, write_results
+    from stepdrop_search.runtime import check_compile_mode, compile_network, should_compile
     from stepdrop_search.suites import build_suite
 
     wanted = parse_metrics(metrics)
-    seed_values(samples, seeds)
+    seed_list = seed_values(samples, seeds)
+    check_compile_mode(compile_mode)
     teacher_spec = Teacher.parse(teacher)
     nfes = parse_int_list(nfe, "--nfe")
     extra_solvers = [SolverSpec(name.strip()).name for name in (solvers or "").split(",") if name.strip()]
@@ -397,6 +403,11 @@ def evaluate(
         candidates, missing = built.rows + candidates, built.missing
         for line in missing:
             err_console.print(f"not run here: {line}", highlight=False)
+    compiled = should_compile(compile_mode, samples * len(seed_list) * sum(c.nominal_nfe for c in candidates))
+    if compiled:
+        network = compile_network(loaded.model, min(batch_size, samples), log)
+        compiled = network is not loaded.model
+        loaded = dataclasses.replace(loaded, model=network)
     results = run_evaluation(loaded, candidates, samples=samples, seeds=seeds, metrics=wanted, features=feature_file,
                              teacher=teacher_spec, batch_size=batch_size, residual_samples=residual_samples,
                              inception=inception, progress=log)
@@ -405,7 +416,7 @@ def evaluate(
             "features": feature_file.source if feature_file else None, "samples": samples, "seeds": seeds,
             "teacher": teacher_spec.name, "residual_samples": min(residual_samples, samples), "device": str(dev),
             "batch_size": batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": machine_description(dev), "suite": suite, "not_run": missing,
+            "machine": machine_description(dev), "compiled": compiled, "suite": suite, "not_run": missing,
             "title": f"Evaluation: suite {suite}" if suite else "Evaluation"}
     written = write_results(results, out, meta)
     written.append(write_markdown(results, out.with_suffix(".md"), meta, missing))
@@ -527,4 +538,7 @@ def features_score(
 
 
 def main() -> None:
+    from stepdrop_search.runtime import keep_freed_memory_for_reuse
+
+    keep_freed_memory_for_reuse()
     app()

@@ -108,7 +108,8 @@ def write_markdown(results: list[Result], path: Path, meta: dict, missing: list[
     present = present_columns(results)
     lines = [f"# {meta.get('title', 'Evaluation')}", "",
              f"- command: `{meta.get('command', '')}`",
-             f"- date: {meta.get('date', '')}; machine: {meta.get('machine', '')}; device: {meta.get('device', '')}",
+             f"- date: {meta.get('date', '')}; machine: {meta.get('machine', '')}; device: {meta.get('device', '')}; "
+             f"network: {'torch.compile' if meta.get('compiled') else 'eager'}",
              f"- model: {meta.get('model', '')} (weights {meta.get('model_hash', '')}); features: {meta.get('features')}",
              f"- {meta.get('samples')} samples × {meta.get('seeds')} seeds; every row gets the same x_T per seed; "
              f"values are mean ± std over seeds; residual: {meta.get('residual_samples')} samples against "

@@ -1,0 +1,96 @@
+"""Making the network run fast where it runs: the process allocator on Linux, and ``torch.compile``.
+
+Both exist because of measurements on the shipped model (2 CPU cores, batch 256): a sampling run spent
+≈12% of its CPU time in the kernel on page faults (80 M of them in one 12-minute evaluation), because
+glibc hands large tensors back to the OS and faults them in again on the next forward; and about half of
+each forward is memory-bound GroupNorm / SiLU / add / cat passes that ``torch.compile`` fuses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from stepdrop_search.errors import UserError
+
+#: ``mallopt`` parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: glibc's largest mmap threshold on 64-bit (32 MiB): blocks below it are served from the heap and reused.
+_MMAP_THRESHOLD_MAX = 32 << 20
+
+#: ``--compile auto`` compiles when a run plans at least this many sample-forwards: there the one-off
+#: compile (≈1 min on 2 CPU cores, seconds once torch's on-disk cache has it) is paid back.
+AUTO_COMPILE_SAMPLE_FORWARDS = 250_000
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Tell glibc to keep freed blocks up to 32 MiB in the heap instead of unmapping them, so the next forward
+    reuses them without page faults (the in-process form of the jemalloc/tcmalloc advice for PyTorch on CPU).
+    Process-wide, hence called by the command-line entry point, not on import. False where there is no glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
+class CompiledNetwork(nn.Module):
+    """ε_θ(x, t) through one ``torch.compile`` graph whose batch dimension is symbolic.
+
+    One graph serves full batches, a ragged last batch and every sub-batch a stochastic policy evaluates, so
+    it compiles once and no policy is timed on other code than another. Batches of one run eagerly: the
+    compiler specialises size 1, and a second compile would cost more than such a batch ever takes.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.eager = model
+        self.config = model.config
+        self.graph = torch.compile(model)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.eager(x, t) if x.shape[0] < 2 else self.graph(x, t)
+
+
+def compile_network(model: nn.Module, batch_size: int, log: Callable[[str], None] = lambda m: None) -> nn.Module:
+    """``model`` wrapped in a :class:`CompiledNetwork`, compiled now on one batch of ``batch_size`` (so a broken
+    compiler shows here, not mid-run); on any compile failure, ``model`` itself, and one line saying why."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    n = max(batch_size, 2)
+    x = torch.zeros(n, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
+    t = torch.zeros((), dtype=torch.long, device=device).expand(n)  # as the sampler passes it
+    torch._dynamo.mark_dynamic(x, 0)
+    torch._dynamo.mark_dynamic(t, 0)
+    network = CompiledNetwork(model)
+    tick = time.perf_counter()
+    try:
+        with torch.no_grad():
+            network(x, t)
+    except Exception as error:  # no C++ compiler, no triton, an unsupported op…: run as before
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log(f"torch.compile is not available here ({reason[:160]}); running the network eagerly")
+        return model
+    log(f"compiled the network with torch.compile in {time.perf_counter() - tick:.0f} s")
+    return network
+
+
+def check_compile_mode(mode: str) -> str:
+    if mode not in COMPILE_MODES:
+        raise UserError(f"--compile takes {', '.join(COMPILE_MODES)}, not {mode!r}")
+    return mode
+
+
+def should_compile(mode: str, sample_forwards: int) -> bool:
+    """``--compile``: ``on``, ``off``, or ``auto`` = when the run is big enough to pay for the compile."""
+    return check_compile_mode(mode) == "on" or (mode == "auto" and sample_forwards >= AUTO_COMPILE_SAMPLE_FORWARDS)
