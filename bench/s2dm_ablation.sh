@@ -5,10 +5,12 @@
 # thread each (so both get the same machine): a control with the plain DDPM loss, and one with the S2-DM skip-step
 # loss (K = 10, τ = 0.99). Then evaluates the shipped model and both fine-tunes at NFE 5, 10, 25 with DDIM on
 # uniform steps and with the Optuna-searched schedules of bench/peers.sh (searched on the shipped model).
-# Writes bench/results/s2dm-ablation-{base,control,s2dm}.{md,json,csv,png}; the wall time of each fine-tune is in
+# Writes $OUT-{base,control,s2dm}.{md,json,csv,png}; the wall time of each fine-tune is in
 # its checkpoint (stepdrop-search export prints it into the card).
 #
-# Environment knobs (defaults are what the committed results used): STEPS (fine-tune steps), LR, SAMPLES, SEEDS, POLICIES (folder of optuna-ddim-nfe*.json).
+# Environment knobs (defaults are what the committed 500-step results used): STEPS (fine-tune steps), LR, SAMPLES,
+# SEEDS, POLICIES (folder of optuna-ddim-nfe*.json), RUNS (checkpoint folder), OUT (results stem). A longer run
+# wants its own RUNS and OUT, e.g. STEPS=4000 RUNS=runs/s2dm-4000 OUT=bench/results/s2dm-ablation-4000 bash bench/s2dm_ablation.sh
 set -euo pipefail
 STEPS=${STEPS:-500}
 LR=${LR:-2e-4}
@@ -16,6 +18,7 @@ SAMPLES=${SAMPLES:-256}
 SEEDS=${SEEDS:-3}
 POLICIES=${POLICIES:-bench/results/peers}
 RUNS=${RUNS:-runs/s2dm-ablation}
+OUT=${OUT:-bench/results/s2dm-ablation}
 
 finetune() {  # finetune NAME [extra train flags]
     local name=$1; shift
@@ -32,5 +35,5 @@ for name in base control s2dm; do
     model=()
     [ "$name" = base ] || model=(--model "$RUNS/$name/last.pt")
     stepdrop-search evaluate "${model[@]}" --baselines ddim --nfe 5,10,25 "${policies[@]}" \
-        --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --out "bench/results/s2dm-ablation-$name"
+        --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --out "$OUT-$name"
 done
