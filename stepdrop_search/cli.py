@@ -362,7 +362,7 @@ def evaluate(
     from stepdrop_search.objectives.residual import Teacher
     from stepdrop_search.policies import load_policy
     from stepdrop_search.report import plot_quality_vs_nfe, results_table, write_markdown, write_results
-    from stepdrop_search.runtime import check_compile_mode, compile_network, should_compile
+    from stepdrop_search.runtime import CompiledNetwork, check_compile_mode, compile_network, should_compile
     from stepdrop_search.suites import build_suite
 
     wanted = parse_metrics(metrics)
@@ -403,11 +403,9 @@ def evaluate(
         candidates, missing = built.rows + candidates, built.missing
         for line in missing:
             err_console.print(f"not run here: {line}", highlight=False)
-    compiled = should_compile(compile_mode, samples * len(seed_list) * sum(c.nominal_nfe for c in candidates))
-    if compiled:
-        network = compile_network(loaded.model, min(batch_size, samples), log)
-        compiled = network is not loaded.model
-        loaded = dataclasses.replace(loaded, model=network)
+    if should_compile(compile_mode, samples * len(seed_list) * sum(c.nominal_nfe for c in candidates)):
+        loaded = dataclasses.replace(loaded, model=compile_network(loaded.model, min(batch_size, samples), log))
+    compiled = isinstance(loaded.model, CompiledNetwork)  # False when the compile fell back to eager
     results = run_evaluation(loaded, candidates, samples=samples, seeds=seeds, metrics=wanted, features=feature_file,
                              teacher=teacher_spec, batch_size=batch_size, residual_samples=residual_samples,
                              inception=inception, progress=log)

@@ -9,7 +9,6 @@ each forward is memory-bound GroupNorm / SiLU / add / cat passes that ``torch.co
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import time
 from collections.abc import Callable
@@ -36,9 +35,8 @@ def keep_freed_memory_for_reuse() -> bool:
     Process-wide, hence called by the command-line entry point, not on import. False where there is no glibc."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the process's own symbols include libc's; find_library would spawn ldconfig on every start
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
