@@ -18,10 +18,10 @@ from dataclasses import replace
 
 import torch
 
-from stepdrop_search.checkpoint import load_model
 from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.generation import generate
+from stepdrop_search.loading import load_model
 from stepdrop_search.policies.kinds import Adaptive, StepDrop, Uniform
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,31 +18,12 @@ import torch
 
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import atomic_write
 from stepdrop_search.model import UNet, UNetConfig
 
 FORMAT = "stepdrop-search/checkpoint"
 VERSION = 1
 DEFAULT_MODEL = "default-xs-fashion-mnist.pt"
-#: ``--model diffusers:DIR`` names a locally saved diffusers UNet2DModel (see :mod:`stepdrop_search.interop`).
-DIFFUSERS_PREFIX = "diffusers:"
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)``, then rename onto ``path``: readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
@@ -115,19 +95,9 @@ def build_model(payload: dict, weights: str, source: str) -> UNet:
     return model
 
 
-def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-               use_ema: bool = True) -> LoadedModel:
-    """Rebuild a model from a training checkpoint or weights file (EMA weights when present).
-
-    ``path=None`` loads the model shipped inside the package, offline; ``diffusers:DIR`` loads a locally
-    saved diffusers UNet2DModel with its scheduler config (the optional diffusers extra).
-    """
-    if path is None:
-        return load_default_model(device=device)
-    if str(path).startswith(DIFFUSERS_PREFIX):
-        from stepdrop_search.interop import load_diffusers_model
-
-        return load_diffusers_model(str(path)[len(DIFFUSERS_PREFIX):], device=device)
+def load_checkpoint_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                          use_ema: bool = True) -> LoadedModel:
+    """Rebuild our U-Net from a training checkpoint or weights file (EMA weights when present)."""
     payload = load_checkpoint(path)
     if "schedule" not in payload or payload.get("kind") == "feature-net":
         raise UserError(f"{path} is not a diffusion model checkpoint (it holds no noise schedule)")
@@ -143,8 +113,3 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
 
 def default_model_path() -> Path:
     return Path(str(resources.files("stepdrop_search") / "assets" / DEFAULT_MODEL))
-
-
-def load_default_model(device: str | torch.device = "cpu") -> LoadedModel:
-    """The shipped Fashion-MNIST ``xs`` model (EMA weights), loaded from the package; no data, no network."""
-    return load_model(default_model_path(), device=device)

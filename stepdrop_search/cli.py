@@ -205,11 +205,11 @@ def sample(
     device: str = "auto",
 ) -> None:
     """Sample a grid of images with any policy and solver; prints the measured NFE."""
-    from stepdrop_search.checkpoint import load_model
     from stepdrop_search.devices import resolve_device
     from stepdrop_search.diffusion.sampler import AmplitudeCalibration
     from stepdrop_search.generation import amplitude_profile, generate
     from stepdrop_search.images import save_barcode, save_grid
+    from stepdrop_search.loading import load_model
 
     loaded = load_model(model, device=resolve_device(device))
     doc = resolve_policy(policy, nfe if nfe is not None else (None if policy.endswith(".json") else 50),
@@ -248,7 +248,7 @@ def policy_list() -> None:
 
 
 def _policy_document(policy: str, nfe, param, solver, eta, model) -> tuple[PolicyDocument, object]:
-    from stepdrop_search.checkpoint import load_model
+    from stepdrop_search.loading import load_model
     from stepdrop_search.policies.io import provenance
 
     loaded = load_model(model)
@@ -295,7 +295,7 @@ def policy_export(
 
 
 def _export_diffusers(doc, out: Path | None) -> None:
-    from stepdrop_search.checkpoint import atomic_write
+    from stepdrop_search.files import write_json
     from stepdrop_search.interop import custom_timestep_support, diffusers_timesteps, scheduler_config_from_schedule
 
     steps = diffusers_timesteps(doc)
@@ -307,7 +307,7 @@ def _export_diffusers(doc, out: Path | None) -> None:
         payload = {"timesteps": steps, "num_train_timesteps": doc.policy.schedule.T,
                    "scheduler_config": scheduler_config_from_schedule(doc.policy.schedule),
                    "accepts_custom_timesteps": support}
-        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+        write_json(out, payload)
         lines.append(f"# wrote {out}")
     console.print("\n".join(lines), markup=False, highlight=False)
 
@@ -352,11 +352,11 @@ def evaluate(
 
     import torch
 
-    from stepdrop_search.checkpoint import load_model
     from stepdrop_search.devices import machine_description, resolve_device
     from stepdrop_search.diffusion.solvers import SolverSpec
     from stepdrop_search.evaluation import Candidate, baseline, parse_metrics, seed_values
     from stepdrop_search.evaluation import evaluate as run_evaluation
+    from stepdrop_search.loading import load_model
     from stepdrop_search.objectives.features import load_features
     from stepdrop_search.objectives.metrics import FIDELITY_METRICS
     from stepdrop_search.objectives.residual import Teacher

@@ -20,7 +20,7 @@ import torch
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import generate
 from stepdrop_search.model import forward_gflops
@@ -31,8 +31,6 @@ from stepdrop_search.policies import PolicyDocument, policy_class
 from stepdrop_search.policies.kinds import Uniform
 
 METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
-#: Baselines by name: a solver on uniform (trailing) steps, or any policy kind with its defaults and DDIM.
-SOLVER_BASELINES = {"ddim": "ddim", "ddpm": "ddpm", "dpmpp-2m": "dpmpp-2m"}
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,9 @@ class Candidate:
 
 
 def baseline(name: str, nfe: int, schedule: NoiseSchedule) -> Candidate:
-    if name in SOLVER_BASELINES:
-        doc = PolicyDocument(Uniform(nfe=nfe, schedule=schedule), SolverSpec(SOLVER_BASELINES[name]))
+    """A baseline by name: a solver on uniform (trailing) steps, or any policy kind with its defaults and DDIM."""
+    if name in SOLVERS:
+        doc = PolicyDocument(Uniform(nfe=nfe, schedule=schedule), SolverSpec(name))
     else:
         doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"))
     return Candidate(f"{name}-{nfe}", doc, name)

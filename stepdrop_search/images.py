@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid
 
-from stepdrop_search.checkpoint import atomic_write
+from stepdrop_search.files import atomic_write
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from stepdrop_search.checkpoint import DIFFUSERS_PREFIX as PREFIX
 from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
@@ -23,6 +22,8 @@ from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.policies import PolicyDocument
 
+#: ``--model diffusers:DIR`` names a locally saved diffusers UNet2DModel.
+PREFIX = "diffusers:"
 # diffusers beta_schedule → our NoiseSchedule kind (squaredcos_cap_v2 is Nichol & Dhariwal's cosine, s = 0.008).
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 # Short names for diffusers' scheduler classes, and whether ``set_timesteps(timesteps=[…])`` takes a custom

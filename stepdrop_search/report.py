@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from rich.table import Table
 
-from stepdrop_search.checkpoint import atomic_write
 from stepdrop_search.evaluation import Result
+from stepdrop_search.files import atomic_write, write_json, write_text
 
 COLUMNS = [  # (summary key, header, format)
     ("fid", "proxy-FID", "{:.3f}"), ("inception_fid", "Inception FID", "{:.2f}"), ("kid", "KID", "{:.4f}"), ("is", "IS", "{:.3f}"),
@@ -63,7 +62,7 @@ def write_results(results: list[Result], out: Path, meta: dict) -> list[Path]:
     out = Path(out)
     json_path, csv_path = out.with_suffix(".json"), out.with_suffix(".csv")
     payload = {"meta": meta, "results": [r.to_dict() for r in results]}
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+    write_json(json_path, payload)
     keys = sorted({k for r in results for k in r.summary()})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -74,7 +73,7 @@ def write_results(results: list[Result], out: Path, meta: dict) -> list[Path]:
         writer.writerow([r.candidate.name, r.candidate.family, r.candidate.kind_label,
                          r.candidate.solver_label, r.samples, len(r.per_seed), r.failed or ""]
                         + [f"{s[k][i]:.6g}" if k in s else "" for k in keys for i in (0, 1)])
-    atomic_write(csv_path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    write_text(csv_path, buffer.getvalue())
     return [json_path, csv_path]
 
 
@@ -123,7 +122,7 @@ def write_markdown(results: list[Result], path: Path, meta: dict, missing: list[
     lines += _markdown_table(["policy", "solver", "NFE (measured)"] + [h for _, h, _ in present], rows) + [""]
     if missing:
         lines += ["## Not run here", ""] + [f"- {m}" for m in missing] + [""]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    write_text(path, "\n".join(lines))
     return Path(path)
 
 

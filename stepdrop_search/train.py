@@ -8,7 +8,6 @@ the steps an uninterrupted run would have taken.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
@@ -18,11 +17,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stepdrop_search.checkpoint import atomic_write, load_checkpoint, load_model, save_checkpoint, state_dict_hash
+from stepdrop_search.checkpoint import load_checkpoint, save_checkpoint, state_dict_hash
 from stepdrop_search.data import horizontal_flip_makes_sense, load_dataset
 from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import write_json
+from stepdrop_search.loading import load_model
 from stepdrop_search.model import UNet, count_parameters, preset_config
 
 CHECKPOINT_NAME = "last.pt"
@@ -253,5 +254,5 @@ def export_weights(checkpoint_path: str | Path, out: str | Path) -> dict:
     out = Path(out)
     save_checkpoint(out, {key: saved[key] for key in ("model_config", "schedule", "schedule_hash", "dataset")}
                     | {"model": saved["ema"], "card": card})
-    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    write_json(out.with_suffix(".json"), card)
     return card

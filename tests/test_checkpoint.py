@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from stepdrop_search.checkpoint import atomic_write, load_checkpoint, load_model, save_checkpoint
+from stepdrop_search.checkpoint import load_checkpoint, save_checkpoint
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import atomic_write
+from stepdrop_search.loading import load_model
 
 
 def test_truncated_checkpoint_gives_one_clear_error(tiny_checkpoint, tmp_path):

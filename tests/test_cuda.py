@@ -6,8 +6,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stepdrop_search.checkpoint import load_model
 from stepdrop_search.cli import app
+from stepdrop_search.loading import load_model
 from stepdrop_search.policies import load_policy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")

@@ -8,7 +8,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stepdrop_search.checkpoint import load_model
 from stepdrop_search.cli import app
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
@@ -19,6 +18,7 @@ from stepdrop_search.interop import (
     schedule_from_scheduler_config,
     scheduler_config_from_schedule,
 )
+from stepdrop_search.loading import load_model
 from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.policies.kinds import Explicit, Uniform
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stepdrop_search.checkpoint import load_model
 from stepdrop_search.cli import app
 from stepdrop_search.data import load_dataset
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.evaluation import Candidate, evaluate
+from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features
 from stepdrop_search.objectives.metrics import ProxyFeatureExtractor, fidelity_metrics, inception_fid, proxy_extractor
 from stepdrop_search.objectives.objective import Objective

@@ -6,12 +6,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stepdrop_search.checkpoint import load_model
 from stepdrop_search.cli import app
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import generate
+from stepdrop_search.loading import load_model
 from stepdrop_search.policies import POLICIES, PolicyDocument, load_policy, save_policy
 from stepdrop_search.policies.kinds import (
     Adaptive,

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from stepdrop_search.checkpoint import load_model
 from stepdrop_search.diffusion.sampler import AmplitudeCalibration, Plan, sample
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.generation import amplitude_profile, generate, initial_noise
+from stepdrop_search.loading import load_model
 from stepdrop_search.policies.kinds import Adaptive, StepDrop, Uniform
 
 

@@ -16,7 +16,7 @@ import optuna
 import pytest
 import torch
 
-from stepdrop_search.checkpoint import load_model
+from stepdrop_search.loading import load_model
 from stepdrop_search.policies import load_policy
 from stepdrop_search.search.dp import _distance, edge_step, gits_schedule, oss_schedule, teacher_trajectory
 from stepdrop_search.search.optimize import OptimizeConfig, optimize

@@ -7,9 +7,10 @@ import time
 import pytest
 import torch
 
-from stepdrop_search.checkpoint import load_checkpoint, load_model
+from stepdrop_search.checkpoint import load_checkpoint
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
+from stepdrop_search.loading import load_model
 from stepdrop_search.train import diffusion_loss, ema_decay_at, learning_rate, train
 from tests.conftest import tiny_config
 

@@ -9,7 +9,6 @@ needs no data set at run time. Files load with ``weights_only=True`` like every 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -19,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stepdrop_search.checkpoint import atomic_write, load_checkpoint, save_checkpoint, state_dict_hash
+from stepdrop_search.checkpoint import load_checkpoint, save_checkpoint, state_dict_hash
 from stepdrop_search.data import ImageData, load_dataset
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import write_json
 
 FEATURE_DIM = 64
 DEFAULT_FEATURES = {"fashion-mnist": "features-fashion-mnist.pt"}
@@ -115,7 +115,7 @@ def train_feature_net(dataset: str, data_dir: str | None, out: str | Path, *, st
         "dataset": {"name": dataset, "image_size": train_data.image_size, "channels": train_data.channels},
         "reference": reference_statistics(net, test_data), "card": card,
     })
-    atomic_write(Path(out).with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    write_json(Path(out).with_suffix(".json"), card)
     return card
 
 

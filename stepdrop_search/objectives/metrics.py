@@ -55,10 +55,6 @@ class ProxyFeatureExtractor(FeatureExtractorBase):
     def can_be_compiled():
         return False
 
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
-
     def forward(self, x):
         features, logits = self.net(x.float() / 127.5 - 1)
         named = {"features": features, "logits": logits}

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from stepdrop_search.checkpoint import LoadedModel, atomic_write
+from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import atomic_write
 from stepdrop_search.generation import generate, initial_noise
 from stepdrop_search.policies.kinds import Uniform
 

@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepdrop_search.checkpoint import atomic_write
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import write_text
 from stepdrop_search.policies.base import Policy, policy_class, validate_timesteps
 
 SCHEMA = 1
@@ -100,8 +100,7 @@ class PolicyDocument:
 
 
 def save_policy(path: str | os.PathLike, document: PolicyDocument) -> Path:
-    text = document.to_json()
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return write_text(path, document.to_json())
 
 
 def load_policy(path: str | os.PathLike, schedule: NoiseSchedule | None = None) -> PolicyDocument:

@@ -18,10 +18,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from stepdrop_search.checkpoint import LoadedModel, load_model
+from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
+from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features
 from stepdrop_search.objectives.objective import Objective
 from stepdrop_search.objectives.residual import Teacher
@@ -106,19 +107,20 @@ def _jsonable(v):
 
 
 @dataclass
-class Candidate:
+class SearchCandidate:
+    """A policy the search scored: a baseline, a DP result or an Optuna trial (not an evaluation row)."""
+
     name: str
     document: PolicyDocument
     source: str  # "baseline", "dp-gits", "dp-oss", "optuna"
     scores: dict = field(default_factory=dict)
     held_out: tuple[float, float] | None = None  # proxy-FID mean, std over held-out seeds
-    cost_nfe: int | None = None
 
 
 @dataclass
 class OptimizeResult:
-    best: Candidate | None
-    candidates: list[Candidate]
+    best: SearchCandidate | None
+    candidates: list[SearchCandidate]
     exported: list[Path]
     study_name: str | None
     trials: int
@@ -136,7 +138,7 @@ class Context:
                                    residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=log)
 
 
-def baselines(cfg: OptimizeConfig, loaded: LoadedModel, nfe: int) -> list[Candidate]:
+def baselines(cfg: OptimizeConfig, loaded: LoadedModel, nfe: int) -> list[SearchCandidate]:
     """DDIM-uniform (trailing and linspace) and StepDrop-importance at the target NFE, with cfg's solver."""
     s, solver = loaded.schedule, SolverSpec(cfg.solver)
     rows = [("uniform-trailing", Uniform(nfe=nfe, schedule=s)), ("uniform-linspace", Uniform(nfe=nfe, spacing="linspace", schedule=s))]
@@ -144,10 +146,10 @@ def baselines(cfg: OptimizeConfig, loaded: LoadedModel, nfe: int) -> list[Candid
         rows.append(("importance", Importance(nfe=nfe, schedule=s)))
     except UserError:
         pass  # importance cannot place this NFE in its bands
-    return [Candidate(name, PolicyDocument(p, solver), "baseline") for name, p in rows]
+    return [SearchCandidate(name, PolicyDocument(p, solver), "baseline") for name, p in rows]
 
 
-def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> list[Candidate]:
+def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> list[SearchCandidate]:
     out = []
     if cfg.method not in ("dp-gits", "dp-oss", "all"):
         return out
@@ -157,13 +159,13 @@ def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> lis
     if cfg.method in ("dp-gits", "all"):
         res = gits_schedule(traj, cfg.nfe, cost=cfg.gits_cost, gamma=cfg.gits_gamma, solver=cfg.solver)
         log(f"DP-GITS ({res.nfe_spent} NFE): {res.steps.tolist()}")
-        out.append(Candidate("dp-gits", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
-                                                       solver), "dp-gits", cost_nfe=res.nfe_spent))
+        out.append(SearchCandidate("dp-gits", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
+                                                       solver), "dp-gits"))
     if cfg.method in ("dp-oss", "all"):
         res = oss_schedule(ctx.loaded, traj, cfg.nfe, solver=cfg.solver)
         log(f"DP-OSS ({res.nfe_spent} NFE): {res.steps.tolist()}")
-        out.append(Candidate("dp-oss", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
-                                                      solver), "dp-oss", cost_nfe=res.nfe_spent))
+        out.append(SearchCandidate("dp-oss", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
+                                                      solver), "dp-oss"))
     return out
 
 
@@ -253,7 +255,7 @@ def _worker_process(cfg: OptimizeConfig, index: int) -> int:
     return worker(cfg, log=lambda m: print(f"[worker {index}] {m}", file=sys.stderr, flush=True))
 
 
-def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[Candidate]) -> None:
+def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[SearchCandidate]) -> None:
     """Enqueue baselines and DP results as the first trials (explicit kind only: they are step sets)."""
     if cfg.kind != "explicit" or cfg.multi_objective:
         return
@@ -322,7 +324,7 @@ def search_seconds(cfg: OptimizeConfig, elapsed: float, reserve: float) -> float
     return None if math.isinf(limit) else limit
 
 
-def study_candidates(cfg: OptimizeConfig, study: optuna.Study) -> list[Candidate]:
+def study_candidates(cfg: OptimizeConfig, study: optuna.Study) -> list[SearchCandidate]:
     if cfg.multi_objective:
         trials = study.best_trials
     else:
@@ -332,11 +334,11 @@ def study_candidates(cfg: OptimizeConfig, study: optuna.Study) -> list[Candidate
     for t in trials:
         doc = PolicyDocument.from_dict(t.user_attrs["policy"], f"trial {t.number}")
         name = f"optuna-trial-{t.number}" + (f" (seeded: {t.user_attrs['source']})" if "source" in t.user_attrs else "")
-        out.append(Candidate(name, doc, "optuna", dict(t.user_attrs.get("scores", {}))))
+        out.append(SearchCandidate(name, doc, "optuna", dict(t.user_attrs.get("scores", {}))))
     return out
 
 
-def held_out_fid(ctx: Context, cand: Candidate) -> tuple[float, float]:
+def held_out_fid(ctx: Context, cand: SearchCandidate) -> tuple[float, float]:
     """Proxy-FID on noise the search never saw (seeds 1000–1002): mean, std."""
     values = []
     for seed in HELD_OUT_SEEDS:
@@ -346,7 +348,7 @@ def held_out_fid(ctx: Context, cand: Candidate) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def export(cfg: OptimizeConfig, ctx: Context, candidates: list[Candidate], study_name: str | None, trials: int,
+def export(cfg: OptimizeConfig, ctx: Context, candidates: list[SearchCandidate], study_name: str | None, trials: int,
            wall: float, log: Callable[[str], None]) -> list[Path]:
     finite = [c for c in candidates if math.isfinite(c.scores.get("value", math.inf))]
     if not finite:
