@@ -162,7 +162,6 @@ def parse_params(items: list[str] | None) -> dict:
 def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
                    schedule) -> PolicyDocument:
     """A policy file (validated against the model's schedule) or a built-in KIND built for that schedule."""
-    from stepdrop_search.diffusion.solvers import SolverSpec
     from stepdrop_search.policies import POLICIES, load_policy, policy_class
 
     if spec not in POLICIES and (spec.endswith(".json") or Path(spec).exists()):
@@ -173,17 +172,28 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
             raise UserError("--param applies to a policy KIND, not to a policy file")
         if solver is None and eta is None:
             return doc
-        return PolicyDocument(doc.policy, SolverSpec(solver or doc.solver.name, doc.solver.eta if eta is None else eta),
-                              doc.provenance)
+        name = solver or doc.solver.name
+        if eta is None and name == doc.solver.name:  # the file's η belongs to the file's solver only
+            eta = doc.solver.eta or None
+        return PolicyDocument(doc.policy, solver_spec(name, eta), doc.provenance)
     policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=schedule)
-    return PolicyDocument(policy, SolverSpec(solver or "ddim", eta or 0.0))
+    return PolicyDocument(policy, solver_spec(solver or "ddim", eta))
+
+
+def solver_spec(name: str, eta: float | None):
+    """--solver/--eta as a SolverSpec; an --eta given to a solver without η is refused, not ignored."""
+    from stepdrop_search.diffusion.solvers import ETA_SOLVERS, SolverSpec
+
+    if eta is not None and name not in ETA_SOLVERS:
+        raise UserError(f"--eta applies to {', '.join(ETA_SOLVERS)} only; solver {name} has no η (drop --eta)")
+    return SolverSpec(name, eta or 0.0)
 
 
 PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
 NfeOption = Annotated[int | None, typer.Option(help="target NFE (expected NFE for stochastic kinds)")]
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="kind parameter key=value (repeatable)")]
 SolverOption = Annotated[str | None, typer.Option(help="ddim, ddpm (ancestral) or dpmpp-2m (default: the file's, else ddim)")]
-EtaOption = Annotated[float | None, typer.Option(help="DDIM η (0 = deterministic)")]
+EtaOption = Annotated[float | None, typer.Option(help="DDIM η in [0, 1] (0 = deterministic); refused for solvers without η")]
 ModelOption = Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")]
 
 
@@ -202,28 +212,32 @@ def sample(
     calibrate: Annotated[bool, typer.Option(help="OSS amplitude calibration against a 100-step DDIM teacher")] = False,
     out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("samples.png"),
     barcode: Annotated[Path | None, typer.Option(help="also write the barcode PNG of evaluated timesteps")] = None,
+    save_samples: Annotated[Path | None, typer.Option(help="also write the samples as FILE.npz: `samples` float32 "
+                                                      "(N, C, H, W) in [-1, 1], `nfe` per sample, `policy` JSON")] = None,
     device: str = "auto",
 ) -> None:
     """Sample a grid of images with any policy and solver; prints the measured NFE."""
     from stepdrop_search.devices import resolve_device
-    from stepdrop_search.diffusion.sampler import AmplitudeCalibration
-    from stepdrop_search.generation import amplitude_profile, generate
-    from stepdrop_search.images import save_barcode, save_grid
+    from stepdrop_search.generation import sample_policy
+    from stepdrop_search.images import check_npz_path, save_barcode, save_grid
+    from stepdrop_search.images import save_samples as write_samples
     from stepdrop_search.loading import load_model
 
+    if save_samples is not None:
+        check_npz_path(save_samples)
     loaded = load_model(model, device=resolve_device(device))
     doc = resolve_policy(policy, nfe if nfe is not None else (None if policy.endswith(".json") else 50),
                          param, solver, eta, loaded.schedule)
-    calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule)) if calibrate else None
-    result = generate(loaded.model, loaded.schedule, doc.policy, doc.solver, n=n, seed=seed, batch_size=batch_size,
-                      calibration=calibration)
-    save_grid(result.x0, out)
+    result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate)
+    written = [save_grid(result.x0, out)]
     if barcode is not None:
-        save_barcode(result.evaluated, result.grid, loaded.schedule.T, barcode)
+        written.append(save_barcode(result.evaluated, result.grid, loaded.schedule.T, barcode))
+    if save_samples is not None:
+        written.append(write_samples(result.x0, result.nfe, save_samples, policy=doc.to_json(), model=loaded.source))
     nfe_measured = result.nfe.float()
-    console.print(f"wrote {out}: {n} images, policy {doc.policy.kind}, solver {doc.solver.name}, measured NFE "
+    console.print(f"{n} images, policy {doc.policy.kind}, solver {doc.solver.name}, measured NFE "
                   f"{nfe_measured.mean():.2f} (min {int(nfe_measured.min())}, max {int(nfe_measured.max())}; "
-                  f"expected {doc.policy.expected_nfe():.2f})" + (f"; barcode {barcode}" if barcode else ""))
+                  f"expected {doc.policy.expected_nfe():.2f}); wrote {', '.join(map(str, written))}")
 
 
 policy_app = typer.Typer(no_args_is_help=True, help="List, show and export skip policies.")
@@ -357,7 +371,7 @@ def evaluate(
     from stepdrop_search.evaluation import Candidate, baseline, parse_metrics, seed_values
     from stepdrop_search.evaluation import evaluate as run_evaluation
     from stepdrop_search.loading import load_model
-    from stepdrop_search.objectives.features import load_features
+    from stepdrop_search.objectives.features import load_features_for_model
     from stepdrop_search.objectives.metrics import FIDELITY_METRICS
     from stepdrop_search.objectives.residual import Teacher
     from stepdrop_search.policies import load_policy
@@ -384,7 +398,8 @@ def evaluate(
             candidates.append(Candidate(path.stem if own else f"{path.stem}→{solver_name}",
                                         doc if own else PolicyDocument(doc.policy, SolverSpec(solver_name)),
                                         family if own else f"{family}→{solver_name}"))
-    feature_file = load_features(features, dataset=loaded.dataset, device=dev) if set(wanted) & set(FIDELITY_METRICS) else None
+    feature_file = load_features_for_model(features, loaded.config, loaded.dataset, device=dev) \
+        if set(wanted) & set(FIDELITY_METRICS) else None
     inception = None
     if "inception-fid" in wanted:
         from stepdrop_search.data import load_dataset

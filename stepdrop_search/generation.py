@@ -61,3 +61,12 @@ def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int
     t = run.grid.flip(0).double().numpy()
     all_t = np.arange(schedule.T, dtype=np.float64)
     return torch.from_numpy(np.stack([np.interp(all_t, t, quantiles.flip(0)[:, k].numpy()) for k in range(2)], 1)).float()
+
+
+def sample_policy(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256,
+                  calibrate: bool = False) -> SampleResult:
+    """What ``stepdrop-search sample`` computes: ``n`` samples of a policy document on a loaded model, optionally with
+    OSS amplitude calibration against a 100-step DDIM teacher's quantile profile."""
+    calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule)) if calibrate else None
+    return generate(loaded.model, loaded.schedule, document.policy, document.solver, n=n, seed=seed,
+                    batch_size=batch_size, calibration=calibration)

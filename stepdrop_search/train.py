@@ -149,6 +149,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
     out = Path(cfg.out_dir)
     ckpt_path = out / CHECKPOINT_NAME
     saved = None
+    if resume and not ckpt_path.is_file():
+        # A typo in --out must not turn a resume into a fresh run of many thousand steps.
+        raise UserError(f"--resume: no checkpoint at {ckpt_path}; pass the --out of the run to continue, "
+                        "or drop --resume to start a new run")
     if ckpt_path.exists():
         if not resume:
             raise UserError(f"{ckpt_path} already exists; pass --resume to continue that run or choose another --out")

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -58,3 +59,55 @@ def test_missing_dataset_exits_2_naming_the_path(tmp_path):
 def test_impossible_nfe_exits_2(tiny_checkpoint, tmp_path):
     result = runner.invoke(app, ["sample", "--model", str(tiny_checkpoint), "--nfe", "0", "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 2
+
+
+def test_resume_without_a_checkpoint_is_refused_before_training(tmp_path):
+    result = run_cli("train", "--preset", "tiny", "--dataset", "synthetic", "--steps", "5",
+                     "--out", str(tmp_path / "typo"), "--resume")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "no checkpoint" in result.stderr and str(tmp_path / "typo") in result.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_eta_for_a_solver_without_eta_is_refused(tiny_checkpoint, tmp_path):
+    out = tmp_path / "g.png"
+    result = runner.invoke(app, ["sample", "--model", str(tiny_checkpoint), "--nfe", "4", "--n", "2", "--solver", "dpmpp-2m",
+                                 "--eta", "0.5", "--out", str(out)])
+    assert result.exit_code == 2 and "--eta" in result.output
+    assert not out.exists()
+
+
+def test_a_policy_files_eta_is_not_carried_to_another_solver(tiny_checkpoint, tmp_path):
+    from stepdrop_search.cli import resolve_policy
+    from stepdrop_search.diffusion.solvers import SolverSpec
+    from stepdrop_search.loading import load_model
+    from stepdrop_search.policies import PolicyDocument, save_policy
+    from stepdrop_search.policies.kinds import Uniform
+
+    schedule = load_model(tiny_checkpoint).schedule
+    path = save_policy(tmp_path / "p.json", PolicyDocument(Uniform(nfe=4, schedule=schedule), SolverSpec("ddim", 0.3)))
+    assert resolve_policy(str(path), None, None, None, None, schedule).solver == SolverSpec("ddim", 0.3)
+    assert resolve_policy(str(path), None, None, "dpmpp-2m", None, schedule).solver == SolverSpec("dpmpp-2m", 0.0)
+
+
+def test_sample_saves_an_npz_of_samples_and_measured_nfe(tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "s.npz"
+    result = runner.invoke(app, ["sample", "--model", str(tiny_checkpoint), "--policy", "stepdrop", "--nfe", "6", "--n", "5",
+                                 "--out", str(tmp_path / "g.png"), "--save-samples", str(path)])
+    assert result.exit_code == 0, result.output
+    with np.load(path) as data:  # allow_pickle defaults to False: everything in it is a plain array
+        assert data["samples"].shape == (5, 1, 16, 16) and data["samples"].dtype == np.float32
+        assert -1 <= data["samples"].min() and data["samples"].max() <= 1
+        assert data["nfe"].shape == (5,) and data["nfe"].min() >= 1
+        assert json.loads(str(data["policy"]))["kind"] == "stepdrop"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "s.npz"]  # no temp file left behind
+
+
+def test_save_samples_without_npz_suffix_is_refused_before_sampling(tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["sample", "--model", str(tiny_checkpoint), "--nfe", "4", "--n", "2",
+                                 "--out", str(tmp_path / "g.png"), "--save-samples", str(tmp_path / "s.npy")])
+    assert result.exit_code == 2 and ".npz" in result.output
+    assert not list(tmp_path.iterdir())

@@ -138,3 +138,23 @@ def test_policy_export_for_diffusers_prints_set_timesteps_and_scheduler_support(
 def test_stochastic_policy_cannot_be_exported_for_diffusers():
     result = runner.invoke(app, ["policy", "export", "stepdrop", "--nfe", "10", "--format", "diffusers"])
     assert result.exit_code == 2 and "fixed list" in result.output
+
+
+def test_evaluate_refuses_a_feature_network_of_another_image_shape_before_sampling(pipeline_dir, tmp_path):
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["evaluate", "--model", f"diffusers:{pipeline_dir}", "--baselines", "ddim", "--nfe", "2",
+                                 "--samples", "4", "--seeds", "1", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "1×16×16" in result.output and "--features" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_feature_network_of_the_model_shape_scores_a_diffusers_model(pipeline_dir, tiny_features):
+    from stepdrop_search.objectives.features import load_features_for_model
+
+    loaded = load_model(f"diffusers:{pipeline_dir}")
+    assert load_features_for_model(tiny_features, loaded.config, loaded.dataset).dataset["image_size"] == 16
+    with pytest.raises(UserError, match="scores 1×28×28 images but the model makes 1×16×16"):
+        from stepdrop_search.objectives.features import default_features_path
+
+        load_features_for_model(default_features_path("fashion-mnist"), loaded.config, loaded.dataset)

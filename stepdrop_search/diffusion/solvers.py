@@ -75,6 +75,8 @@ def dpmpp_2m_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: Tens
 
 #: "ddpm" is the ancestral posterior step; with gaps larger than one it is the skipped-step jump.
 SOLVERS = ("ddim", "ddpm", "dpmpp-2m")
+#: Solvers with a stochasticity knob η; the others would silently ignore one.
+ETA_SOLVERS = ("ddim",)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class SolverSpec:
             raise UserError(f"unknown solver {self.name!r}; choose one of {', '.join(SOLVERS)}")
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"eta must be in [0, 1], got {self.eta}")
+        if self.eta and self.name not in ETA_SOLVERS:
+            raise UserError(f"solver {self.name} has no η (eta {self.eta} would be ignored); η applies to "
+                            f"{', '.join(ETA_SOLVERS)} only")
 
     def to_dict(self) -> dict:
         return {"name": self.name, "eta": self.eta}

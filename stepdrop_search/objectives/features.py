@@ -128,7 +128,8 @@ def default_features_path(dataset: str) -> Path:
 
 def load_features(path: str | Path | None = None, *, dataset: dict | None = None,
                   device: str | torch.device = "cpu") -> FeatureFile:
-    """Load a feature file (default: the shipped one for ``dataset``) and check it matches the images."""
+    """Load a feature file (default: the shipped one for ``dataset``); :func:`load_features_for_model` also checks
+    that it scores the images a model makes."""
     if path is None:
         path = default_features_path((dataset or {}).get("name", "fashion-mnist"))
     payload = load_checkpoint(path)
@@ -139,8 +140,34 @@ def load_features(path: str | Path | None = None, *, dataset: dict | None = None
         net.load_state_dict(payload["model"])
     except RuntimeError:
         raise UserError(f"{path}: weights do not fit the feature network it describes; the file is damaged") from None
-    info = dict(payload["dataset"])
-    if dataset and "image_size" in dataset and \
-            (info.get("image_size"), info.get("channels")) != (dataset.get("image_size"), dataset.get("channels")):
-        raise UserError(f"{path} was trained on {info} images, the model makes {dataset}; pass a matching --features")
-    return FeatureFile(net.to(device).eval(), info, dict(payload["reference"]), dict(payload["card"]), str(path))
+    return FeatureFile(net.to(device).eval(), dict(payload["dataset"]), dict(payload["reference"]), dict(payload["card"]),
+                       str(path))
+
+
+def load_features_for_model(path: str | Path | None, model_config, dataset: dict | None = None, *,
+                            device: str | torch.device = "cpu") -> FeatureFile:
+    """The feature file that scores a model's images: ``path``, or the shipped one for the model's data set, checked
+    against the image shape the model makes (``model_config.in_channels``, ``image_size``) before any sampling.
+
+    A model from elsewhere (a diffusers UNet) has no data set name, so its shape is all there is to go on: a
+    3×32×32 model scored by the 1×28×28 Fashion-MNIST network would crash deep inside the metric.
+    """
+    shape = (int(model_config.in_channels), int(model_config.image_size))
+    made = f"{shape[0]}×{shape[1]}×{shape[1]}"
+    advice = (f"train a feature network on {made} images (`stepdrop-search features train --dataset NAME "
+              f"--image-size {shape[1]}`) and pass it with --features FILE")
+    name = (dataset or {}).get("name")
+    if path is None:
+        if name in DEFAULT_FEATURES:
+            path = default_features_path(name)
+        elif shape == (1, 28):  # a model of unknown data but Fashion-MNIST's shape: the shipped network can score it
+            path = default_features_path("fashion-mnist")
+        else:
+            raise UserError(f"no shipped feature network scores {made} images (shipped: "
+                            f"{', '.join(DEFAULT_FEATURES)} at 1×28×28); {advice}")
+    features = load_features(path, device=device)
+    fits = (features.dataset.get("channels"), features.dataset.get("image_size"))
+    if fits != shape:
+        raise UserError(f"{path} scores {fits[0]}×{fits[1]}×{fits[1]} images but the model makes {made}; {advice}")
+    return features
+
