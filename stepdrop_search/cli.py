@@ -6,10 +6,8 @@ from anywhere below becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
-import re
 import shlex
 import sys
 import time
@@ -310,17 +308,13 @@ def policy_export(
 
 def _export_diffusers(doc, out: Path | None) -> None:
     from stepdrop_search.files import write_json
-    from stepdrop_search.interop import custom_timestep_support, diffusers_timesteps, scheduler_config_from_schedule
+    from stepdrop_search.interop import diffusers_export
 
-    steps = diffusers_timesteps(doc)
-    support = custom_timestep_support()
-    lines = [f"scheduler.set_timesteps(timesteps={steps})"]
+    payload = diffusers_export(doc)
+    lines = [f"scheduler.set_timesteps(timesteps={payload['timesteps']})"]
     lines += [f"# {cls}: " + ("accepts custom timesteps" if ok else "does not accept custom timesteps; use one that does")
-              for cls, ok in support.items()]
+              for cls, ok in payload["accepts_custom_timesteps"].items()]
     if out is not None:
-        payload = {"timesteps": steps, "num_train_timesteps": doc.policy.schedule.T,
-                   "scheduler_config": scheduler_config_from_schedule(doc.policy.schedule),
-                   "accepts_custom_timesteps": support}
         write_json(out, payload)
         lines.append(f"# wrote {out}")
     console.print("\n".join(lines), markup=False, highlight=False)
@@ -362,79 +356,24 @@ def evaluate(
                                               "(when the run makes ≥ 250k sample-forwards)")] = "auto",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
-    import dataclasses
+    from stepdrop_search.compare import CompareConfig, run_comparison, write_comparison
+    from stepdrop_search.report import results_table
 
-    import torch
+    cfg = CompareConfig(baselines=comma_list(baselines), nfes=tuple(parse_int_list(nfe, "--nfe")),
+                        policies=tuple(map(str, policy or ())), solvers=comma_list(solvers or ""), suite=suite,
+                        dp_samples=dp_samples, samples=samples, seeds=seeds, metrics=comma_list(metrics), teacher=teacher,
+                        residual_samples=residual_samples, batch_size=batch_size, model=str(model) if model else None,
+                        features=str(features) if features else None,
+                        inception_weights=str(inception_weights) if inception_weights else None, data=data,
+                        device=device, compile=compile_mode, command=command_line())
+    comparison = run_comparison(cfg, log=lambda message: err_console.print(f"[dim]{message}[/dim]", highlight=False))
+    console.print(results_table(comparison.results, f"{samples} samples × {seeds} seeds, same x_T per seed "
+                                                    "(mean ± std over seeds)"))
+    console.print("wrote " + ", ".join(str(p) for p in write_comparison(comparison, out)))
 
-    from stepdrop_search.devices import machine_description, resolve_device
-    from stepdrop_search.diffusion.solvers import SolverSpec
-    from stepdrop_search.evaluation import Candidate, baseline, parse_metrics, seed_values
-    from stepdrop_search.evaluation import evaluate as run_evaluation
-    from stepdrop_search.loading import load_model
-    from stepdrop_search.objectives.features import load_features_for_model
-    from stepdrop_search.objectives.metrics import FIDELITY_METRICS
-    from stepdrop_search.objectives.residual import Teacher
-    from stepdrop_search.policies import load_policy
-    from stepdrop_search.report import plot_quality_vs_nfe, results_table, write_markdown, write_results
-    from stepdrop_search.runtime import CompiledNetwork, check_compile_mode, compile_network, should_compile
-    from stepdrop_search.suites import build_suite
 
-    wanted = parse_metrics(metrics)
-    seed_list = seed_values(samples, seeds)
-    check_compile_mode(compile_mode)
-    teacher_spec = Teacher.parse(teacher)
-    nfes = parse_int_list(nfe, "--nfe")
-    extra_solvers = [SolverSpec(name.strip()).name for name in (solvers or "").split(",") if name.strip()]
-    dev = resolve_device(device)
-    loaded = load_model(model, device=dev)
-    candidates = []
-    for name in [b.strip() for b in baselines.split(",") if b.strip()] or ([] if suite or policy else ["ddim"]):
-        candidates += [baseline(name, n, loaded.schedule) for n in nfes]
-    for path in policy or []:
-        doc = load_policy(path, loaded.schedule)
-        family = re.sub(r"-nfe\d+$", "", path.stem)
-        for solver_name in extra_solvers or [doc.solver.name]:
-            own = solver_name == doc.solver.name
-            candidates.append(Candidate(path.stem if own else f"{path.stem}→{solver_name}",
-                                        doc if own else PolicyDocument(doc.policy, SolverSpec(solver_name)),
-                                        family if own else f"{family}→{solver_name}"))
-    feature_file = load_features_for_model(features, loaded.config, loaded.dataset, device=dev) \
-        if set(wanted) & set(FIDELITY_METRICS) else None
-    inception = None
-    if "inception-fid" in wanted:
-        from stepdrop_search.data import load_dataset
-        from stepdrop_search.objectives.metrics import inception_fid
-
-        if inception_weights is None or not inception_weights.is_file():
-            inception_fid(torch.zeros(0), torch.zeros(0), inception_weights, device=dev)  # the one-line error
-        real = load_dataset(loaded.dataset.get("name", ""), data, split="test", image_size=loaded.config.image_size)
-        inception = (str(inception_weights), real.images)
-    def log(message: str) -> None:
-        err_console.print(f"[dim]{message}[/dim]", highlight=False)
-
-    missing = []
-    if suite is not None:  # after every input is checked: the peers suite's DP rows cost minutes
-        built = build_suite(suite, loaded, nfes, dp_samples=dp_samples, log=log)
-        candidates, missing = built.rows + candidates, built.missing
-        for line in missing:
-            err_console.print(f"not run here: {line}", highlight=False)
-    if should_compile(compile_mode, samples * len(seed_list) * sum(c.nominal_nfe for c in candidates)):
-        loaded = dataclasses.replace(loaded, model=compile_network(loaded.model, min(batch_size, samples), log))
-    compiled = isinstance(loaded.model, CompiledNetwork)  # False when the compile fell back to eager
-    results = run_evaluation(loaded, candidates, samples=samples, seeds=seeds, metrics=wanted, features=feature_file,
-                             teacher=teacher_spec, batch_size=batch_size, residual_samples=residual_samples,
-                             inception=inception, progress=log)
-    console.print(results_table(results, f"{samples} samples × {seeds} seeds, same x_T per seed (mean ± std over seeds)"))
-    meta = {"command": command_line(), "model": loaded.source, "model_hash": loaded.weights_hash,
-            "features": feature_file.source if feature_file else None, "samples": samples, "seeds": seeds,
-            "teacher": teacher_spec.name, "residual_samples": min(residual_samples, samples), "device": str(dev),
-            "batch_size": batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": machine_description(dev), "compiled": compiled, "suite": suite, "not_run": missing,
-            "title": f"Evaluation: suite {suite}" if suite else "Evaluation"}
-    written = write_results(results, out, meta)
-    written.append(write_markdown(results, out.with_suffix(".md"), meta, missing))
-    plot = plot_quality_vs_nfe(results, out.with_suffix(".png"), "fid" if "fid" in wanted else "residual")
-    console.print("wrote " + ", ".join(str(p) for p in written + ([plot] if plot else [])))
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 @app.command()
@@ -516,12 +455,15 @@ def features_train(
     batch_size: int = 128,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="feature file to write (a JSON card goes beside it)")] = Path("features.pt"),
+    device: str = "auto",
 ) -> None:
     """Train the classifier, report its held-out accuracy and store the real data's reference statistics."""
+    from stepdrop_search.devices import resolve_device
     from stepdrop_search.objectives.features import train_feature_net
 
     card = train_feature_net(dataset, data, out, steps=steps, batch_size=batch_size, seed=seed, image_size=image_size,
-                             command=command_line(), log=lambda m: err_console.print(m, highlight=False))
+                             command=command_line(), device=resolve_device(device),
+                             log=lambda m: err_console.print(m, highlight=False))
     console.print(f"wrote {out}: test accuracy {card['accuracy_test']:.2%} on {card['test_images']} images")
 
 
@@ -534,19 +476,22 @@ def features_score(
     samples: Annotated[int, typer.Option(help="real images to score (0 = all)")] = 2000,
     seed: int = 0,
     features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one)")] = None,
+    device: str = "auto",
 ) -> None:
     """Score *real* images against the reference statistics: the metric's floor for that many samples."""
     import torch
 
     from stepdrop_search.data import load_dataset
+    from stepdrop_search.devices import resolve_device
     from stepdrop_search.objectives.features import load_features
     from stepdrop_search.objectives.metrics import fidelity_metrics
 
-    feature_file = load_features(features, dataset={"name": dataset})
+    dev = resolve_device(device)
+    feature_file = load_features(features, dataset={"name": dataset}, device=dev)
     real = load_dataset(dataset, data, split=split, image_size=feature_file.dataset.get("image_size")).images
     if 0 < samples < len(real):
         real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:samples]]
-    values = fidelity_metrics(real, feature_file, {"fid", "kid", "is", "prc"}, device=torch.device("cpu"), seed=seed)
+    values = fidelity_metrics(real, feature_file, {"fid", "kid", "is", "prc"}, device=dev, seed=seed)
     console.print(f"{len(real)} real {split} images vs the reference: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 

@@ -151,6 +151,14 @@ def diffusers_timesteps(document: PolicyDocument) -> list[int]:
     return [int(t) for t in policy.timesteps().tolist()]
 
 
+def diffusers_export(document: PolicyDocument) -> dict:
+    """What ``policy export --format diffusers`` writes: the timesteps for ``set_timesteps(timesteps=…)``, the
+    scheduler config of the policy's noise schedule, and which scheduler classes take custom timesteps."""
+    return {"timesteps": diffusers_timesteps(document), "num_train_timesteps": document.policy.schedule.T,
+            "scheduler_config": scheduler_config_from_schedule(document.policy.schedule),
+            "accepts_custom_timesteps": custom_timestep_support()}
+
+
 def make_scheduler(name: str, loaded: LoadedModel):
     """A diffusers scheduler for ``loaded``: its own scheduler config for diffusers models, else one built from
     our noise schedule."""

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from stepdrop_search.cli import app
@@ -110,4 +111,14 @@ def test_save_samples_without_npz_suffix_is_refused_before_sampling(tiny_checkpo
     result = runner.invoke(app, ["sample", "--model", str(tiny_checkpoint), "--nfe", "4", "--n", "2",
                                  "--out", str(tmp_path / "g.png"), "--save-samples", str(tmp_path / "s.npy")])
     assert result.exit_code == 2 and ".npz" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["train", "--dataset", "synthetic", "--preset", "tiny"], ["sample"], ["evaluate"],
+                                     ["optimize", "--nfe", "3"], ["features", "train", "--dataset", "synthetic"],
+                                     ["features", "score", "--dataset", "synthetic"]])
+def test_every_command_that_runs_a_network_takes_device(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*command, "--device", "tpu"])
+    assert result.exit_code == 2 and "unknown device 'tpu'" in result.output, result.output
     assert not list(tmp_path.iterdir())

@@ -78,7 +78,7 @@ def reference_statistics(net: FeatureNet, data: ImageData) -> dict:
 
 def train_feature_net(dataset: str, data_dir: str | None, out: str | Path, *, steps: int = 1500, batch_size: int = 128,
                       lr: float = 2e-3, seed: int = 0, image_size: int | None = None, command: str = "",
-                      log=lambda message: None) -> dict:
+                      device: str | torch.device = "cpu", log=lambda message: None) -> dict:
     """Train the classifier on the train split, measure test accuracy, store reference statistics."""
     train_data = load_dataset(dataset, data_dir, split="train", image_size=image_size, seed=seed)
     test_data = load_dataset(dataset, data_dir, split="test", image_size=image_size, seed=seed)
@@ -86,7 +86,8 @@ def train_feature_net(dataset: str, data_dir: str | None, out: str | Path, *, st
         raise UserError(f"data set {dataset} has no labels; the proxy feature network is a classifier and needs them")
     num_classes = int(train_data.labels.max()) + 1
     torch.manual_seed(seed)
-    net = FeatureNet(train_data.channels, num_classes)
+    net = FeatureNet(train_data.channels, num_classes).to(device)
+    images, labels = train_data.images.to(device), train_data.labels.to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
@@ -94,7 +95,7 @@ def train_feature_net(dataset: str, data_dir: str | None, out: str | Path, *, st
     net.train()
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(train_data), (batch_size,), generator=gen)
-        x, y = train_data.images[idx], train_data.labels[idx]
+        x, y = images[idx.to(device)], labels[idx.to(device)]
         shift = torch.randint(-2, 3, (2,), generator=gen).tolist()  # small translations: cheap augmentation
         x = torch.roll(x, shifts=shift, dims=(2, 3))
         loss = F.cross_entropy(net(x)[1], y)
@@ -111,7 +112,7 @@ def train_feature_net(dataset: str, data_dir: str | None, out: str | Path, *, st
             "batch_size": batch_size, "wall_time_s": round(time.perf_counter() - tick, 1), "command": command,
             "weights_hash": state_dict_hash(net.state_dict()), "feature_dim": FEATURE_DIM}
     save_checkpoint(out, {
-        "kind": "feature-net", "model_config": net.config, "model": net.state_dict(),
+        "kind": "feature-net", "model_config": net.config, "model": net.cpu().state_dict(),
         "dataset": {"name": dataset, "image_size": train_data.image_size, "channels": train_data.channels},
         "reference": reference_statistics(net, test_data), "card": card,
     })

@@ -1,0 +1,148 @@
+"""What ``stepdrop-search evaluate`` does, as a function a notebook can call with the same results.
+
+:func:`run_comparison` takes a :class:`CompareConfig` (the command's flags as values), checks every input before
+any sampling — metrics, seeds, compile mode, teacher, solvers, model, policy files, feature network, Inception
+weights — then builds the rows (baselines, policy files with schedule transfer, a suite), compiles the network
+when the run is big enough, evaluates every row on the same seeds and returns the results with the metadata a
+report needs. :func:`write_comparison` writes that report (JSON, CSV, Markdown, PNG), each file atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.devices import machine_description, resolve_device
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.evaluation import Candidate, Result, baseline, evaluate, parse_metrics, seed_values
+from stepdrop_search.loading import load_model
+from stepdrop_search.objectives.features import load_features_for_model
+from stepdrop_search.objectives.metrics import FIDELITY_METRICS
+from stepdrop_search.objectives.residual import Teacher
+from stepdrop_search.policies import PolicyDocument, load_policy
+from stepdrop_search.runtime import CompiledNetwork, check_compile_mode, compile_network, should_compile
+
+DEFAULT_METRICS = ("fid", "kid", "throughput", "gflops")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """One comparison: which rows (``baselines`` × ``nfes``, ``policies`` files, each also run with every solver in
+    ``solvers``, a named ``suite``), on which model, measured how (``samples`` × ``seeds``, ``metrics``)."""
+
+    baselines: tuple[str, ...] = ()
+    nfes: tuple[int, ...] = (10, 25, 50)
+    policies: tuple[str, ...] = ()
+    solvers: tuple[str, ...] = ()
+    suite: str | None = None
+    dp_samples: int = 32
+    samples: int = 2000
+    seeds: int = 3
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    teacher: str = "ddim-1000"
+    residual_samples: int = 256
+    batch_size: int = 256
+    model: str | None = None
+    features: str | None = None
+    inception_weights: str | None = None
+    data: str | None = None
+    device: str = "auto"
+    compile: str = "auto"
+    command: str = ""
+
+
+@dataclass
+class Comparison:
+    """The results of :func:`run_comparison` with what a report needs to say how they were made."""
+
+    results: list[Result]
+    meta: dict
+    missing: list[str] = field(default_factory=list)  # "row: why it cannot run here"
+    loaded: LoadedModel | None = None
+
+
+def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: LoadedModel) -> list[Candidate]:
+    """One row per policy file, or with ``solvers`` one per file × solver (the schedule transferred to each)."""
+    rows = []
+    for path in map(Path, paths):
+        doc = load_policy(path, loaded.schedule)
+        family = re.sub(r"-nfe\d+$", "", path.stem)
+        for solver_name in solvers or (doc.solver.name,):
+            own = solver_name == doc.solver.name
+            rows.append(Candidate(path.stem if own else f"{path.stem}→{solver_name}",
+                                  doc if own else PolicyDocument(doc.policy, SolverSpec(solver_name)),
+                                  family if own else f"{family}→{solver_name}"))
+    return rows
+
+
+def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: None) -> Comparison:
+    """Check every input, build the rows, evaluate them on the same seeds; see the module docstring."""
+    from stepdrop_search.suites import build_suite
+
+    wanted = parse_metrics(cfg.metrics)
+    seed_list = seed_values(cfg.samples, cfg.seeds)
+    check_compile_mode(cfg.compile)
+    teacher = Teacher.parse(cfg.teacher)
+    solvers = tuple(SolverSpec(name).name for name in cfg.solvers)
+    device = resolve_device(cfg.device)
+    loaded = load_model(cfg.model, device=device)
+    rows = [baseline(name, nfe, loaded.schedule)
+            for name in cfg.baselines or (() if cfg.suite or cfg.policies else ("ddim",)) for nfe in cfg.nfes]
+    rows += policy_rows(cfg.policies, solvers, loaded)
+    features = load_features_for_model(cfg.features, loaded.config, loaded.dataset, device=device) \
+        if set(wanted) & set(FIDELITY_METRICS) else None
+    inception = _inception_inputs(cfg, loaded, device) if "inception-fid" in wanted else None
+
+    missing = []
+    if cfg.suite is not None:  # after every input is checked: the peers suite's DP rows cost minutes
+        built = build_suite(cfg.suite, loaded, cfg.nfes, dp_samples=cfg.dp_samples, log=log)
+        rows, missing = built.rows + rows, built.missing
+        for line in missing:
+            log(f"not run here: {line}")
+    network = loaded
+    if should_compile(cfg.compile, cfg.samples * len(seed_list) * sum(row.nominal_nfe for row in rows)):
+        network = dataclasses.replace(loaded, model=compile_network(loaded.model, min(cfg.batch_size, cfg.samples), log))
+    results = evaluate(network, rows, samples=cfg.samples, seeds=seed_list, metrics=wanted, features=features,
+                       teacher=teacher, batch_size=cfg.batch_size, residual_samples=cfg.residual_samples,
+                       inception=inception, progress=log)
+    meta = {"command": cfg.command, "model": loaded.source, "model_hash": loaded.weights_hash,
+            "features": features.source if features else None, "samples": cfg.samples, "seeds": len(seed_list),
+            "teacher": teacher.name, "residual_samples": min(cfg.residual_samples, cfg.samples), "device": str(device),
+            "batch_size": cfg.batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine_description(device),
+            "compiled": isinstance(network.model, CompiledNetwork),  # False when the compile fell back to eager
+            "suite": cfg.suite, "not_run": missing,
+            "title": f"Evaluation: suite {cfg.suite}" if cfg.suite else "Evaluation"}
+    return Comparison(results, meta, missing, loaded)
+
+
+def _inception_inputs(cfg: CompareConfig, loaded: LoadedModel, device):
+    """(weights path, real test images) for ``inception-fid``; the metric's one-line error when weights are missing."""
+    import torch
+
+    from stepdrop_search.data import load_dataset
+    from stepdrop_search.objectives.metrics import inception_fid
+
+    weights = Path(cfg.inception_weights) if cfg.inception_weights else None
+    if weights is None or not weights.is_file():
+        inception_fid(torch.zeros(0), torch.zeros(0), weights, device=device)  # raises the one-line error
+    real = load_dataset(loaded.dataset.get("name", ""), cfg.data, split="test", image_size=loaded.config.image_size)
+    return str(weights), real.images
+
+
+def write_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
+    """``out``.json (everything, per seed), .csv (a summary row per policy), .md (the report) and .png
+    (quality against measured NFE, when a quality metric was measured)."""
+    from stepdrop_search.report import plot_quality_vs_nfe, write_markdown, write_results
+
+    out = Path(out)
+    written = write_results(comparison.results, out, comparison.meta)
+    written.append(write_markdown(comparison.results, out.with_suffix(".md"), comparison.meta, comparison.missing))
+    metrics = {key for r in comparison.results for key in r.summary()}
+    plot = plot_quality_vs_nfe(comparison.results, out.with_suffix(".png"), "fid" if "fid" in metrics else "residual")
+    return written + ([plot] if plot else [])
