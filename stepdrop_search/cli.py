@@ -160,13 +160,17 @@ def parse_params(items: list[str] | None) -> dict:
 
 
 def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
-                   schedule) -> PolicyDocument:
-    """A policy file (validated against the model's schedule) or a built-in KIND built for that schedule."""
+                   loaded) -> PolicyDocument:
+    """A policy file (validated against the model's schedule; a warning on stderr if it was made on another model)
+    or a built-in KIND built for that schedule."""
     from stepdrop_search.diffusion.solvers import SolverSpec
     from stepdrop_search.policies import POLICIES, load_policy, policy_class
+    from stepdrop_search.policies.io import foreign_model_warning
 
     if spec not in POLICIES and (spec.endswith(".json") or Path(spec).exists()):
-        doc = load_policy(spec, schedule)
+        doc = load_policy(spec, loaded.schedule)
+        if warning := foreign_model_warning(doc, loaded.weights_hash, spec):
+            err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
         if nfe is not None and nfe != doc.policy.nfe:
             raise UserError(f"{spec} has nfe {doc.policy.nfe}; drop --nfe or export a new policy")
         if params:
@@ -175,7 +179,7 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
             return doc
         return PolicyDocument(doc.policy, SolverSpec(solver or doc.solver.name, doc.solver.eta if eta is None else eta),
                               doc.provenance)
-    policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=schedule)
+    policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=loaded.schedule)
     return PolicyDocument(policy, SolverSpec(solver or "ddim", eta or 0.0))
 
 
@@ -213,7 +217,7 @@ def sample(
 
     loaded = load_model(model, device=resolve_device(device))
     doc = resolve_policy(policy, nfe if nfe is not None else (None if policy.endswith(".json") else 50),
-                         param, solver, eta, loaded.schedule)
+                         param, solver, eta, loaded)
     calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule)) if calibrate else None
     result = generate(loaded.model, loaded.schedule, doc.policy, doc.solver, n=n, seed=seed, batch_size=batch_size,
                       calibration=calibration)
@@ -252,7 +256,7 @@ def _policy_document(policy: str, nfe, param, solver, eta, model) -> tuple[Polic
     from stepdrop_search.policies.io import provenance
 
     loaded = load_model(model)
-    doc = resolve_policy(policy, nfe, param, solver, eta, loaded.schedule)
+    doc = resolve_policy(policy, nfe, param, solver, eta, loaded)
     if not doc.provenance:
         doc = PolicyDocument(doc.policy, doc.solver, provenance(command_line(), loaded.weights_hash))
     return doc, loaded
@@ -361,6 +365,7 @@ def evaluate(
     from stepdrop_search.objectives.metrics import FIDELITY_METRICS
     from stepdrop_search.objectives.residual import Teacher
     from stepdrop_search.policies import load_policy
+    from stepdrop_search.policies.io import foreign_model_warning
     from stepdrop_search.report import plot_quality_vs_nfe, results_table, write_markdown, write_results
     from stepdrop_search.runtime import CompiledNetwork, check_compile_mode, compile_network, should_compile
     from stepdrop_search.suites import build_suite
@@ -378,6 +383,8 @@ def evaluate(
         candidates += [baseline(name, n, loaded.schedule) for n in nfes]
     for path in policy or []:
         doc = load_policy(path, loaded.schedule)
+        if warning := foreign_model_warning(doc, loaded.weights_hash, str(path)):
+            err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
         family = re.sub(r"-nfe\d+$", "", path.stem)
         for solver_name in extra_solvers or [doc.solver.name]:
             own = solver_name == doc.solver.name
