@@ -41,6 +41,11 @@ def user_errors_exit_2(command):
     return wrapper
 
 
+def warn(message: str) -> None:
+    """A warning: one line on stderr; the command goes on."""
+    err_console.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
+
+
 def command_line() -> str:
     return shlex.join(["stepdrop-search", *sys.argv[1:]])
 
@@ -158,12 +163,16 @@ def parse_params(items: list[str] | None) -> dict:
 
 
 def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
-                   schedule) -> PolicyDocument:
-    """A policy file (validated against the model's schedule) or a built-in KIND built for that schedule."""
+                   loaded) -> PolicyDocument:
+    """A policy file (validated against the model's schedule; a warning on stderr if it was made on another model)
+    or a built-in KIND built for that schedule."""
     from stepdrop_search.policies import POLICIES, load_policy, policy_class
+    from stepdrop_search.policies.io import foreign_model_warning
 
     if spec not in POLICIES and (spec.endswith(".json") or Path(spec).exists()):
-        doc = load_policy(spec, schedule)
+        doc = load_policy(spec, loaded.schedule)
+        if warning := foreign_model_warning(doc, loaded.weights_hash, spec):
+            warn(warning)
         if nfe is not None and nfe != doc.policy.nfe:
             raise UserError(f"{spec} has nfe {doc.policy.nfe}; drop --nfe or export a new policy")
         if params:
@@ -174,7 +183,7 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
         if eta is None and name == doc.solver.name:  # the file's η belongs to the file's solver only
             eta = doc.solver.eta or None
         return PolicyDocument(doc.policy, solver_spec(name, eta), doc.provenance)
-    policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=schedule)
+    policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=loaded.schedule)
     return PolicyDocument(policy, solver_spec(solver or "ddim", eta))
 
 
@@ -225,7 +234,7 @@ def sample(
         check_npz_path(save_samples)
     loaded = load_model(model, device=resolve_device(device))
     doc = resolve_policy(policy, nfe if nfe is not None else (None if policy.endswith(".json") else 50),
-                         param, solver, eta, loaded.schedule)
+                         param, solver, eta, loaded)
     result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate)
     written = [save_grid(result.x0, out)]
     if barcode is not None:
@@ -264,7 +273,7 @@ def _policy_document(policy: str, nfe, param, solver, eta, model) -> tuple[Polic
     from stepdrop_search.policies.io import provenance
 
     loaded = load_model(model)
-    doc = resolve_policy(policy, nfe, param, solver, eta, loaded.schedule)
+    doc = resolve_policy(policy, nfe, param, solver, eta, loaded)
     if not doc.provenance:
         doc = PolicyDocument(doc.policy, doc.solver, provenance(command_line(), loaded.weights_hash))
     return doc, loaded
@@ -366,7 +375,8 @@ def evaluate(
                         features=str(features) if features else None,
                         inception_weights=str(inception_weights) if inception_weights else None, data=data,
                         device=device, compile=compile_mode, command=command_line())
-    comparison = run_comparison(cfg, log=lambda message: err_console.print(f"[dim]{message}[/dim]", highlight=False))
+    comparison = run_comparison(cfg, log=lambda message: err_console.print(f"[dim]{message}[/dim]", highlight=False),
+                                warn=warn)
     console.print(results_table(comparison.results, f"{samples} samples × {seeds} seeds, same x_T per seed "
                                                     "(mean ± std over seeds)"))
     console.print("wrote " + ", ".join(str(p) for p in write_comparison(comparison, out)))

@@ -25,6 +25,7 @@ from stepdrop_search.objectives.features import load_features_for_model
 from stepdrop_search.objectives.metrics import FIDELITY_METRICS
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument, load_policy
+from stepdrop_search.policies.io import foreign_model_warning
 from stepdrop_search.runtime import CompiledNetwork, check_compile_mode, compile_network, should_compile
 
 DEFAULT_METRICS = ("fid", "kid", "throughput", "gflops")
@@ -66,11 +67,15 @@ class Comparison:
     loaded: LoadedModel | None = None
 
 
-def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: LoadedModel) -> list[Candidate]:
-    """One row per policy file, or with ``solvers`` one per file × solver (the schedule transferred to each)."""
+def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: LoadedModel,
+                warn: Callable[[str], None] = lambda m: None) -> list[Candidate]:
+    """One row per policy file, or with ``solvers`` one per file × solver (the schedule transferred to each);
+    ``warn`` hears of a file made on another model (its recorded objective values do not apply here)."""
     rows = []
     for path in map(Path, paths):
         doc = load_policy(path, loaded.schedule)
+        if warning := foreign_model_warning(doc, loaded.weights_hash, str(path)):
+            warn(warning)
         family = re.sub(r"-nfe\d+$", "", path.stem)
         for solver_name in solvers or (doc.solver.name,):
             own = solver_name == doc.solver.name
@@ -80,8 +85,10 @@ def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: Loaded
     return rows
 
 
-def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: None) -> Comparison:
-    """Check every input, build the rows, evaluate them on the same seeds; see the module docstring."""
+def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: None,
+                   warn: Callable[[str], None] | None = None) -> Comparison:
+    """Check every input, build the rows, evaluate them on the same seeds; see the module docstring. ``log`` hears
+    progress, ``warn`` (default: ``log``) what the user should know about an input."""
     from stepdrop_search.suites import build_suite
 
     wanted = parse_metrics(cfg.metrics)
@@ -93,7 +100,7 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
     loaded = load_model(cfg.model, device=device)
     rows = [baseline(name, nfe, loaded.schedule)
             for name in cfg.baselines or (() if cfg.suite or cfg.policies else ("ddim",)) for nfe in cfg.nfes]
-    rows += policy_rows(cfg.policies, solvers, loaded)
+    rows += policy_rows(cfg.policies, solvers, loaded, warn or log)
     features = load_features_for_model(cfg.features, loaded.config, loaded.dataset, device=device) \
         if set(wanted) & set(FIDELITY_METRICS) else None
     inception = _inception_inputs(cfg, loaded, device) if "inception-fid" in wanted else None

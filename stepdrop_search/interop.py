@@ -99,8 +99,13 @@ def schedule_from_scheduler_config(config: dict, source: str) -> NoiseSchedule:
 
 def scheduler_config_from_schedule(schedule: NoiseSchedule) -> dict:
     """The diffusers scheduler config describing one of our noise schedules (ε-prediction, no clipping
-    beyond the data range)."""
+    beyond the data range). Every parameter of the kind is carried over, so that reading the config back gives
+    the same schedule; one diffusers cannot express is refused rather than silently replaced."""
     beta_schedule = {kind: name for name, kind in BETA_SCHEDULES.items()}[schedule.kind]
+    diffusers_cosine_s = 0.008  # hard-coded in diffusers' betas_for_alpha_bar
+    if schedule.kind == "cosine" and schedule.cosine_s != diffusers_cosine_s:
+        raise UserError(f"diffusers' squaredcos_cap_v2 fixes the cosine offset s = {diffusers_cosine_s}; this schedule "
+                        f"has cosine_s = {schedule.cosine_s}, which no diffusers scheduler config can express")
     return {"num_train_timesteps": schedule.T, "beta_schedule": beta_schedule, "beta_start": schedule.beta_start,
             "beta_end": schedule.beta_end, "prediction_type": "epsilon", "clip_sample": True, "clip_sample_range": 1.0}
 

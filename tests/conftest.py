@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,36 @@ from stepdrop_search.train import TrainConfig, train
 # (two spinning OpenMP threads per process oversubscribe 2 cores badly). Subprocesses inherit it.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+REPO = Path(__file__).resolve().parent.parent
+# Folders where the CLI writes by default (relative to the working directory) and where only real results belong.
+GUARDED = ("policies", "studies")
+
+
+def _files_under(folders) -> dict[Path, tuple[int, int]]:
+    return {path: (path.stat().st_mtime_ns, path.stat().st_size)
+            for folder in folders for path in (REPO / folder).rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_outputs_untouched():
+    """Fails the run loudly if any test added or changed a file in the repo's policies/ or studies/
+    (a test artefact there once shipped as a real search result)."""
+    before = _files_under(GUARDED)
+    yield
+    after = _files_under(GUARDED)
+    touched = sorted(str(path.relative_to(REPO)) for path in after if before.get(path) != after[path])
+    if touched:
+        pytest.fail(f"tests wrote into the repository: {', '.join(touched)}; remove them and keep test outputs "
+                    "under tmp_path", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def run_in_tmp_path(tmp_path, monkeypatch):
+    """Each test runs with its tmp_path as the working directory, so default outputs (policies/…, studies/…,
+    samples.png, results/…) of library calls, CLI commands and subprocesses land there, never in the repo."""
+    monkeypatch.chdir(tmp_path)
 
 
 def tiny_config(out_dir, **overrides) -> TrainConfig:

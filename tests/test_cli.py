@@ -86,10 +86,10 @@ def test_a_policy_files_eta_is_not_carried_to_another_solver(tiny_checkpoint, tm
     from stepdrop_search.policies import PolicyDocument, save_policy
     from stepdrop_search.policies.kinds import Uniform
 
-    schedule = load_model(tiny_checkpoint).schedule
-    path = save_policy(tmp_path / "p.json", PolicyDocument(Uniform(nfe=4, schedule=schedule), SolverSpec("ddim", 0.3)))
-    assert resolve_policy(str(path), None, None, None, None, schedule).solver == SolverSpec("ddim", 0.3)
-    assert resolve_policy(str(path), None, None, "dpmpp-2m", None, schedule).solver == SolverSpec("dpmpp-2m", 0.0)
+    loaded = load_model(tiny_checkpoint)
+    path = save_policy(tmp_path / "p.json", PolicyDocument(Uniform(nfe=4, schedule=loaded.schedule), SolverSpec("ddim", 0.3)))
+    assert resolve_policy(str(path), None, None, None, None, loaded).solver == SolverSpec("ddim", 0.3)
+    assert resolve_policy(str(path), None, None, "dpmpp-2m", None, loaded).solver == SolverSpec("dpmpp-2m", 0.0)
 
 
 def test_sample_saves_an_npz_of_samples_and_measured_nfe(tiny_checkpoint, tmp_path):

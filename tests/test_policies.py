@@ -242,3 +242,172 @@ def test_sample_accepts_kind_parameters(tmp_path, tiny_checkpoint):
                                  "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 0, result.output
     assert "expected 10.00" in result.output
+
+
+# ---- every static kind over a spread of T, NFE and parameters: distinct steps and a file that reloads ----
+
+def _skipped_step_params(T: int) -> list[dict]:
+    t_cs = sorted({t for t in (0, 1, 5, T // 2, T - 2) if 0 <= t <= T - 2})
+    return [dict(t_c=t_c, m=m) for t_c in t_cs for m in (None, 1, 3, T)]
+
+
+def _importance_params(T: int) -> list[dict]:
+    edges = [(900, 100), (max(2, 9 * T // 10), max(1, T // 10)), (T - 1, 1)]
+    fractions = [(0.3, 0.4, 0.3), (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.2, 0.6, 0.2)]
+    return [dict(band_edges=e, fractions=f) for e in edges for f in fractions]
+
+
+def _explicit_params(T: int, nfe: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(T * 7919 + nfe)
+    random_subset = sorted(torch.randperm(T, generator=gen)[:nfe].tolist(), reverse=True)
+    return [dict(steps=tuple(random_subset)), dict(steps=tuple(range(T - 1, T - 1 - nfe, -1)))]
+
+
+# Parameter spreads per static kind (given T and NFE); a new static kind without an entry fails the test.
+SPREADS = {
+    "uniform": lambda T, nfe: [dict(spacing=s) for s in ("leading", "trailing", "linspace")],
+    "quadratic": lambda T, nfe: [{}],
+    "cosine": lambda T, nfe: [{}],
+    "logsnr": lambda T, nfe: [{}],
+    "karras": lambda T, nfe: [dict(rho=r) for r in (0.5, 1.0, 7.0, 30.0)],
+    "importance": lambda T, nfe: _importance_params(T),
+    "skipped-step": lambda T, nfe: _skipped_step_params(T),
+    "explicit": _explicit_params,
+}
+SPREAD_SCHEDULES = (NoiseSchedule(T=2), NoiseSchedule("cosine", 7), NoiseSchedule("linear", 50),
+                    NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012), NoiseSchedule())
+
+
+def _nfes(T: int) -> list[int]:
+    return sorted({n for n in (1, 2, 3, 5, 10, 20, 21, 50, T // 2, T - 1, T) if 1 <= n <= T})
+
+
+def _skipped_step_fits(T: int, nfe: int, t_c: int, m: int | None) -> bool:
+    """Brute force: some jump size (the given one, or any when m is omitted) leaves 1..t_c+1 steps below t_c."""
+    span = T - 1 - t_c
+    return any(nfe - t_c - 1 <= -(-span // size) <= nfe - 1 for size in ([m] if m else range(1, span + 1)))
+
+
+def test_the_spread_covers_every_static_kind():
+    assert set(SPREADS) == {kind for kind, cls in POLICIES.items() if cls.static}
+
+
+@pytest.mark.parametrize("kind", sorted(SPREADS))
+def test_every_static_policy_gives_distinct_decreasing_steps_and_reloads(kind, tmp_path):
+    built = 0
+    for schedule in SPREAD_SCHEDULES:
+        T = schedule.T
+        for nfe in _nfes(T):
+            for params in SPREADS[kind](T, nfe):
+                try:
+                    policy = POLICIES[kind](nfe=nfe, schedule=schedule, **params)
+                except UserError as exc:  # an impossible combination: refused in one line, never half-built
+                    assert "\n" not in str(exc)
+                    assert kind != "skipped-step" or not _skipped_step_fits(T, nfe, **params), (nfe, params, exc)
+                    continue
+                assert kind != "skipped-step" or _skipped_step_fits(T, nfe, **params)
+                steps = policy.timesteps()
+                where = f"{kind} T={T} nfe={nfe} {params}: {steps.tolist()}"
+                assert steps.dtype == torch.long and len(steps) == nfe, where
+                assert (steps[1:] < steps[:-1]).all(), where  # strictly decreasing, hence distinct
+                assert 0 <= steps.min() and steps.max() < T, where
+                path = save_policy(tmp_path / "p.json", PolicyDocument(policy, SolverSpec("dpmpp-2m")))
+                back = load_policy(path, schedule).policy
+                assert back == policy and torch.equal(back.timesteps(), steps), where
+                built += 1
+    assert built >= 20  # the spread is not vacuous: most combinations are possible
+
+
+def test_skipped_step_picks_an_m_that_fits_below_a_low_t_c():
+    # Was: m = 100, ten jumps, then ten steps rounded onto the six timesteps 5..0 (…, 4, 4, 3, 3, …).
+    policy = SkippedStep(nfe=20, t_c=5)
+    steps = policy.timesteps().tolist()
+    assert len(set(steps)) == 20 and steps[-6:] == [5, 4, 3, 2, 1, 0] and policy.jumps() == 14
+    assert SkippedStep(nfe=20).m == 40  # where the half-and-half default fits, it is unchanged
+
+
+def test_skipped_step_with_more_steps_than_fit_below_t_c_says_what_fits():
+    with pytest.raises(UserError, match=r"10 steps below t_c=5 .* at most t_c \+ 1 = 6 distinct timesteps"):
+        SkippedStep(nfe=20, t_c=5, m=100)
+
+
+# ---- scaled_linear betas survive a policy file; a file made on another model warns ----
+
+def test_policy_file_keeps_scaled_linear_betas_for_the_diffusers_export(tmp_path):
+    from stepdrop_search.interop import scheduler_config_from_schedule
+
+    schedule = NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012)
+    path = save_policy(tmp_path / "p.json", PolicyDocument(Uniform(nfe=10, schedule=schedule)))
+    back = load_policy(path, schedule).policy.schedule
+    assert back == schedule and torch.equal(back.betas, schedule.betas)
+    config = scheduler_config_from_schedule(back)
+    assert (config["beta_start"], config["beta_end"]) == (0.00085, 0.012)
+    other = NoiseSchedule("scaled_linear", 1000, 0.0001, 0.02)
+    with pytest.raises(UserError, match="was made for noise schedule"):
+        load_policy(path, other)
+
+
+def test_foreign_model_warning_names_the_model_a_policy_was_made_for():
+    from stepdrop_search.policies.io import foreign_model_warning, provenance
+
+    doc = PolicyDocument(Uniform(nfe=5), provenance=provenance("optimize", "09e615e16b2ba47f", objective={"fid": 177.9}))
+    message = foreign_model_warning(doc, "f96ff1f0d8ae4fc0", "p.json")
+    assert "p.json" in message and "09e615e16b2ba47f" in message and "f96ff1f0d8ae4fc0" in message
+    assert "do not apply to this model" in message and "\n" not in message
+    assert foreign_model_warning(doc, "09e615e16b2ba47f") is None
+    assert foreign_model_warning(PolicyDocument(Uniform(nfe=5)), "f96ff1f0d8ae4fc0") is None  # no provenance
+
+
+def test_cli_warns_once_on_stderr_when_a_policy_file_meets_another_model(tmp_path, tiny_checkpoint):
+    from stepdrop_search.policies.io import provenance
+
+    own = load_model(tiny_checkpoint).weights_hash
+    foreign, native = tmp_path / "foreign.json", tmp_path / "native.json"
+    save_policy(foreign, PolicyDocument(Uniform(nfe=5), provenance=provenance("optimize", "0123456789abcdef")))
+    save_policy(native, PolicyDocument(Uniform(nfe=5), provenance=provenance("optimize", own)))
+    warned = runner.invoke(app, ["policy", "show", str(foreign), "--model", str(tiny_checkpoint)])
+    assert warned.exit_code == 0, warned.output
+    lines = [line for line in warned.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "warning:" in lines[0] and "0123456789abcdef" in lines[0] and own in lines[0]
+    assert json.loads(warned.stdout)["provenance"]["model_hash"] == "0123456789abcdef"  # the document is unchanged
+    quiet = runner.invoke(app, ["policy", "show", str(native), "--model", str(tiny_checkpoint)])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_shipped_policy_files_were_made_on_the_shipped_model():
+    """A policy in the repo's policies/ is a result for the shipped model (a test artefact once landed there)."""
+    from pathlib import Path
+
+    from stepdrop_search.loading import load_default_model
+    from stepdrop_search.policies.io import foreign_model_warning
+
+    shipped = load_default_model()
+    files = sorted((Path(__file__).resolve().parent.parent / "policies").glob("*.json"))
+    assert files
+    for path in files:
+        assert foreign_model_warning(load_policy(path, shipped.schedule), shipped.weights_hash, path.name) is None
+
+
+def test_the_test_run_fails_if_a_test_writes_into_the_repo_policies_or_studies(tmp_path):
+    """The guard in conftest.py: defaults land in the test's tmp_path; a write into the repo fails the run."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = tmp_path / "repo"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "policies").mkdir()
+    shutil.copy(Path(__file__).with_name("conftest.py"), repo / "tests" / "conftest.py")
+    (repo / "tests" / "test_writes.py").write_text(
+        "from pathlib import Path\n"
+        "def test_default_relative_output_stays_in_tmp_path():\n"
+        "    Path('policies').mkdir(); Path('policies/a.json').write_text('{}')\n"
+        "def test_absolute_write_into_the_repo():\n"
+        "    (Path(__file__).resolve().parent.parent / 'studies').mkdir()\n"
+        "    (Path(__file__).resolve().parent.parent / 'studies' / 'b.db').write_text('x')\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=repo,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0, result.stdout
+    assert "2 passed" in result.stdout and "tests wrote into the repository: studies/b.db;" in result.stdout, result.stdout
+    assert not (repo / "policies" / "a.json").exists()

@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
-from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.diffusion.schedule import SCHEDULE_KINDS, NoiseSchedule
 from stepdrop_search.errors import UserError
+from stepdrop_search.interop import schedule_from_scheduler_config, scheduler_config_from_schedule
+from stepdrop_search.loading import load_default_model
 
 
 def test_linear_betas_span_ddpm_range():
@@ -36,9 +38,56 @@ def test_hash_is_stable_and_tells_schedules_apart():
     assert NoiseSchedule(T=500).hash != NoiseSchedule().hash
 
 
-def test_round_trip_through_dict():
-    for s in (NoiseSchedule(), NoiseSchedule("cosine", 200)):
-        assert NoiseSchedule.from_dict(s.to_dict()) == s
+def test_linear_and_cosine_hashes_are_what_existing_files_record():
+    # Values computed before scaled_linear's betas were added to to_dict: linear and cosine must not move.
+    assert load_default_model().schedule.hash == "b5309e6e4cb41c18"
+    assert NoiseSchedule("linear", 500, 0.001, 0.03).hash == "79714588638b2a55"
+    assert NoiseSchedule("cosine").hash == "454411c8ee9704fb"
+    assert NoiseSchedule("cosine", 200, cosine_s=0.01).hash == "6b122edc83ab0825"
+
+
+def test_every_parameter_that_shapes_beta_is_in_the_hash():
+    base = NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012)
+    assert NoiseSchedule("scaled_linear", 1000, 0.0001, 0.012).hash != base.hash
+    assert NoiseSchedule("scaled_linear", 1000, 0.00085, 0.02).hash != base.hash
+    assert NoiseSchedule("cosine", cosine_s=0.01).hash != NoiseSchedule("cosine").hash
+    assert NoiseSchedule("linear", beta_end=0.03).hash != NoiseSchedule("linear").hash
+
+
+def test_parameters_a_kind_does_not_read_are_left_out_of_the_hash():
+    assert NoiseSchedule("linear", cosine_s=0.5).hash == NoiseSchedule("linear").hash
+    assert NoiseSchedule("scaled_linear", cosine_s=0.5).hash == NoiseSchedule("scaled_linear").hash
+    assert NoiseSchedule("cosine", beta_start=0.001, beta_end=0.5).hash == NoiseSchedule("cosine").hash
+
+
+# One non-default schedule per kind (a new kind without an entry fails the tests below).
+NON_DEFAULT = {"linear": NoiseSchedule("linear", 500, 0.001, 0.03), "cosine": NoiseSchedule("cosine", 200, cosine_s=0.01),
+               "scaled_linear": NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012)}
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+def test_round_trip_through_dict_keeps_every_parameter(kind):
+    schedule = NON_DEFAULT[kind]
+    back = NoiseSchedule.from_dict(schedule.to_dict())
+    assert back == schedule and back.hash == schedule.hash and torch.equal(back.betas, schedule.betas)
+
+
+def test_a_scaled_linear_dict_without_its_betas_is_refused():
+    # What to_dict wrote for scaled_linear before its betas were stored: the defaults would give other β.
+    with pytest.raises(UserError, match="lacks beta_start, beta_end"):
+        NoiseSchedule.from_dict({"kind": "scaled_linear", "T": 1000, "cosine_s": 0.008})
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+def test_diffusers_scheduler_config_round_trip_gives_back_the_same_schedule(kind):
+    schedule = NON_DEFAULT[kind] if kind != "cosine" else NoiseSchedule("cosine", 200)  # diffusers fixes s = 0.008
+    back = schedule_from_scheduler_config(scheduler_config_from_schedule(schedule), "test")
+    assert back.hash == schedule.hash and torch.equal(back.betas, schedule.betas)
+
+
+def test_a_cosine_offset_diffusers_cannot_express_is_refused_on_export():
+    with pytest.raises(UserError, match="fixes the cosine offset s = 0.008"):
+        scheduler_config_from_schedule(NoiseSchedule("cosine", cosine_s=0.01))
 
 
 def test_skip_alphas_cumprod_is_product_of_last_k_alphas():

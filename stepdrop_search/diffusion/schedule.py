@@ -11,21 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from stepdrop_search.errors import UserError
 
-SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine")
+# The fields each kind's β is computed from (besides T): what to_dict stores and the hash covers.
+KIND_PARAMETERS = {"linear": ("beta_start", "beta_end"), "scaled_linear": ("beta_start", "beta_end"), "cosine": ("cosine_s",)}
+SCHEDULE_KINDS = tuple(KIND_PARAMETERS)
 
 
 @dataclass(frozen=True)
 class NoiseSchedule:
     """β_t for t = 0..T-1 and its derived views, all as float64 CPU tensors.
 
-    ``beta_start``/``beta_end`` only matter for ``linear`` and ``scaled_linear``; ``cosine_s`` only for ``cosine``.
+    Only the fields in ``KIND_PARAMETERS[kind]`` (and T) shape β: ``beta_start``/``beta_end`` for ``linear`` and
+    ``scaled_linear``, ``cosine_s`` for ``cosine``.
     """
 
     kind: str = "linear"
@@ -83,21 +86,24 @@ class NoiseSchedule:
         return torch.exp(csum[t + 1] - csum[lower])
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        if self.kind == "linear":
-            data.pop("cosine_s")
-        else:
-            data.pop("beta_start")
-            data.pop("beta_end")
-        return data
+        """kind, T and exactly the parameters this kind's β reads: every one that changes β must be stored (and
+        hashed), and none that does not, so that the pinned linear and cosine hashes stay what files record."""
+        return {"kind": self.kind, "T": self.T, **{name: getattr(self, name) for name in KIND_PARAMETERS[self.kind]}}
 
     @classmethod
     def from_dict(cls, data: dict) -> NoiseSchedule:
+        """Requires the kind's own parameters: a default filled in for a missing one would silently give other β
+        (scaled_linear files from before its betas were stored lack them)."""
         if not isinstance(data, dict):
             raise UserError(f"noise schedule must be a JSON object, got {type(data).__name__}")
         unknown = set(data) - {"kind", "T", "beta_start", "beta_end", "cosine_s"}
         if unknown:
             raise UserError(f"noise schedule has unknown fields: {', '.join(sorted(unknown))}")
+        kind = data.get("kind")
+        missing = [name for name in KIND_PARAMETERS[kind] if name not in data] if kind in SCHEDULE_KINDS else []
+        if missing:
+            raise UserError(f"noise schedule ({kind}) lacks {', '.join(missing)}, which its β depend on; "
+                            "re-create the file with this version")
         return cls(**data)
 
     @cached_property

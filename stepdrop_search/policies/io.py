@@ -122,6 +122,19 @@ def load_policy(path: str | os.PathLike, schedule: NoiseSchedule | None = None) 
     return document
 
 
+def foreign_model_warning(document: PolicyDocument, weights_hash: str, source: str = "this policy") -> str | None:
+    """One line when ``document`` was made on another model than the one (``weights_hash``) it is used with, else None.
+
+    A warning, not an error: a schedule may well be transferred to another model of the same noise schedule,
+    but the objective values in its provenance (FID, residual…) were measured on the model it was made for.
+    """
+    made_for = document.provenance.get("model_hash")
+    if made_for is None or made_for == weights_hash:
+        return None
+    return (f"{source} was made for model {made_for}, not this one ({weights_hash}); "
+            "the objective values it records do not apply to this model")
+
+
 def provenance(command: str = "", model_hash: str | None = None, **extra) -> dict:
     """Standard provenance fields; ``extra`` carries objective values, seeds, search details."""
     return {"model_hash": model_hash, "command": command,

@@ -181,7 +181,10 @@ class Explicit(_StaticPolicy):
 class SkippedStep(_StaticPolicy):
     """Seed "skipped-step sampling": ancestral jumps of size m from T−1 while t > t_c, then the chosen
     solver on an even grid from t_c down to 0 with the remaining NFE. ``m = None`` picks the size that
-    spends about half the NFE above t_c."""
+    spends about half the NFE above t_c, or more where the rest would not fit below t_c.
+
+    Only t_c + 1 distinct timesteps exist in [0, t_c]: more steps below it would repeat timesteps (a step of
+    zero length, which DPM-Solver++ divides by), so such a combination is refused."""
 
     kind = "skipped-step"
     t_c: int = 600
@@ -192,18 +195,34 @@ class SkippedStep(_StaticPolicy):
         if not 0 <= self.t_c < self.T - 1:
             raise UserError(f"skipped-step: t_c must be in [0, {self.T - 2}]")
         if self.m is None:
-            object.__setattr__(self, "m", max(1, math.ceil((self.T - 1 - self.t_c) / max(1, self.nfe // 2))))
+            object.__setattr__(self, "m", self._default_m())
         if self.m < 1:
             raise UserError("skipped-step: m must be ≥ 1")
-        if self.nfe - self.jumps() < 1:
-            raise UserError(f"skipped-step: {self.jumps()} jumps of m={self.m} above t_c={self.t_c} leave no step "
-                            f"of the {self.nfe} below it; raise m or nfe, or lower t_c")
+        jumps = self.jumps()
+        if self.nfe - jumps < 1:
+            raise UserError(f"skipped-step: {jumps} jumps of m={self.m} above t_c={self.t_c} leave no step of the "
+                            f"{self.nfe} below it; raise m or nfe, or lower t_c")
+        if self.nfe - jumps > self.t_c + 1:
+            raise UserError(f"skipped-step: {self.nfe - jumps} steps below t_c={self.t_c} (nfe {self.nfe} − {jumps} jumps "
+                            f"of m={self.m}) do not fit: at most t_c + 1 = {self.t_c + 1} distinct timesteps lie in "
+                            "[0, t_c]; lower m or nfe, or raise t_c")
+
+    def _default_m(self) -> int:
+        """About nfe/2 jumps; if that leaves more than t_c + 1 steps below t_c, the largest m that jumps often enough."""
+        span, room = self.T - 1 - self.t_c, self.t_c + 1
+        m = max(1, math.ceil(span / max(1, self.nfe // 2)))
+        needed = self.nfe - room  # fewest jumps that leave at most `room` steps below t_c
+        if math.ceil(span / m) < needed:
+            # ceil(span/m) ≥ needed ⇔ m < span/(needed − 1); needed ≥ 2 here, and needed ≤ span since nfe ≤ T.
+            m = max(1, math.ceil(span / (needed - 1)) - 1)
+        return m
 
     def jumps(self) -> int:
         return math.ceil((self.T - 1 - self.t_c) / self.m)
 
     def timesteps(self) -> torch.Tensor:
         above = (self.T - 1) - torch.arange(self.jumps()) * self.m
+        # At most t_c + 1 points evenly spread over [0, t_c] are ≥ 1 apart, so rounding keeps them distinct.
         below = torch.linspace(self.t_c, 0, self.nfe - self.jumps(), dtype=torch.float64).round().long()
         return torch.cat([above, below])
 
