@@ -2,13 +2,10 @@
 
 import itertools
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -169,35 +166,6 @@ def test_two_workers_share_one_fresh_sqlite_study(tiny_checkpoint, tiny_features
     storage = f"sqlite:///{tmp_path}/shared.db"
     run_two_workers(tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "8"]))
     assert_study_is_clean(storage, 8)
-
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@pytest.fixture
-def postgres():
-    """A private PostgreSQL 15 cluster on 127.0.0.1 (as the postgres user when the tests run as root)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries not installed")
-    tmp_path = Path(tempfile.mkdtemp(prefix="stepdrop-pg-"))  # pytest's tmp dirs are not traversable by postgres
-    data = tmp_path / "pg"
-    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if run_as:
-        shutil.chown(tmp_path, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {tmp_path} -h 127.0.0.1",
-                    "-l", str(tmp_path / "pg.log"), "-w", "start"], check=True, capture_output=True)
-    try:
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "create database studies"],
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/studies"
-    finally:
-        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_two_workers_share_one_postgresql_study(tiny_checkpoint, tiny_features, postgres):
