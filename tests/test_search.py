@@ -177,10 +177,15 @@ def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tiny_features,
     storage = f"sqlite:///{tmp_path}/cfg.db"
     first = subprocess.run(tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "1"]), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
+    teachers = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("teacher-*")}
+    assert teachers
     args = tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "2"])
     args[args.index("16")] = "24"  # other --samples
     second = subprocess.run(args, capture_output=True, text=True)
     assert second.returncode == 2 and "other settings (samples)" in second.stderr
+    # refused before computing its own teacher (which would log a line and rewrite the cache entry)
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("teacher-*")} == teachers
 
 
 def test_search_time_is_what_the_budget_leaves_after_setup_and_export_reserve():
