@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,33 @@ def tiny_features(tmp_path_factory):
     path = tmp_path_factory.mktemp("features") / "features.pt"
     train_feature_net("synthetic", None, path, steps=60, batch_size=64)
     return path
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture
+def postgres():
+    """URL of a database in a private PostgreSQL 15 cluster on 127.0.0.1 (run as the postgres user when the
+    tests run as root); the plain ``postgresql://`` form users write, so the tests use the default driver."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries not installed")
+    tmp_path = Path(tempfile.mkdtemp(prefix="stepdrop-pg-"))  # pytest's tmp dirs are not traversable by postgres
+    data = tmp_path / "pg"
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(tmp_path, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {tmp_path} -h 127.0.0.1",
+                    "-l", str(tmp_path / "pg.log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "create database studies"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/studies"
+    finally:
+        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(tmp_path, ignore_errors=True)

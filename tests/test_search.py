@@ -2,13 +2,10 @@
 
 import itertools
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import optuna
 import pytest
 import torch
 
+from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies import load_policy
 from stepdrop_search.search.dp import _distance, edge_step, gits_schedule, oss_schedule, teacher_trajectory
@@ -171,35 +169,6 @@ def test_two_workers_share_one_fresh_sqlite_study(tiny_checkpoint, tiny_features
     assert_study_is_clean(storage, 8)
 
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@pytest.fixture
-def postgres():
-    """A private PostgreSQL 15 cluster on 127.0.0.1 (as the postgres user when the tests run as root)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries not installed")
-    tmp_path = Path(tempfile.mkdtemp(prefix="stepdrop-pg-"))  # pytest's tmp dirs are not traversable by postgres
-    data = tmp_path / "pg"
-    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if run_as:
-        shutil.chown(tmp_path, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {tmp_path} -h 127.0.0.1",
-                    "-l", str(tmp_path / "pg.log"), "-w", "start"], check=True, capture_output=True)
-    try:
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "create database studies"],
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/studies"
-    finally:
-        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(tmp_path, ignore_errors=True)
-
-
 def test_two_workers_share_one_postgresql_study(tiny_checkpoint, tiny_features, postgres):
     run_two_workers(tiny_args(tiny_checkpoint, tiny_features, postgres, ["--trials", "8"]))
     assert_study_is_clean(postgres, 8)
@@ -209,10 +178,15 @@ def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tiny_features,
     storage = f"sqlite:///{tmp_path}/cfg.db"
     first = subprocess.run(tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "1"]), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
+    teachers = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("teacher-*")}
+    assert teachers
     args = tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "2"])
     args[args.index("16")] = "24"  # other --samples
     second = subprocess.run(args, capture_output=True, text=True)
     assert second.returncode == 2 and "other settings (samples)" in second.stderr
+    # refused before computing its own teacher (which would log a line and rewrite the cache entry)
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("teacher-*")} == teachers
 
 
 def test_search_time_is_what_the_budget_leaves_after_setup_and_export_reserve():
@@ -230,3 +204,18 @@ def test_optimize_with_its_budget_spent_still_exports_the_best_seed(tiny_checkpo
                                       ("--budget", "1", "--out", str(out))), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "budget" in result.stderr and out.is_file()
+
+
+def test_search_eta_with_a_solver_without_eta_is_refused():
+    with pytest.raises(UserError, match="--search-eta"):
+        OptimizeConfig(nfe=5, solver="dpmpp-2m", search_eta=True)
+
+
+def test_optimize_refuses_a_feature_network_of_another_image_shape_before_any_work(tiny_checkpoint, tmp_path):
+    from stepdrop_search.objectives.features import default_features_path
+
+    cfg = OptimizeConfig(nfe=3, model=str(tiny_checkpoint), features=str(default_features_path("fashion-mnist")),
+                         device="cpu", samples=4, teacher="ddim-20")
+    with pytest.raises(UserError, match="scores 1×28×28 images but the model makes 1×16×16"):
+        optimize(cfg)
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "policies").exists()

@@ -20,10 +20,10 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.diffusion.solvers import ETA_SOLVERS, SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
-from stepdrop_search.objectives.features import load_features
+from stepdrop_search.objectives.features import load_features_for_model
 from stepdrop_search.objectives.objective import Objective
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument, save_policy
@@ -31,7 +31,7 @@ from stepdrop_search.policies.io import provenance
 from stepdrop_search.policies.kinds import Explicit, Importance, Uniform
 from stepdrop_search.search.dp import gits_schedule, oss_schedule, teacher_trajectory
 from stepdrop_search.search.space import SEARCHABLE, steps_to_params, suggest_document
-from stepdrop_search.search.study import make_storage, open_study
+from stepdrop_search.search.study import check_resumable, make_storage, open_study, shown
 
 METHODS = ("dp-gits", "dp-oss", "optuna", "all")
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
@@ -86,6 +86,8 @@ class OptimizeConfig:
         if self.method in ("dp-gits", "dp-oss", "all") and self.kind != "explicit":
             raise UserError("DP methods produce explicit schedules; use --method optuna to search another --kind")
         SolverSpec(self.solver)
+        if self.search_eta and self.solver not in ETA_SOLVERS:
+            raise UserError(f"--search-eta searches η, which only {', '.join(ETA_SOLVERS)} has; drop it or use --solver ddim")
         Teacher.parse(self.teacher)
 
     @property
@@ -94,6 +96,10 @@ class OptimizeConfig:
             return self.study
         span = f"{self.nfe_range[0]}-{self.nfe_range[1]}" if self.multi_objective else str(self.nfe)
         return f"{self.kind}-{self.solver}-nfe{span}"
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize", "minimize"] if self.multi_objective else ["minimize"]
 
     def study_config(self, model_hash: str) -> dict:
         """What the study optimises; a resumed run must match it."""
@@ -128,12 +134,19 @@ class OptimizeResult:
 
 
 class Context:
-    """The loaded model, features and objective, built once per process."""
+    """The loaded model, features, study storage and objective, built once per process in this order:
+    the model, the feature file, ``--storage`` and a resumed study's settings are all checked before the
+    objective computes its teacher, the first expensive step (and the DP and scoring come later still)."""
 
     def __init__(self, cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -> None:
         self.device = resolve_device(cfg.device)
         self.loaded: LoadedModel = load_model(cfg.model, device=self.device)
-        self.features = load_features(cfg.features, dataset=self.loaded.dataset, device=self.device)
+        self.features = load_features_for_model(cfg.features, self.loaded.config, self.loaded.dataset, device=self.device)
+        self.storage: optuna.storages.BaseStorage | None = None
+        if cfg.method in ("optuna", "all"):
+            self.storage = make_storage(cfg.storage, cfg.study_name)
+            check_resumable(cfg.study_name, self.storage, directions=cfg.directions,
+                            config=cfg.study_config(self.loaded.weights_hash))
         self.objective = Objective(self.loaded, self.features, samples=cfg.samples, seed=cfg.seed,
                                    residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=log)
 
@@ -226,16 +239,19 @@ def progress_callback(cfg: OptimizeConfig, log: Callable[[str], None]):
     return report
 
 
+def open_search_study(cfg: OptimizeConfig, ctx: Context) -> tuple[optuna.Study, bool]:
+    """cfg's study in the storage ctx opened; returns (study, created_here)."""
+    return open_study(cfg.study_name, ctx.storage, sampler=make_sampler(cfg.sampler, cfg.seed),
+                      pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=cfg.directions,
+                      config=cfg.study_config(ctx.loaded.weights_hash))
+
+
 def worker(cfg: OptimizeConfig, ctx: Context | None = None, log: Callable[[str], None] = lambda m: None) -> int:
     """One search worker: load the shared study and run trials until the study holds ``trials`` finished
     (complete or pruned) trials or the timeout passes. Returns the trials this worker finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ctx = ctx or Context(cfg, log)
-    storage = make_storage(cfg.storage, cfg.study_name)
-    directions = ["minimize", "minimize"] if cfg.multi_objective else ["minimize"]
-    study, _ = open_study(cfg.study_name, storage, sampler=make_sampler(cfg.sampler, cfg.seed),
-                          pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=directions,
-                          config=cfg.study_config(ctx.loaded.weights_hash))
+    study, _ = open_search_study(cfg, ctx)
     before = _counted(study)
     objective = trial_function(cfg, ctx)
     deadline = time.monotonic() + cfg.timeout if cfg.timeout else math.inf
@@ -284,11 +300,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     study_name, trials_done = None, 0
     if cfg.method in ("optuna", "all"):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
-        storage = make_storage(cfg.storage, cfg.study_name)
-        directions = ["minimize", "minimize"] if cfg.multi_objective else ["minimize"]
-        study, created = open_study(cfg.study_name, storage, sampler=make_sampler(cfg.sampler, cfg.seed),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=directions,
-                                    config=cfg.study_config(loaded.weights_hash))
+        study, created = open_search_study(cfg, ctx)
         if created:
             seed_study(cfg, study, candidates)
         study_name = cfg.study_name
@@ -357,19 +369,22 @@ def export(cfg: OptimizeConfig, ctx: Context, candidates: list[SearchCandidate],
     for cand in finite:
         cand.held_out = held_out_fid(ctx, cand)
     chosen = [c for c in finite if c.source == "optuna"] if cfg.multi_objective else [min(finite, key=lambda c: c.scores["value"])]
+    # Policy files get shared: they record the storage (and the command naming it) without its password.
+    public = replace(cfg, storage=shown(cfg.storage), command=cfg.command.replace(cfg.storage, shown(cfg.storage))) \
+        if cfg.storage else cfg
     paths = []
     for i, cand in enumerate(chosen):
         nfe = cand.document.policy.nfe
         default = f"policies/best-{cfg.kind}-{cfg.solver}-nfe{nfe}.json" if not cfg.multi_objective else \
             f"policies/pareto-{cfg.study_name}-{i}-nfe{nfe}.json"
         path = Path(cfg.out) if cfg.out and not cfg.multi_objective else Path(default)
-        prov = provenance(cfg.command, ctx.loaded.weights_hash, objective={
+        prov = provenance(public.command, ctx.loaded.weights_hash, objective={
             **cand.scores, "held_out_fid_mean": cand.held_out[0], "held_out_fid_std": cand.held_out[1],
             "held_out_seeds": list(HELD_OUT_SEEDS), "samples": cfg.samples, "seed": cfg.seed,
             "residual_weight": cfg.residual_weight, "teacher": cfg.teacher},
-            search={"method": cfg.method, "winner": cand.name, "study": study_name, "storage": cfg.storage or "sqlite (studies/)",
+            search={"method": cfg.method, "winner": cand.name, "study": study_name, "storage": public.storage or "sqlite (studies/)",
                     "trials": trials, "sampler": cfg.sampler, "kind": cfg.kind, "wall_time_s": round(wall, 1),
-                    "config": asdict(cfg) | {"nfe_range": _jsonable(cfg.nfe_range)}})
+                    "config": asdict(public) | {"nfe_range": _jsonable(cfg.nfe_range)}})
         paths.append(save_policy(path, PolicyDocument(cand.document.policy, cand.document.solver, prov)))
         log(f"exported {cand.name} → {path}")
     return paths
