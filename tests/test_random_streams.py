@@ -132,3 +132,12 @@ def test_dp_teacher_is_deterministic_and_leaves_the_global_rngs_alone(tiny):
     assert torch.equal(gits_schedule(runs[0], 3).steps, gits_schedule(runs[1], 3).steps)
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+def test_diffusers_ddpm_draws_each_samples_noise_from_its_own_stream(tiny):
+    pytest.importorskip("diffusers")
+    from stepdrop_search.interop import diffusers_sample
+
+    runs = [diffusers_sample(tiny, "ddpm", n=3, nfe=5, seed=1, batch_size=b).x0 for b in (1, 3)]
+    assert torch.allclose(runs[0], runs[1], atol=1e-5, rtol=0)
+    assert not torch.allclose(runs[0], diffusers_sample(tiny, "ddpm", n=3, nfe=5, seed=2).x0, atol=1e-2)

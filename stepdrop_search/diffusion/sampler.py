@@ -105,7 +105,8 @@ class NoiseBlocks:
         self.pending: Future | None = None
 
     def _draw(self, start: int) -> Tensor:
-        """(count, B, *shape) float32 on the CPU for grid steps start..start+count−1, pinned for a fast copy."""
+        """(B, count, D) float32 on the CPU: each sample's draws for grid steps start..start+count−1 in one call
+        (a contiguous row per sample), pinned for an asynchronous copy when the device is a GPU."""
         count = min(self.block, self.steps - start)
         buf = torch.empty((len(self.generators), count, math.prod(self.shape)), dtype=torch.float32,
                           pin_memory=self.device.type == "cuda")
