@@ -1,10 +1,14 @@
 """Sampler speed: images/s and the share of wall time spent outside the network forward.
 
     python bench/sampler_speed.py [--batch 256] [--nfe 10 50] [--repeats 3] [--device auto] [--diffusers]
+                                  [--solvers ddim dpmpp-2m]
 
-Runs the shipped model (or --model) warm, without file I/O. The network's own time is measured inside
-a wrapper around the forward (perf_counter on CPU; CUDA events on GPU, read once at the end), so
-"outside" = 1 − network time / wall time covers the loop, solver arithmetic, gathers and NFE counting.
+Runs the shipped model (or --model, any noise schedule) warm, without file I/O, with the process allocator
+set as the command-line tool sets it (``keep_freed_memory_for_reuse``), so the figures are the CLI's.
+``--solvers ddpm`` (or ddim with ``--eta`` > 0) times the paths that draw solver noise. The network's own
+time is measured inside a wrapper around the forward (perf_counter on CPU; CUDA events on GPU, read once
+at the end), so "outside" = 1 − network time / wall time covers the loop, solver arithmetic, gathers, NFE
+counting and drawing random numbers.
 Targets (issue 3): ≤ 1% for static policies, ≤ 3% for stochastic/adaptive ones. ``--diffusers`` adds
 rows for the same model, batch and NFE stepped by diffusers' own DDIM and DPM-Solver++ scheduler loops
 (their default spacing), so the two loops' overhead is compared in one run.
@@ -19,10 +23,12 @@ from dataclasses import replace
 import torch
 
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec
+from stepdrop_search.errors import UserError
 from stepdrop_search.generation import generate
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies.kinds import Adaptive, StepDrop, Uniform
+from stepdrop_search.runtime import keep_freed_memory_for_reuse
 
 
 class TimedModel(torch.nn.Module):
@@ -55,16 +61,24 @@ class TimedModel(torch.nn.Module):
         return self.seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--solvers", nargs="+", default=["ddim", "dpmpp-2m"], choices=SOLVERS)
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η (> 0 draws solver noise)")
     parser.add_argument("--diffusers", action="store_true", help="also time diffusers' scheduler loops")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
+    try:
+        solvers = [SolverSpec(name, args.eta if name == "ddim" else 0.0) for name in args.solvers]
+    except UserError as error:
+        parser.error(str(error))
+
+    keep_freed_memory_for_reuse()
     device = resolve_device(args.device)
     loaded = load_model(args.model, device=device)
     timed = TimedModel(loaded.model)
@@ -72,9 +86,10 @@ def main() -> None:
     print(f"{'policy':<10} {'solver':<9} {'NFE':>5} {'measured NFE':>13} {'img/s':>8} {'outside net':>12}")
     timed_loaded = replace(loaded, model=timed)
     for nfe in args.nfe:
-        rows = [(policy.kind, solver, lambda policy=policy, solver=solver: generate(
-                    timed, loaded.schedule, policy, SolverSpec(solver), n=args.batch, batch_size=args.batch, seed=0))
-                for policy in (Uniform(nfe=nfe), StepDrop(nfe=nfe), Adaptive(nfe=nfe)) for solver in ("ddim", "dpmpp-2m")]
+        policies = [kind(nfe=nfe, schedule=loaded.schedule) for kind in (Uniform, StepDrop, Adaptive)]
+        rows = [(policy.kind, solver.name, lambda policy=policy, solver=solver: generate(
+                    timed, loaded.schedule, policy, solver, n=args.batch, batch_size=args.batch, seed=0))
+                for policy in policies for solver in solvers]
         if args.diffusers:
             from stepdrop_search.interop import diffusers_sample
 

@@ -1,8 +1,11 @@
 """Sampling a policy with common random numbers: the bridge between policies and the sampler.
 
-For a given seed every policy sees the same x_T (drawn on the CPU, so also across devices), the same
-coin-flip stream for its plan and the same solver-noise stream; differences between policies are then
-differences of the policies, not of the noise.
+For a given seed, sample i of every policy starts from the same x_T, flips the same coin-flip uniform at
+grid step j (StepDrop's plan, the adaptive rule) and gets the same solver noise at grid step j; differences
+between policies are then differences of the policies, not of the noise. Every number is drawn on the CPU
+(so results match across devices) from streams of (seed, stream, sample index), so sample i's result does
+not depend on the batch size, on the samples beside it or on which steps they skip
+(:class:`~stepdrop_search.diffusion.sampler.SampleStreams`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stepdrop_search.diffusion.sampler import AmplitudeCalibration, SampleResult, sample
+from stepdrop_search.diffusion.sampler import AmplitudeCalibration, SampleResult, SampleStreams, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
@@ -18,14 +21,20 @@ from stepdrop_search.policies.base import Policy
 
 
 def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """x_T for sample indices 0..n−1 of ``seed``: the same tensor for every policy and device."""
+    """x_T for sample indices 0..n−1 of ``seed``: the same tensor for every policy and device.
+
+    Drawn as it always was (torch's CPU generator seeded with ``seed``), so deterministic results published
+    before the per-sample streams still reproduce bit for bit; the other streams are derived elsewhere."""
     return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, solver: SolverSpec, *, n: int,
              seed: int = 0, batch_size: int = 256, clamp: bool = True,
              calibration: AmplitudeCalibration | None = None, x_T: torch.Tensor | None = None) -> SampleResult:
-    """Draw ``n`` samples of ``policy`` in batches; returns the concatenated :class:`SampleResult` (on CPU)."""
+    """Draw ``n`` samples of ``policy`` in batches; returns the concatenated :class:`SampleResult` (on CPU).
+
+    Sample i uses x_T[i] and the streams of (``seed``, i), whatever ``batch_size`` is; an explicit ``x_T``
+    replaces only the starting noise (which lets a study vary x_T and solver noise separately)."""
     if policy.schedule.hash != schedule.hash:
         raise UserError(f"the policy was made for noise schedule {policy.schedule.hash}, the model uses {schedule.hash}")
     if n < 1 or batch_size < 1:
@@ -34,13 +43,12 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
     cfg = model.config
     if x_T is None:
         x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
-    plan_gen = torch.Generator().manual_seed(seed + 1)
-    noise_gen = torch.Generator(device=param.device).manual_seed(seed + 2)
     parts = []
     for start in range(0, n, batch_size):
         x = x_T[start:start + batch_size].to(param.device, param.dtype)
-        plan = policy.plan(x.shape[0], plan_gen, solver.name)
-        parts.append(sample(model, schedule, x, plan, eta=solver.eta, clamp=clamp, generator=noise_gen,
+        streams = SampleStreams(seed, range(start, start + x.shape[0]))
+        plan = policy.plan(x.shape[0], streams, solver.name)
+        parts.append(sample(model, schedule, x, plan, eta=solver.eta, clamp=clamp, streams=streams,
                             calibration=calibration))
     return SampleResult(torch.cat([p.x0.cpu() for p in parts]), torch.cat([p.nfe.cpu() for p in parts]),
                         torch.cat([p.evaluated.cpu() for p in parts]), parts[0].grid)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
-from stepdrop_search.diffusion.sampler import SampleResult
+from stepdrop_search.diffusion.sampler import SampleResult, stream_seed
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
@@ -179,7 +179,12 @@ def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: 
                      timesteps: list[int] | None = None, batch_size: int = 256, clamp: bool = True) -> SampleResult:
     """Sample ``loaded`` with a diffusers scheduler's own loop (its default spacing for ``nfe`` steps, or the
     given ``timesteps``), from the same x_T our sampler uses for ``seed``; NFE counted per model call.
-    ``clamp`` clips the result to the data range, as diffusers' pipelines do before making images."""
+    ``clamp`` clips the result to the data range, as diffusers' pipelines do before making images.
+
+    Stochastic schedulers get one CPU torch generator per sample (diffusers' ``randn_tensor`` takes a list),
+    seeded from the same (seed, "noise", sample index) SeedSequence as our sampler's noise stream, so a sample's
+    noise does not depend on the batch or the device. They are not our sampler's numbers (diffusers only takes
+    torch generators, whose mt19937 seeds are 32-bit): compare such rows with ours as unpaired."""
     if (nfe is None) == (timesteps is None):
         raise UserError("give either an NFE (the scheduler's own spacing) or a list of timesteps")
     scheduler = make_scheduler(scheduler_name, loaded)
@@ -191,15 +196,16 @@ def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: 
     device = next(model.parameters()).device
     cfg = model.config
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
-    generator = torch.Generator(device=device).manual_seed(seed + 2)
     outputs, calls = [], torch.zeros(n, dtype=torch.long)
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     for start in range(0, n, batch_size):
         if timesteps is not None:
             scheduler.set_timesteps(timesteps=timesteps, device=device)
         else:
             scheduler.set_timesteps(nfe, device=device)
         x = x_T[start:start + batch_size].to(device) * scheduler.init_noise_sigma
+        step_kwargs = {"generator": [torch.Generator().manual_seed(int(stream_seed(seed, "noise", i).generate_state(1)[0]))
+                                     for i in range(start, start + x.shape[0])]} if takes_generator else {}
         for t in scheduler.timesteps:
             eps = model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
             calls[start:start + x.shape[0]] += 1

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stepdrop_search.diffusion.sampler import AmplitudeCalibration, Plan, sample
+from stepdrop_search.diffusion.sampler import AmplitudeCalibration, Plan, SampleStreams, sample
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.generation import amplitude_profile, generate, initial_noise
 from stepdrop_search.loading import load_model
@@ -16,14 +16,16 @@ def tiny(tiny_checkpoint):
 
 
 @torch.no_grad()
-def reference_ddpm(model, schedule, x, noise_gen):
-    """Textbook 1000-step DDPM ancestral sampling with x̂0 clamped (independent of our solvers)."""
+def reference_ddpm(model, schedule, x, streams):
+    """Textbook 1000-step DDPM ancestral sampling with x̂0 clamped (independent of our solvers), fed the noise
+    our sampler draws at each grid step."""
     a = schedule.alphas_cumprod
     betas = schedule.betas
+    noise = streams.noise(x.shape[1:], schedule.T, torch.device("cpu"), torch.float32)
     for t in range(schedule.T - 1, -1, -1):
         eps = model(x, torch.full((x.shape[0],), t))
         x0 = ((x - (1 - a[t]).sqrt() * eps) / a[t].sqrt()).clamp(-1, 1)
-        z = torch.randn(x.shape, generator=noise_gen)
+        z = noise.at(schedule.T - 1 - t)
         if t == 0:
             return x0
         a_prev = a[t - 1]
@@ -34,9 +36,9 @@ def reference_ddpm(model, schedule, x, noise_gen):
 
 def test_uniform_full_grid_with_ddpm_reproduces_the_1000_step_ddpm_sampler(tiny):
     x = initial_noise(4, (1, 16, 16), 0)
-    ref = reference_ddpm(tiny.model, tiny.schedule, x.clone(), torch.Generator().manual_seed(5))
+    ref = reference_ddpm(tiny.model, tiny.schedule, x.clone(), SampleStreams(5, range(4)))
     policy = Uniform(nfe=1000, schedule=tiny.schedule)
-    ours = sample(tiny.model, tiny.schedule, x, policy.plan(4, solver="ddpm"), generator=torch.Generator().manual_seed(5))
+    ours = sample(tiny.model, tiny.schedule, x, policy.plan(4, solver="ddpm"), streams=SampleStreams(5, range(4)))
     assert torch.allclose(ours.x0, ref, atol=1e-5)
     assert ours.nfe.tolist() == [1000] * 4
 
@@ -45,8 +47,8 @@ def test_ddim_with_eta_one_over_all_steps_equals_ddpm_ancestral(tiny):
     x = initial_noise(3, (1, 16, 16), 1)
     plan_ddim = Uniform(nfe=1000).plan(3, solver="ddim")
     plan_ddpm = Uniform(nfe=1000).plan(3, solver="ddpm")
-    a = sample(tiny.model, tiny.schedule, x, plan_ddim, eta=1.0, generator=torch.Generator().manual_seed(9))
-    b = sample(tiny.model, tiny.schedule, x, plan_ddpm, generator=torch.Generator().manual_seed(9))
+    a = sample(tiny.model, tiny.schedule, x, plan_ddim, eta=1.0, streams=SampleStreams(9, range(3)))
+    b = sample(tiny.model, tiny.schedule, x, plan_ddpm, streams=SampleStreams(9, range(3)))
     assert torch.allclose(a.x0, b.x0, atol=1e-5)
 
 

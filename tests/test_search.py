@@ -51,7 +51,7 @@ def test_gits_dp_matches_brute_force_on_a_small_grid(tiny):
     N = 7
 
     def edge(i, j):
-        cand = edge_step(traj.states[i], traj.denoised[i], traj.alphas[i], traj.alphas[j], "ddim")
+        cand = edge_step(traj.states[i], traj.denoised[i], traj.alphas[i], traj.alphas[j])
         return float(_distance(cand - traj.states[j], "l2").mean())
 
     best = None

@@ -9,12 +9,18 @@ the active sub-batch, and the model wrapper counts NFE per sample, so reported N
 No value is read back to the host inside the loop for static and pre-drawn plans: coefficients live
 on the device and every index list is prepared before the first step. The adaptive rule needs one
 ``nonzero`` per step to size its sub-batch (data-dependent control flow cannot avoid it).
+
+Randomness comes from :class:`SampleStreams`: every sample has its own streams, so what happens to one
+sample never moves another's random numbers (see that class).
 """
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from stepdrop_search.diffusion.schedule import NoiseSchedule
@@ -22,6 +28,105 @@ from stepdrop_search.diffusion.solvers import ancestral_step, ddim_step, dpmpp_2
 from stepdrop_search.errors import UserError
 
 Tensor = torch.Tensor
+
+#: Stream ids in the seed derivation of :func:`stream_seed`. x_T is not one of them: it keeps its own torch
+#: generator (``generation.initial_noise``) so that every deterministic result stays bit for bit as it was.
+STREAMS = {"skip": 1, "noise": 2}
+#: Solver noise is drawn this many float32 values at a time (grid steps × batch × pixels; 64 MiB), which
+#: bounds its memory even for 1000-step DDPM at batch 256 while moving it to the device rarely.
+NOISE_BLOCK_ELEMENTS = 1 << 24
+
+
+def stream_seed(seed: int, stream: str, index: int) -> np.random.SeedSequence:
+    """The seed of sample ``index``'s ``stream`` under ``seed``: the child (stream id, sample index) of the
+    seed's root SeedSequence, i.e. what ``SeedSequence(seed).spawn`` would hand out, without spawning all."""
+    entropy = 2 * seed if seed >= 0 else -2 * seed - 1  # every Python int, one-to-one onto the non-negative ones
+    return np.random.SeedSequence(entropy, spawn_key=(STREAMS[stream], index))
+
+
+class SampleStreams:
+    """The random numbers of samples ``indices`` of ``seed``: one independent stream per (seed, stream, sample).
+
+    Per sample, because a shared stream makes a sample's result depend on the batch size, on which other
+    samples skipped a step and on how many draws earlier rows made; per (seed, stream, sample) position,
+    because then every policy of a seed gets the same coin-flip uniform and the same solver noise for sample
+    i at grid step j (paired comparisons). Streams are numpy PCG64 generators seeded through SeedSequence,
+    which hashes (seed, stream, sample) into 128 bits of state: streams of different seeds, streams or samples
+    do not coincide, and none is an x_T (x_T comes from torch's mt19937, whose seeds are 32-bit: deriving
+    seeds for it would collide). Everything is drawn on the CPU, so results match across devices.
+    """
+
+    def __init__(self, seed: int, indices: range) -> None:
+        self.seed, self.indices = seed, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def generators(self, stream: str) -> list[np.random.Generator]:
+        """One generator per sample, at the start of its stream (every call starts afresh)."""
+        return [np.random.Generator(np.random.PCG64(stream_seed(self.seed, stream, i))) for i in self.indices]
+
+    def uniforms(self, length: int) -> Tensor:
+        """(B, length) float32 uniforms in [0, 1) of the "skip" stream; [b, j] is sample b's coin for grid step j
+        whatever the policy, so StepDrop and adaptive plans of one seed flip paired coins."""
+        return torch.from_numpy(np.stack([g.random(length, dtype=np.float32) for g in self.generators("skip")]))
+
+    def noise(self, shape: tuple[int, ...], steps: int, device: torch.device, dtype: torch.dtype) -> NoiseBlocks:
+        """Standard normals of the "noise" stream for grid steps 0..steps−1 (see :class:`NoiseBlocks`)."""
+        return NoiseBlocks(self.generators("noise"), shape, steps, device, dtype)
+
+
+def batch_streams(streams: SampleStreams | None, batch: int) -> SampleStreams:
+    """``streams`` checked against the batch size; None stands for samples 0..batch−1 of seed 0."""
+    streams = SampleStreams(0, range(batch)) if streams is None else streams
+    if len(streams) != batch:
+        raise ValueError(f"streams for {len(streams)} samples, a batch of {batch}")
+    return streams
+
+
+class NoiseBlocks:
+    """Sample b's solver noise at grid step j is draw j of its "noise" stream, whether or not it (or anyone)
+    evaluates step j: skipping never shifts later noise. Read in increasing step order with :meth:`at`.
+
+    Each sample's draws for a block of grid steps are made at once on the CPU and the block is moved to the
+    device in one copy (pinned and non-blocking on accelerators, so no host sync); there a worker thread
+    draws the next block while the device runs (numpy releases the GIL while it fills). On the CPU there is
+    no idle core to hide it on, so it is drawn in line.
+    """
+
+    def __init__(self, generators: list[np.random.Generator], shape: tuple[int, ...], steps: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.generators, self.shape, self.steps, self.device, self.dtype = generators, tuple(shape), steps, device, dtype
+        self.block = max(1, min(steps, NOISE_BLOCK_ELEMENTS // (len(generators) * math.prod(shape))))
+        self.accelerated = device.type != "cpu"
+        self.pool = ThreadPoolExecutor(1) if self.accelerated else None
+        self.start = self.end = 0  # self.current holds grid steps start..end−1
+        self.current: Tensor | None = None
+        self.pending: Future | None = None
+
+    def _draw(self, start: int) -> Tensor:
+        """(B, count, D) float32 on the CPU: each sample's draws for grid steps start..start+count−1 in one call
+        (a contiguous row per sample), pinned for an asynchronous copy when the device is a GPU."""
+        count = min(self.block, self.steps - start)
+        buf = torch.empty((len(self.generators), count, math.prod(self.shape)), dtype=torch.float32,
+                          pin_memory=self.device.type == "cuda")
+        values = buf.numpy()
+        for b, gen in enumerate(self.generators):
+            gen.standard_normal(dtype=np.float32, out=values[b])
+        return buf
+
+    def at(self, step: int) -> Tensor:
+        """(B, *shape) noise of grid step ``step`` on the device."""
+        if not self.start <= step < self.steps:
+            raise IndexError(f"noise of grid step {step} is not available (steps {self.start}..{self.steps - 1} are)")
+        while step >= self.end:
+            self.start = self.end
+            buf = self.pending.result() if self.pending is not None else self._draw(self.start)
+            self.end = self.start + buf.shape[1]
+            self.pending = self.pool.submit(self._draw, self.end) if self.pool and self.end < self.steps else None
+            moved = buf.to(self.device, non_blocking=self.accelerated)
+            self.current = moved.transpose(0, 1).reshape(-1, len(self.generators), *self.shape).to(self.dtype)
+        return self.current[step - self.start]
 
 
 @dataclass(frozen=True)
@@ -32,12 +137,20 @@ class Plan:
     ``evaluate``: (B, L) bool, pre-drawn per-sample decisions (column 0 must be all True), or None.
     ``skip_base``: (L,) base skip probabilities of the adaptive rule p = min(1, base/r), r = ‖ε‖/√D,
     decided for the following grid steps from the ε of the current evaluation; or None.
+    ``uniforms``: (B, L) the adaptive rule's coins: after an evaluation at step i, step j > i is kept when
+    uniforms[b, j] ≥ p_j, and the next evaluation is the first kept step, so each coin decides at most once
+    along a sample's path and no draw depends on the data.
     """
 
     grid: Tensor
     solvers: tuple[str, ...]
     evaluate: Tensor | None = None
     skip_base: Tensor | None = None
+    uniforms: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.skip_base is None) != (self.uniforms is None):
+            raise ValueError("an adaptive plan needs both skip_base and uniforms")
 
     @property
     def dense(self) -> bool:
@@ -99,10 +212,12 @@ def next_evaluated(evaluate: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, *, eta: float = 0.0,
-           clamp: bool = True, generator: torch.Generator | None = None,
+           clamp: bool = True, streams: SampleStreams | None = None,
            calibration: AmplitudeCalibration | None = None, trajectory: bool = False) -> SampleResult:
     """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample goes to x̂0.
 
+    ``streams``: the batch's random streams (default: samples 0..B−1 of seed 0); only solver steps that add
+    noise (ancestral, DDIM with η > 0) draw from them, so deterministic runs draw nothing.
     ``trajectory=True`` (dense plans only: teacher runs) also returns the state and the x̂0 prediction at
     every grid step (what the DP searches compare against).
     """
@@ -135,7 +250,11 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
         active_lists = torch.split(torch.cat(lists).to(device), sizes)
     if plan.skip_base is not None:
         skip_base = plan.skip_base.to(device=device, dtype=torch.float32)
+        uniforms = plan.uniforms.to(device)
         next_eval = torch.zeros(batch, dtype=torch.long, device=device)
+    noisy = [solver == "ddpm" or (solver == "ddim" and eta > 0) for solver in plan.solvers]
+    if any(noisy):
+        noise_blocks = batch_streams(streams, batch).noise(x.shape[1:], max(j for j, v in enumerate(noisy) if v) + 1, device, x.dtype)
 
     for i in range(length):
         if plan.dense:
@@ -166,17 +285,16 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
             else:
                 r = eps.flatten(1).norm(dim=1) / eps[0].numel() ** 0.5
                 p = (skip_base[i + 1:][None] / r[:, None]).clamp(max=1.0)
-                keep = torch.rand(p.shape, generator=generator, device=device) >= p
+                keep = uniforms[idx, i + 1:] >= p
                 keep = torch.cat([keep, torch.ones(len(idx), 1, dtype=torch.bool, device=device)], dim=1)
                 target = i + 1 + keep.to(torch.uint8).argmax(dim=1)
                 next_eval[idx] = target
             a_s = a_ext[target].view(-1, *([1] * (x.dim() - 1)))
 
         solver = plan.solvers[i]
-        needs_noise = solver == "ddpm" or (solver == "ddim" and eta > 0)
         noise = None
-        if needs_noise:
-            noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        if noisy[i]:
+            noise = noise_blocks.at(i)
             noise = noise if idx is None else noise.index_select(0, idx)
         if solver == "ddim":
             x_next = ddim_step(xi, x0, eps_c, a_t, a_s, noise, eta)

@@ -2,7 +2,7 @@
 
 A static policy yields a strictly decreasing tensor of distinct timesteps; a stochastic or adaptive one
 yields a per-batch :class:`~stepdrop_search.diffusion.sampler.Plan` whose decisions vary by sample.
-Every policy answers ``plan(batch, generator, solver)``, so the sampler never needs to know the kind.
+Every policy answers ``plan(batch, streams, solver)``, so the sampler never needs to know the kind.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from stepdrop_search.diffusion.sampler import Plan
+from stepdrop_search.diffusion.sampler import Plan, SampleStreams
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
 
@@ -70,7 +70,7 @@ class Policy:
     def solvers(self, solver: str, length: int) -> tuple[str, ...]:
         return (solver,) * length
 
-    def plan(self, batch: int, generator: torch.Generator | None = None, solver: str = "ddim") -> Plan:
+    def plan(self, batch: int, streams: SampleStreams | None = None, solver: str = "ddim") -> Plan:
         steps = self.timesteps()
         return Plan(steps, self.solvers(solver, len(steps)))
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from stepdrop_search.diffusion.sampler import Plan
+from stepdrop_search.diffusion.sampler import Plan, SampleStreams, batch_streams
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies.base import Policy, distinct_decreasing, policy_dataclass, register, validate_timesteps
 
@@ -320,9 +320,8 @@ class StepDrop(_CoinFlipPolicy):
     kind = "stepdrop"
     profile: str = "cosine2"
 
-    def plan(self, batch: int, generator: torch.Generator | None = None, solver: str = "ddim") -> Plan:
-        p = self.skip_probabilities().float()
-        evaluate = torch.rand(batch, self.base_steps, generator=generator) >= p
+    def plan(self, batch: int, streams: SampleStreams | None = None, solver: str = "ddim") -> Plan:
+        evaluate = batch_streams(streams, batch).uniforms(self.base_steps) >= self.skip_probabilities().float()
         return Plan(self.grid(), self.solvers(solver, self.base_steps), evaluate=evaluate)
 
 
@@ -335,5 +334,6 @@ class Adaptive(_CoinFlipPolicy):
 
     kind = "adaptive"
 
-    def plan(self, batch: int, generator: torch.Generator | None = None, solver: str = "ddim") -> Plan:
-        return Plan(self.grid(), self.solvers(solver, self.base_steps), skip_base=self.skip_probabilities().float())
+    def plan(self, batch: int, streams: SampleStreams | None = None, solver: str = "ddim") -> Plan:
+        return Plan(self.grid(), self.solvers(solver, self.base_steps), skip_base=self.skip_probabilities().float(),
+                    uniforms=batch_streams(streams, batch).uniforms(self.base_steps))

@@ -10,9 +10,13 @@ Nodes are the teacher's grid t_0 = T−1 > … > t_{N−1} plus node N = x̂0. A
   state that reached it, every j > i is a candidate, and the cheapest candidate (MSE to the teacher at j)
   wins per sample. Per-sample schedules are aggregated by the median ("OSS-ave").
 
-Edges use the solver's single-step form: DDIM for ``ddim`` and ``dpmpp-2m`` (whose first-order step is
-DDIM), the posterior mean for ``ddpm``; multistep history does not fit an edge cost, so the schedule is
-found with the first-order step and then used with the chosen solver.
+Every solver's schedule is searched on the same deterministic skeleton, the probability-flow ODE: the
+teacher is DDIM η = 0 on the grid and every edge is one DDIM step, whatever solver the schedule is then
+used with. For ``dpmpp-2m`` DDIM is its first-order step (multistep history does not fit an edge cost);
+for a stochastic solver (``ddpm``, DDIM η > 0) a teacher that draws noise would make the search depend on
+one noise draw per sample, and its edges (the posterior mean) would not follow the teacher that drew it;
+the ODE shares the stochastic sampler's marginals at every t. So the teacher draws no random numbers at
+all: a search is reproducible from its seed (the x_T) alone.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.sampler import sample
-from stepdrop_search.diffusion.solvers import ancestral_step, ddim_step, predict_x0
+from stepdrop_search.diffusion.solvers import ddim_step, predict_x0
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.policies.base import distinct_decreasing
@@ -49,24 +53,22 @@ class DPResult:
     per_sample: torch.Tensor | None = None  # OSS: (B, K) per-sample schedules before aggregation
 
 
-def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = 100, n: int = 64, seed: int = 0,
-                       solver: str = "ddim") -> TeacherTrajectory:
+def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = 100, n: int = 64, seed: int = 0) -> TeacherTrajectory:
+    """DDIM η = 0 on a uniform ``grid_size``-step grid from the x_T of ``seed``, for every solver (module docstring)."""
     if not 2 <= grid_size <= loaded.schedule.T:
         raise UserError(f"teacher grid size must be in 2..{loaded.schedule.T}")
     device = next(loaded.model.parameters()).device
     cfg = loaded.config
     policy = Uniform(nfe=grid_size, schedule=loaded.schedule)
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed).to(device)
-    run = sample(loaded.model, loaded.schedule, x_T, policy.plan(n, solver=solver), trajectory=True)
+    run = sample(loaded.model, loaded.schedule, x_T, policy.plan(n, solver="ddim"), eta=0.0, trajectory=True)
     abar = loaded.schedule.alphas_cumprod.to(device)
     alphas = torch.cat([abar[run.grid.to(device)], torch.ones(1, device=device, dtype=abar.dtype)])
     return TeacherTrajectory(run.grid, torch.cat([run.trajectory, run.x0[None]]), run.denoised, alphas, grid_size * n)
 
 
-def edge_step(x: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor, solver: str) -> torch.Tensor:
-    """One deterministic step from (x, x̂0) at ᾱ_t to ᾱ_s (broadcasting over leading target dims)."""
-    if solver == "ddpm":
-        return ancestral_step(x, x0, a_t, a_s, None).to(x.dtype)
+def edge_step(x: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
+    """One DDIM η = 0 step from (x, x̂0) at ᾱ_t to ᾱ_s (broadcasting over leading target dims)."""
     eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
     return ddim_step(x, x0, eps, a_t, a_s, None, 0.0).to(x.dtype)
 
@@ -87,8 +89,7 @@ def _broadcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return a.view(-1, *([1] * (like.dim() - 1)))
 
 
-def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma: float = 1.15,
-                  solver: str = "ddim") -> DPResult:
+def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma: float = 1.15) -> DPResult:
     """GITS: edge costs from teacher states, then a K-step shortest path with discount γ."""
     N = len(traj.grid)
     if not 1 <= nfe <= N:
@@ -97,7 +98,7 @@ def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma
     for i in range(N):
         targets = traj.states[i + 1:]  # (N−i, B, …)
         cand = edge_step(traj.states[i][None], traj.denoised[i][None], traj.alphas[i],
-                         _broadcast(traj.alphas[i + 1:], targets), solver)
+                         _broadcast(traj.alphas[i + 1:], targets))
         C[i, i + 1:] = _distance(cand - targets, cost).mean(-1).double().cpu()
     V = C[:, N].clone()  # one step left: jump straight to x̂0
     choice = []
@@ -118,8 +119,7 @@ def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma
 
 
 @torch.no_grad()
-def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solver: str = "ddim",
-                 batch_size: int = 512) -> DPResult:
+def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, batch_size: int = 512) -> DPResult:
     """OSS student-state DP; per-sample schedules aggregated by their median."""
     N = len(traj.grid)
     if not 1 <= nfe <= N:
@@ -150,7 +150,7 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solv
             lo, hi = (N, N + 1) if last else (i + 1, N - (nfe - level - 2))
             if lo >= hi:
                 continue
-            cand = edge_step(x[None], x0[None], a_t, _broadcast(abar_nodes[lo:hi], traj.states[lo:hi]), solver)
+            cand = edge_step(x[None], x0[None], a_t, _broadcast(abar_nodes[lo:hi], traj.states[lo:hi]))
             cost = _distance(cand - traj.states[lo:hi], "l2")  # (hi−lo, B)
             better = cost < new_best[lo:hi]
             new_best[lo:hi] = torch.where(better, cost, new_best[lo:hi])

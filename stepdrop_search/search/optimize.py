@@ -167,15 +167,15 @@ def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> lis
     if cfg.method not in ("dp-gits", "dp-oss", "all"):
         return out
     log(f"DP: teacher trajectories on a {cfg.dp_grid}-step grid for {cfg.dp_samples} samples")
-    traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed, solver=cfg.solver)
+    traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed)
     solver = SolverSpec(cfg.solver)
     if cfg.method in ("dp-gits", "all"):
-        res = gits_schedule(traj, cfg.nfe, cost=cfg.gits_cost, gamma=cfg.gits_gamma, solver=cfg.solver)
+        res = gits_schedule(traj, cfg.nfe, cost=cfg.gits_cost, gamma=cfg.gits_gamma)
         log(f"DP-GITS ({res.nfe_spent} NFE): {res.steps.tolist()}")
         out.append(SearchCandidate("dp-gits", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
                                                        solver), "dp-gits"))
     if cfg.method in ("dp-oss", "all"):
-        res = oss_schedule(ctx.loaded, traj, cfg.nfe, solver=cfg.solver)
+        res = oss_schedule(ctx.loaded, traj, cfg.nfe)
         log(f"DP-OSS ({res.nfe_spent} NFE): {res.steps.tolist()}")
         out.append(SearchCandidate("dp-oss", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
                                                       solver), "dp-oss"))

@@ -1,0 +1,37 @@
+"""The bench scripts run on any model: bench/sampler_speed.py on a checkpoint with a non-default noise schedule."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from stepdrop_search.train import train
+from tests.conftest import tiny_config
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cosine_checkpoint(tmp_path_factory):
+    return train(tiny_config(tmp_path_factory.mktemp("cosine-run"), schedule="cosine", T=100))
+
+
+def test_sampler_speed_prints_every_row_for_a_model_with_a_cosine_schedule(cosine_checkpoint, capsys, monkeypatch):
+    bench = bench_module("sampler_speed")
+    allocator_set = []
+    monkeypatch.setattr(bench, "keep_freed_memory_for_reuse", lambda: allocator_set.append(True))  # as the CLI does
+    bench.main(["--model", str(cosine_checkpoint), "--batch", "4", "--nfe", "2", "--repeats", "1", "--device", "cpu"])
+    assert allocator_set
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["policy", "solver", "NFE", "measured", "NFE", "img/s", "outside", "net"]
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(kind, solver, "2") for kind in ("uniform", "stepdrop", "adaptive")
+                                                  for solver in ("ddim", "dpmpp-2m")]
+    assert all(float(r[4]) > 0 and r[5].endswith("%") for r in rows)
