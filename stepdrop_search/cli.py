@@ -189,10 +189,10 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
 
 def solver_spec(name: str, eta: float | None):
     """--solver/--eta as a SolverSpec; an --eta given to a solver without η is refused, not ignored."""
-    from stepdrop_search.diffusion.solvers import ETA_SOLVERS, SolverSpec
+    from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers
 
-    if eta is not None and name not in ETA_SOLVERS:
-        raise UserError(f"--eta applies to {', '.join(ETA_SOLVERS)} only; solver {name} has no η (drop --eta)")
+    if eta is not None and name not in eta_solvers():
+        raise UserError(f"--eta applies to {', '.join(eta_solvers())} only; solver {name} has no η (drop --eta)")
     return SolverSpec(name, eta or 0.0)
 
 

@@ -48,7 +48,7 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
         x = x_T[start:start + batch_size].to(param.device, param.dtype)
         streams = SampleStreams(seed, range(start, start + x.shape[0]))
         plan = policy.plan(x.shape[0], streams, solver.name)
-        parts.append(sample(model, schedule, x, plan, eta=solver.eta, clamp=clamp, streams=streams,
+        parts.append(sample(model, schedule, x, plan, eta=solver.eta, solver=solver, clamp=clamp, streams=streams,
                             calibration=calibration))
     return SampleResult(torch.cat([p.x0.cpu() for p in parts]), torch.cat([p.nfe.cpu() for p in parts]),
                         torch.cat([p.evaluated.cpu() for p in parts]), parts[0].grid)

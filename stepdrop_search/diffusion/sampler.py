@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.diffusion.solvers import ancestral_step, ddim_step, dpmpp_2m_step, log_snr, predict_x0
+from stepdrop_search.diffusion.solvers import SolverSpec, Step, predict_x0, solver_class
 from stepdrop_search.errors import UserError
 
 Tensor = torch.Tensor
@@ -133,7 +133,8 @@ class NoiseBlocks:
 class Plan:
     """What a policy asks of the sampler for one batch.
 
-    ``grid``: (L,) strictly decreasing candidate timesteps. ``solvers``: solver name per grid step.
+    ``grid``: (L,) strictly decreasing candidate timesteps: integers, or real numbers in [0, T−1] (continuous
+    time: ᾱ is interpolated in log-SNR and the network gets the real t). ``solvers``: solver name per grid step.
     ``evaluate``: (B, L) bool, pre-drawn per-sample decisions (column 0 must be all True), or None.
     ``skip_base``: (L,) base skip probabilities of the adaptive rule p = min(1, base/r), r = ‖ε‖/√D,
     decided for the following grid steps from the ε of the current evaluation; or None.
@@ -193,7 +194,7 @@ class AmplitudeCalibration:
         flat = x.flatten(1)
         q = torch.quantile(flat, torch.tensor([0.05, 0.95], device=x.device, dtype=x.dtype), dim=1)  # (2, n)
         lo, hi = q[0], q[1]
-        target = self.profile.to(x.device)[t_target.expand(flat.shape[0])]
+        target = self.profile.to(x.device)[t_target.expand(flat.shape[0]).round().long()]  # continuous t: nearest step
         scale = (target[:, 1] - target[:, 0]) / (hi - lo).clamp(min=1e-6)
         shape = (-1,) + (1,) * (x.dim() - 1)
         return (x - lo.view(shape)) * scale.view(shape) + target[:, 0].view(shape)
@@ -213,13 +214,16 @@ def next_evaluated(evaluate: Tensor) -> Tensor:
 @torch.no_grad()
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, *, eta: float = 0.0,
            clamp: bool = True, streams: SampleStreams | None = None,
-           calibration: AmplitudeCalibration | None = None, trajectory: bool = False) -> SampleResult:
+           calibration: AmplitudeCalibration | None = None, trajectory: bool = False,
+           solver: SolverSpec | None = None) -> SampleResult:
     """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample goes to x̂0.
 
-    ``streams``: the batch's random streams (default: samples 0..B−1 of seed 0); only solver steps that add
-    noise (ancestral, DDIM with η > 0) draw from them, so deterministic runs draw nothing.
-    ``trajectory=True`` (dense plans only: teacher runs) also returns the state and the x̂0 prediction at
-    every grid step (what the DP searches compare against).
+    The solver of grid step i is the registered strategy named ``plan.solvers[i]`` (``solver`` gives the
+    run's own spec: η and, for Heun, the NFE budget); each strategy keeps its per-sample state, which the
+    loop gathers and scatters with the active sub-batch. ``streams``: the batch's random streams (default:
+    samples 0..B−1 of seed 0); only solver steps that add noise draw from them, so deterministic runs draw
+    nothing. ``trajectory=True`` (dense plans only: teacher runs) also returns the state and the x̂0
+    prediction at every grid step (what the DP searches compare against).
     """
     device, batch, length = x.device, x.shape[0], len(plan.grid)
     if plan.evaluate is not None and not bool(plan.evaluate[:, 0].all()):
@@ -227,9 +231,9 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
     grid = plan.grid.to(device)
     # Coefficients are formed in float64 (0-dim or (n,1,1,1) operands) and applied to float32 states:
     # over 1000 steps float32 ratios like ᾱ_t/ᾱ_s drift by ~1e-4.
-    abar = schedule.alphas_cumprod.to(device=device, dtype=torch.float64)
-    a_ext = torch.cat([abar[grid], torch.ones(1, device=device, dtype=torch.float64)])  # index L = "jump to x̂0"
-    t_ext = torch.cat([grid, torch.zeros(1, dtype=torch.long, device=device)])
+    abar = schedule.alphas_cumprod_at(plan.grid).to(device=device, dtype=torch.float64)
+    a_ext = torch.cat([abar, torch.ones(1, device=device, dtype=torch.float64)])  # index L = "jump to x̂0"
+    t_ext = torch.cat([grid, torch.zeros(1, dtype=grid.dtype, device=device)])
     counter = NFECounter(model, batch, device)
     evaluated = torch.zeros(batch, length, dtype=torch.bool, device=device)
     x = x.clone()
@@ -237,10 +241,10 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
         raise UserError("trajectories are recorded for static policies only")
     states = torch.empty((length, *x.shape), device=device, dtype=x.dtype) if trajectory else None
     denoised = torch.empty_like(states) if trajectory else None
-    use_dpm = "dpmpp-2m" in plan.solvers
-    if use_dpm:
-        prev_x0 = torch.zeros_like(x)
-        h_prev = torch.full((batch,), float("nan"), device=device, dtype=torch.float64)
+    specs = {name: solver if solver is not None and solver.name == name else SolverSpec(name, eta if solver_class(name).has_eta else 0.0)
+             for name in dict.fromkeys(plan.solvers)}
+    strategies = {name: spec.solver for name, spec in specs.items()}
+    memory = {name: strategy.init_state(x) for name, strategy in strategies.items()}
 
     # Who is active at each grid step, prepared before the loop.
     if plan.evaluate is not None:
@@ -252,7 +256,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
         skip_base = plan.skip_base.to(device=device, dtype=torch.float32)
         uniforms = plan.uniforms.to(device)
         next_eval = torch.zeros(batch, dtype=torch.long, device=device)
-    noisy = [solver == "ddpm" or (solver == "ddim" and eta > 0) for solver in plan.solvers]
+    noisy = [strategies[name].stochastic(specs[name].eta) for name in plan.solvers]
     if any(noisy):
         noise_blocks = batch_streams(streams, batch).noise(x.shape[1:], max(j for j, v in enumerate(noisy) if v) + 1, device, x.dtype)
 
@@ -278,7 +282,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
 
         if idx is None:
             target = i + 1
-            a_s = a_ext[target]
+            a_s, t_s = a_ext[target], t_ext[target]
         else:
             if plan.evaluate is not None:
                 target = targets[idx, i]
@@ -289,34 +293,31 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
                 keep = torch.cat([keep, torch.ones(len(idx), 1, dtype=torch.bool, device=device)], dim=1)
                 target = i + 1 + keep.to(torch.uint8).argmax(dim=1)
                 next_eval[idx] = target
-            a_s = a_ext[target].view(-1, *([1] * (x.dim() - 1)))
+            a_s, t_s = a_ext[target].view(-1, *([1] * (x.dim() - 1))), t_ext[target]
 
-        solver = plan.solvers[i]
+        name = plan.solvers[i]
         noise = None
         if noisy[i]:
             noise = noise_blocks.at(i)
             noise = noise if idx is None else noise.index_select(0, idx)
-        if solver == "ddim":
-            x_next = ddim_step(xi, x0, eps_c, a_t, a_s, noise, eta)
-        elif solver == "ddpm":
-            x_next = ancestral_step(xi, x0, a_t, a_s, noise)
+
+        def evaluate_more(xs: Tensor, ts: Tensor, which: Tensor | None = None, idx=idx) -> Tensor:
+            return counter(xs, ts, idx if which is None else (which if idx is None else idx.index_select(0, which)))
+
+        kept = memory[name] if idx is None else {k: v.index_select(0, idx) for k, v in memory[name].items()}
+        step = Step(xi, x0, eps_c, a_t, a_s, t_s, noise, specs[name].eta, evaluate_more, clamp, i,
+                    idx is None and target == length)
+        x_next, kept = strategies[name].step(step, kept)
+        if idx is None:
+            memory[name] = kept
         else:
-            px = prev_x0 if idx is None else prev_x0.index_select(0, idx)
-            hp = h_prev if idx is None else h_prev.index_select(0, idx)
-            hp = hp.view(-1, *([1] * (x.dim() - 1)))
-            x_next = dpmpp_2m_step(xi, x0, a_t, a_s, px, hp)
-            h = ((log_snr(a_s) - log_snr(a_t)) / 2).reshape(-1)
-            if idx is None:
-                prev_x0, h_prev = x0, h.expand(batch)
-            else:
-                prev_x0 = prev_x0.index_copy(0, idx, x0)
-                h_prev = h_prev.index_copy(0, idx, h)
+            memory[name] = {k: v.index_copy(0, idx, kept[k].to(v.dtype)) for k, v in memory[name].items()}
 
         x_next = x_next.to(x.dtype)
         x0 = x0.to(x.dtype)
         final = a_s == 1
         if calibration is not None:
-            x_next = calibration(x_next, t_ext[target] if idx is not None else t_ext[target].view(1))
+            x_next = calibration(x_next, t_s if idx is not None else t_s.view(1))
         x_next = torch.where(final, x0, x_next) if idx is not None else (x0 if target == length else x_next)
         if idx is None:
             x = x_next

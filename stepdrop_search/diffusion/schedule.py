@@ -77,6 +77,27 @@ class NoiseSchedule:
         a = self.alphas_cumprod
         return torch.log(a) - torch.log1p(-a)
 
+    def alphas_cumprod_at(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ at timesteps ``t`` (float64): indexed for integer t (exactly the discrete schedule), for real t in
+        [0, T−1] interpolated linearly in log-SNR between the neighbouring steps — the convention of k-diffusion's
+        ``t_to_sigma`` and diffusers' ``_sigma_to_t`` (linear in log σ), so continuous-time schedules agree with them."""
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            return self.alphas_cumprod[t]
+        t = t.double().clamp(0, self.T - 1)
+        low = t.floor().long().clamp(max=self.T - 2)
+        weight = t - low
+        lam = (1 - weight) * self.log_snr[low] + weight * self.log_snr[low + 1]
+        return torch.sigmoid(lam)
+
+    def timestep_at_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """The real t whose interpolated log-SNR is ``lam`` (the inverse of :meth:`alphas_cumprod_at`)."""
+        import numpy as np
+
+        neg = (-self.log_snr).numpy()  # increasing in t
+        return torch.from_numpy(np.interp((-torch.as_tensor(lam, dtype=torch.float64)).numpy(), neg,
+                                          np.arange(self.T, dtype=np.float64)))
+
     def skip_alphas_cumprod(self, skip: int) -> torch.Tensor:
         """ᾱ_skip^t = Π_{s=t−skip+1..t} α_s (S2-DMs' α_skip), truncated at s = 0 for small t."""
         log_alpha = torch.log(self.alphas)

@@ -20,7 +20,7 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.solvers import ETA_SOLVERS, SolverSpec
+from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers
 from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model
@@ -86,8 +86,8 @@ class OptimizeConfig:
         if self.method in ("dp-gits", "dp-oss", "all") and self.kind != "explicit":
             raise UserError("DP methods produce explicit schedules; use --method optuna to search another --kind")
         SolverSpec(self.solver)
-        if self.search_eta and self.solver not in ETA_SOLVERS:
-            raise UserError(f"--search-eta searches η, which only {', '.join(ETA_SOLVERS)} has; drop it or use --solver ddim")
+        if self.search_eta and self.solver not in eta_solvers():
+            raise UserError(f"--search-eta searches η, which only {', '.join(eta_solvers())} has; drop it or use --solver ddim")
         Teacher.parse(self.teacher)
 
     @property

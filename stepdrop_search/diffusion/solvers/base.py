@@ -1,0 +1,191 @@
+"""The solver strategy: what one solver step needs, the per-sample state it keeps, and the registry.
+
+A solver is a small object registered by name. The sampler loop (``diffusion.sampler.sample``) knows no
+solver by name: at every grid step it gathers the active samples, evaluates ε once for them, and hands
+the solver a :class:`Step` plus that solver's per-sample state (history of x̂0, ε or step sizes, as
+batch-first tensors the loop gathers and scatters with the active sub-batch). The solver returns the next
+state x_s and its updated state. A solver that needs more evaluations per step (Heun) asks for them through
+``Step.evaluate``, which counts NFE like the loop's own evaluation.
+
+Conventions shared by every solver: states are VP states x_t = α_t x0 + σ_t ε with α = √ᾱ, σ = √(1 − ᾱ);
+coefficients are formed from float64 ᾱ (0-dim, or (n, 1, 1, 1) when samples jump to different targets);
+``a_s = 1`` is the jump to x̂0 — the loop returns x̂0 there, so every solver's last step is first order
+(the x̂0 of the last evaluation), as diffusers' ``final_sigmas_type="zero"`` does. No solver reads a value
+back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from stepdrop_search.errors import UserError
+
+Tensor = torch.Tensor
+State = dict[str, Tensor]
+
+#: name → solver class; filled by :func:`register_solver` as the solver modules are imported.
+SOLVERS: dict[str, type[Solver]] = {}
+
+
+def register_solver(cls: type[Solver]) -> type[Solver]:
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+def solver_class(name: str) -> type[Solver]:
+    if name not in SOLVERS:
+        raise UserError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    return SOLVERS[name]
+
+
+def predict_x0(x: Tensor, eps: Tensor, a_t: Tensor, clamp: bool) -> tuple[Tensor, Tensor]:
+    """x̂0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t, clamped to the data range for pixel models.
+
+    Returns (x̂0, ε′) where ε′ is the noise consistent with the clamped x̂0, so that every solver stays
+    on the line through x_t and x̂0 (and DDIM with η = 1 equals the ancestral step exactly).
+    """
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    if not clamp:
+        return x0, eps
+    x0 = x0.clamp(-1, 1)
+    return x0, (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+
+
+def log_snr(a: Tensor) -> Tensor:
+    return torch.log(a) - torch.log1p(-a)
+
+
+def half_log_snr(a: Tensor) -> Tensor:
+    """λ = log(α/σ), the time variable of DPM-Solver, UniPC and DEIS."""
+    return log_snr(a) / 2
+
+
+def per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """(n,) per-sample values shaped to broadcast against (n, C, H, W) states."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def flat(a: Tensor) -> Tensor:
+    """A coefficient (0-dim or (n, 1, 1, 1)) as a (1,) or (n,) vector, for storing in per-sample state."""
+    return a.reshape(-1)
+
+
+@dataclass
+class Step:
+    """One solver step for the active samples, from the evaluated time t to each sample's target s.
+
+    ``x``: states at t; ``x0``/``eps``: x̂0 (clamped for pixel models) and the ε consistent with it;
+    ``a_t``: ᾱ at t (0-dim float64); ``a_s``: ᾱ at the target (0-dim or (n, 1, 1, 1); 1 = x̂0); ``t_s``: the
+    target time(s) (0-dim or (n,)), for a solver that evaluates there; ``noise``: standard normals of this grid
+    step for these samples (stochastic solvers only); ``eta``: the solver's stochasticity; ``evaluate(x, t,
+    which=None)``: a counted network evaluation (raw ε) at states ``x`` and times ``t`` of the active samples
+    (or of the positions ``which`` among them) — use :meth:`evaluate_at_targets`.
+    """
+
+    x: Tensor
+    x0: Tensor
+    eps: Tensor
+    a_t: Tensor
+    a_s: Tensor
+    t_s: Tensor
+    noise: Tensor | None
+    eta: float
+    evaluate: Callable[..., Tensor]
+    clamp: bool = True
+    index: int = 0  # the grid step (solvers that treat some steps differently, e.g. Heun's budget)
+    last: bool = False  # every active sample's target is x̂0 (the loop returns x̂0 there)
+
+    def evaluate_at_targets(self, x_s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(x̂0, ε) evaluated at states ``x_s`` of the targets, for the samples whose target is not x̂0 (the others'
+        rows are returned unchanged and cost nothing): a counted network evaluation, as the loop's own.
+
+        With per-sample targets this needs one host sync to size the sub-batch, like the adaptive rule."""
+        if self.a_s.dim() == 0:
+            eps = self.evaluate(x_s, self.t_s)
+            return predict_x0(x_s, eps, self.a_s, self.clamp)
+        which = (flat(self.a_s) < 1).nonzero().squeeze(1)
+        a_s = self.a_s.index_select(0, which)
+        x_sub = x_s.index_select(0, which)
+        x0_sub, eps_sub = predict_x0(x_sub, self.evaluate(x_sub, self.t_s.index_select(0, which), which), a_s, self.clamp)
+        return x_s.index_copy(0, which, x0_sub), self.eps.index_copy(0, which, eps_sub)
+
+
+class Solver:
+    """Base of every solver strategy (see the module docstring). Subclasses set ``name`` and implement
+    :meth:`step`; multistep solvers also :meth:`init_state`."""
+
+    name: ClassVar[str] = ""
+    #: whether the solver has a stochasticity knob η (it is refused for the others)
+    has_eta: ClassVar[bool] = False
+    #: whether its evaluations per grid step vary (then ``SolverSpec.nfe`` may set a run's budget)
+    variable_cost: ClassVar[bool] = False
+
+    def __init__(self, spec: SolverSpec | None = None) -> None:
+        self.spec = spec
+
+    def stochastic(self, eta: float) -> bool:
+        """Whether a step draws solver noise (then the loop hands it ``Step.noise``)."""
+        return False
+
+    def init_state(self, x: Tensor) -> State:
+        """Per-sample state before the first step (batch-first tensors); none for one-step solvers."""
+        return {}
+
+    def step(self, s: Step, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations of a run over ``steps`` grid steps (the last one jumps to x̂0)."""
+        return steps
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The grid size whose run spends exactly ``nfe`` evaluations (``--nfe`` counts evaluations)."""
+        return nfe
+
+
+def no_history(batch: int, device: torch.device) -> Tensor:
+    """A (batch,) float64 step-size history that says "no earlier step" (NaN) for every sample."""
+    return torch.full((batch,), float("nan"), device=device, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """Which solver a sampler uses, its stochasticity η (for solvers that have one), and — for solvers whose
+    evaluations per step vary (Heun) — the NFE budget of a run, which decides where it saves an evaluation."""
+
+    name: str = "ddim"
+    eta: float = 0.0
+    nfe: int | None = None
+
+    def __post_init__(self) -> None:
+        cls = solver_class(self.name)
+        if not 0.0 <= self.eta <= 1.0:
+            raise UserError(f"eta must be in [0, 1], got {self.eta}")
+        if self.eta and not cls.has_eta:
+            raise UserError(f"solver {self.name} has no η (eta {self.eta} would be ignored); η applies to "
+                            f"{', '.join(eta_solvers())} only")
+        if self.nfe is not None and (not cls.variable_cost or not isinstance(self.nfe, int) or self.nfe < 1):
+            raise UserError(f"solver {self.name}: an NFE budget is only for solvers whose evaluations per step vary "
+                            "(heun), and must be an integer ≥ 1")
+
+    @property
+    def solver(self) -> Solver:
+        return solver_class(self.name)(self)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "eta": self.eta} | ({"nfe": self.nfe} if self.nfe is not None else {})
+
+
+def spec_for_nfe(name: str, nfe: int, eta: float = 0.0) -> tuple[SolverSpec, int]:
+    """(solver spec, grid size) for a run of ``name`` that spends exactly ``nfe`` network evaluations."""
+    cls = solver_class(name)
+    spec = SolverSpec(name, eta, nfe if cls.variable_cost else None)
+    return spec, spec.solver.steps_for_nfe(nfe)
+
+
+def eta_solvers() -> tuple[str, ...]:
+    return tuple(name for name, cls in SOLVERS.items() if cls.has_eta)
