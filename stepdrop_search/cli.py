@@ -183,17 +183,20 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
         if eta is None and name == doc.solver.name:  # the file's η belongs to the file's solver only
             eta = doc.solver.eta or None
         return PolicyDocument(doc.policy, solver_spec(name, eta), doc.provenance)
-    policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=loaded.schedule)
-    return PolicyDocument(policy, solver_spec(solver or "ddim", eta))
+    run_solver = solver_spec(solver or "ddim", eta, nfe)
+    steps = run_solver.solver.steps_for_nfe(nfe) if nfe is not None else None  # --nfe counts evaluations, not steps
+    policy = policy_class(spec).from_params(parse_params(params), nfe=steps, schedule=loaded.schedule)
+    return PolicyDocument(policy, run_solver)
 
 
-def solver_spec(name: str, eta: float | None):
-    """--solver/--eta as a SolverSpec; an --eta given to a solver without η is refused, not ignored."""
-    from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers
+def solver_spec(name: str, eta: float | None, nfe: int | None = None):
+    """--solver/--eta as a SolverSpec (with the NFE budget for solvers whose evaluations per step vary); an --eta
+    given to a solver without η is refused, not ignored."""
+    from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
 
     if eta is not None and name not in eta_solvers():
         raise UserError(f"--eta applies to {', '.join(eta_solvers())} only; solver {name} has no η (drop --eta)")
-    return SolverSpec(name, eta or 0.0)
+    return spec_for_nfe(name, nfe, eta or 0.0)[0] if nfe is not None else SolverSpec(name, eta or 0.0)
 
 
 PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
@@ -244,7 +247,7 @@ def sample(
     nfe_measured = result.nfe.float()
     console.print(f"{n} images, policy {doc.policy.kind}, solver {doc.solver.name}, measured NFE "
                   f"{nfe_measured.mean():.2f} (min {int(nfe_measured.min())}, max {int(nfe_measured.max())}; "
-                  f"expected {doc.policy.expected_nfe():.2f}); wrote {', '.join(map(str, written))}")
+                  f"expected {doc.solver.solver.nfe(doc.policy.expected_nfe()):.2f}); wrote {', '.join(map(str, written))}")
 
 
 policy_app = typer.Typer(no_args_is_help=True, help="List, show and export skip policies.")

@@ -20,7 +20,7 @@ import torch
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec
+from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import generate
 from stepdrop_search.model import forward_gflops
@@ -59,8 +59,10 @@ class Candidate:
 
     @property
     def nominal_nfe(self) -> int:
-        """The NFE the row was built for (the expected NFE of a stochastic policy)."""
-        return self.document.policy.nfe if self.document is not None else self.nfe
+        """The NFE the row was built for (the expected NFE of a stochastic policy), counted with its solver."""
+        if self.document is None:
+            return self.nfe
+        return round(self.document.solver.solver.nfe(self.document.policy.nfe))
 
     def to_dict(self) -> dict:
         if not self.diffusers:
@@ -83,7 +85,8 @@ class Candidate:
 def baseline(name: str, nfe: int, schedule: NoiseSchedule) -> Candidate:
     """A baseline by name: a solver on uniform (trailing) steps, or any policy kind with its defaults and DDIM."""
     if name in SOLVERS:
-        doc = PolicyDocument(Uniform(nfe=nfe, schedule=schedule), SolverSpec(name))
+        spec, steps = spec_for_nfe(name, nfe)  # the grid that spends exactly nfe evaluations with this solver
+        doc = PolicyDocument(Uniform(nfe=steps, schedule=schedule), spec)
     else:
         doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"))
     return Candidate(f"{name}-{nfe}", doc, name)

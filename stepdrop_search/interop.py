@@ -32,6 +32,7 @@ SCHEDULERS = {
     "ddpm": ("DDPMScheduler", True),
     "dpm-solver-multistep": ("DPMSolverMultistepScheduler", True),
     "euler": ("EulerDiscreteScheduler", True),
+    "heun": ("HeunDiscreteScheduler", True),
     "ddim": ("DDIMScheduler", False),
     "unipc": ("UniPCMultistepScheduler", False),
 }
@@ -203,7 +204,7 @@ def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: 
             scheduler.set_timesteps(timesteps=timesteps, device=device)
         else:
             scheduler.set_timesteps(nfe, device=device)
-        x = x_T[start:start + batch_size].to(device) * scheduler.init_noise_sigma
+        x = x_T[start:start + batch_size].to(device, next(model.parameters()).dtype) * scheduler.init_noise_sigma
         step_kwargs = {"generator": [torch.Generator().manual_seed(int(stream_seed(seed, "noise", i).generate_state(1)[0]))
                                      for i in range(start, start + x.shape[0])]} if takes_generator else {}
         for t in scheduler.timesteps:

@@ -20,7 +20,7 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers
+from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model
@@ -152,8 +152,8 @@ class Context:
 
 
 def baselines(cfg: OptimizeConfig, loaded: LoadedModel, nfe: int) -> list[SearchCandidate]:
-    """DDIM-uniform (trailing and linspace) and StepDrop-importance at the target NFE, with cfg's solver."""
-    s, solver = loaded.schedule, SolverSpec(cfg.solver)
+    """Uniform (trailing and linspace) and StepDrop-importance steps at the target NFE, with cfg's solver."""
+    (s, (solver, nfe)) = loaded.schedule, spec_for_nfe(cfg.solver, nfe)
     rows = [("uniform-trailing", Uniform(nfe=nfe, schedule=s)), ("uniform-linspace", Uniform(nfe=nfe, spacing="linspace", schedule=s))]
     try:
         rows.append(("importance", Importance(nfe=nfe, schedule=s)))
@@ -168,14 +168,14 @@ def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> lis
         return out
     log(f"DP: teacher trajectories on a {cfg.dp_grid}-step grid for {cfg.dp_samples} samples")
     traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed)
-    solver = SolverSpec(cfg.solver)
+    solver, steps = spec_for_nfe(cfg.solver, cfg.nfe)
     if cfg.method in ("dp-gits", "all"):
-        res = gits_schedule(traj, cfg.nfe, cost=cfg.gits_cost, gamma=cfg.gits_gamma)
+        res = gits_schedule(traj, steps, cost=cfg.gits_cost, gamma=cfg.gits_gamma)
         log(f"DP-GITS ({res.nfe_spent} NFE): {res.steps.tolist()}")
         out.append(SearchCandidate("dp-gits", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
                                                        solver), "dp-gits"))
     if cfg.method in ("dp-oss", "all"):
-        res = oss_schedule(ctx.loaded, traj, cfg.nfe)
+        res = oss_schedule(ctx.loaded, traj, steps)
         log(f"DP-OSS ({res.nfe_spent} NFE): {res.steps.tolist()}")
         out.append(SearchCandidate("dp-oss", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
                                                       solver), "dp-oss"))
@@ -197,8 +197,9 @@ def trial_function(cfg: OptimizeConfig, ctx: Context):
 
     def run(trial: optuna.Trial):
         nfe = trial.suggest_int("nfe", *cfg.nfe_range) if cfg.multi_objective else cfg.nfe
+        spec, steps = spec_for_nfe(cfg.solver, nfe)
         try:
-            doc = suggest_document(trial, cfg.kind, nfe, ctx.loaded.schedule, solver=cfg.solver,
+            doc = suggest_document(trial, cfg.kind, steps, ctx.loaded.schedule, solver=spec,
                                    free_boundary=cfg.free_boundary, search_eta=cfg.search_eta)
         except UserError as exc:
             trial.set_user_attr("invalid", str(exc))
@@ -278,7 +279,7 @@ def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[SearchCandi
     for cand in seeds:
         steps = cand.document.policy.timesteps().tolist()
         fits_fixed_ends = steps[0] == cand.document.policy.T - 1 and steps[-1] == 0
-        if len(steps) != cfg.nfe or not (cfg.free_boundary or fits_fixed_ends):
+        if len(steps) != spec_for_nfe(cfg.solver, cfg.nfe)[1] or not (cfg.free_boundary or fits_fixed_ends):
             continue
         study.enqueue_trial(steps_to_params(steps, cfg.free_boundary), user_attrs={"source": cand.name},
                             skip_if_exists=True)

@@ -57,7 +57,7 @@ def steps_to_params(steps: list[int], free_boundary: bool) -> dict:
     return params
 
 
-def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSchedule, *, solver: str = "ddim",
+def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSchedule, *, solver: SolverSpec = SolverSpec(),
                      free_boundary: bool = True, search_eta: bool = False) -> PolicyDocument:
     T = schedule.T
     if kind == "explicit":
@@ -88,5 +88,5 @@ def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSc
                      base_steps=trial.suggest_int("base_steps", nfe + 6, min(T, 4 * nfe + 6)), schedule=schedule)
     else:
         raise UserError(f"policy kind {kind!r} has nothing to search; choose one of {', '.join(SEARCHABLE)}")
-    eta = trial.suggest_float("eta", 0.0, 1.0) if search_eta and solver == "ddim" else 0.0
-    return PolicyDocument(policy, SolverSpec(solver, eta))
+    eta = trial.suggest_float("eta", 0.0, 1.0) if search_eta and solver.solver.has_eta else solver.eta
+    return PolicyDocument(policy, SolverSpec(solver.name, eta, solver.nfe))

@@ -111,7 +111,7 @@ class Step:
         a_s = self.a_s.index_select(0, which)
         x_sub = x_s.index_select(0, which)
         x0_sub, eps_sub = predict_x0(x_sub, self.evaluate(x_sub, self.t_s.index_select(0, which), which), a_s, self.clamp)
-        return x_s.index_copy(0, which, x0_sub), self.eps.index_copy(0, which, eps_sub)
+        return x_s.index_copy(0, which, x0_sub.to(x_s.dtype)), self.eps.index_copy(0, which, eps_sub.to(self.eps.dtype))
 
 
 class Solver:

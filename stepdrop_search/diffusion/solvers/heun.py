@@ -25,7 +25,7 @@ class Heun(Solver):
         return not (index == 0 and budget is not None and budget % 2 == 0)
 
     def step(self, s: Step, state: State) -> tuple[Tensor, State]:
-        predicted = ddim_step(s.x, s.x0, s.eps, s.a_t, s.a_s, None, 0.0)
+        predicted = ddim_step(s.x, s.x0, s.eps, s.a_t, s.a_s, None, 0.0).to(s.x.dtype)  # per-sample ᾱ are float64
         if s.last or not self.corrects(s.index):
             return predicted, state
         _, eps_next = s.evaluate_at_targets(predicted)
