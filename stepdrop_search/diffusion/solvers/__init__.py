@@ -5,7 +5,7 @@ its import below: the sampler loop, the CLI's ``--solver``, ``evaluate --baselin
 all go through the registry.
 """
 
-from stepdrop_search.diffusion.solvers import dpmpp, first_order, heun  # noqa: F401  (registers the solvers)
+from stepdrop_search.diffusion.solvers import dpmpp, first_order, heun, ipndm, unipc  # noqa: F401  (registers the solvers)
 from stepdrop_search.diffusion.solvers.base import (
     SOLVERS,
     Solver,
