@@ -160,7 +160,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        temb = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))  # float64 reference checks
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:

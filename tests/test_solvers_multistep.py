@@ -3,6 +3,7 @@ under stochastic plans; the CLI spends exactly the NFE asked for."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -24,11 +25,16 @@ def tiny(tiny_checkpoint):
     return load_model(tiny_checkpoint)
 
 
+@pytest.fixture(scope="module")
+def tiny64(tiny):
+    """The same model in float64: its unclamped x̂0 reach a few hundred, where float32 alone resolves ~3e-5, so the
+    reference checks run in double precision and then hold to 1e-4 absolute (a wrong coefficient moves these
+    samples by 0.1–1, see the UniPC test)."""
+    return dataclasses.replace(tiny, model=copy.deepcopy(tiny.model).double())
+
+
 def close(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
-    """The interop tests' tolerance. Unclamped x̂0 of a briefly trained model reach a few hundred, where float32
-    itself resolves ~3e-5, so a purely absolute 1e-4 would compare rounding, not formulas; a wrong coefficient
-    moves these samples by 0.1–1 (see the UniPC test)."""
-    return torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    return bool((ours - theirs).abs().max() <= 1e-4)
 
 
 def ipndm_reference(model: torch.nn.Module, abar: torch.Tensor, steps: list[int], x_T: torch.Tensor) -> torch.Tensor:
@@ -40,7 +46,7 @@ def ipndm_reference(model: torch.nn.Module, abar: torch.Tensor, steps: list[int]
 
     def denoised(x: torch.Tensor, i: int) -> torch.Tensor:
         c_in = 1 / (t_steps[i] ** 2 + 1).sqrt()
-        eps = model((x * c_in).float(), torch.full((x.shape[0],), steps[i])).double()
+        eps = model((x * c_in).to(next(model.parameters()).dtype), torch.full((x.shape[0],), steps[i])).double()
         return x - t_steps[i] * eps
 
     max_order = 4
@@ -68,9 +74,10 @@ def ipndm_reference(model: torch.nn.Module, abar: torch.Tensor, steps: list[int]
     return denoised(x_next, len(steps) - 1).float()
 
 
-def test_our_ipndm_equals_diff_samplers_ipndm_in_its_own_variables(tiny):
+def test_our_ipndm_equals_diff_samplers_ipndm_in_its_own_variables(tiny64):
     """On an uneven grid long enough to run the warm start (orders 1, 2, 3) and order 4."""
     steps = (999, 870, 730, 600, 470, 350, 240, 150, 80, 30)
+    tiny = tiny64
     policy = Explicit(steps=steps, schedule=tiny.schedule)
     ours = generate(tiny.model, tiny.schedule, policy, SolverSpec("ipndm"), n=4, seed=5, clamp=False)
     x_T = initial_noise(4, (tiny.config.in_channels, tiny.config.image_size, tiny.config.image_size), 5)
@@ -81,10 +88,11 @@ def test_our_ipndm_equals_diff_samplers_ipndm_in_its_own_variables(tiny):
 
 
 @pytest.mark.parametrize("spacing", ["trailing", "linspace", "leading"])
-def test_our_unipc_equals_diffusers_unipc_multistep_scheduler_on_its_timesteps(tiny, spacing):
+def test_our_unipc_equals_diffusers_unipc_multistep_scheduler_on_its_timesteps(tiny64, spacing):
     """diffusers' UniPCMultistepScheduler (its defaults, checked below) takes no custom timesteps: it picks them for
     8 steps with its spacing, and our sampler runs those same integer timesteps as an explicit policy."""
     pytest.importorskip("diffusers")
+    tiny = tiny64
     from stepdrop_search.interop import diffusers_sample, make_scheduler, scheduler_config_from_schedule
 
     config = scheduler_config_from_schedule(tiny.schedule) | {"timestep_spacing": spacing}
