@@ -412,6 +412,8 @@ def optimize(
     multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set")] = False,
     nfe_range: Annotated[str | None, typer.Option(help="LO,HI for --multi-objective")] = None,
     dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches")] = 100,
+    dp_spacing: Annotated[str, typer.Option(help="DP teacher grid: uniform (integer steps), karras (ρ = 7 in σ, as GITS) "
+                                            "or logsnr (real-valued t)")] = "uniform",
     dp_samples: Annotated[int, typer.Option(help="teacher trajectories for the DP searches")] = 64,
     gits_cost: Annotated[str, typer.Option(help="dev, l1 or l2")] = "dev",
     gits_gamma: float = 1.15,
@@ -433,7 +435,7 @@ def optimize(
                          residual_weight=residual_weight, teacher=teacher, trials=trials, timeout=timeout,
                          budget=budget or None,
                          sampler=sampler_name, study=study, storage=storage, n_jobs=n_jobs, free_boundary=free_boundary,
-                         search_eta=search_eta, dp_grid=dp_grid, dp_samples=dp_samples, gits_cost=gits_cost,
+                         search_eta=search_eta, dp_grid=dp_grid, dp_spacing=dp_spacing, dp_samples=dp_samples, gits_cost=gits_cost,
                          gits_gamma=gits_gamma, multi_objective=multi_objective, nfe_range=span,
                          out=str(out) if out else None, command=command_line())
     start = time.perf_counter()

@@ -26,14 +26,16 @@ from dataclasses import dataclass
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
-from stepdrop_search.diffusion.sampler import sample
+from stepdrop_search.diffusion.sampler import Plan, sample
+from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import ddim_step, predict_x0
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.policies.base import distinct_decreasing
-from stepdrop_search.policies.kinds import Uniform
+from stepdrop_search.policies.kinds import uniform_steps
 
 COSTS = ("dev", "l1", "l2")
+GRID_SPACINGS = ("uniform", "karras", "logsnr")
 
 
 @dataclass
@@ -53,17 +55,40 @@ class DPResult:
     per_sample: torch.Tensor | None = None  # OSS: (B, K) per-sample schedules before aggregation
 
 
-def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = 100, n: int = 64, seed: int = 0) -> TeacherTrajectory:
-    """DDIM η = 0 on a uniform ``grid_size``-step grid from the x_T of ``seed``, for every solver (module docstring)."""
-    if not 2 <= grid_size <= loaded.schedule.T:
-        raise UserError(f"teacher grid size must be in 2..{loaded.schedule.T}")
+def teacher_grid(schedule: NoiseSchedule, size: int, spacing: str = "uniform", rho: float = 7.0) -> torch.Tensor:
+    """The DP's candidate timesteps, noise to data: ``uniform`` — DDIM's trailing integer steps (on {T−1 − k·T/N});
+    ``karras`` — real t at σ̃ = σ/α spaced ρ = 7 from σ̃(T−1) to σ̃(0), as GITS's teacher (61 points there), which
+    puts many nodes below t = 9 where uniform grids have none; ``logsnr`` — real t uniform in λ."""
+    if spacing not in GRID_SPACINGS:
+        raise UserError(f"unknown DP grid spacing {spacing!r}; choose one of {', '.join(GRID_SPACINGS)}")
+    limit = schedule.T if spacing == "uniform" else 10 * schedule.T  # real-valued grids may be finer than T
+    if not 2 <= size <= limit:
+        raise UserError(f"teacher grid size must be in 2..{limit} for the {spacing} spacing")
+    if spacing == "uniform":
+        return uniform_steps(schedule.T, size, "trailing")
+    ramp = torch.linspace(0, 1, size, dtype=torch.float64)
+    lam_max, lam_min = schedule.log_snr[0] / 2, schedule.log_snr[-1] / 2  # λ = log(α/σ) = −log σ̃
+    if spacing == "karras":
+        hi, lo = torch.exp(-lam_min) ** (1 / rho), torch.exp(-lam_max) ** (1 / rho)
+        lam = -torch.log((hi + ramp * (lo - hi)) ** rho)
+    else:
+        lam = lam_min + ramp * (lam_max - lam_min)
+    t = schedule.timestep_at_log_snr(2 * lam)
+    t[0], t[-1] = schedule.T - 1, 0.0  # exact ends (the interpolation's round trip is off by ~1e-13)
+    return t
+
+
+def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = 100, n: int = 64, seed: int = 0,
+                       spacing: str = "uniform") -> TeacherTrajectory:
+    """DDIM η = 0 on a ``grid_size``-node grid (:func:`teacher_grid`) from the x_T of ``seed``, for every solver
+    (module docstring)."""
+    grid = teacher_grid(loaded.schedule, grid_size, spacing)
     device = next(loaded.model.parameters()).device
     cfg = loaded.config
-    policy = Uniform(nfe=grid_size, schedule=loaded.schedule)
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed).to(device)
-    run = sample(loaded.model, loaded.schedule, x_T, policy.plan(n, solver="ddim"), eta=0.0, trajectory=True)
-    abar = loaded.schedule.alphas_cumprod.to(device)
-    alphas = torch.cat([abar[run.grid.to(device)], torch.ones(1, device=device, dtype=abar.dtype)])
+    run = sample(loaded.model, loaded.schedule, x_T, Plan(grid, ("ddim",) * len(grid)), eta=0.0, trajectory=True)
+    abar = loaded.schedule.alphas_cumprod_at(grid).to(device)
+    alphas = torch.cat([abar, torch.ones(1, device=device, dtype=abar.dtype)])
     return TeacherTrajectory(run.grid, torch.cat([run.trajectory, run.x0[None]]), run.denoised, alphas, grid_size * n)
 
 
@@ -165,5 +190,14 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, batc
         node = parents[level].gather(0, node[None]).squeeze(0)
         paths[:, level] = node
     per_sample = traj.grid[paths]  # (B, K) timesteps
-    steps = distinct_decreasing(per_sample.double().median(dim=0).values, loaded.schedule.T)
+    if traj.grid.is_floating_point():  # a real-valued grid: the median node of each level, kept on the grid
+        nodes = paths.median(dim=0).values.tolist()
+        for k in range(1, nfe):  # distinct, increasing node indices (medians of neighbouring levels can tie)
+            nodes[k] = max(nodes[k], nodes[k - 1] + 1)
+        nodes[-1] = min(nodes[-1], N - 1)
+        for k in range(nfe - 2, -1, -1):
+            nodes[k] = min(nodes[k], nodes[k + 1] - 1)
+        steps = traj.grid[nodes]
+    else:
+        steps = distinct_decreasing(per_sample.double().median(dim=0).values, loaded.schedule.T)
     return DPResult(steps, float(best[N].mean()), spent, per_sample)

@@ -29,7 +29,7 @@ from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument, save_policy
 from stepdrop_search.policies.io import provenance
 from stepdrop_search.policies.kinds import Explicit, Importance, Uniform
-from stepdrop_search.search.dp import gits_schedule, oss_schedule, teacher_trajectory
+from stepdrop_search.search.dp import GRID_SPACINGS, gits_schedule, oss_schedule, teacher_trajectory
 from stepdrop_search.search.space import SEARCHABLE, steps_to_params, suggest_document
 from stepdrop_search.search.study import check_resumable, make_storage, open_study, shown
 
@@ -63,6 +63,7 @@ class OptimizeConfig:
     prune_samples: int = 32
     dp_grid: int = 100
     dp_samples: int = 64
+    dp_spacing: str = "uniform"
     gits_cost: str = "dev"
     gits_gamma: float = 1.15
     multi_objective: bool = False
@@ -86,6 +87,8 @@ class OptimizeConfig:
         if self.method in ("dp-gits", "dp-oss", "all") and self.kind != "explicit":
             raise UserError("DP methods produce explicit schedules; use --method optuna to search another --kind")
         SolverSpec(self.solver)
+        if self.dp_spacing not in GRID_SPACINGS:
+            raise UserError(f"unknown --dp-spacing {self.dp_spacing!r}; choose one of {', '.join(GRID_SPACINGS)}")
         if self.search_eta and self.solver not in eta_solvers():
             raise UserError(f"--search-eta searches η, which only {', '.join(eta_solvers())} has; drop it or use --solver ddim")
         Teacher.parse(self.teacher)
@@ -166,8 +169,8 @@ def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> lis
     out = []
     if cfg.method not in ("dp-gits", "dp-oss", "all"):
         return out
-    log(f"DP: teacher trajectories on a {cfg.dp_grid}-step grid for {cfg.dp_samples} samples")
-    traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed)
+    log(f"DP: teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
+    traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed, spacing=cfg.dp_spacing)
     solver, steps = spec_for_nfe(cfg.solver, cfg.nfe)
     if cfg.method in ("dp-gits", "all"):
         res = gits_schedule(traj, steps, cost=cfg.gits_cost, gamma=cfg.gits_gamma)

@@ -1,0 +1,51 @@
+"""DP teacher grids beyond DDIM's integer steps: Karras (ρ = 7 in σ, GITS's teacher) and uniform in log-SNR,
+real-valued, with any node count, reaching below t = 9."""
+
+import pytest
+import torch
+
+from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.errors import UserError
+from stepdrop_search.loading import load_model
+from stepdrop_search.search.dp import gits_schedule, oss_schedule, teacher_grid, teacher_trajectory
+
+
+@pytest.mark.parametrize("spacing", ["karras", "logsnr"])
+@pytest.mark.parametrize("size", [2, 21, 61, 150])
+def test_real_valued_grids_run_from_the_noise_end_to_t_zero_and_follow_their_spacing(spacing, size):
+    schedule = NoiseSchedule()
+    grid = teacher_grid(schedule, size, spacing)
+    assert grid.dtype == torch.float64 and len(grid) == size
+    assert grid[0] == schedule.T - 1 and grid[-1] == 0 and bool((grid[1:] < grid[:-1]).all())
+    lam = schedule.alphas_cumprod_at(grid).log() - torch.log1p(-schedule.alphas_cumprod_at(grid))  # log-SNR
+    sigma = torch.exp(-lam / 2)
+    if spacing == "logsnr":
+        assert torch.allclose(lam.diff(), lam.diff()[0].expand(size - 1), rtol=1e-6)
+    else:
+        root = sigma ** (1 / 7)
+        assert torch.allclose(root.diff(), root.diff()[0].expand(size - 1), rtol=1e-6)
+    if size >= 21:
+        assert int((grid < 9).sum()) >= 2  # the uniform integer grid of 100 nodes has none below t = 9
+
+
+def test_uniform_grid_is_todays_integer_trailing_grid():
+    grid = teacher_grid(NoiseSchedule(), 100, "uniform")
+    assert grid.dtype == torch.long and grid.tolist() == [999 - 10 * k for k in range(100)]
+
+
+def test_unknown_spacing_and_bad_sizes_are_refused():
+    with pytest.raises(UserError, match="spacing"):
+        teacher_grid(NoiseSchedule(), 10, "cosine")
+    with pytest.raises(UserError, match="2..1000"):
+        teacher_grid(NoiseSchedule(), 1001, "uniform")
+
+
+@pytest.mark.parametrize("spacing", ["karras", "logsnr"])
+def test_dps_on_a_karras_teacher_return_real_timesteps_from_the_grid(tiny_checkpoint, spacing):
+    loaded = load_model(tiny_checkpoint)
+    traj = teacher_trajectory(loaded, grid_size=25, n=4, spacing=spacing)
+    assert traj.grid.dtype == torch.float64 and torch.isfinite(traj.states).all()
+    for result in (gits_schedule(traj, 5), oss_schedule(loaded, traj, 5)):
+        steps = result.steps
+        assert len(steps) == 5 and bool((steps[1:] < steps[:-1]).all())
+        assert set(steps.tolist()) <= set(traj.grid.tolist())
