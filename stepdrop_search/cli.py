@@ -202,7 +202,9 @@ def solver_spec(name: str, eta: float | None, nfe: int | None = None):
 PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
 NfeOption = Annotated[int | None, typer.Option(help="target NFE (expected NFE for stochastic kinds)")]
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="kind parameter key=value (repeatable)")]
-SolverOption = Annotated[str | None, typer.Option(help="ddim, ddpm (ancestral) or dpmpp-2m (default: the file's, else ddim)")]
+#: The solver names for help texts (the registry in diffusion.solvers is the truth; a test keeps the two equal).
+SOLVER_NAMES = "ddim, ddpm, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, ipndm, unipc, heun"
+SolverOption = Annotated[str | None, typer.Option(help=f"{SOLVER_NAMES} (default: the file's, else ddim)")]
 EtaOption = Annotated[float | None, typer.Option(help="DDIM η in [0, 1] (0 = deterministic); refused for solvers without η")]
 ModelOption = Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")]
 
@@ -346,7 +348,8 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 @user_errors_exit_2
 def evaluate(
     policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file to evaluate (repeatable)")] = None,
-    baselines: Annotated[str, typer.Option(help="comma-separated: ddim, ddpm, dpmpp-2m (uniform steps) or any policy kind")] = "",
+    baselines: Annotated[str, typer.Option(help=f"comma-separated: a solver on uniform steps ({SOLVER_NAMES}) or any "
+                                           "policy kind (with DDIM)")] = "",
     nfe: Annotated[str, typer.Option(help="comma-separated NFE values for the baselines")] = "10,25,50",
     suite: Annotated[str | None, typer.Option(help="'stepdrop': StepDrop's Tables 1-3; 'peers': every peer schedule at each --nfe")] = None,
     solvers: Annotated[str | None, typer.Option(help="also run each --policy with these solvers (schedule transfer)")] = None,
@@ -395,7 +398,7 @@ def optimize(
     nfe: Annotated[int, typer.Option(help="NFE of the schedule to find")] = 25,
     method: Annotated[str, typer.Option(help="dp-gits, dp-oss, optuna or all")] = "all",
     kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)")] = "explicit",
-    solver: Annotated[str, typer.Option(help="ddim, ddpm or dpmpp-2m")] = "ddim",
+    solver: Annotated[str, typer.Option(help=SOLVER_NAMES)] = "ddim",
     trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count)")] = 30,
     budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher and export included (0: no limit)")] = 900.0,
     timeout: Annotated[float | None, typer.Option(help="seconds each worker may search (within --budget)")] = None,

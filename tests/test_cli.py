@@ -122,3 +122,10 @@ def test_every_command_that_runs_a_network_takes_device(command, tmp_path, monke
     result = runner.invoke(app, [*command, "--device", "tpu"])
     assert result.exit_code == 2 and "unknown device 'tpu'" in result.output, result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_help_texts_name_every_registered_solver():
+    from stepdrop_search.cli import SOLVER_NAMES
+    from stepdrop_search.diffusion.solvers import SOLVERS
+
+    assert sorted(SOLVER_NAMES.split(", ")) == sorted(SOLVERS)
