@@ -177,30 +177,29 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
             raise UserError(f"{spec} has nfe {doc.policy.nfe}; drop --nfe or export a new policy")
         if params:
             raise UserError("--param applies to a policy KIND, not to a policy file")
-        if solver is None and eta is None:
+        if eta is None and solver in (None, doc.solver.name):  # the file's η belongs to the file's solver only
             return doc
-        name = solver or doc.solver.name
-        if eta is None and name == doc.solver.name:  # the file's η belongs to the file's solver only
-            eta = doc.solver.eta or None
-        return PolicyDocument(doc.policy, solver_spec(name, eta), doc.provenance)
+        return PolicyDocument(doc.policy, solver_spec(solver or doc.solver.name, eta), doc.provenance)
     policy = policy_class(spec).from_params(parse_params(params), nfe=nfe, schedule=loaded.schedule)
     return PolicyDocument(policy, solver_spec(solver or "ddim", eta))
 
 
 def solver_spec(name: str, eta: float | None):
-    """--solver/--eta as a SolverSpec; an --eta given to a solver without η is refused, not ignored."""
+    """--solver/--eta as a SolverSpec; an --eta given to a solver without η is refused, not ignored, and no --eta
+    means the solver's own default η (0 for ddim, 1 for dpmpp-2m-sde)."""
     from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers
 
     if eta is not None and name not in eta_solvers():
         raise UserError(f"--eta applies to {', '.join(eta_solvers())} only; solver {name} has no η (drop --eta)")
-    return SolverSpec(name, eta or 0.0)
+    return SolverSpec(name, eta)
 
 
 PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
 NfeOption = Annotated[int | None, typer.Option(help="target NFE (expected NFE for stochastic kinds)")]
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="kind parameter key=value (repeatable)")]
 SolverOption = Annotated[str | None, typer.Option(help="ddim, ddpm (ancestral) or dpmpp-2m (default: the file's, else ddim)")]
-EtaOption = Annotated[float | None, typer.Option(help="DDIM η in [0, 1] (0 = deterministic); refused for solvers without η")]
+EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1] (0 = deterministic; default 0 for ddim, 1 for "
+                                                  "dpmpp-2m-sde); refused for solvers without η")]
 ModelOption = Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")]
 
 

@@ -13,7 +13,7 @@ import optuna
 import torch
 
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.diffusion.solvers import SolverSpec, solver_class
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.policies.base import distinct_decreasing
@@ -88,5 +88,5 @@ def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSc
                      base_steps=trial.suggest_int("base_steps", nfe + 6, min(T, 4 * nfe + 6)), schedule=schedule)
     else:
         raise UserError(f"policy kind {kind!r} has nothing to search; choose one of {', '.join(SEARCHABLE)}")
-    eta = trial.suggest_float("eta", 0.0, 1.0) if search_eta and solver == "ddim" else 0.0
+    eta = trial.suggest_float("eta", 0.0, 1.0) if search_eta and solver_class(solver).has_eta else None
     return PolicyDocument(policy, SolverSpec(solver, eta))
