@@ -177,12 +177,9 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
             raise UserError(f"{spec} has nfe {doc.policy.nfe}; drop --nfe or export a new policy")
         if params:
             raise UserError("--param applies to a policy KIND, not to a policy file")
-        if solver is None and eta is None:
+        if eta is None and solver in (None, doc.solver.name):  # the file's η belongs to the file's solver only
             return doc
-        name = solver or doc.solver.name
-        if eta is None and name == doc.solver.name:  # the file's η belongs to the file's solver only
-            eta = doc.solver.eta or None
-        return PolicyDocument(doc.policy, solver_spec(name, eta), doc.provenance)
+        return PolicyDocument(doc.policy, solver_spec(solver or doc.solver.name, eta), doc.provenance)
     run_solver = solver_spec(solver or "ddim", eta, nfe)
     steps = run_solver.solver.steps_for_nfe(nfe) if nfe is not None else None  # --nfe counts evaluations, not steps
     policy = policy_class(spec).from_params(parse_params(params), nfe=steps, schedule=loaded.schedule)
@@ -191,12 +188,13 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
 
 def solver_spec(name: str, eta: float | None, nfe: int | None = None):
     """--solver/--eta as a SolverSpec (with the NFE budget for solvers whose evaluations per step vary); an --eta
-    given to a solver without η is refused, not ignored."""
+    given to a solver without η is refused, not ignored, and no --eta means the solver's own default η (0 for
+    ddim, 1 for dpmpp-2m-sde)."""
     from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
 
     if eta is not None and name not in eta_solvers():
         raise UserError(f"--eta applies to {', '.join(eta_solvers())} only; solver {name} has no η (drop --eta)")
-    return spec_for_nfe(name, nfe, eta or 0.0)[0] if nfe is not None else SolverSpec(name, eta or 0.0)
+    return spec_for_nfe(name, nfe, eta)[0] if nfe is not None else SolverSpec(name, eta)
 
 
 PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
@@ -205,7 +203,8 @@ ParamOption = Annotated[list[str] | None, typer.Option("--param", help="kind par
 #: The solver names for help texts (the registry in diffusion.solvers is the truth; a test keeps the two equal).
 SOLVER_NAMES = "ddim, ddpm, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, ipndm, unipc, heun"
 SolverOption = Annotated[str | None, typer.Option(help=f"{SOLVER_NAMES} (default: the file's, else ddim)")]
-EtaOption = Annotated[float | None, typer.Option(help="DDIM η in [0, 1] (0 = deterministic); refused for solvers without η")]
+EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1] (0 = deterministic; default 0 for ddim, 1 for "
+                                                  "dpmpp-2m-sde); refused for solvers without η")]
 ModelOption = Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")]
 
 

@@ -72,7 +72,7 @@ class PolicyDocument:
         if not isinstance(solver_doc, dict) or not isinstance(solver_doc.get("name"), str) \
                 or not isinstance(solver_doc.get("eta", 0.0), (int, float)):
             raise UserError(f"{source}: solver must be an object like {{\"name\": \"ddim\", \"eta\": 0.0}}")
-        solver = SolverSpec(solver_doc["name"], float(solver_doc.get("eta", 0.0)))
+        solver = SolverSpec(solver_doc["name"], float(solver_doc["eta"]) if "eta" in solver_doc else None)
         provenance = doc.get("provenance", {})
         if not isinstance(provenance, dict):
             raise UserError(f"{source}: provenance must be a JSON object")

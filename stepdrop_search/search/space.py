@@ -88,5 +88,5 @@ def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSc
                      base_steps=trial.suggest_int("base_steps", nfe + 6, min(T, 4 * nfe + 6)), schedule=schedule)
     else:
         raise UserError(f"policy kind {kind!r} has nothing to search; choose one of {', '.join(SEARCHABLE)}")
-    eta = trial.suggest_float("eta", 0.0, 1.0) if search_eta and solver.solver.has_eta else solver.eta
+    eta = trial.suggest_float("eta", 0.0, 1.0) if search_eta and solver.solver.has_eta else solver.eta  # else its default
     return PolicyDocument(policy, SolverSpec(solver.name, eta, solver.nfe))

@@ -121,6 +121,8 @@ class Solver:
     name: ClassVar[str] = ""
     #: whether the solver has a stochasticity knob η (it is refused for the others)
     has_eta: ClassVar[bool] = False
+    #: η when none is given: what a user asking for the solver by name expects (DDIM: 0; an SDE solver: 1)
+    default_eta: ClassVar[float] = 0.0
     #: whether its evaluations per grid step vary (then ``SolverSpec.nfe`` may set a run's budget)
     variable_cost: ClassVar[bool] = False
 
@@ -154,15 +156,18 @@ def no_history(batch: int, device: torch.device) -> Tensor:
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """Which solver a sampler uses, its stochasticity η (for solvers that have one), and — for solvers whose
-    evaluations per step vary (Heun) — the NFE budget of a run, which decides where it saves an evaluation."""
+    """Which solver a sampler uses, its stochasticity η (for solvers that have one; None: the solver's
+    ``default_eta``), and — for solvers whose evaluations per step vary (Heun) — the NFE budget of a run, which
+    decides where it saves an evaluation."""
 
     name: str = "ddim"
-    eta: float = 0.0
+    eta: float | None = None
     nfe: int | None = None
 
     def __post_init__(self) -> None:
         cls = solver_class(self.name)
+        if self.eta is None:
+            object.__setattr__(self, "eta", cls.default_eta)
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"eta must be in [0, 1], got {self.eta}")
         if self.eta and not cls.has_eta:
@@ -180,7 +185,7 @@ class SolverSpec:
         return {"name": self.name, "eta": self.eta} | ({"nfe": self.nfe} if self.nfe is not None else {})
 
 
-def spec_for_nfe(name: str, nfe: int, eta: float = 0.0) -> tuple[SolverSpec, int]:
+def spec_for_nfe(name: str, nfe: int, eta: float | None = None) -> tuple[SolverSpec, int]:
     """(solver spec, grid size) for a run of ``name`` that spends exactly ``nfe`` network evaluations."""
     cls = solver_class(name)
     spec = SolverSpec(name, eta, nfe if cls.variable_cost else None)
