@@ -300,18 +300,22 @@ def policy_show(
 def policy_export(
     policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
     out: Annotated[Path | None, typer.Option(help="file to write (required for --format json)")] = None,
-    format: Annotated[str, typer.Option(help="json (our policy file) or diffusers (timesteps for set_timesteps)")] = "json",
+    format: Annotated[str, typer.Option(help="json (our policy file), diffusers (timesteps for set_timesteps) or "
+                                           "sigmas (k-diffusion σ list with a trailing 0)")] = "json",
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Write a policy file for the model's noise schedule (atomically), or its timesteps for diffusers."""
+    """Write a policy file for the model's noise schedule (atomically), its timesteps for diffusers or its σ list."""
     from stepdrop_search.policies import save_policy
 
-    if format not in ("json", "diffusers"):
-        raise UserError(f"unknown --format {format!r}; choose json or diffusers")
+    if format not in ("json", "diffusers", "sigmas"):
+        raise UserError(f"unknown --format {format!r}; choose json, diffusers or sigmas")
     doc, loaded = _policy_document(policy, nfe, param, solver, eta, model)
     if format == "diffusers":
         _export_diffusers(doc, out)
+        return
+    if format == "sigmas":
+        _export_sigmas(doc, out)
         return
     if out is None:
         raise UserError("--format json needs --out FILE")
@@ -329,6 +333,25 @@ def _export_diffusers(doc, out: Path | None) -> None:
               for cls, ok in payload["accepts_custom_timesteps"].items()]
     if out is not None:
         write_json(out, payload)
+        lines.append(f"# wrote {out}")
+    console.print("\n".join(lines), markup=False, highlight=False)
+
+
+def _export_sigmas(doc, out: Path | None) -> None:
+    """Print (and with --out write as JSON) the σ list, in positional notation: ComfyUI's ManualSigmas reads no
+    exponents, and the shortest round-trip digits give back the same steps through ``--policy sigmas``."""
+    import numpy as np
+
+    from stepdrop_search.files import write_json
+
+    sigmas = doc.policy.to_sigmas().tolist()
+    text = "[" + ", ".join(np.format_float_positional(v, trim="-") for v in sigmas) + "]"
+    lines = [f"sigmas = {text}",
+             "# k-diffusion: sample_*(model, noise * sigmas[0], torch.tensor(sigmas)); diffusers: "
+             "EulerDiscreteScheduler.set_timesteps(sigmas=sigmas); back: --policy sigmas --param 'sigmas=[…]'"]
+    if out is not None:
+        write_json(out, {"sigmas": sigmas, "timesteps": doc.policy.timesteps().tolist(),
+                         "noise_schedule": doc.policy.schedule.to_dict(), "noise_schedule_hash": doc.policy.schedule.hash})
         lines.append(f"# wrote {out}")
     console.print("\n".join(lines), markup=False, highlight=False)
 

@@ -149,12 +149,18 @@ def load_diffusers_model(directory: str | Path, device: str | torch.device = "cp
 
 
 def diffusers_timesteps(document: PolicyDocument) -> list[int]:
-    """The policy's steps in the form ``scheduler.set_timesteps(timesteps=[…])`` takes (descending ints)."""
+    """The policy's steps in the form ``scheduler.set_timesteps(timesteps=[…])`` takes (descending ints).
+
+    A continuous-time policy is refused rather than rounded: rounding moves every step and merges the close ones
+    near t = 0 that such a schedule exists for. Its σ list (``--format sigmas``) carries it to diffusers exactly,
+    through ``EulerDiscreteScheduler.set_timesteps(sigmas=…)``."""
     policy = document.policy
-    if not policy.static:
-        raise UserError(f"policy kind {policy.kind!r} draws its steps per sample; diffusers takes one fixed list. "
-                        "Export a static policy (explicit, uniform, karras, importance, …) instead")
-    return [int(t) for t in policy.timesteps().tolist()]
+    steps = policy.fixed_timesteps("diffusers")
+    if steps.is_floating_point():
+        raise UserError(f"this {policy.kind} policy has real (continuous-time) timesteps and diffusers' "
+                        "set_timesteps(timesteps=…) takes integers; export it with --format sigmas for "
+                        "EulerDiscreteScheduler.set_timesteps(sigmas=…), or build it with continuous=false")
+    return [int(t) for t in steps.tolist()]
 
 
 def diffusers_export(document: PolicyDocument) -> dict:

@@ -21,6 +21,7 @@ from stepdrop_search.policies.kinds import (
     Karras,
     LogSNR,
     Quadratic,
+    Sigmas,
     SkippedStep,
     StepDrop,
     Uniform,
@@ -32,6 +33,8 @@ runner = CliRunner()
 def build(kind: str, nfe: int):
     if kind == "explicit":
         return Explicit(steps=tuple(Uniform(nfe=nfe, spacing="linspace").timesteps().tolist()))
+    if kind == "sigmas":
+        return Sigmas(sigmas=tuple(Karras(nfe=nfe, continuous=True).to_sigmas().tolist()))
     return POLICIES[kind](nfe=nfe)
 
 
@@ -188,7 +191,12 @@ BAD_FILES = [
     ("bad type", lambda d: d["params"].__setitem__("spacing", 3), "'spacing' must be a string"),
     ("bad nfe type", set_key("nfe", "5"), "nfe must be an integer"),
     ("unknown param", lambda d: d["params"].__setitem__("rho", 7), "unknown parameter(s) rho"),
-    ("schema", set_key("schema", 2), "schema 2 is not supported"),
+    ("schema", set_key("schema", 3), "schema 3 is not supported (this version reads schemas 1 and 2)"),
+    ("schema true", set_key("schema", True), "schema True is not supported"),
+    ("real timesteps in schema 1", lambda d: d.update(schema=1, kind="explicit", params={}, timesteps=[999, 500.5, 300, 100, 0]),
+     "schema 1 timesteps are integers"),
+    ("real timestep out of range", set_key("timesteps", [999.5, 500, 300, 100, 0]), "outside [0, 999]"),
+    ("text timesteps", set_key("timesteps", ["999", 500, 300, 100, 0]), "timesteps must be numbers"),
     ("missing field", lambda d: d.pop("solver"), "missing field(s) solver"),
     ("bad solver", set_key("solver", {"name": "euler"}), "unknown solver 'euler'"),
 ]
@@ -260,20 +268,30 @@ def _importance_params(T: int) -> list[dict]:
 def _explicit_params(T: int, nfe: int) -> list[dict]:
     gen = torch.Generator().manual_seed(T * 7919 + nfe)
     random_subset = sorted(torch.randperm(T, generator=gen)[:nfe].tolist(), reverse=True)
-    return [dict(steps=tuple(random_subset)), dict(steps=tuple(range(T - 1, T - 1 - nfe, -1)))]
+    random_reals = sorted((torch.rand(nfe, generator=gen, dtype=torch.float64) * (T - 1)).tolist(), reverse=True)
+    return [dict(steps=tuple(random_subset)), dict(steps=tuple(range(T - 1, T - 1 - nfe, -1))), dict(steps=tuple(random_reals))]
 
 
-# Parameter spreads per static kind (given T and NFE); a new static kind without an entry fails the test.
+def _sigmas_params(schedule: NoiseSchedule, nfe: int) -> list[dict]:
+    """σ lists as exported from a continuous and an integer schedule, with and without the trailing 0."""
+    karras = Karras(nfe=nfe, continuous=True, schedule=schedule).to_sigmas().tolist()
+    uniform = Uniform(nfe=nfe, schedule=schedule).to_sigmas().tolist()
+    return [dict(sigmas=tuple(karras)), dict(sigmas=tuple(uniform[:-1]))]
+
+
+# Parameter spreads per static kind (given the schedule and NFE); a new static kind without an entry fails the test.
 SPREADS = {
-    "uniform": lambda T, nfe: [dict(spacing=s) for s in ("leading", "trailing", "linspace")],
-    "quadratic": lambda T, nfe: [{}],
-    "cosine": lambda T, nfe: [{}],
-    "logsnr": lambda T, nfe: [{}],
-    "karras": lambda T, nfe: [dict(rho=r) for r in (0.5, 1.0, 7.0, 30.0)],
-    "importance": lambda T, nfe: _importance_params(T),
-    "skipped-step": lambda T, nfe: _skipped_step_params(T),
-    "explicit": _explicit_params,
+    "uniform": lambda s, nfe: [dict(spacing=sp) for sp in ("leading", "trailing", "linspace")],
+    "quadratic": lambda s, nfe: [{}],
+    "cosine": lambda s, nfe: [{}],
+    "logsnr": lambda s, nfe: [dict(continuous=c) for c in (False, True)],
+    "karras": lambda s, nfe: [dict(rho=r, continuous=c) for r in (0.5, 1.0, 7.0, 30.0) for c in (False, True)],
+    "importance": lambda s, nfe: _importance_params(s.T),
+    "skipped-step": lambda s, nfe: _skipped_step_params(s.T),
+    "explicit": lambda s, nfe: _explicit_params(s.T, nfe),
+    "sigmas": _sigmas_params,
 }
+CONTINUOUS_KINDS = ("explicit", "sigmas")  # besides continuous=true: the kinds that may give real timesteps
 SPREAD_SCHEDULES = (NoiseSchedule(T=2), NoiseSchedule("cosine", 7), NoiseSchedule("linear", 50),
                     NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012), NoiseSchedule())
 
@@ -298,7 +316,7 @@ def test_every_static_policy_gives_distinct_decreasing_steps_and_reloads(kind, t
     for schedule in SPREAD_SCHEDULES:
         T = schedule.T
         for nfe in _nfes(T):
-            for params in SPREADS[kind](T, nfe):
+            for params in SPREADS[kind](schedule, nfe):
                 try:
                     policy = POLICIES[kind](nfe=nfe, schedule=schedule, **params)
                 except UserError as exc:  # an impossible combination: refused in one line, never half-built
@@ -308,9 +326,11 @@ def test_every_static_policy_gives_distinct_decreasing_steps_and_reloads(kind, t
                 assert kind != "skipped-step" or _skipped_step_fits(T, nfe, **params)
                 steps = policy.timesteps()
                 where = f"{kind} T={T} nfe={nfe} {params}: {steps.tolist()}"
-                assert steps.dtype == torch.long and len(steps) == nfe, where
+                whole = bool((steps == steps.round()).all())
+                assert steps.dtype == (torch.long if whole else torch.float64) and len(steps) == nfe, where
+                assert whole or params.get("continuous") or kind in CONTINUOUS_KINDS, where
                 assert (steps[1:] < steps[:-1]).all(), where  # strictly decreasing, hence distinct
-                assert 0 <= steps.min() and steps.max() < T, where
+                assert 0 <= steps.min() and steps.max() <= T - 1, where
                 path = save_policy(tmp_path / "p.json", PolicyDocument(policy, SolverSpec("dpmpp-2m")))
                 back = load_policy(path, schedule).policy
                 assert back == policy and torch.equal(back.timesteps(), steps), where

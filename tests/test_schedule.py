@@ -102,3 +102,31 @@ def test_skip_alphas_cumprod_is_product_of_last_k_alphas():
 def test_invalid_schedules_raise_user_error(bad):
     with pytest.raises(UserError):
         NoiseSchedule(**bad)
+
+
+# ---- continuous time: ᾱ, λ and σ at real t ----
+
+CONTINUOUS_SCHEDULES = [NoiseSchedule(), NoiseSchedule("cosine"), NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012),
+                        NoiseSchedule("linear", 7)]
+
+
+@pytest.mark.parametrize("s", CONTINUOUS_SCHEDULES, ids=lambda s: f"{s.kind}-{s.T}")
+def test_alphas_cumprod_at_integers_is_the_table_and_monotone_in_between(s):
+    whole = torch.arange(s.T)
+    assert torch.equal(s.alphas_cumprod_at(whole), s.alphas_cumprod)  # integer t: the table itself, bit for bit
+    assert torch.equal(s.sigma_at(whole), s.sigmas)
+    assert torch.allclose(s.alphas_cumprod_at(whole.double()), s.alphas_cumprod, rtol=1e-12, atol=0)
+    fine = torch.linspace(0, s.T - 1, 20 * s.T + 1, dtype=torch.float64)
+    abar, sigma = s.alphas_cumprod_at(fine), s.sigma_at(fine)
+    assert (abar[1:] < abar[:-1]).all() and (sigma[1:] > sigma[:-1]).all()
+    assert torch.allclose(sigma**2, (1 - abar) / abar, rtol=1e-9)
+    # between two steps, λ is the straight line between theirs (log-SNR interpolation)
+    mid = s.log_snr_at(torch.arange(s.T - 1, dtype=torch.float64) + 0.25)
+    assert torch.allclose(mid, 0.75 * s.log_snr[:-1] + 0.25 * s.log_snr[1:], rtol=1e-12)
+
+
+@pytest.mark.parametrize("s", CONTINUOUS_SCHEDULES, ids=lambda s: f"{s.kind}-{s.T}")
+def test_timestep_at_sigma_inverts_sigma_at(s):
+    t = torch.linspace(0, s.T - 1, 97, dtype=torch.float64)
+    assert torch.allclose(s.timestep_at_sigma(s.sigma_at(t)), t, rtol=0, atol=1e-9)
+    assert torch.allclose(s.timestep_at_log_snr(s.log_snr_at(t)), t, rtol=0, atol=1e-9)

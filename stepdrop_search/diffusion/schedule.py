@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from stepdrop_search.errors import UserError
@@ -77,26 +78,42 @@ class NoiseSchedule:
         a = self.alphas_cumprod
         return torch.log(a) - torch.log1p(-a)
 
-    def alphas_cumprod_at(self, t: torch.Tensor) -> torch.Tensor:
-        """ᾱ at timesteps ``t`` (float64): indexed for integer t (exactly the discrete schedule), for real t in
-        [0, T−1] interpolated linearly in log-SNR between the neighbouring steps — the convention of k-diffusion's
-        ``t_to_sigma`` and diffusers' ``_sigma_to_t`` (linear in log σ), so continuous-time schedules agree with them."""
+    def log_snr_at(self, t: torch.Tensor) -> torch.Tensor:
+        """λ at timesteps ``t`` (float64): the table for integer t; for real t in [0, T−1], linear in λ between the
+        neighbouring steps — the convention of k-diffusion's ``t_to_sigma`` and diffusers' ``_sigma_to_t`` (linear
+        in log σ = −λ/2), so continuous-time schedules agree with them."""
         t = torch.as_tensor(t)
         if not t.is_floating_point():
-            return self.alphas_cumprod[t]
+            return self.log_snr[t]
         t = t.double().clamp(0, self.T - 1)
         low = t.floor().long().clamp(max=self.T - 2)
         weight = t - low
-        lam = (1 - weight) * self.log_snr[low] + weight * self.log_snr[low + 1]
-        return torch.sigmoid(lam)
+        return (1 - weight) * self.log_snr[low] + weight * self.log_snr[low + 1]
+
+    def alphas_cumprod_at(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ at timesteps ``t`` (float64): indexed for integer t (exactly the discrete schedule, so integer policies
+        sample as they always did), for real t the sigmoid of the interpolated λ (:meth:`log_snr_at`)."""
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            return self.alphas_cumprod[t]
+        return torch.sigmoid(self.log_snr_at(t))
+
+    def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
+        """σ = √((1 − ᾱ)/ᾱ) = e^{−λ/2} at timesteps ``t`` (the k-diffusion noise level), on the same interpolation."""
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            return self.sigmas[t]
+        return torch.exp(-self.log_snr_at(t) / 2)
 
     def timestep_at_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
-        """The real t whose interpolated log-SNR is ``lam`` (the inverse of :meth:`alphas_cumprod_at`)."""
-        import numpy as np
-
+        """The real t whose interpolated log-SNR is ``lam`` (the inverse of :meth:`log_snr_at`; clamped to [0, T−1])."""
         neg = (-self.log_snr).numpy()  # increasing in t
         return torch.from_numpy(np.interp((-torch.as_tensor(lam, dtype=torch.float64)).numpy(), neg,
                                           np.arange(self.T, dtype=np.float64)))
+
+    def timestep_at_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The real t of noise level σ > 0 (the inverse of :meth:`sigma_at`: λ = −2 log σ)."""
+        return self.timestep_at_log_snr(-2 * torch.as_tensor(sigma, dtype=torch.float64).log())
 
     def skip_alphas_cumprod(self, skip: int) -> torch.Tensor:
         """ᾱ_skip^t = Π_{s=t−skip+1..t} α_s (S2-DMs' α_skip), truncated at s = 0 for small t."""

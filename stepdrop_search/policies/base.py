@@ -1,6 +1,7 @@
 """The policy abstraction: a small immutable value (kind + parameters + noise schedule) and one registry.
 
-A static policy yields a strictly decreasing tensor of distinct timesteps; a stochastic or adaptive one
+A static policy yields a strictly decreasing tensor of distinct timesteps — integers (discrete time, long) or
+real numbers in [0, T−1] (continuous time, float64); a stochastic or adaptive one
 yields a per-batch :class:`~stepdrop_search.diffusion.sampler.Plan` whose decisions vary by sample.
 Every policy answers ``plan(batch, streams, solver)``, so the sampler never needs to know the kind.
 """
@@ -61,8 +62,22 @@ class Policy:
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name not in ("nfe", "schedule")}
 
     def timesteps(self) -> torch.Tensor:
-        """Static policies: (nfe,) long tensor, strictly decreasing, inside [0, T)."""
+        """Static policies: (nfe,) strictly decreasing inside [0, T−1]; long when every step is a whole number,
+        else float64 (see :func:`timestep_tensor`)."""
         raise NotImplementedError
+
+    def fixed_timesteps(self, target: str) -> torch.Tensor:
+        """:meth:`timesteps` for an export to ``target`` that takes one fixed list; one line for per-sample kinds."""
+        if not self.static:
+            raise UserError(f"policy kind {self.kind!r} draws its steps per sample; {target} needs one fixed list. "
+                            "Export a static policy (explicit, uniform, karras, importance, …) instead")
+        return self.timesteps()
+
+    def to_sigmas(self) -> torch.Tensor:
+        """The schedule as k-diffusion noise levels: descending σ = √((1 − ᾱ)/ᾱ) at each step, then a trailing 0
+        (k-diffusion's ``append_zero``: the last step jumps to x̂0, as ours does)."""
+        sigma = self.schedule.sigma_at(self.fixed_timesteps("the σ export"))
+        return torch.cat([sigma, sigma.new_zeros(1)])
 
     def expected_nfe(self) -> float:
         return float(self.nfe)
@@ -143,13 +158,36 @@ def distinct_decreasing(values: torch.Tensor, T: int) -> torch.Tensor:
     return torch.tensor(ascending[::-1], dtype=torch.long)
 
 
+#: A computed real t this close to a whole number is that integer step. Formulas and σ → t conversions land a few
+#: ulps off the integers they mean (Karras' (σ_max^{1/ρ})^ρ gives t = 998.9999999999999; σ exported from an integer t
+#: maps back within ~1e-10 of it): snapping keeps such ends exact and an exported integer schedule integer.
+WHOLE_STEP_TOLERANCE = 1e-6
+
+
+def snap_whole(t: torch.Tensor) -> torch.Tensor:
+    """Computed real timesteps with the ones within :data:`WHOLE_STEP_TOLERANCE` of an integer set to it."""
+    return torch.where((t - t.round()).abs() < WHOLE_STEP_TOLERANCE, t.round(), t)
+
+
+def timestep_tensor(values) -> torch.Tensor:
+    """Timesteps as a tensor: long when every value is a whole number — discrete time, the schedule's own table, bit
+    for bit what integer policies always gave, however the numbers were written (999 or 999.0) — else float64
+    (continuous time: ᾱ interpolated in log-SNR, the network given the real t)."""
+    steps = torch.as_tensor(values, dtype=torch.float64)
+    return steps.long() if bool((steps == steps.round()).all()) else steps
+
+
 def validate_timesteps(steps, T: int, where: str) -> torch.Tensor:
-    """The one validator for a static schedule: integers, inside [0, T), strictly decreasing, distinct."""
+    """The one validator for a static schedule: real numbers inside [0, T−1], strictly decreasing, distinct."""
     if not isinstance(steps, (list, tuple)) or not steps:
-        raise UserError(f"{where}: timesteps must be a non-empty list of integers")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in steps):
-        raise UserError(f"{where}: timesteps must be integers, got {[v for v in steps if not isinstance(v, int)][:3]}")
-    outside = [v for v in steps if not 0 <= v < T]
+        raise UserError(f"{where}: timesteps must be a non-empty list of numbers")
+    not_numbers = [v for v in steps if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if not_numbers:
+        raise UserError(f"{where}: timesteps must be numbers, got {not_numbers[:3]}")
+    not_finite = [v for v in steps if isinstance(v, float) and not math.isfinite(v)]  # ints are (and may exceed a float)
+    if not_finite:
+        raise UserError(f"{where}: timesteps must be finite, got {not_finite[:3]}")
+    outside = [v for v in steps if not 0 <= v <= T - 1]
     if outside:
         raise UserError(f"{where}: timesteps {outside[:5]} are outside [0, {T - 1}]")
     if len(set(steps)) != len(steps):
@@ -157,4 +195,4 @@ def validate_timesteps(steps, T: int, where: str) -> torch.Tensor:
         raise UserError(f"{where}: duplicate timesteps {dup[:5]}; every evaluated step must be distinct")
     if any(b >= a for a, b in zip(steps, steps[1:], strict=False)):
         raise UserError(f"{where}: timesteps must be strictly decreasing (from noise to data)")
-    return torch.tensor(steps, dtype=torch.long)
+    return timestep_tensor(steps)

@@ -1,8 +1,13 @@
-"""The versioned JSON policy file (``"schema": 1``) and its one validator.
+"""The versioned JSON policy file (``"schema": 2``) and its one validator.
 
 A document holds the policy (kind, params, nfe, noise schedule + hash, timesteps when static), the
 solver it was made for, and provenance (model hash, command, date, objective values…). Loading checks
 everything and turns each problem into one :class:`UserError` line; saving is atomic.
+
+Schema 2 lets timesteps be real numbers in [0, T−1] (continuous time; JSON integers stay discrete steps) and
+adds the ``continuous`` parameter of karras/logsnr and the ``sigmas`` kind. Saving always writes schema 2;
+schema-1 files (integer timesteps, the same fields) keep loading to the same policies. A schema-1 reader meets a
+schema-2 file with "schema 2 is not supported" rather than a confusing complaint about real timesteps.
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.files import write_text
 from stepdrop_search.policies.base import Policy, policy_class, validate_timesteps
 
-SCHEMA = 1
+SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
+#: A recomputed real timestep may differ from the file's in the last bits on another platform (libm, numpy);
+#: the file still matches its parameters within this. Integer timesteps must match exactly.
+REAL_TIMESTEP_TOLERANCE = 1e-9
 REQUIRED = ("schema", "kind", "params", "nfe", "solver", "noise_schedule", "noise_schedule_hash")
 
 
@@ -56,8 +67,10 @@ class PolicyDocument:
         missing = [k for k in REQUIRED if k not in doc]
         if missing:
             raise UserError(f"{source}: missing field(s) {', '.join(missing)}")
-        if doc["schema"] != SCHEMA:
-            raise UserError(f"{source}: schema {doc['schema']!r} is not supported (this version reads schema {SCHEMA})")
+        schema = doc["schema"]
+        if type(schema) is not int or schema not in READABLE_SCHEMAS:  # true == 1 and 2.0 == 2 in Python
+            raise UserError(f"{source}: schema {schema!r} is not supported (this version reads schemas "
+                            f"{' and '.join(map(str, READABLE_SCHEMAS))})")
         if not isinstance(doc["kind"], str):
             raise UserError(f"{source}: kind must be a string")
         kind_cls = policy_class(doc["kind"])
@@ -82,6 +95,9 @@ class PolicyDocument:
             if "timesteps" not in doc:
                 raise UserError(f"{source}: a static policy ({doc['kind']}) needs its timesteps")
             stored = validate_timesteps(doc["timesteps"], schedule.T, source)
+            if schema == 1 and stored.is_floating_point():
+                raise UserError(f"{source}: schema 1 timesteps are integers; real (continuous-time) timesteps need "
+                                "\"schema\": 2")
             if nfe is not None and nfe != len(stored):
                 raise UserError(f"{source}: nfe {nfe} does not match the {len(stored)} timesteps")
         params = doc["params"]
@@ -93,10 +109,18 @@ class PolicyDocument:
             policy = kind_cls.from_params(params, nfe=nfe, schedule=schedule)
         except UserError as exc:
             raise UserError(f"{source}: {exc}") from None
-        if stored is not None and not policy.timesteps().equal(stored):
+        if stored is not None and not _same_timesteps(policy.timesteps(), stored):
             raise UserError(f"{source}: timesteps do not match the {policy.kind} policy's parameters; "
                             "for a hand-edited list set \"kind\": \"explicit\"")
         return cls(policy, solver, provenance)
+
+
+def _same_timesteps(computed: torch.Tensor, stored: torch.Tensor) -> bool:
+    """Integer steps equal, real ones within :data:`REAL_TIMESTEP_TOLERANCE` (both sides are :func:`timestep_tensor`s)."""
+    if computed.dtype != stored.dtype or computed.shape != stored.shape:
+        return False
+    return computed.equal(stored) if not computed.is_floating_point() else \
+        bool(((computed - stored).abs() <= REAL_TIMESTEP_TOLERANCE).all())
 
 
 def save_policy(path: str | os.PathLike, document: PolicyDocument) -> Path:

@@ -2,7 +2,8 @@
 
 Conventions: timesteps run from noise to data (strictly decreasing); the first evaluated step is T−1
 unless a spacing says otherwise (``leading`` starts lower, as in DDIM's original code); the last
-evaluation jumps to x̂0.
+evaluation jumps to x̂0. Timesteps are integers unless a kind is asked for continuous time (real t in
+[0, T−1]: ``continuous=true`` on karras and logsnr, real numbers in explicit, or a σ list).
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import torch
 
 from stepdrop_search.diffusion.sampler import Plan, SampleStreams, batch_streams
 from stepdrop_search.errors import UserError
-from stepdrop_search.policies.base import Policy, distinct_decreasing, policy_dataclass, register, validate_timesteps
+from stepdrop_search.policies.base import (
+    Policy,
+    distinct_decreasing,
+    policy_dataclass,
+    register,
+    snap_whole,
+    timestep_tensor,
+    validate_timesteps,
+)
 
 SPACINGS = ("leading", "trailing", "linspace")
 PROFILES = ("constant", "linear", "quadratic", "cosine2")
@@ -85,35 +94,105 @@ def _interp_timesteps(values: torch.Tensor, curve: torch.Tensor) -> torch.Tensor
     return torch.from_numpy(np.interp(values.numpy(), curve.numpy(), np.arange(len(curve), dtype=np.float64)))
 
 
+@policy_dataclass
+class _AnalyticSpacing(_StaticPolicy):
+    """A spacing defined by a formula in real t. By default snapped to distinct integers (every file and figure
+    made before continuous time stays what it was); ``continuous=true`` keeps the real t, so steps crowd as
+    closely as the formula asks instead of being pushed apart one integer each (at NFE 100 integer Karras must
+    end 3, 2, 1, 0; continuous Karras ends 1.86, 1.06, 0.53, 0)."""
+
+    continuous: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.continuous:
+            self.timesteps()  # a formula that cannot give distinct real steps is refused here, not when sampling
+
+    def real_timesteps(self) -> torch.Tensor:
+        """The formula's (nfe,) decreasing real timesteps, float64."""
+        raise NotImplementedError
+
+    def timesteps(self) -> torch.Tensor:
+        if self.continuous:
+            return validate_timesteps(snap_whole(self.real_timesteps()).tolist(), self.T, self.kind)
+        return distinct_decreasing(self.real_timesteps(), self.T)
+
+
 @register
-class Karras(_StaticPolicy):
-    """EDM spacing: σ_i = (σ_max^{1/ρ} + s_i (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, mapped to the nearest t."""
+class Karras(_AnalyticSpacing):
+    """EDM spacing: σ_i = (σ_max^{1/ρ} + s_i (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, mapped to t on the schedule's log-σ
+    interpolation (snapped to the nearest distinct integers unless ``continuous``)."""
 
     kind = "karras"
     rho: float = 7.0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if not self.rho > 0:
             raise UserError("karras: rho must be > 0")
+        super().__post_init__()
 
-    def timesteps(self) -> torch.Tensor:
-        log_sigma = self.schedule.sigmas.log()
+    def real_timesteps(self) -> torch.Tensor:
         lo, hi = self.schedule.sigmas[0] ** (1 / self.rho), self.schedule.sigmas[-1] ** (1 / self.rho)
         sigma = (hi + _unit_ramp(self.nfe) * (lo - hi)) ** self.rho
-        return distinct_decreasing(_interp_timesteps(sigma.log(), log_sigma), self.T)
+        return _interp_timesteps(sigma.log(), self.schedule.sigmas.log())
 
 
 @register
-class LogSNR(_StaticPolicy):
+class LogSNR(_AnalyticSpacing):
     """Uniform in λ = log(ᾱ/(1−ᾱ)) between λ(T−1) and λ(0) (the DPM-Solver default)."""
 
     kind = "logsnr"
 
-    def timesteps(self) -> torch.Tensor:
+    def real_timesteps(self) -> torch.Tensor:
         neg = -self.schedule.log_snr
-        values = neg[-1] + _unit_ramp(self.nfe) * (neg[0] - neg[-1])
-        return distinct_decreasing(_interp_timesteps(values, neg), self.T)
+        return _interp_timesteps(neg[-1] + _unit_ramp(self.nfe) * (neg[0] - neg[-1]), neg)
+
+
+#: σ outside the schedule's [σ(0), σ(T−1)] by at most this fraction is taken as the end: printed σ lists are
+#: rounded (ComfyUI shows 4 decimals, k-diffusion models store σ_min/σ_max in float32).
+SIGMA_SLACK = 1e-3
+
+
+@register
+class Sigmas(_StaticPolicy):
+    """A schedule given as k-diffusion noise levels σ = √((1−ᾱ)/ᾱ), descending — what k-diffusion, ComfyUI
+    (SIGMAS) and ``policy export --format sigmas`` use. A trailing 0 (k-diffusion's ``append_zero``) is allowed:
+    the last step always jumps to x̂0. Each σ becomes its real t by the schedule's log-σ interpolation
+    (continuous time), which is how diffusers' ``_sigma_to_t`` and k-diffusion's ``sigma_to_t`` read them."""
+
+    kind = "sigmas"
+    sigmas: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        levels = self.levels()
+        if self.nfe is None:
+            object.__setattr__(self, "nfe", len(levels))
+        super().__post_init__()
+        if self.nfe != len(levels):
+            raise UserError(f"sigmas: nfe {self.nfe} does not match the {len(levels)} σ values (a trailing 0 is not a step)")
+        self.timesteps()  # σ too close together to give distinct steps is refused here, not when sampling
+
+    def levels(self) -> torch.Tensor:
+        """The σ of the evaluated steps (without the trailing 0), checked and brought inside the schedule's range."""
+        values = list(self.sigmas)
+        if values[-1:] == [0]:
+            values.pop()
+        if not values:
+            raise UserError("sigmas: give a descending list of noise levels σ (a trailing 0 is allowed), e.g. what "
+                            "`stepdrop-search policy export karras --nfe 10 --format sigmas` prints")
+        if any(not v > 0 or v == math.inf for v in values):  # not math.isfinite: a huge JSON int overflows a float
+            raise UserError(f"sigmas: every σ but a trailing 0 must be a positive finite number, got {list(self.sigmas)[:6]}")
+        if any(b >= a for a, b in zip(values, values[1:], strict=False)):
+            raise UserError("sigmas: σ must be strictly decreasing (from noise to data)")
+        lo, hi = float(self.schedule.sigmas[0]), float(self.schedule.sigmas[-1])
+        outside = [v for v in values if not lo * (1 - SIGMA_SLACK) <= v <= hi * (1 + SIGMA_SLACK)]
+        if outside:
+            raise UserError(f"sigmas: σ {outside[:3]} outside this noise schedule's range [{lo:.6g}, {hi:.6g}] "
+                            f"(σ at t = 0 and t = {self.T - 1}); a σ list belongs to one noise schedule")
+        return torch.tensor(values, dtype=torch.float64).clamp(lo, hi)
+
+    def timesteps(self) -> torch.Tensor:
+        return validate_timesteps(snap_whole(self.schedule.timestep_at_sigma(self.levels())).tolist(), self.T, "sigmas")
 
 
 def _round_half_up(x: float) -> int:
@@ -160,10 +239,10 @@ class Importance(_StaticPolicy):
 
 @register
 class Explicit(_StaticPolicy):
-    """A given list of timesteps (what DP and Optuna searches export)."""
+    """A given list of timesteps (what DP and Optuna searches export); real numbers in [0, T−1] are continuous time."""
 
     kind = "explicit"
-    steps: tuple[int, ...] = ()
+    steps: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nfe is None:
@@ -174,7 +253,7 @@ class Explicit(_StaticPolicy):
             raise UserError(f"explicit: nfe {self.nfe} does not match the {len(self.steps)} timesteps")
 
     def timesteps(self) -> torch.Tensor:
-        return torch.tensor(self.steps, dtype=torch.long)
+        return timestep_tensor(self.steps)
 
 
 @register
