@@ -186,6 +186,13 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
     return PolicyDocument(policy, run_solver)
 
 
+def default_nfe(policy: str) -> int | None:
+    """``sample``'s NFE when none is given: 50, except for a policy file or a kind whose step list is its NFE."""
+    from stepdrop_search.policies import POLICIES
+
+    return None if policy not in POLICIES or policy in ("explicit", "sigmas") else 50
+
+
 def solver_spec(name: str, eta: float | None, nfe: int | None = None):
     """--solver/--eta as a SolverSpec (with the NFE budget for solvers whose evaluations per step vary); an --eta
     given to a solver without η is refused, not ignored, and no --eta means the solver's own default η (0 for
@@ -237,8 +244,7 @@ def sample(
     if save_samples is not None:
         check_npz_path(save_samples)
     loaded = load_model(model, device=resolve_device(device))
-    doc = resolve_policy(policy, nfe if nfe is not None else (None if policy.endswith(".json") else 50),
-                         param, solver, eta, loaded)
+    doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded)
     result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate)
     written = [save_grid(result.x0, out)]
     if barcode is not None:

@@ -32,7 +32,7 @@ def save_barcode(evaluated: torch.Tensor, grid: torch.Tensor, T: int, path: str 
 
     rows = min(rows, evaluated.shape[0])
     bars = torch.zeros(rows, T, dtype=torch.uint8)
-    columns = (T - 1 - grid).long()
+    columns = (T - 1 - grid).round().long()  # continuous t: the nearest column
     bars[:, columns] = evaluated[:rows].to(torch.uint8) * 255
     img = Image.fromarray(bars.repeat_interleave(6, dim=0).numpy())
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

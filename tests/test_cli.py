@@ -129,3 +129,10 @@ def test_help_texts_name_every_registered_solver():
     from stepdrop_search.diffusion.solvers import SOLVERS
 
     assert sorted(SOLVER_NAMES.split(", ")) == sorted(SOLVERS)
+
+
+def test_sample_takes_an_explicit_step_list_without_nfe(tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["sample", "--model", str(tiny_checkpoint), "--policy", "explicit", "--param",
+                                 "steps=[999, 500.5, 120]", "--n", "2", "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output
+    assert "measured NFE 3.00" in result.output

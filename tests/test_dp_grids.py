@@ -49,3 +49,19 @@ def test_dps_on_a_karras_teacher_return_real_timesteps_from_the_grid(tiny_checkp
         steps = result.steps
         assert len(steps) == 5 and bool((steps[1:] < steps[:-1]).all())
         assert set(steps.tolist()) <= set(traj.grid.tolist())
+
+
+def test_optimize_on_a_karras_teacher_exports_a_real_valued_schedule_that_reloads(tiny_checkpoint, tiny_features,
+                                                                                   tmp_path):
+    from stepdrop_search.policies import load_policy, save_policy
+    from stepdrop_search.search.optimize import OptimizeConfig, optimize
+
+    cfg = OptimizeConfig(nfe=4, method="dp-gits", model=str(tiny_checkpoint), features=str(tiny_features), device="cpu",
+                         samples=8, teacher="ddim-20", dp_grid=21, dp_samples=4, dp_spacing="karras",
+                         out=str(tmp_path / "best.json"))
+    result = optimize(cfg)
+    [dp] = [c for c in result.candidates if c.source == "dp-gits"]
+    path = save_policy(tmp_path / "dp.json", dp.document)
+    steps = load_policy(path, load_model(tiny_checkpoint).schedule).policy.timesteps()
+    assert steps.dtype == torch.float64 and len(steps) == 4 and steps.equal(dp.document.policy.timesteps())
+    assert load_policy(result.exported[0]).policy.nfe == 4  # whichever candidate won, its file reloads
