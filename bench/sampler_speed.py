@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec
+from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import generate
 from stepdrop_search.loading import load_model
@@ -69,12 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--solvers", nargs="+", default=["ddim", "dpmpp-2m"], choices=SOLVERS)
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η (> 0 draws solver noise)")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="η of the solvers that have one (default: each solver's own; > 0 draws solver noise)")
     parser.add_argument("--diffusers", action="store_true", help="also time diffusers' scheduler loops")
     args = parser.parse_args(argv)
 
-    try:
-        solvers = [SolverSpec(name, args.eta if name == "ddim" else 0.0) for name in args.solvers]
+    try:  # checked before the model loads; --nfe counts evaluations, so each solver gets its own grid size
+        for name in args.solvers:
+            SolverSpec(name, args.eta if name in eta_solvers() else None)
     except UserError as error:
         parser.error(str(error))
 
@@ -83,13 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_model(args.model, device=device)
     timed = TimedModel(loaded.model)
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, model {loaded.source}")
-    print(f"{'policy':<10} {'solver':<9} {'NFE':>5} {'measured NFE':>13} {'img/s':>8} {'outside net':>12}")
+    print(f"{'policy':<10} {'solver':<12} {'NFE':>5} {'measured NFE':>13} {'img/s':>8} {'outside net':>12}")
     timed_loaded = replace(loaded, model=timed)
     for nfe in args.nfe:
-        policies = [kind(nfe=nfe, schedule=loaded.schedule) for kind in (Uniform, StepDrop, Adaptive)]
-        rows = [(policy.kind, solver.name, lambda policy=policy, solver=solver: generate(
-                    timed, loaded.schedule, policy, solver, n=args.batch, batch_size=args.batch, seed=0))
-                for policy in policies for solver in solvers]
+        rows = []
+        for kind in (Uniform, StepDrop, Adaptive):
+            for name in args.solvers:
+                solver, steps = spec_for_nfe(name, nfe, args.eta if name in eta_solvers() else None)
+                policy = kind(nfe=steps, schedule=loaded.schedule)
+                rows.append((policy.kind, name, lambda policy=policy, solver=solver: generate(
+                    timed, loaded.schedule, policy, solver, n=args.batch, batch_size=args.batch, seed=0)))
         if args.diffusers:
             from stepdrop_search.interop import diffusers_sample
 
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                 outside.append(1 - timed.network_seconds() / wall)
                 nfes.append(result.nfe.float().mean().item())
             best = min(range(args.repeats), key=lambda i: walls[i])
-            print(f"{kind:<10} {solver[:9]:<9} {nfe:>5} {nfes[best]:>13.2f} {args.batch / walls[best]:>8.1f} "
+            print(f"{kind:<10} {solver[:12]:<12} {nfe:>5} {nfes[best]:>13.2f} {args.batch / walls[best]:>8.1f} "
                   f"{100 * sorted(outside)[len(outside) // 2]:>11.2f}%")
 
 
