@@ -16,7 +16,7 @@ from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features
 from stepdrop_search.objectives.metrics import ProxyFeatureExtractor, fidelity_metrics, inception_fid, proxy_extractor
 from stepdrop_search.objectives.objective import Objective
-from stepdrop_search.objectives.residual import Teacher
+from stepdrop_search.objectives.residual import Teacher, teacher_outputs
 from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.suites import PEER_KINDS, peers_suite, stepdrop_suite
@@ -209,3 +209,17 @@ def test_evaluate_asking_for_inception_without_weights_exits_2(tiny_checkpoint, 
     result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--metrics", "inception-fid",
                                  "--samples", "8", "--seeds", "1", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--inception-weights" in result.output
+
+
+def test_a_stochastic_teacher_cache_entry_is_keyed_by_the_noise_scheme(tiny_checkpoint, tmp_path, monkeypatch):
+    import stepdrop_search.objectives.residual as residual_module
+
+    monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path))
+    loaded = load_model(tiny_checkpoint)
+    first = teacher_outputs(loaded, Teacher.parse("ddpm-5"), n=2, seed=0)
+    monkeypatch.setattr(residual_module, "NOISE_SCHEME", "another-scheme")
+    teacher_outputs(loaded, Teacher.parse("ddpm-5"), n=2, seed=0)
+    teacher_outputs(loaded, Teacher.parse("ddim-5"), n=2, seed=0)
+    teacher_outputs(loaded, Teacher.parse("ddim-5"), n=2, seed=0)
+    assert len(list(tmp_path.glob("teacher-*.pt"))) == 3  # two ddpm entries (one per scheme), one ddim entry
+    assert first.shape[0] == 2

@@ -32,6 +32,8 @@ Tensor = torch.Tensor
 #: Stream ids in the seed derivation of :func:`stream_seed`. x_T is not one of them: it keeps its own torch
 #: generator (``generation.initial_noise``) so that every deterministic result stays bit for bit as it was.
 STREAMS = {"skip": 1, "noise": 2}
+#: Names how solver noise and coin flips are drawn; anything cached from a stochastic run records it.
+NOISE_SCHEME = "per-sample-seedsequence-v1"
 #: Solver noise is drawn this many float32 values at a time (grid steps × batch × pixels; 64 MiB), which
 #: bounds its memory even for 1000-step DDPM at batch 256 while moving it to the device rarely.
 NOISE_BLOCK_ELEMENTS = 1 << 24
