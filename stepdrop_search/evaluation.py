@@ -29,6 +29,7 @@ from stepdrop_search.objectives.metrics import FIDELITY_METRICS, fidelity_metric
 from stepdrop_search.objectives.residual import Teacher, residual, teacher_outputs
 from stepdrop_search.policies import PolicyDocument, policy_class
 from stepdrop_search.policies.kinds import Uniform
+from stepdrop_search.seeds import evaluation_seeds
 
 METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
 
@@ -137,8 +138,9 @@ def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def seed_values(samples: int, seeds: int | Iterable[int]) -> list[int]:
-    """The seeds an evaluation runs (0..S−1 for an int), after checking it can compute a metric at all."""
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    """The seeds an evaluation runs (0..S−1 for an int: evaluation seeds, never a search's), after checking it can
+    compute a metric at all."""
+    seed_list = evaluation_seeds(seeds) if isinstance(seeds, int) else list(seeds)
     if samples < 2 or not seed_list:
         raise UserError("evaluation needs at least 2 samples (--samples) and 1 seed (--seeds)")
     return seed_list
