@@ -90,24 +90,40 @@ def proxy_extractor(features: FeatureFile, device: torch.device) -> FeatureExtra
     return _extractors[key]
 
 
-def fidelity_metrics(images: torch.Tensor, features: FeatureFile, wanted: set[str], *, device: torch.device,
-                     seed: int = 0, batch_size: int = 500) -> dict[str, float]:
-    """Proxy-FID (``fid``), KID, IS and precision/recall of ``images`` against the reference statistics."""
+def proxy_features(images: torch.Tensor, features: FeatureFile, *, device: torch.device,
+                   batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features in float64, logits) of ``images`` in the proxy feature space, through torch-fidelity's pipeline."""
     extractor = proxy_extractor(features, device)
     feats = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, device.type == "cuda",
                                           save_cpu_ram=True, verbose=False)
-    generated, logits = feats["features"].double(), feats["logits"]
+    return feats["features"].double(), feats["logits"]
+
+
+def fid_of_features(generated: torch.Tensor, features: FeatureFile) -> float:
+    """Proxy-FID of generated features against the feature file's reference statistics (torch-fidelity's formula)."""
     reference = features.reference
+    ref = {"mu": reference["mu"].double().numpy(), "sigma": reference["sigma"].double().numpy()}
+    return float(fid_statistics_to_metric(fid_features_to_statistics(generated), ref, verbose=False)[KEY_METRIC_FID])
+
+
+def kid_of_features(generated: torch.Tensor, features: FeatureFile, *, seed: int = 0) -> tuple[float, float]:
+    """KID (mean, std over subsets) of generated features against the reference features."""
+    real = features.reference["features"].double()
+    size = min(1000, len(generated), len(real))
+    kid = kid_features_to_metric(generated, real, kid_subsets=50, kid_subset_size=size, verbose=False, rng_seed=seed)
+    return kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD]
+
+
+def fidelity_metrics(images: torch.Tensor, features: FeatureFile, wanted: set[str], *, device: torch.device,
+                     seed: int = 0, batch_size: int = 500) -> dict[str, float]:
+    """Proxy-FID (``fid``), KID, IS and precision/recall of ``images`` against the reference statistics."""
+    generated, logits = proxy_features(images, features, device=device, batch_size=batch_size)
     out: dict[str, float] = {}
     if "fid" in wanted:
-        stats = fid_features_to_statistics(generated)
-        ref = {"mu": reference["mu"].double().numpy(), "sigma": reference["sigma"].double().numpy()}
-        out["fid"] = fid_statistics_to_metric(stats, ref, verbose=False)[KEY_METRIC_FID]
-    real = reference["features"].double()
+        out["fid"] = fid_of_features(generated, features)
+    real = features.reference["features"].double()
     if "kid" in wanted:
-        size = min(1000, len(generated), len(real))
-        kid = kid_features_to_metric(generated, real, kid_subsets=50, kid_subset_size=size, verbose=False, rng_seed=seed)
-        out["kid"], out["kid_std"] = kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD]
+        out["kid"], out["kid_std"] = kid_of_features(generated, features, seed=seed)
     if "is" in wanted:
         out["is"] = isc_features_to_metric(logits, splits=min(10, max(1, len(logits) // 100)), rng_seed=seed)[KEY_METRIC_ISC_MEAN]
     if "prc" in wanted:
@@ -138,3 +154,20 @@ def inception_fid(images: torch.Tensor, real_images: torch.Tensor, weights: str 
                                               feature_extractor_weights_path=str(weights), cuda=device.type == "cuda",
                                               batch_size=batch_size, cache=False, verbose=False, save_cpu_ram=True)
     return float(result[KEY_METRIC_FID])
+
+
+def paired_fid_difference(a: torch.Tensor, b: torch.Tensor, features: FeatureFile, *, resamples: int = 200,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """FID(a) − FID(b) for features of the *same* samples (row i of both from one x_T and noise), with a 95%
+    paired-bootstrap interval: each resample draws one set of sample indices for both, so the class mix that
+    dominates FID at small N moves both sides together and only the policies' difference remains.
+    Returns (difference, low, high)."""
+    if a.shape != b.shape:
+        raise ValueError("paired features must come from the same samples")
+    generator = torch.Generator().manual_seed(seed)
+    diffs = []
+    for _ in range(resamples):
+        pick = torch.randint(len(a), (len(a),), generator=generator)
+        diffs.append(fid_of_features(a[pick], features) - fid_of_features(b[pick], features))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return fid_of_features(a, features) - fid_of_features(b, features), float(low), float(high)
