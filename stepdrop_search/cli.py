@@ -375,7 +375,8 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 @app.command()
 @user_errors_exit_2
 def evaluate(
-    policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file to evaluate (repeatable)")] = None,
+    policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file, or a folder of them "
+                                                      "(optimize --save-pool), to evaluate (repeatable)")] = None,
     baselines: Annotated[str, typer.Option(help=f"comma-separated: a solver on uniform steps ({SOLVER_NAMES}) or any "
                                            "policy kind (with DDIM)")] = "",
     nfe: Annotated[str, typer.Option(help="comma-separated NFE values for the baselines")] = "10,25,50",
@@ -423,37 +424,49 @@ def comma_list(text: str) -> tuple[str, ...]:
 @app.command()
 @user_errors_exit_2
 def optimize(
-    nfe: Annotated[int, typer.Option(help="NFE of the schedule to find")] = 25,
-    method: Annotated[str, typer.Option(help="dp-gits, dp-oss, optuna or all")] = "all",
+    nfe: Annotated[int, typer.Option(help="NFE of the sampler to find (network evaluations, counted)")] = 25,
+    method: Annotated[str, typer.Option(help="dp-gits, dp-oss, optuna or all (the pool's analytic schedules are always scored)")] = "all",
     kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)")] = "explicit",
-    solver: Annotated[str, typer.Option(help=SOLVER_NAMES)] = "ddim",
-    trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count)")] = 30,
-    budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher and export included (0: no limit)")] = 900.0,
+    solver: Annotated[str, typer.Option(help="auto (every solver in the pool, the best ones searched) or one of: "
+                                        + SOLVER_NAMES)] = "auto",
+    trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count); --budget "
+                                        "usually stops the search first")] = 10000,
+    budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher and held-out check included "
+                                                 "(0: no limit); the search gets what the other phases leave")] = 270.0,
     timeout: Annotated[float | None, typer.Option(help="seconds each worker may search (within --budget)")] = None,
     sampler: Annotated[str, typer.Option(help="tpe, cmaes, gp or nsga2")] = "tpe",
     study: Annotated[str | None, typer.Option(help="study name (default from kind, solver, NFE)")] = None,
     storage: Annotated[str | None, typer.Option(help="database URL or journal:PATH (default sqlite in studies/)")] = None,
     n_jobs: Annotated[int, typer.Option(help="local worker processes sharing the study")] = 1,
-    samples: Annotated[int, typer.Option(help="fixed noise set size of the objective")] = 128,
-    seed: int = 0,
+    samples: Annotated[int, typer.Option(help="rung 0: samples every pool candidate and every trial is scored on")] = 64,
+    promote: Annotated[int, typer.Option(help="candidates promoted to rung 1")] = 8,
+    promote_samples: Annotated[int, typer.Option(help="rung 1: samples the promoted candidates are scored on")] = 256,
+    finalists: Annotated[int, typer.Option(help="rung-1 best checked on held-out noise (the best pool and searched "
+                                           "candidates are always added)")] = 3,
+    held_out_samples: Annotated[int, typer.Option(help="samples of the held-out selection seed per finalist")] = 1024,
+    seed: Annotated[int, typer.Option(help="search noise: seed s searches on x_T seed 2^24+s and selects on "
+                                      "2^24+2^23+s, never an evaluate seed")] = 0,
     residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual")] = 100.0,
-    teacher: str = "ddim-1000",
+    teacher: Annotated[str, typer.Option(help="residual teacher <solver>-<steps>")] = "dpmpp-2m-200",
     free_boundary: Annotated[bool, typer.Option(help="search the first and last step too")] = True,
-    search_eta: Annotated[bool, typer.Option(help="also search DDIM's η")] = False,
+    search_eta: Annotated[bool, typer.Option(help="also search η (with a --solver that has one)")] = False,
     multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set")] = False,
     nfe_range: Annotated[str | None, typer.Option(help="LO,HI for --multi-objective")] = None,
     dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches")] = 100,
     dp_spacing: Annotated[str, typer.Option(help="DP teacher grid: uniform (integer steps), karras (ρ = 7 in σ, as GITS) "
                                             "or logsnr (real-valued t)")] = "uniform",
-    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for the DP searches")] = 64,
+    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for DP-GITS")] = 64,
+    dp_oss_samples: Annotated[int, typer.Option(help="of those, the ones DP-OSS runs on (≈ N·K NFE each)")] = 8,
     gits_cost: Annotated[str, typer.Option(help="dev, l1 or l2")] = "dev",
     gits_gamma: float = 1.15,
     model: ModelOption = None,
     features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one)")] = None,
     out: Annotated[Path | None, typer.Option(help="policy file to write (default policies/best-….json)")] = None,
+    save_pool: Annotated[Path | None, typer.Option(help="also write every pool candidate as a policy file into this "
+                                                   "folder (for evaluate --policy FOLDER)")] = None,
     device: str = "auto",
 ) -> None:
-    """Search for the best schedule (DP-GITS, DP-OSS, Optuna) and export it as a policy file."""
+    """Find the best sampler (solver and steps) for an NFE, prove it on held-out noise and export it as a policy file."""
     from stepdrop_search.search.optimize import OptimizeConfig
     from stepdrop_search.search.optimize import optimize as run_optimize
 
@@ -462,29 +475,47 @@ def optimize(
         raise UserError("--nfe-range takes LO,HI")
     sampler_name = "nsga2" if multi_objective and sampler == "tpe" else sampler
     cfg = OptimizeConfig(nfe=nfe, method=method, kind=kind, solver=solver, model=str(model) if model else None,
-                         features=str(features) if features else None, device=device, samples=samples, seed=seed,
-                         residual_weight=residual_weight, teacher=teacher, trials=trials, timeout=timeout,
-                         budget=budget or None,
-                         sampler=sampler_name, study=study, storage=storage, n_jobs=n_jobs, free_boundary=free_boundary,
-                         search_eta=search_eta, dp_grid=dp_grid, dp_spacing=dp_spacing, dp_samples=dp_samples, gits_cost=gits_cost,
-                         gits_gamma=gits_gamma, multi_objective=multi_objective, nfe_range=span,
-                         out=str(out) if out else None, command=command_line())
+                         features=str(features) if features else None, device=device, samples=samples,
+                         promote=promote, promote_samples=promote_samples, finalists=finalists,
+                         held_out_samples=held_out_samples, seed=seed, residual_weight=residual_weight, teacher=teacher,
+                         trials=trials, timeout=timeout, budget=budget or None, sampler=sampler_name, study=study,
+                         storage=storage, n_jobs=n_jobs, free_boundary=free_boundary, search_eta=search_eta,
+                         dp_grid=dp_grid, dp_spacing=dp_spacing, dp_samples=dp_samples, dp_oss_samples=dp_oss_samples,
+                         gits_cost=gits_cost, gits_gamma=gits_gamma, multi_objective=multi_objective, nfe_range=span,
+                         out=str(out) if out else None, save_pool=str(save_pool) if save_pool else None,
+                         command=command_line())
     start = time.perf_counter()
     result = run_optimize(cfg, log=lambda m: err_console.print(f"[dim]{time.perf_counter() - start:6.0f} s  {m}[/dim]",
                                                                highlight=False))
-    table = Table(title=f"objective on {samples} fixed samples (lower is better); proxy-FID also on 3 held-out seeds")
-    for column in ("candidate", "NFE", "objective", "proxy-FID", "residual", "held-out proxy-FID"):
-        table.add_column(column)
-    for c in sorted(result.candidates, key=lambda c: c.scores.get("value", float("inf"))):
-        held = f"{c.held_out[0]:.3f} ± {c.held_out[1]:.3f}" if c.held_out else ""
-        sc = c.scores
-        table.add_row(c.name, f"{sc.get('nfe', 0):.0f}", f"{sc.get('value', float('nan')):.4f}",
-                      f"{sc['fid']:.3f}" if sc.get("fid") is not None else "",
-                      f"{sc['residual']:.5f}" if sc.get("residual") is not None else "", held)
-    console.print(table)
+    console.print(finalists_table(result, cfg))
     console.print(f"{result.trials} trials in study {result.study_name}; {result.wall_time_s:.0f} s")
+    if result.fallback and not multi_objective:
+        console.print("nothing searched beat the best pool candidate significantly on held-out noise; exported that candidate")
     for path in result.exported:
         console.print(f"exported {path}")
+
+
+def finalists_table(result, cfg) -> Table:
+    """Each finalist: its search rungs, and on the held-out seed its proxy-FID, KID and paired difference to the best pool
+    finalist with the 95% interval."""
+    title = (f"finalists on {cfg.held_out_samples} held-out samples (selection seed), paired with the best pool candidate"
+             if not cfg.multi_objective else "Pareto set")
+    table = Table(title=title)
+    for column in ("candidate", "NFE", f"objective @{cfg.samples}", f"@{cfg.promote_samples}", "held-out proxy-FID",
+                   "Δ vs best pool [95% CI]", "Δ KID", "exported"):
+        table.add_column(column)
+    for c in result.finalists:
+        h = c.held_out or {}
+        delta = f"{h['fid_difference']:+.3f} [{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}]" if "ci95" in h else ""
+        table.add_row(c.name, f"{c.scores.get('nfe') or 0:.0f}", _number(c.rungs.get(cfg.samples)),
+                      _number(c.rungs.get(cfg.promote_samples)), _number(h.get("fid")), delta,
+                      f"{h['kid_difference']:+.4f}" if "kid_difference" in h else "",
+                      "✓" if c is result.best or (cfg.multi_objective and c.held_out) else "")
+    return table
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 features_app = typer.Typer(no_args_is_help=True, help="The proxy feature network behind proxy-FID/KID/IS/PR.")

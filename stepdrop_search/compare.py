@@ -19,6 +19,7 @@ from pathlib import Path
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import machine_description, resolve_device
 from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.errors import UserError
 from stepdrop_search.evaluation import Candidate, Result, baseline, evaluate, parse_metrics, seed_values
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model
@@ -67,12 +68,26 @@ class Comparison:
     loaded: LoadedModel | None = None
 
 
+def expand_policy_paths(paths: tuple[str, ...]) -> list[Path]:
+    """Policy files as given, a folder standing for every ``*.json`` in it (what ``optimize --save-pool`` writes)."""
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise UserError(f"{path} is a folder without policy files (*.json)")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
 def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: LoadedModel,
                 warn: Callable[[str], None] = lambda m: None) -> list[Candidate]:
     """One row per policy file, or with ``solvers`` one per file × solver (the schedule transferred to each);
     ``warn`` hears of a file made on another model (its recorded objective values do not apply here)."""
     rows = []
-    for path in map(Path, paths):
+    for path in expand_policy_paths(paths):
         doc = load_policy(path, loaded.schedule)
         if warning := foreign_model_warning(doc, loaded.weights_hash, str(path)):
             warn(warning)

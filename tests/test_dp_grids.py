@@ -56,11 +56,11 @@ def test_optimize_on_a_karras_teacher_exports_a_real_valued_schedule_that_reload
     from stepdrop_search.policies import load_policy, save_policy
     from stepdrop_search.search.optimize import OptimizeConfig, optimize
 
-    cfg = OptimizeConfig(nfe=4, method="dp-gits", model=str(tiny_checkpoint), features=str(tiny_features), device="cpu",
-                         samples=8, teacher="ddim-20", dp_grid=21, dp_samples=4, dp_spacing="karras",
-                         out=str(tmp_path / "best.json"))
+    cfg = OptimizeConfig(nfe=4, method="dp-gits", solver="ddim", model=str(tiny_checkpoint), features=str(tiny_features),
+                         device="cpu", samples=8, promote_samples=8, held_out_samples=8, teacher="ddim-20", dp_grid=21,
+                         dp_samples=4, dp_spacing="karras", out=str(tmp_path / "best.json"))
     result = optimize(cfg)
-    [dp] = [c for c in result.candidates if c.source == "dp-gits"]
+    [dp] = [c for c in result.candidates if c.name == "ddim/dp-gits"]
     path = save_policy(tmp_path / "dp.json", dp.document)
     steps = load_policy(path, load_model(tiny_checkpoint).schedule).policy.timesteps()
     assert steps.dtype == torch.float64 and len(steps) == 4 and steps.equal(dp.document.policy.timesteps())

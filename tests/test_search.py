@@ -13,12 +13,14 @@ import optuna
 import pytest
 import torch
 
+from stepdrop_search.diffusion.solvers import SOLVERS
 from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies import load_policy
 from stepdrop_search.search.dp import _distance, edge_step, gits_schedule, oss_schedule, teacher_trajectory
 from stepdrop_search.search.optimize import OptimizeConfig, optimize
 from stepdrop_search.search.space import gaps_to_steps, steps_to_params
+from stepdrop_search.seeds import search_seed, selection_seed
 
 
 @pytest.fixture(autouse=True)
@@ -83,36 +85,94 @@ def test_oss_gives_per_sample_schedules_and_counts_its_nfe(tiny):
 def tiny_args(tiny_checkpoint, tiny_features, storage, extra=()):
     return [sys.executable, "-m", "stepdrop_search", "optimize", "--model", str(tiny_checkpoint), "--features",
             str(tiny_features), "--nfe", "5", "--method", "optuna", "--samples", "16", "--teacher", "ddim-50",
+            "--promote", "2", "--promote-samples", "16", "--finalists", "1", "--held-out-samples", "16",
             "--storage", storage, "--study", "s", "--timeout", "300", *extra]
+
+
+SMALL = dict(samples=16, promote=4, promote_samples=24, finalists=2, held_out_samples=32, teacher="ddim-50")
 
 
 def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint, tiny_features, tmp_path):
     out = tmp_path / "best.json"
-    cfg = OptimizeConfig(nfe=5, method="all", model=str(tiny_checkpoint), features=str(tiny_features), samples=16,
-                         teacher="ddim-50", trials=6, storage=f"sqlite:///{tmp_path}/s.db", dp_grid=20, dp_samples=4,
-                         out=str(out))
+    cfg = OptimizeConfig(nfe=5, method="all", model=str(tiny_checkpoint), features=str(tiny_features), trials=6,
+                         storage=f"sqlite:///{tmp_path}/s.db", dp_grid=20, dp_samples=4, dp_oss_samples=2, out=str(out), **SMALL)
     result = optimize(cfg)
     doc = load_policy(out, load_model(tiny_checkpoint).schedule)
-    assert doc.policy.nfe == 5
+    assert doc.solver.solver.nfe(doc.policy.nfe) == 5
     prov = doc.provenance
-    assert prov["search"]["trials"] >= 6 and prov["objective"]["held_out_fid_std"] >= 0
-    assert {c.source for c in result.candidates} >= {"baseline", "dp-gits", "dp-oss", "optuna"}
-    best_value = min(c.scores["value"] for c in result.candidates)
-    assert prov["objective"]["value"] == pytest.approx(best_value)
+    assert prov["search"]["trials"] >= 6 and prov["objective"]["held_out"]["samples"] == 32
+    names = {c.name for c in result.candidates}
+    # the pool: every solver × every analytic schedule and both DPs, each solver on the grid that spends NFE 5
+    assert {f"{s}/{k}" for s in SOLVERS for k in ("uniform", "logsnr", "karras", "quadratic", "dp-gits", "dp-oss")} <= names
+    assert {c.source for c in result.candidates} >= {"pool"}
+    assert result.best is result.finalists[[c.name for c in result.finalists].index(prov["search"]["winner"])]
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    searched = study.user_attrs["search_solvers"]
+    assert len(searched) == 3 and set(searched) <= set(SOLVERS)
     sources = [t.user_attrs.get("source") for t in study.trials]
-    assert "dp-gits" in sources and "uniform-trailing" in sources  # the study was seeded
+    assert f"{searched[0]}/uniform" in sources  # the study was seeded with the pool's step sets
 
-    # evaluate on the objective's noise set reproduces the exported objective
+    # evaluate on the search seed's noise reproduces the exported objective of its largest rung
     from stepdrop_search.evaluation import Candidate, evaluate
     from stepdrop_search.objectives.features import load_features
     from stepdrop_search.objectives.residual import Teacher
 
     loaded = load_model(tiny_checkpoint)
-    [res] = evaluate(loaded, [Candidate("best", doc)], samples=16, seeds=[0], metrics=["fid", "residual"],
-                     features=load_features(str(tiny_features)), teacher=Teacher.parse("ddim-50"), residual_samples=16)
+    [res] = evaluate(loaded, [Candidate("best", doc)], samples=24, seeds=[search_seed(0)], metrics=["fid", "residual"],
+                     features=load_features(str(tiny_features)), teacher=Teacher.parse("ddim-50"), residual_samples=24)
+    assert prov["objective"]["samples"] == 24
     assert res.summary()["fid"][0] == pytest.approx(prov["objective"]["fid"], rel=1e-4)
     assert res.summary()["residual"][0] == pytest.approx(prov["objective"]["residual"], rel=1e-4)
+
+
+def test_search_selection_and_evaluation_seeds_never_overlap(tiny_checkpoint):
+    from stepdrop_search.evaluation import seed_values
+    from stepdrop_search.seeds import EVALUATION_SEEDS, SEARCH_SEEDS
+
+    evaluation = set(seed_values(2, EVALUATION_SEEDS))
+    search = {search_seed(s) for s in range(0, SEARCH_SEEDS, 997)} | {search_seed(SEARCH_SEEDS - 1)}
+    selection = {selection_seed(s) for s in range(0, SEARCH_SEEDS, 997)} | {selection_seed(SEARCH_SEEDS - 1)}
+    assert max(evaluation) < min(search) and max(search) < min(selection) and max(selection) < 2**31
+    # the ranges are contiguous, so sampled ends prove disjointness; x_T keeps 32 bits of a seed, all are below 2^31
+    with pytest.raises(UserError, match="--seeds"):
+        seed_values(2, EVALUATION_SEEDS + 1)
+    with pytest.raises(UserError, match="--seed"):
+        OptimizeConfig(seed=SEARCH_SEEDS)
+    # and the x_T really differ: an evaluation seed never starts from a search seed's noise
+    from stepdrop_search.generation import initial_noise
+
+    assert not initial_noise(4, (1, 4, 4), 0).equal(initial_noise(4, (1, 4, 4), search_seed(0)))
+
+
+def finalist(name, source, diff, low, high, kid):
+    from stepdrop_search.search.optimize import SearchCandidate
+
+    return SearchCandidate(name, None, source, held_out={"fid": 5 + diff, "fid_difference": diff, "ci95": [low, high],
+                                                         "kid_difference": kid})
+
+
+def test_export_falls_back_to_the_best_pool_candidate_unless_a_search_result_is_significantly_better():
+    from stepdrop_search.search.optimize import pick_export
+
+    pool = finalist("pool", "pool", 0.0, 0.0, 0.0, 0.0)
+    unsure = finalist("trial-1", "optuna", -0.8, -1.9, 0.2, -0.01)  # interval crosses zero
+    kid_disagrees = finalist("trial-2", "optuna", -0.5, -0.9, -0.1, +0.01)
+    assert pick_export([pool, unsure, kid_disagrees], pool) == (pool, True)
+    clear = finalist("trial-3", "optuna", -0.4, -0.7, -0.1, -0.02)
+    clearer = finalist("trial-4", "optuna", -0.6, -0.9, -0.2, -0.03)
+    assert pick_export([pool, unsure, clear, clearer], pool) == (clearer, False)
+
+
+def test_a_search_that_finds_nothing_better_exports_the_best_pool_candidate(tiny_checkpoint, tiny_features, tmp_path):
+    out = tmp_path / "best.json"
+    result = optimize(OptimizeConfig(nfe=4, method="dp-gits", model=str(tiny_checkpoint), features=str(tiny_features),
+                                     dp_grid=12, dp_samples=4, out=str(out), **SMALL))
+    assert result.fallback and result.best.source == "pool"
+    pool_finalists = [c for c in result.finalists if c.source == "pool"]
+    assert result.best is min(pool_finalists, key=lambda c: c.held_out["fid"])  # best pool candidate on held-out noise
+    doc = load_policy(out)
+    assert doc.provenance["search"]["fallback_to_pool"] is True
+    assert doc.policy.timesteps().tolist() == result.best.document.policy.timesteps().tolist()
 
 
 def finished(db: Path) -> list[tuple[int, str, float]]:
@@ -181,7 +241,7 @@ def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tiny_features,
     teachers = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("teacher-*")}
     assert teachers
     args = tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "2"])
-    args[args.index("16")] = "24"  # other --samples
+    args[args.index("--samples") + 1] = "12"  # other --samples
     second = subprocess.run(args, capture_output=True, text=True)
     assert second.returncode == 2 and "other settings (samples)" in second.stderr
     # refused before computing its own teacher (which would log a line and rewrite the cache entry)
@@ -204,6 +264,7 @@ def test_optimize_with_its_budget_spent_still_exports_the_best_seed(tiny_checkpo
                                       ("--budget", "1", "--out", str(out))), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "budget" in result.stderr and out.is_file()
+    assert "paired with the best pool candidate" in result.stdout  # the closing table of the held-out check
 
 
 def test_search_eta_with_a_solver_without_eta_is_refused():
@@ -215,7 +276,7 @@ def test_optimize_refuses_a_feature_network_of_another_image_shape_before_any_wo
     from stepdrop_search.objectives.features import default_features_path
 
     cfg = OptimizeConfig(nfe=3, model=str(tiny_checkpoint), features=str(default_features_path("fashion-mnist")),
-                         device="cpu", samples=4, teacher="ddim-20")
+                         device="cpu", samples=4, teacher="ddim-20", promote_samples=4, held_out_samples=4)
     with pytest.raises(UserError, match="scores 1×28×28 images but the model makes 1×16×16"):
         optimize(cfg)
     assert not (tmp_path / "studies").exists() and not (tmp_path / "policies").exists()

@@ -126,7 +126,7 @@ def test_exported_policy_records_the_storage_without_its_password(postgres, tiny
     storage = postgres.replace("postgres@", "postgres:secret@")  # the test server trusts any password
     out = tmp_path / "best.json"
     optimize(OptimizeConfig(nfe=5, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features), samples=16,
-                            teacher="ddim-50", trials=1, storage=storage, out=str(out),
+                            promote_samples=16, held_out_samples=16, teacher="ddim-50", trials=1, storage=storage, out=str(out),
                             command=f"stepdrop-search optimize --storage {storage}"))
     exported = out.read_text()
     assert "secret" not in exported

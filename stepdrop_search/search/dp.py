@@ -46,6 +46,10 @@ class TeacherTrajectory:
     alphas: torch.Tensor  # (N+1,) float64 ᾱ at nodes, 1 at node N
     nfe: int  # network evaluations the teacher cost (N · B)
 
+    def subset(self, n: int) -> TeacherTrajectory:
+        """The first ``n`` trajectories (what they cost is counted as theirs alone)."""
+        return TeacherTrajectory(self.grid, self.states[:, :n], self.denoised[:, :n], self.alphas, len(self.grid) * n)
+
 
 @dataclass
 class DPResult:

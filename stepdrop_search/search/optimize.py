@@ -1,16 +1,35 @@
-"""`stepdrop-search optimize`: DP-GITS, DP-OSS and Optuna searches behind one function.
+"""`stepdrop-search optimize`: find the best way to sample — solver and steps together — and prove it on held-out noise.
 
-``optimize(config)`` runs the chosen methods on one model and objective, seeds the Optuna study with
-the baselines and the DP results (so the search starts from the best known point), runs the workers
-(``n_jobs`` local processes via joblib; more machines run the same command against one storage), and
-exports the best policy — or the Pareto set in multi-objective mode — atomically with provenance.
+``optimize(config)`` runs, in this order (each phase logs what it does and how much of ``--budget`` is left):
+
+1. **checks** every input — model, feature file, ``--storage`` and a resumed study's settings — before any work;
+2. **teacher**: a cheap, accurate one (DPM-Solver++(2M) on 200 steps: its x0 lies 2e-5 from DDIM-1000's, at a
+   fifth of the cost), cached on disk, for the residual part of the objective;
+3. **pool**: every solver (``--solver auto``) × {uniform trailing, log-SNR, Karras, quadratic, DP-GITS, DP-OSS} at the
+   target NFE, each solver on the grid that spends exactly that NFE;
+4. **rung 0**: every pool candidate scored on ``samples`` x_T of the *search* seed (proxy-FID + w · residual,
+   common random numbers: one x_T and one noise stream per sample for every candidate);
+5. **search**: an Optuna study over the best solvers of rung 0 (a categorical) and free step sets, seeded with the
+   pool's schedules and scored like rung 0, for what the budget leaves;
+6. **rung 1**: the ``promote`` best candidates of pool and study scored again on ``promote_samples`` samples;
+7. **held-out selection**: the ``finalists`` best of rung 1, with the best pool candidate and the best searched one
+   always among them, sampled on ``held_out_samples`` x_T of the *selection* seed (disjoint from the search seed and
+   from every ``evaluate`` seed, :mod:`stepdrop_search.seeds`). Each finalist's paired proxy-FID difference to the
+   best pool finalist gets a 95% paired-bootstrap interval; a searched finalist is exported only when its interval
+   lies below zero and KID agrees in sign; otherwise the best pool finalist is exported and the log says so.
+
+Studies live in any Optuna storage (several workers, local or on other machines, share one); ``--kind`` searches
+another policy kind's parameters instead of step sets, and ``--multi-objective`` runs NSGA-II over (objective,
+measured NFE) and exports the Pareto set.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,22 +39,28 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
+from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
+from stepdrop_search.generation import generate
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model
-from stepdrop_search.objectives.objective import Objective
+from stepdrop_search.objectives.metrics import fid_of_features, kid_of_features, paired_fid_difference, proxy_features
+from stepdrop_search.objectives.objective import Objective, Scores
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument, save_policy
 from stepdrop_search.policies.io import provenance
-from stepdrop_search.policies.kinds import Explicit, Importance, Uniform
+from stepdrop_search.policies.kinds import Explicit, Karras, LogSNR, Quadratic, Uniform
 from stepdrop_search.search.dp import GRID_SPACINGS, gits_schedule, oss_schedule, teacher_trajectory
 from stepdrop_search.search.space import SEARCHABLE, steps_to_params, suggest_document
 from stepdrop_search.search.study import check_resumable, make_storage, open_study, shown
+from stepdrop_search.seeds import search_seed, selection_seed
 
 METHODS = ("dp-gits", "dp-oss", "optuna", "all")
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
-HELD_OUT_SEEDS = (1000, 1001, 1002)
+#: Analytic schedules of the pool (each solver gets each at the grid size that spends the target NFE).
+POOL_SCHEDULES = {"uniform": Uniform, "logsnr": LogSNR, "karras": Karras, "quadratic": Quadratic}
+#: How many of rung 0's best solvers the study searches over when ``--solver auto``.
+SEARCHED_SOLVERS = 3
 
 
 @dataclass(frozen=True)
@@ -43,17 +68,21 @@ class OptimizeConfig:
     nfe: int = 25
     method: str = "all"
     kind: str = "explicit"
-    solver: str = "ddim"
+    solver: str = "auto"
     model: str | None = None
     features: str | None = None
     device: str = "auto"
-    samples: int = 128
+    samples: int = 64
+    promote_samples: int = 256
+    promote: int = 8
+    finalists: int = 3
+    held_out_samples: int = 1024
     seed: int = 0
     residual_weight: float = 100.0
-    teacher: str = "ddim-1000"
-    trials: int = 30
+    teacher: str = "dpmpp-2m-200"
+    trials: int = 10000
     timeout: float | None = None
-    budget: float | None = 900.0
+    budget: float | None = 270.0
     sampler: str = "tpe"
     study: str | None = None
     storage: str | None = None
@@ -63,13 +92,16 @@ class OptimizeConfig:
     prune_samples: int = 32
     dp_grid: int = 100
     dp_samples: int = 64
+    dp_oss_samples: int = 8
     dp_spacing: str = "uniform"
     gits_cost: str = "dev"
     gits_gamma: float = 1.15
     multi_objective: bool = False
     nfe_range: tuple[int, int] | None = None
     out: str | None = None
+    save_pool: str | None = None
     command: str = ""
+    search_solvers: tuple[str, ...] = ()  # set by optimize() from rung 0 (or the pinned --solver)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,17 +112,28 @@ class OptimizeConfig:
             raise UserError(f"--kind {self.kind!r} cannot be searched; choose one of {', '.join(SEARCHABLE)}")
         if (self.budget is not None and self.budget <= 0) or (self.timeout is not None and self.timeout <= 0):
             raise UserError("--budget and --timeout are seconds > 0 (leave them out for no limit)")
-        if self.nfe < 1 or self.trials < 1 or self.samples < 2 or self.n_jobs < 1:
-            raise UserError("--nfe, --trials and --n-jobs must be ≥ 1 and --samples ≥ 2")
+        if self.nfe < 1 or self.trials < 1 or self.n_jobs < 1 or self.promote < 1 or self.finalists < 1:
+            raise UserError("--nfe, --trials, --n-jobs, --promote and --finalists must be ≥ 1")
+        if min(self.samples, self.promote_samples, self.held_out_samples) < 2 or self.promote_samples < self.samples:
+            raise UserError("--samples, --promote-samples and --held-out-samples must be ≥ 2, and --promote-samples "
+                            "≥ --samples (rung 1 re-scores on a superset of rung 0's samples)")
         if self.multi_objective and (self.nfe_range is None or not 1 <= self.nfe_range[0] < self.nfe_range[1]):
             raise UserError("--multi-objective needs --nfe-range LO,HI with 1 ≤ LO < HI")
         if self.method in ("dp-gits", "dp-oss", "all") and self.kind != "explicit":
             raise UserError("DP methods produce explicit schedules; use --method optuna to search another --kind")
-        SolverSpec(self.solver)
+        if self.solver != "auto":
+            SolverSpec(self.solver)
+            spec_for_nfe(self.solver, self.nfe)  # an NFE this solver cannot spend exactly is refused here
+        elif self.kind != "explicit" or self.search_eta:
+            raise UserError("--solver auto searches step sets across solvers; name one --solver to search "
+                            "--kind or --search-eta")
         if self.dp_spacing not in GRID_SPACINGS:
             raise UserError(f"unknown --dp-spacing {self.dp_spacing!r}; choose one of {', '.join(GRID_SPACINGS)}")
         if self.search_eta and self.solver not in eta_solvers():
             raise UserError(f"--search-eta searches η, which only {', '.join(eta_solvers())} has; drop it or use --solver ddim")
+        if self.save_pool and Path(self.save_pool).is_file():
+            raise UserError(f"--save-pool {self.save_pool} is a file; name a folder (it is created if missing)")
+        search_seed(self.seed)  # in the search range
         Teacher.parse(self.teacher)
 
     @property
@@ -110,6 +153,9 @@ class OptimizeConfig:
                 "search_eta", "prune_samples", "multi_objective", "nfe_range")
         return {"model_hash": model_hash, **{k: _jsonable(getattr(self, k)) for k in keys}}
 
+    def pool_solvers(self) -> tuple[str, ...]:
+        return tuple(SOLVERS) if self.solver == "auto" else (self.solver,)
+
 
 def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
@@ -117,23 +163,59 @@ def _jsonable(v):
 
 @dataclass
 class SearchCandidate:
-    """A policy the search scored: a baseline, a DP result or an Optuna trial (not an evaluation row)."""
+    """A policy the search scored: a pool member or an Optuna trial (not an evaluation row).
+
+    ``rungs`` maps a sample count to the objective there; ``scores`` are the full scores of the largest rung;
+    ``held_out`` the selection check of a finalist."""
 
     name: str
     document: PolicyDocument
-    source: str  # "baseline", "dp-gits", "dp-oss", "optuna"
+    source: str  # "pool" (analytic, dp-gits, dp-oss) or "optuna"
     scores: dict = field(default_factory=dict)
-    held_out: tuple[float, float] | None = None  # proxy-FID mean, std over held-out seeds
+    rungs: dict[int, float] = field(default_factory=dict)
+    held_out: dict | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What makes two candidates the same sampler: solver, η, steps."""
+        return candidate_key(self.document)
+
+    def value(self, samples: int | None = None) -> float:
+        """The objective at rung ``samples`` (default: the largest rung it reached)."""
+        if not self.rungs:
+            return math.inf
+        return self.rungs.get(samples, math.inf) if samples is not None else self.rungs[max(self.rungs)]
+
+
+def candidate_key(doc: PolicyDocument) -> tuple:
+    steps = tuple(round(float(t), 6) for t in doc.policy.timesteps().tolist()) if doc.policy.static else \
+        json.dumps(doc.policy.params(), sort_keys=True)
+    return (doc.solver.name, doc.solver.eta, doc.policy.kind if not doc.policy.static else "steps", steps)
 
 
 @dataclass
 class OptimizeResult:
-    best: SearchCandidate | None
+    best: SearchCandidate | None  # what was exported (single-objective)
     candidates: list[SearchCandidate]
+    finalists: list[SearchCandidate]
     exported: list[Path]
     study_name: str | None
     trials: int
     wall_time_s: float
+    fallback: bool = False  # True when nothing searched beat the best pool candidate on held-out noise
+
+
+class Clock:
+    """Wall time of a run against its ``--budget``, for the log's "… s left" and the search's share."""
+
+    def __init__(self, budget: float | None) -> None:
+        self.start, self.budget = time.perf_counter(), budget
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> str:
+        return f"{self.elapsed():.0f} s" + (f", {self.budget - self.elapsed():.0f} s of the budget left" if self.budget else "")
 
 
 class Context:
@@ -150,44 +232,97 @@ class Context:
             self.storage = make_storage(cfg.storage, cfg.study_name)
             check_resumable(cfg.study_name, self.storage, directions=cfg.directions,
                             config=cfg.study_config(self.loaded.weights_hash))
-        self.objective = Objective(self.loaded, self.features, samples=cfg.samples, seed=cfg.seed,
+        largest = cfg.samples if cfg.multi_objective else cfg.promote_samples
+        self.objective = Objective(self.loaded, self.features, samples=largest, seed=search_seed(cfg.seed),
                                    residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=log)
+        self.known: dict[tuple, Scores] = {}  # rung-0 scores by candidate key: seeded trials are not sampled twice
+
+    def score(self, doc: PolicyDocument, samples: int) -> Scores:
+        """The objective of ``doc`` on the first ``samples`` x_T of the search seed (remembered for rung 0)."""
+        key = (candidate_key(doc), samples)
+        if key not in self.known:
+            self.known[key] = self.objective(doc, samples=samples)
+        return self.known[key]
 
 
-def baselines(cfg: OptimizeConfig, loaded: LoadedModel, nfe: int) -> list[SearchCandidate]:
-    """Uniform (trailing and linspace) and StepDrop-importance steps at the target NFE, with cfg's solver."""
-    (s, (solver, nfe)) = loaded.schedule, spec_for_nfe(cfg.solver, nfe)
-    rows = [("uniform-trailing", Uniform(nfe=nfe, schedule=s)), ("uniform-linspace", Uniform(nfe=nfe, spacing="linspace", schedule=s))]
-    try:
-        rows.append(("importance", Importance(nfe=nfe, schedule=s)))
-    except UserError:
-        pass  # importance cannot place this NFE in its bands
-    return [SearchCandidate(name, PolicyDocument(p, solver), "baseline") for name, p in rows]
+# ---------------------------------------------------------------------------------------------------- the pool
 
 
-def run_dp(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> list[SearchCandidate]:
+def analytic_pool(cfg: OptimizeConfig, loaded: LoadedModel) -> list[SearchCandidate]:
+    """Every pool solver × every analytic schedule, each solver on the grid that spends ``cfg.nfe``."""
     out = []
-    if cfg.method not in ("dp-gits", "dp-oss", "all"):
-        return out
-    log(f"DP: teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
-    traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=cfg.seed, spacing=cfg.dp_spacing)
-    solver, steps = spec_for_nfe(cfg.solver, cfg.nfe)
-    if cfg.method in ("dp-gits", "all"):
-        res = gits_schedule(traj, steps, cost=cfg.gits_cost, gamma=cfg.gits_gamma)
-        log(f"DP-GITS ({res.nfe_spent} NFE): {res.steps.tolist()}")
-        out.append(SearchCandidate("dp-gits", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
-                                                       solver), "dp-gits"))
-    if cfg.method in ("dp-oss", "all"):
-        res = oss_schedule(ctx.loaded, traj, steps)
-        log(f"DP-OSS ({res.nfe_spent} NFE): {res.steps.tolist()}")
-        out.append(SearchCandidate("dp-oss", PolicyDocument(Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule),
-                                                      solver), "dp-oss"))
+    for name in cfg.pool_solvers():
+        try:
+            spec, steps = spec_for_nfe(name, cfg.nfe)
+        except UserError:
+            continue  # e.g. Heun cannot spend NFE 1
+        for label, cls in POOL_SCHEDULES.items():
+            try:
+                policy = cls(nfe=steps, schedule=loaded.schedule)
+            except UserError:
+                continue  # the schedule cannot place that many distinct steps
+            out.append(SearchCandidate(f"{name}/{label}", PolicyDocument(policy, spec), "pool"))
     return out
+
+
+def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> list[SearchCandidate]:
+    """DP-GITS and DP-OSS schedules for every grid size the pool solvers need, each run with those solvers.
+
+    The DPs search on the DDIM skeleton (every solver's one-step form), so one schedule per grid size serves
+    every solver of that size; DP-OSS runs on the first ``dp_oss_samples`` teacher trajectories (its cost is
+    one NFE per reachable node per level per sample)."""
+    wanted = [m for m in ("dp-gits", "dp-oss") if cfg.method in (m, "all")]
+    if not wanted:
+        return []
+    by_size: dict[int, list[SolverSpec]] = {}
+    for name in cfg.pool_solvers():
+        try:
+            spec, steps = spec_for_nfe(name, cfg.nfe)
+        except UserError:
+            continue
+        if steps <= cfg.dp_grid:
+            by_size.setdefault(steps, []).append(spec)
+    if not by_size:
+        return []
+    log(f"DP: teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
+    traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=search_seed(cfg.seed),
+                              spacing=cfg.dp_spacing)
+    oss_traj = traj.subset(min(cfg.dp_oss_samples, cfg.dp_samples))
+    out = []
+    for steps, specs in sorted(by_size.items()):
+        for method in wanted:
+            res = gits_schedule(traj, steps, cost=cfg.gits_cost, gamma=cfg.gits_gamma) if method == "dp-gits" \
+                else oss_schedule(ctx.loaded, oss_traj, steps)
+            log(f"{method} on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
+            policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
+            out += [SearchCandidate(f"{spec.name}/{method}", PolicyDocument(policy, spec), "pool") for spec in specs]
+    return out
+
+
+def score_rung(ctx: Context, candidates: list[SearchCandidate], samples: int, label: str,
+               log: Callable[[str], None], clock: Clock) -> None:
+    """Score ``candidates`` on the first ``samples`` x_T of the search seed; every one gets the same noise."""
+    log(f"{label}: {len(candidates)} candidates on {samples} samples ({clock.left()})")
+    for i, cand in enumerate(candidates, 1):
+        scores = ctx.score(cand.document, samples)
+        cand.rungs[samples] = scores.value
+        cand.scores = scores.to_dict() | {"samples": samples}
+        log(f"  [{i}/{len(candidates)}] {cand.name}: objective {scores.value:.4f} (proxy-FID {scores.fid or 0:.3f}, "
+            f"residual {scores.residual or 0:.5f})")
+
+
+def ranked(candidates: list[SearchCandidate], samples: int | None = None) -> list[SearchCandidate]:
+    return sorted(candidates, key=lambda c: c.value(samples))
+
+
+# ---------------------------------------------------------------------------------------------------- the study
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        with warnings.catch_warnings():  # group=True is "experimental" since Optuna 2.8 and is what conditional spaces need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
@@ -195,25 +330,39 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
+def search_solvers_of(cfg: OptimizeConfig) -> tuple[str, ...]:
+    return cfg.search_solvers or cfg.pool_solvers()
+
+
+def trial_document(trial: optuna.Trial, cfg: OptimizeConfig, ctx: Context, nfe: int) -> PolicyDocument:
+    """The policy a trial proposes: a solver (categorical when the study searches several), then its schedule.
+    Step-set parameters are named per grid size, since solvers that spend one NFE differently need other counts."""
+    solvers = search_solvers_of(cfg)
+    name = trial.suggest_categorical("solver", list(solvers)) if len(solvers) > 1 else solvers[0]
+    spec, steps = spec_for_nfe(name, nfe)
+    prefix = f"k{steps}_" if len(solvers) > 1 else ""
+    return suggest_document(trial, cfg.kind, steps, ctx.loaded.schedule, solver=spec, free_boundary=cfg.free_boundary,
+                            search_eta=cfg.search_eta, prefix=prefix)
+
+
 def trial_function(cfg: OptimizeConfig, ctx: Context):
-    """The Optuna objective: cheap rung first (residual on ``prune_samples``), full objective for survivors."""
+    """The Optuna objective: rung 0's objective (a cheap residual-only rung first, which the pruner can stop)."""
 
     def run(trial: optuna.Trial):
         nfe = trial.suggest_int("nfe", *cfg.nfe_range) if cfg.multi_objective else cfg.nfe
-        spec, steps = spec_for_nfe(cfg.solver, nfe)
         try:
-            doc = suggest_document(trial, cfg.kind, steps, ctx.loaded.schedule, solver=spec,
-                                   free_boundary=cfg.free_boundary, search_eta=cfg.search_eta)
+            doc = trial_document(trial, cfg, ctx, nfe)
         except UserError as exc:
             trial.set_user_attr("invalid", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("policy", doc.to_dict())
-        if not cfg.multi_objective and cfg.prune_samples < cfg.samples:
+        seen = (candidate_key(doc), cfg.samples) in ctx.known
+        if not cfg.multi_objective and cfg.prune_samples < cfg.samples and not seen:
             cheap = ctx.objective(doc, samples=cfg.prune_samples, with_fid=cfg.residual_weight == 0)
             trial.report(cheap.value, 0)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        scores = ctx.objective(doc)
+        scores = ctx.score(doc, cfg.samples)
         trial.set_user_attr("scores", scores.to_dict())
         if scores.failed:
             trial.set_user_attr("failed", scores.failed)
@@ -228,17 +377,23 @@ def _counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def progress_callback(cfg: OptimizeConfig, log: Callable[[str], None]):
-    """An Optuna callback that reports each finished trial and the best value so far."""
+def progress_callback(cfg: OptimizeConfig, log: Callable[[str], None], clock: Clock | None = None):
+    """An Optuna callback that reports each finished trial, the best value so far and the time left."""
+
+    pruned = 0
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal pruned
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            pruned += 1  # most trials end at the cheap rung: counted here, not logged one by one
+            return
         if cfg.multi_objective:
-            outcome = f"{trial.state.name.lower()}, Pareto set {len(study.best_trials)}"
-        elif trial.state == optuna.trial.TrialState.COMPLETE:
-            outcome = f"objective {trial.value:.4f}, best {study.best_value:.4f}"
+            outcome = f"Pareto set {len(study.best_trials)}"
         else:
-            outcome = trial.state.name.lower()
-        log(f"trial {trial.number} ({_counted(study)}/{cfg.trials} finished): {outcome}")
+            outcome = f"objective {trial.value:.4f}, best {study.best_value:.4f}"
+        solver = trial.params.get("solver", "")
+        log(f"trial {trial.number}{' ' + solver if solver else ''}: {outcome}; {pruned} pruned so far"
+            + (f" ({clock.left()})" if clock else ""))
 
     return report
 
@@ -250,7 +405,8 @@ def open_search_study(cfg: OptimizeConfig, ctx: Context) -> tuple[optuna.Study, 
                       config=cfg.study_config(ctx.loaded.weights_hash))
 
 
-def worker(cfg: OptimizeConfig, ctx: Context | None = None, log: Callable[[str], None] = lambda m: None) -> int:
+def worker(cfg: OptimizeConfig, ctx: Context | None = None, log: Callable[[str], None] = lambda m: None,
+           clock: Clock | None = None) -> int:
     """One search worker: load the shared study and run trials until the study holds ``trials`` finished
     (complete or pruned) trials or the timeout passes. Returns the trials this worker finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -259,9 +415,10 @@ def worker(cfg: OptimizeConfig, ctx: Context | None = None, log: Callable[[str],
     before = _counted(study)
     objective = trial_function(cfg, ctx)
     deadline = time.monotonic() + cfg.timeout if cfg.timeout else math.inf
+    callbacks = [progress_callback(cfg, log, clock)]
     while _counted(study) < cfg.trials and time.monotonic() < deadline:
         try:
-            study.optimize(objective, n_trials=1, gc_after_trial=False, callbacks=[progress_callback(cfg, log)])
+            study.optimize(objective, n_trials=1, gc_after_trial=False, callbacks=callbacks)
         except ValueError as exc:
             # SQLite can hand one enqueued (seed) trial to two workers at once; the second worker's
             # result is refused ("Cannot tell a COMPLETE trial") and discarded: the study keeps one.
@@ -276,119 +433,252 @@ def _worker_process(cfg: OptimizeConfig, index: int) -> int:
 
 
 def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[SearchCandidate]) -> None:
-    """Enqueue baselines and DP results as the first trials (explicit kind only: they are step sets)."""
+    """Enqueue the pool's step sets of the searched solvers as the first trials (explicit kind only)."""
     if cfg.kind != "explicit" or cfg.multi_objective:
         return
+    solvers = search_solvers_of(cfg)
     for cand in seeds:
+        name = cand.document.solver.name
+        if name not in solvers or not cand.document.policy.static:
+            continue
         steps = cand.document.policy.timesteps().tolist()
         fits_fixed_ends = steps[0] == cand.document.policy.T - 1 and steps[-1] == 0
-        if len(steps) != spec_for_nfe(cfg.solver, cfg.nfe)[1] or not (cfg.free_boundary or fits_fixed_ends):
+        if len(steps) != spec_for_nfe(name, cfg.nfe)[1] or not (cfg.free_boundary or fits_fixed_ends):
             continue
-        study.enqueue_trial(steps_to_params(steps, cfg.free_boundary), user_attrs={"source": cand.name},
+        params = steps_to_params(steps, cfg.free_boundary, f"k{len(steps)}_" if len(solvers) > 1 else "")
+        study.enqueue_trial(params | ({"solver": name} if len(solvers) > 1 else {}), user_attrs={"source": cand.name},
                             skip_if_exists=True)
 
 
-def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -> OptimizeResult:
-    tick = time.perf_counter()
-    ctx = Context(cfg, log)
-    loaded = ctx.loaded
-    candidates = [] if cfg.multi_objective else baselines(cfg, loaded, cfg.nfe)
-    candidates += run_dp(cfg, ctx, log) if not cfg.multi_objective else []
-    scoring = time.perf_counter()
-    for cand in candidates:
-        cand.scores = ctx.objective(cand.document).to_dict()
-        log(f"{cand.name}: objective {cand.scores['value']:.4f} (proxy-FID {cand.scores['fid']:.3f}, "
-            f"residual {cand.scores['residual'] or 0:.5f})")
-    per_score = (time.perf_counter() - scoring) / max(1, len(candidates))
+def chosen_search_solvers(cfg: OptimizeConfig, study: optuna.Study | None, pool: list[SearchCandidate]) -> tuple[str, ...]:
+    """The solvers the study searches: the pinned one, or rung 0's best ``SEARCHED_SOLVERS`` among the analytic pool
+    rows (which depend only on what the study's settings fix, so a resumed study gets the same set; a study
+    that already recorded its set keeps it)."""
+    if cfg.solver != "auto":
+        return (cfg.solver,)
+    recorded = study.user_attrs.get("search_solvers") if study is not None else None
+    if recorded:
+        return tuple(recorded)
+    analytic = [c for c in ranked(pool) if c.name.split("/")[1] in POOL_SCHEDULES and math.isfinite(c.value())]
+    chosen = tuple(dict.fromkeys(c.document.solver.name for c in analytic))[:SEARCHED_SOLVERS]
+    if study is not None:
+        study.set_user_attr("search_solvers", list(chosen))
+    return chosen
 
+
+def search_seconds(cfg: OptimizeConfig, elapsed: float, reserve: float) -> float | None:
+    """Seconds the workers may search: ``--timeout``, capped by what is left of ``--budget`` after the
+    work done so far and the reserve for the later phases; None means no limit."""
+    left = cfg.budget - elapsed - reserve if cfg.budget is not None else math.inf
+    limit = min(left, cfg.timeout if cfg.timeout is not None else math.inf)
+    return None if math.isinf(limit) else limit
+
+
+def study_candidates(cfg: OptimizeConfig, study: optuna.Study, known: set[tuple]) -> list[SearchCandidate]:
+    """The study's Pareto set, or its ``promote`` best complete trials that are not already pool candidates."""
+    if cfg.multi_objective:
+        trials = study.best_trials
+    else:
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        trials = sorted(complete, key=lambda t: t.value)
+    out = []
+    for t in trials:
+        doc = PolicyDocument.from_dict(t.user_attrs["policy"], f"trial {t.number}")
+        if candidate_key(doc) in known:
+            continue  # a seeded trial that reproduced its pool candidate: that candidate stands for it
+        known.add(candidate_key(doc))
+        name = f"optuna-trial-{t.number} ({doc.solver.name})"
+        cand = SearchCandidate(name, doc, "optuna", dict(t.user_attrs.get("scores", {})) | {"samples": cfg.samples})
+        cand.rungs[cfg.samples] = t.values[0] if cfg.multi_objective else t.value
+        out.append(cand)
+        if not cfg.multi_objective and len(out) >= cfg.promote:
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+
+
+#: Pool candidates always promoted to rung 1, and always among the finalists: the reference a searched candidate must
+#: beat is the best pool candidate on held-out noise, so the pool's best must not be lost to rung 0's noise.
+POOL_PROMOTED, POOL_FINALISTS = 3, 2
+
+
+def _top(candidates: list[SearchCandidate], samples: int, count: int, extra_pool: int) -> list[SearchCandidate]:
+    """The ``count`` best at rung ``samples``, plus the ``extra_pool`` best pool candidates and the best searched one
+    wherever they rank."""
+    order = [c for c in ranked(candidates, samples) if math.isfinite(c.value(samples))]
+    chosen = order[:count]
+    pool = [c for c in order if c.source == "pool"][:extra_pool]
+    searched = [c for c in order if c.source != "pool"][:1]
+    return chosen + [c for c in pool + searched if c not in chosen]
+
+
+def promoted(cfg: OptimizeConfig, candidates: list[SearchCandidate]) -> list[SearchCandidate]:
+    """Rung 1's candidates: rung 0's ``promote`` best, the best pool candidates and the best searched one."""
+    return _top(candidates, cfg.samples, cfg.promote, POOL_PROMOTED)
+
+
+def choose_finalists(cfg: OptimizeConfig, rung1: list[SearchCandidate]) -> list[SearchCandidate]:
+    """The held-out check's candidates: rung 1's ``finalists`` best, the best pool candidates and the best searched one."""
+    return _top(rung1, cfg.promote_samples, cfg.finalists, POOL_FINALISTS)
+
+
+def held_out_check(cfg: OptimizeConfig, ctx: Context, finalists: list[SearchCandidate], log: Callable[[str], None],
+                   clock: Clock) -> SearchCandidate | None:
+    """Sample every finalist on the selection seed's x_T; fill each one's ``held_out`` with its proxy-FID, KID and
+    paired difference (95% bootstrap interval) to the best pool finalist there. Returns that reference."""
+    seed = selection_seed(cfg.seed)
+    device = next(ctx.loaded.model.parameters()).device
+    feats = {}
+    for i, cand in enumerate(finalists, 1):
+        log(f"held-out check [{i}/{len(finalists)}] {cand.name}: {cfg.held_out_samples} samples of seed {seed} ({clock.left()})")
+        run = generate(ctx.loaded.model, ctx.loaded.schedule, cand.document.policy, cand.document.solver,
+                       n=cfg.held_out_samples, seed=seed)
+        if not torch.isfinite(run.x0).all():
+            continue
+        feats[cand.name] = proxy_features(run.x0, ctx.features, device=device)[0]
+        kid = kid_of_features(feats[cand.name], ctx.features, seed=seed)[0]
+        cand.held_out = {"seed": seed, "samples": cfg.held_out_samples, "fid": fid_of_features(feats[cand.name], ctx.features),
+                         "kid": kid}
+    scored = [c for c in finalists if c.held_out is not None]
+    pool = [c for c in scored if c.source == "pool"]
+    if not pool:
+        return None
+    reference = min(pool, key=lambda c: c.held_out["fid"])
+    for cand in scored:
+        diff, low, high = paired_fid_difference(feats[cand.name], feats[reference.name], ctx.features, seed=seed)
+        cand.held_out |= {"reference": reference.name, "fid_difference": diff, "ci95": [low, high],
+                          "kid_difference": cand.held_out["kid"] - reference.held_out["kid"]}
+    return reference
+
+
+def significantly_better(cand: SearchCandidate) -> bool:
+    """Its whole 95% interval of the paired proxy-FID difference lies below zero and KID agrees in sign."""
+    h = cand.held_out
+    return h is not None and "ci95" in h and h["ci95"][1] < 0 and h["kid_difference"] < 0
+
+
+def pick_export(finalists: list[SearchCandidate], reference: SearchCandidate | None) -> tuple[SearchCandidate | None, bool]:
+    """(what to export, whether it is the fallback): the searched finalist that beats the best pool finalist by the
+    most, among those that beat it significantly; else that pool finalist."""
+    winners = [c for c in finalists if c.source != "pool" and significantly_better(c)]
+    if winners:
+        return min(winners, key=lambda c: c.held_out["fid_difference"]), False
+    return reference, True
+
+
+# ---------------------------------------------------------------------------------------------------- the job
+
+
+def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -> OptimizeResult:
+    clock = Clock(cfg.budget)
+    ctx = Context(cfg, log)
+    if cfg.multi_objective:
+        return _optimize_pareto(cfg, ctx, log, clock)
+    pool = analytic_pool(cfg, ctx.loaded) + dp_pool(cfg, ctx, log)
+    rung0 = time.perf_counter()
+    score_rung(ctx, pool, cfg.samples, "rung 0 (pool)", log, clock)
+    forwards = sum(c.scores.get("nfe") or 0 for c in pool) * cfg.samples
+    per_forward = (time.perf_counter() - rung0) / max(1.0, forwards)  # seconds per sample-evaluation, metrics included
+
+    candidates = list(pool)
     study_name, trials_done = None, 0
     if cfg.method in ("optuna", "all"):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
         study, created = open_search_study(cfg, ctx)
+        cfg = replace(cfg, search_solvers=chosen_search_solvers(cfg, study, pool))
         if created:
-            seed_study(cfg, study, candidates)
+            seed_study(cfg, study, pool)
         study_name = cfg.study_name
-        # The export scores every candidate on the held-out seeds: reserve that time out of the budget.
-        reserve = len(HELD_OUT_SEEDS) * per_score * (len(candidates) + 1)
-        search_time = search_seconds(cfg, time.perf_counter() - tick, reserve)
-        log(f"study {study_name}: {_counted(study)} finished trials so far, target {cfg.trials}"
-            + (f", at most {search_time:.0f} s" if search_time is not None else ""))
+        # Rung 1 and the held-out check come after the search: keep their time out of the budget (usually two
+        # extra candidates join each; metrics and the bootstrap cost a few seconds per finalist).
+        reserve = per_forward * cfg.nfe * (cfg.promote_samples * (cfg.promote + 2)
+                                           + cfg.held_out_samples * (cfg.finalists + 2)) + 5 * (cfg.finalists + 2)
+        search_time = search_seconds(cfg, clock.elapsed(), reserve)
+        log(f"search: study {study_name} over {', '.join(cfg.search_solvers)}, {_counted(study)} finished trials so far"
+            + (f", {search_time:.0f} s for it (the rest of the budget is kept for rung 1 and the held-out check)"
+               if search_time is not None else ""))
         if search_time is not None and search_time <= 0:
-            log(f"the --budget of {cfg.budget:.0f} s is spent before the search; exporting the best seed "
+            log(f"the --budget of {cfg.budget:.0f} s is spent before the search; going on with the pool "
                 "(raise --budget, or re-run: the teacher is cached now)")
         elif cfg.n_jobs == 1:
-            worker(replace(cfg, timeout=search_time), ctx, log)
+            worker(replace(cfg, timeout=search_time), ctx, log, clock)
         else:
             from joblib import Parallel, delayed
 
             Parallel(n_jobs=cfg.n_jobs, backend="loky")(delayed(_worker_process)(replace(cfg, timeout=search_time), i)
                                                         for i in range(cfg.n_jobs))
         trials_done = _counted(study)
-        candidates += study_candidates(cfg, study)
+        candidates += study_candidates(cfg, study, {c.key for c in pool})
 
-    exported = export(cfg, ctx, candidates, study_name, trials_done, time.perf_counter() - tick, log)
-    best = min((c for c in candidates if math.isfinite(c.scores.get("value", math.inf))),
-               key=lambda c: c.scores["value"], default=None)
-    return OptimizeResult(best, candidates, exported, study_name, trials_done, time.perf_counter() - tick)
-
-
-def search_seconds(cfg: OptimizeConfig, elapsed: float, reserve: float) -> float | None:
-    """Seconds the workers may search: ``--timeout``, capped by what is left of ``--budget`` after the
-    work done so far and the export's reserve; None means no limit."""
-    left = cfg.budget - elapsed - reserve if cfg.budget is not None else math.inf
-    limit = min(left, cfg.timeout if cfg.timeout is not None else math.inf)
-    return None if math.isinf(limit) else limit
-
-
-def study_candidates(cfg: OptimizeConfig, study: optuna.Study) -> list[SearchCandidate]:
-    if cfg.multi_objective:
-        trials = study.best_trials
-    else:
-        complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-        trials = [min(complete, key=lambda t: t.value)] if complete else []
-    out = []
-    for t in trials:
-        doc = PolicyDocument.from_dict(t.user_attrs["policy"], f"trial {t.number}")
-        name = f"optuna-trial-{t.number}" + (f" (seeded: {t.user_attrs['source']})" if "source" in t.user_attrs else "")
-        out.append(SearchCandidate(name, doc, "optuna", dict(t.user_attrs.get("scores", {}))))
-    return out
+    rung1 = promoted(cfg, candidates)
+    score_rung(ctx, rung1, cfg.promote_samples, "rung 1", log, clock)
+    finalists = choose_finalists(cfg, rung1)
+    reference = held_out_check(cfg, ctx, finalists, log, clock)
+    best, fallback = pick_export(finalists, reference)
+    if best is None:
+        raise UserError("no candidate produced finite samples; nothing to export")
+    if fallback:
+        log(f"nothing searched beat the best pool candidate significantly on held-out noise: exporting {best.name}")
+    exported = [export(cfg, ctx, best, study_name, trials_done, clock.elapsed(), log, fallback=fallback)]
+    if cfg.save_pool:
+        save_pool(cfg, ctx, pool, log)
+    return OptimizeResult(best, candidates, finalists, exported, study_name, trials_done, clock.elapsed(), fallback)
 
 
-def held_out_fid(ctx: Context, cand: SearchCandidate) -> tuple[float, float]:
-    """Proxy-FID on noise the search never saw (seeds 1000–1002): mean, std."""
-    values = []
-    for seed in HELD_OUT_SEEDS:
-        objective = Objective(ctx.loaded, ctx.features, samples=ctx.objective.samples, seed=seed, residual_weight=0)
-        values.append(objective(cand.document).fid)
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None], clock: Clock) -> OptimizeResult:
+    """NSGA-II over (objective, measured NFE); every Pareto trial exported with its held-out proxy-FID."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, _ = open_search_study(cfg, ctx)
+    search_time = search_seconds(cfg, clock.elapsed(), 0.0)
+    if search_time is None or search_time > 0:
+        worker(replace(cfg, timeout=search_time), ctx, log, clock)
+    pareto = study_candidates(cfg, study, set())
+    device = next(ctx.loaded.model.parameters()).device
+    for cand in pareto:
+        run = generate(ctx.loaded.model, ctx.loaded.schedule, cand.document.policy, cand.document.solver,
+                       n=cfg.samples, seed=selection_seed(cfg.seed))
+        fid = fid_of_features(proxy_features(run.x0, ctx.features, device=device)[0], ctx.features) \
+            if torch.isfinite(run.x0).all() else math.inf
+        cand.held_out = {"seed": selection_seed(cfg.seed), "samples": cfg.samples, "fid": fid}
+    exported = [export(cfg, ctx, cand, cfg.study_name, _counted(study), clock.elapsed(), log, index=i)
+                for i, cand in enumerate(pareto)]
+    return OptimizeResult(None, pareto, pareto, exported, cfg.study_name, _counted(study), clock.elapsed())
 
 
-def export(cfg: OptimizeConfig, ctx: Context, candidates: list[SearchCandidate], study_name: str | None, trials: int,
-           wall: float, log: Callable[[str], None]) -> list[Path]:
-    finite = [c for c in candidates if math.isfinite(c.scores.get("value", math.inf))]
-    if not finite:
-        raise UserError("no candidate produced a finite objective; nothing to export")
-    log(f"proxy-FID of {len(finite)} candidates on held-out seeds {', '.join(map(str, HELD_OUT_SEEDS))}")
-    for cand in finite:
-        cand.held_out = held_out_fid(ctx, cand)
-    chosen = [c for c in finite if c.source == "optuna"] if cfg.multi_objective else [min(finite, key=lambda c: c.scores["value"])]
-    # Policy files get shared: they record the storage (and the command naming it) without its password.
+def save_pool(cfg: OptimizeConfig, ctx: Context, pool: list[SearchCandidate], log: Callable[[str], None]) -> None:
+    """Every pool candidate as a policy file in ``cfg.save_pool`` (``SOLVER_SCHEDULE-nfeN.json``), with its search
+    scores: ``evaluate --policy DIR`` then measures the export against the whole pool on evaluation seeds."""
+    folder = Path(cfg.save_pool)
+    for cand in pool:
+        prov = provenance(cfg.command, ctx.loaded.weights_hash, objective={
+            **cand.scores, "rungs": {str(k): v for k, v in sorted(cand.rungs.items())}, "search_seed": search_seed(cfg.seed)},
+            search={"pool_member": cand.name, "held_out": cand.held_out})
+        save_policy(folder / f"{cand.name.replace('/', '_')}-nfe{cfg.nfe}.json",
+                    PolicyDocument(cand.document.policy, cand.document.solver, prov))
+    log(f"wrote the {len(pool)} pool candidates to {folder}/")
+
+
+def export(cfg: OptimizeConfig, ctx: Context, cand: SearchCandidate, study_name: str | None, trials: int, wall: float,
+           log: Callable[[str], None], *, fallback: bool = False, index: int = 0) -> Path:
+    """Write ``cand`` atomically with its provenance: the search's objective values, the held-out check and the
+    settings (the storage without its password)."""
     public = replace(cfg, storage=shown(cfg.storage), command=cfg.command.replace(cfg.storage, shown(cfg.storage))) \
         if cfg.storage else cfg
-    paths = []
-    for i, cand in enumerate(chosen):
-        nfe = cand.document.policy.nfe
-        default = f"policies/best-{cfg.kind}-{cfg.solver}-nfe{nfe}.json" if not cfg.multi_objective else \
-            f"policies/pareto-{cfg.study_name}-{i}-nfe{nfe}.json"
-        path = Path(cfg.out) if cfg.out and not cfg.multi_objective else Path(default)
-        prov = provenance(public.command, ctx.loaded.weights_hash, objective={
-            **cand.scores, "held_out_fid_mean": cand.held_out[0], "held_out_fid_std": cand.held_out[1],
-            "held_out_seeds": list(HELD_OUT_SEEDS), "samples": cfg.samples, "seed": cfg.seed,
-            "residual_weight": cfg.residual_weight, "teacher": cfg.teacher},
-            search={"method": cfg.method, "winner": cand.name, "study": study_name, "storage": public.storage or "sqlite (studies/)",
-                    "trials": trials, "sampler": cfg.sampler, "kind": cfg.kind, "wall_time_s": round(wall, 1),
-                    "config": asdict(public) | {"nfe_range": _jsonable(cfg.nfe_range)}})
-        paths.append(save_policy(path, PolicyDocument(cand.document.policy, cand.document.solver, prov)))
-        log(f"exported {cand.name} → {path}")
-    return paths
+    nfe = round(cand.document.solver.solver.nfe(cand.document.policy.nfe))
+    if cfg.multi_objective:
+        path = Path(f"policies/pareto-{cfg.study_name}-{index}-nfe{nfe}.json")
+    else:
+        path = Path(cfg.out) if cfg.out else Path(f"policies/best-{cfg.kind}-{cfg.solver}-nfe{nfe}.json")
+    prov = provenance(public.command, ctx.loaded.weights_hash, objective={
+        **cand.scores, "rungs": {str(k): v for k, v in sorted(cand.rungs.items())}, "search_seed": search_seed(cfg.seed),
+        "residual_weight": cfg.residual_weight, "teacher": cfg.teacher, "held_out": cand.held_out},
+        search={"method": cfg.method, "winner": cand.name, "source": cand.source, "fallback_to_pool": fallback,
+                "study": study_name, "storage": public.storage or "sqlite (studies/)", "trials": trials,
+                "sampler": cfg.sampler, "kind": cfg.kind, "solvers_searched": list(search_solvers_of(cfg)),
+                "wall_time_s": round(wall, 1),
+                "config": asdict(public) | {"nfe_range": _jsonable(cfg.nfe_range), "search_solvers": list(cfg.search_solvers)}})
+    saved = save_policy(path, PolicyDocument(cand.document.policy, cand.document.solver, prov))
+    log(f"exported {cand.name} → {path}")
+    return saved

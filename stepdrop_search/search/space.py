@@ -47,26 +47,30 @@ def gaps_to_steps(gaps: list[float], t_first: int, t_last: int, T: int) -> torch
     return distinct_decreasing(values, T)
 
 
-def steps_to_params(steps: list[int], free_boundary: bool) -> dict:
-    """Inverse of :func:`gaps_to_steps` for seeding a study with a known schedule."""
+def steps_to_params(steps: list[int], free_boundary: bool, prefix: str = "") -> dict:
+    """Inverse of :func:`gaps_to_steps` for seeding a study with a known schedule (``prefix`` as in
+    :func:`suggest_document`). Gaps below 2% of the largest are raised to it, so a seed that crowds its steps
+    more than that comes back slightly moved."""
     diffs = [a - b for a, b in zip(steps, steps[1:], strict=False)]
     top = max(diffs) if diffs else 1
-    params = {f"gap_{i}": min(GAP_RANGE[1], max(GAP_RANGE[0], d / top)) for i, d in enumerate(diffs)}
+    params = {f"{prefix}gap_{i}": min(GAP_RANGE[1], max(GAP_RANGE[0], d / top)) for i, d in enumerate(diffs)}
     if free_boundary:
-        params |= {"t_first": steps[0], "t_last": steps[-1]}
+        params |= {f"{prefix}t_first": round(steps[0]), f"{prefix}t_last": round(steps[-1])}
     return params
 
 
 def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSchedule, *, solver: SolverSpec = SolverSpec(),
-                     free_boundary: bool = True, search_eta: bool = False) -> PolicyDocument:
+                     free_boundary: bool = True, search_eta: bool = False, prefix: str = "") -> PolicyDocument:
+    """A valid policy document from ``trial``'s suggestions. ``prefix`` names the explicit kind's parameters apart
+    when one study searches several grid sizes (solvers that spend their NFE on different numbers of steps)."""
     T = schedule.T
     if kind == "explicit":
         t_first, t_last = T - 1, 0
         if free_boundary:
-            t_first = trial.suggest_int("t_first", T // 2, T - 1)
+            t_first = trial.suggest_int(f"{prefix}t_first", T // 2, T - 1)
             lo, hi = last_step_range(T, nfe)
-            t_last = trial.suggest_int("t_last", lo, min(hi, t_first - nfe + 1))
-        gaps = [trial.suggest_float(f"gap_{i}", *GAP_RANGE, log=True) for i in range(nfe - 1)]
+            t_last = trial.suggest_int(f"{prefix}t_last", lo, min(hi, t_first - nfe + 1))
+        gaps = [trial.suggest_float(f"{prefix}gap_{i}", *GAP_RANGE, log=True) for i in range(nfe - 1)]
         policy = Explicit(steps=tuple(gaps_to_steps(gaps, t_first, t_last, T).tolist()), schedule=schedule)
     elif kind == "uniform":
         policy = Uniform(nfe=nfe, spacing=trial.suggest_categorical("spacing", list(SPACINGS)), schedule=schedule)
