@@ -35,3 +35,10 @@ def test_sampler_speed_prints_every_row_for_a_model_with_a_cosine_schedule(cosin
     assert [(r[0], r[1], r[2]) for r in rows] == [(kind, solver, "2") for kind in ("uniform", "stepdrop", "adaptive")
                                                   for solver in ("ddim", "dpmpp-2m")]
     assert all(float(r[4]) > 0 and r[5].endswith("%") for r in rows)
+
+
+def test_teacher_accuracy_puts_a_converged_teacher_closer_to_ddim_over_all_steps_than_a_coarse_one(cosine_checkpoint, capsys):
+    bench_module("teacher_accuracy").main(["--model", str(cosine_checkpoint), "--samples", "4", "--seed", "3",
+                                           "--teachers", "ddim-5", "dpmpp-2m-50"])
+    rows = {line.split()[0]: float(line.split()[2]) for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["dpmpp-2m-50"] < rows["ddim-5"]  # 50 second-order steps of a 100-step model are near its ODE
