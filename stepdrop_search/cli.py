@@ -446,7 +446,8 @@ def optimize(
     held_out_samples: Annotated[int, typer.Option(help="samples of the held-out selection seed per finalist")] = 1024,
     seed: Annotated[int, typer.Option(help="search noise: seed s searches on x_T seed 2^24+s and selects on "
                                       "2^24+2^23+s, never an evaluate seed")] = 0,
-    residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual")] = 100.0,
+    residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual to --teacher (0: proxy-FID "
+                                                   "alone, no teacher)")] = 0.0,
     teacher: Annotated[str, typer.Option(help="residual teacher <solver>-<steps>")] = "dpmpp-2m-200",
     free_boundary: Annotated[bool, typer.Option(help="search the first and last step too")] = True,
     search_eta: Annotated[bool, typer.Option(help="also search η (with a --solver that has one)")] = False,

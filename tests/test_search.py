@@ -95,7 +95,8 @@ SMALL = dict(samples=16, promote=4, promote_samples=24, finalists=2, held_out_sa
 def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint, tiny_features, tmp_path):
     out = tmp_path / "best.json"
     cfg = OptimizeConfig(nfe=5, method="all", model=str(tiny_checkpoint), features=str(tiny_features), trials=6,
-                         storage=f"sqlite:///{tmp_path}/s.db", dp_grid=20, dp_samples=4, dp_oss_samples=2, out=str(out), **SMALL)
+                         storage=f"sqlite:///{tmp_path}/s.db", dp_grid=20, dp_samples=4, dp_oss_samples=2, out=str(out),
+                         residual_weight=100.0, **SMALL)
     result = optimize(cfg)
     doc = load_policy(out, load_model(tiny_checkpoint).schedule)
     assert doc.solver.solver.nfe(doc.policy.nfe) == 5

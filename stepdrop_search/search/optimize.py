@@ -3,12 +3,13 @@
 ``optimize(config)`` runs, in this order (each phase logs what it does and how much of ``--budget`` is left):
 
 1. **checks** every input — model, feature file, ``--storage`` and a resumed study's settings — before any work;
-2. **teacher**: a cheap, accurate one (DPM-Solver++(2M) on 200 steps: its x0 lies 2e-5 from DDIM-1000's, at a
-   fifth of the cost), cached on disk, for the residual part of the objective;
+2. **teacher** (only with ``residual_weight`` > 0): a cheap, accurate one (DPM-Solver++(2M) on 200 steps: its x0
+   lies 2e-5 from DDIM-1000's, at a fifth of the cost), cached on disk. The default objective is proxy-FID alone:
+   on the shipped model the residual ranks few-step samplers against what proxy-FID measures (README);
 3. **pool**: every solver (``--solver auto``) × {uniform trailing, log-SNR, Karras, quadratic, DP-GITS, DP-OSS} at the
    target NFE, each solver on the grid that spends exactly that NFE;
-4. **rung 0**: every pool candidate scored on ``samples`` x_T of the *search* seed (proxy-FID + w · residual,
-   common random numbers: one x_T and one noise stream per sample for every candidate);
+4. **rung 0**: every pool candidate scored on ``samples`` x_T of the *search* seed (proxy-FID, plus w · residual when
+   ``residual_weight`` > 0; common random numbers: one x_T and one noise stream per sample for every candidate);
 5. **search**: an Optuna study over the best solvers of rung 0 (a categorical) and free step sets, seeded with the
    pool's schedules and scored like rung 0, for what the budget leaves;
 6. **rung 1**: the ``promote`` best candidates of pool and study scored again on ``promote_samples`` samples;
@@ -78,7 +79,7 @@ class OptimizeConfig:
     finalists: int = 3
     held_out_samples: int = 1024
     seed: int = 0
-    residual_weight: float = 100.0
+    residual_weight: float = 0.0
     teacher: str = "dpmpp-2m-200"
     trials: int = 10000
     timeout: float | None = None
@@ -307,8 +308,9 @@ def score_rung(ctx: Context, candidates: list[SearchCandidate], samples: int, la
         scores = ctx.score(cand.document, samples)
         cand.rungs[samples] = scores.value
         cand.scores = scores.to_dict() | {"samples": samples}
-        log(f"  [{i}/{len(candidates)}] {cand.name}: objective {scores.value:.4f} (proxy-FID {scores.fid or 0:.3f}, "
-            f"residual {scores.residual or 0:.5f})")
+        parts = [f"proxy-FID {scores.fid:.3f}"] if scores.fid is not None else []
+        parts += [f"residual {scores.residual:.5f}"] if scores.residual is not None else []
+        log(f"  [{i}/{len(candidates)}] {cand.name}: objective {scores.value:.4f}" + (f" ({', '.join(parts)})" if parts else ""))
 
 
 def ranked(candidates: list[SearchCandidate], samples: int | None = None) -> list[SearchCandidate]:
@@ -501,7 +503,7 @@ def study_candidates(cfg: OptimizeConfig, study: optuna.Study, known: set[tuple]
 
 #: Pool candidates always promoted to rung 1, and always among the finalists: the reference a searched candidate must
 #: beat is the best pool candidate on held-out noise, so the pool's best must not be lost to rung 0's noise.
-POOL_PROMOTED, POOL_FINALISTS = 3, 2
+POOL_PROMOTED, POOL_FINALISTS = 6, 2
 
 
 def _top(candidates: list[SearchCandidate], samples: int, count: int, extra_pool: int) -> list[SearchCandidate]:
