@@ -237,11 +237,13 @@ def test_two_workers_share_one_postgresql_study(tiny_checkpoint, tiny_features, 
 
 def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tiny_features, tmp_path):
     storage = f"sqlite:///{tmp_path}/cfg.db"
-    first = subprocess.run(tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "1"]), capture_output=True, text=True)
+    with_teacher = ["--residual-weight", "100"]  # so that there is a teacher whose cache must stay untouched
+    first = subprocess.run(tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "1", *with_teacher]),
+                           capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     teachers = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("teacher-*")}
     assert teachers
-    args = tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "2"])
+    args = tiny_args(tiny_checkpoint, tiny_features, storage, ["--trials", "2", *with_teacher])
     args[args.index("--samples") + 1] = "12"  # other --samples
     second = subprocess.run(args, capture_output=True, text=True)
     assert second.returncode == 2 and "other settings (samples)" in second.stderr

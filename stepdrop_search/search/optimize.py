@@ -10,9 +10,10 @@
    target NFE, each solver on the grid that spends exactly that NFE;
 4. **rung 0**: every pool candidate scored on ``samples`` x_T of the *search* seed (proxy-FID, plus w · residual when
    ``residual_weight`` > 0; common random numbers: one x_T and one noise stream per sample for every candidate);
-5. **search**: an Optuna study over the best solvers of rung 0 (a categorical) and free step sets, seeded with the
-   pool's schedules and scored like rung 0, for what the budget leaves;
-6. **rung 1**: the ``promote`` best candidates of pool and study scored again on ``promote_samples`` samples;
+5. **rung 1 of the pool**: each solver's best rung-0 row and the 6 best overall, scored on ``promote_samples``
+   samples (proxy-FID's small-sample bias depends on the solver, so rung 0 is trusted within a solver only);
+6. **search**: an Optuna study over the best solvers of that rung (a categorical) and free step sets, seeded with
+   the pool's schedules and scored like rung 0, for what the budget leaves; its ``promote`` best trials go to rung 1;
 7. **held-out selection**: the ``finalists`` best of rung 1, with the best pool candidate and the best searched one
    always among them, sampled on ``held_out_samples`` x_T of the *selection* seed (disjoint from the search seed and
    from every ``evaluate`` seed, :mod:`stepdrop_search.seeds`). Each finalist's paired proxy-FID difference to the
@@ -150,8 +151,8 @@ class OptimizeConfig:
 
     def study_config(self, model_hash: str) -> dict:
         """What the study optimises; a resumed run must match it."""
-        keys = ("nfe", "kind", "solver", "samples", "seed", "residual_weight", "teacher", "free_boundary",
-                "search_eta", "prune_samples", "multi_objective", "nfe_range")
+        keys = ("nfe", "kind", "solver", "samples", "promote_samples", "seed", "residual_weight", "teacher",
+                "free_boundary", "search_eta", "prune_samples", "multi_objective", "nfe_range")
         return {"model_hash": model_hash, **{k: _jsonable(getattr(self, k)) for k in keys}}
 
     def pool_solvers(self) -> tuple[str, ...]:
@@ -452,17 +453,17 @@ def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[SearchCandi
                             skip_if_exists=True)
 
 
-def chosen_search_solvers(cfg: OptimizeConfig, study: optuna.Study | None, pool: list[SearchCandidate]) -> tuple[str, ...]:
-    """The solvers the study searches: the pinned one, or rung 0's best ``SEARCHED_SOLVERS`` among the analytic pool
-    rows (which depend only on what the study's settings fix, so a resumed study gets the same set; a study
-    that already recorded its set keeps it)."""
+def chosen_search_solvers(cfg: OptimizeConfig, study: optuna.Study | None, rung1: list[SearchCandidate]) -> tuple[str, ...]:
+    """The solvers the study searches: the pinned one, or the ``SEARCHED_SOLVERS`` best of the pool's rung 1 (which
+    depends only on what the study's settings fix, so a resumed study gets the same set; a study that recorded its
+    set keeps it)."""
     if cfg.solver != "auto":
         return (cfg.solver,)
     recorded = study.user_attrs.get("search_solvers") if study is not None else None
     if recorded:
         return tuple(recorded)
-    analytic = [c for c in ranked(pool) if c.name.split("/")[1] in POOL_SCHEDULES and math.isfinite(c.value())]
-    chosen = tuple(dict.fromkeys(c.document.solver.name for c in analytic))[:SEARCHED_SOLVERS]
+    order = ranked(rung1, cfg.promote_samples)
+    chosen = tuple(dict.fromkeys(c.document.solver.name for c in order if math.isfinite(c.value())))[:SEARCHED_SOLVERS]
     if study is not None:
         study.set_user_attr("search_solvers", list(chosen))
     return chosen
@@ -501,29 +502,36 @@ def study_candidates(cfg: OptimizeConfig, study: optuna.Study, known: set[tuple]
 # ---------------------------------------------------------------------------------------------------- selection
 
 
-#: Pool candidates always promoted to rung 1, and always among the finalists: the reference a searched candidate must
-#: beat is the best pool candidate on held-out noise, so the pool's best must not be lost to rung 0's noise.
+#: Pool candidates promoted to rung 1 besides each solver's best, and pool candidates always among the finalists: the
+#: reference a searched candidate must beat is the best pool candidate on held-out noise, so the pool's best must not
+#: be lost to rung 0's noise.
 POOL_PROMOTED, POOL_FINALISTS = 6, 2
 
 
-def _top(candidates: list[SearchCandidate], samples: int, count: int, extra_pool: int) -> list[SearchCandidate]:
-    """The ``count`` best at rung ``samples``, plus the ``extra_pool`` best pool candidates and the best searched one
-    wherever they rank."""
-    order = [c for c in ranked(candidates, samples) if math.isfinite(c.value(samples))]
-    chosen = order[:count]
-    pool = [c for c in order if c.source == "pool"][:extra_pool]
-    searched = [c for c in order if c.source != "pool"][:1]
-    return chosen + [c for c in pool + searched if c not in chosen]
+def pool_promoted(cfg: OptimizeConfig, pool: list[SearchCandidate]) -> list[SearchCandidate]:
+    """The pool's part of rung 1: each solver's best rung-0 row and the ``POOL_PROMOTED`` best overall.
+
+    Each solver's best goes on because proxy-FID's finite-sample bias (FID_N ≈ FID_∞ + k/N) has a solver-dependent k:
+    at 64 samples Heun's NFE-10 row scores 7.5 against 4.5–5.3 for the multistep solvers, at 256 samples it is the
+    best of them (3.8), as at 2000 (README). Within a solver rung 0 compares like with like."""
+    order = [c for c in ranked(pool, cfg.samples) if math.isfinite(c.value(cfg.samples))]
+    best_per_solver = list({c.document.solver.name: c for c in reversed(order)}.values())
+    chosen = order[:POOL_PROMOTED]
+    return chosen + [c for c in ranked(best_per_solver, cfg.samples) if c not in chosen]
 
 
-def promoted(cfg: OptimizeConfig, candidates: list[SearchCandidate]) -> list[SearchCandidate]:
-    """Rung 1's candidates: rung 0's ``promote`` best, the best pool candidates and the best searched one."""
-    return _top(candidates, cfg.samples, cfg.promote, POOL_PROMOTED)
+def searched_promoted(cfg: OptimizeConfig, searched: list[SearchCandidate]) -> list[SearchCandidate]:
+    """The study's part of rung 1: its ``promote`` best trials at rung 0."""
+    return [c for c in ranked(searched, cfg.samples) if math.isfinite(c.value(cfg.samples))][:cfg.promote]
 
 
 def choose_finalists(cfg: OptimizeConfig, rung1: list[SearchCandidate]) -> list[SearchCandidate]:
     """The held-out check's candidates: rung 1's ``finalists`` best, the best pool candidates and the best searched one."""
-    return _top(rung1, cfg.promote_samples, cfg.finalists, POOL_FINALISTS)
+    order = [c for c in ranked(rung1, cfg.promote_samples) if math.isfinite(c.value(cfg.promote_samples))]
+    chosen = order[:cfg.finalists]
+    pool = [c for c in order if c.source == "pool"][:POOL_FINALISTS]
+    searched = [c for c in order if c.source != "pool"][:1]
+    return chosen + [c for c in pool + searched if c not in chosen]
 
 
 def held_out_check(cfg: OptimizeConfig, ctx: Context, finalists: list[SearchCandidate], log: Callable[[str], None],
@@ -584,19 +592,22 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     forwards = sum(c.scores.get("nfe") or 0 for c in pool) * cfg.samples
     per_forward = (time.perf_counter() - rung0) / max(1.0, forwards)  # seconds per sample-evaluation, metrics included
 
+    rung1 = pool_promoted(cfg, pool)
+    score_rung(ctx, rung1, cfg.promote_samples, "rung 1 (pool: each solver's best and the best overall)", log, clock)
+
     candidates = list(pool)
     study_name, trials_done = None, 0
     if cfg.method in ("optuna", "all"):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
         study, created = open_search_study(cfg, ctx)
-        cfg = replace(cfg, search_solvers=chosen_search_solvers(cfg, study, pool))
+        cfg = replace(cfg, search_solvers=chosen_search_solvers(cfg, study, rung1))
         if created:
             seed_study(cfg, study, pool)
         study_name = cfg.study_name
-        # Rung 1 and the held-out check come after the search: keep their time out of the budget (usually two
-        # extra candidates join each; metrics and the bootstrap cost a few seconds per finalist).
-        reserve = per_forward * cfg.nfe * (cfg.promote_samples * (cfg.promote + 2)
-                                           + cfg.held_out_samples * (cfg.finalists + 2)) + 5 * (cfg.finalists + 2)
+        # The searched candidates' rung 1 and the held-out check come after the search: keep their time out of the
+        # budget (metrics and the bootstrap cost a few seconds per finalist).
+        reserve = per_forward * cfg.nfe * (cfg.promote_samples * cfg.promote + cfg.held_out_samples * (cfg.finalists + 3)) \
+            + 5 * (cfg.finalists + 3)
         search_time = search_seconds(cfg, clock.elapsed(), reserve)
         log(f"search: study {study_name} over {', '.join(cfg.search_solvers)}, {_counted(study)} finished trials so far"
             + (f", {search_time:.0f} s for it (the rest of the budget is kept for rung 1 and the held-out check)"
@@ -612,10 +623,11 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
             Parallel(n_jobs=cfg.n_jobs, backend="loky")(delayed(_worker_process)(replace(cfg, timeout=search_time), i)
                                                         for i in range(cfg.n_jobs))
         trials_done = _counted(study)
-        candidates += study_candidates(cfg, study, {c.key for c in pool})
+        searched = searched_promoted(cfg, study_candidates(cfg, study, {c.key for c in pool}))
+        score_rung(ctx, searched, cfg.promote_samples, "rung 1 (searched)", log, clock)
+        candidates += searched
+        rung1 += searched
 
-    rung1 = promoted(cfg, candidates)
-    score_rung(ctx, rung1, cfg.promote_samples, "rung 1", log, clock)
     finalists = choose_finalists(cfg, rung1)
     reference = held_out_check(cfg, ctx, finalists, log, clock)
     best, fallback = pick_export(finalists, reference)
