@@ -74,11 +74,11 @@ class OptimizeConfig:
     model: str | None = None
     features: str | None = None
     device: str = "auto"
-    samples: int = 64
-    promote_samples: int = 256
+    samples: int | None = None  # rung 0; None: sized to the budget (rung_sizes)
+    promote_samples: int | None = None
     promote: int = 8
     finalists: int = 3
-    held_out_samples: int = 1024
+    held_out_samples: int | None = None
     seed: int = 0
     residual_weight: float = 0.0
     teacher: str = "dpmpp-2m-200"
@@ -116,7 +116,8 @@ class OptimizeConfig:
             raise UserError("--budget and --timeout are seconds > 0 (leave them out for no limit)")
         if self.nfe < 1 or self.trials < 1 or self.n_jobs < 1 or self.promote < 1 or self.finalists < 1:
             raise UserError("--nfe, --trials, --n-jobs, --promote and --finalists must be ≥ 1")
-        if min(self.samples, self.promote_samples, self.held_out_samples) < 2 or self.promote_samples < self.samples:
+        given = [n for n in (self.samples, self.promote_samples, self.held_out_samples) if n is not None]
+        if min(given, default=2) < 2 or (self.samples and self.promote_samples and self.promote_samples < self.samples):
             raise UserError("--samples, --promote-samples and --held-out-samples must be ≥ 2, and --promote-samples "
                             "≥ --samples (rung 1 re-scores on a superset of rung 0's samples)")
         if self.multi_objective and (self.nfe_range is None or not 1 <= self.nfe_range[0] < self.nfe_range[1]):
@@ -234,10 +235,17 @@ class Context:
             self.storage = make_storage(cfg.storage, cfg.study_name)
             check_resumable(cfg.study_name, self.storage, directions=cfg.directions,
                             config=cfg.study_config(self.loaded.weights_hash))
+        self.log = log
+        self.objective: Objective | None = None  # built by prepare() once the rung sizes are known
+        self.known: dict[tuple, Scores] = {}  # scores by (candidate key, samples): seeded trials are not sampled twice
+        if cfg.samples is not None and cfg.promote_samples is not None:
+            self.prepare(cfg)
+
+    def prepare(self, cfg: OptimizeConfig) -> None:
+        """The objective on the search seed's first ``promote_samples`` x_T (its teacher, if any, is computed here)."""
         largest = cfg.samples if cfg.multi_objective else cfg.promote_samples
         self.objective = Objective(self.loaded, self.features, samples=largest, seed=search_seed(cfg.seed),
-                                   residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=log)
-        self.known: dict[tuple, Scores] = {}  # rung-0 scores by candidate key: seeded trials are not sampled twice
+                                   residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=self.log)
 
     def score(self, doc: PolicyDocument, samples: int) -> Scores:
         """The objective of ``doc`` on the first ``samples`` x_T of the search seed (remembered for rung 0)."""
@@ -298,6 +306,62 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
             log(f"{method} on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
             policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
             out += [SearchCandidate(f"{spec.name}/{method}", PolicyDocument(policy, spec), "pool") for spec in specs]
+    return out
+
+
+#: Rung-0 sample counts tried, largest first, and the share of the budget rung 0 of the pool may take.
+RUNG0_CHOICES, RUNG0_SHARE = (512, 256, 128, 64), 0.2
+
+
+def rung_sizes(budget: float | None, forwards_per_sample: float, seconds_per_forward: float) -> tuple[int, int, int]:
+    """(rung 0, rung 1, held-out) sample counts that fit the budget: rung 0 the largest of 512/256/128/64 whose pool
+    pass takes at most a fifth of it (proxy-FID at 64 samples ranks near-equal samplers poorly, so a cheap NFE buys
+    more samples, not only more trials), rung 1 four times that (at most 1024), the held-out check twice rung 1 and at
+    least 1024. ``forwards_per_sample``: the pool's network evaluations per sample."""
+    limit = RUNG0_SHARE * budget if budget else math.inf
+    rung0 = next((n for n in RUNG0_CHOICES if n * forwards_per_sample * seconds_per_forward <= limit), RUNG0_CHOICES[-1])
+    if not budget:
+        rung0 = 256
+    rung1 = min(4 * rung0, 1024)
+    return rung0, rung1, max(1024, 2 * rung1)
+
+
+def seconds_per_forward(loaded: LoadedModel, batch: int = 128) -> float:
+    """Wall seconds of one sample's network evaluation at a typical batch, metrics' share included (× 1.2)."""
+    cfg = loaded.config
+    param = next(loaded.model.parameters())
+    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=param.device, dtype=param.dtype)
+    t = torch.full((batch,), 500, device=param.device)
+    with torch.no_grad():
+        loaded.model(x, t)
+        if param.device.type == "cuda":
+            torch.cuda.synchronize(param.device)
+        tick = time.perf_counter()
+        for _ in range(2):
+            loaded.model(x, t)
+        if param.device.type == "cuda":
+            torch.cuda.synchronize(param.device)
+    return 1.2 * (time.perf_counter() - tick) / (2 * batch)
+
+
+def resolved(cfg: OptimizeConfig, ctx: Context, pool: list[SearchCandidate], study: optuna.Study | None,
+             log: Callable[[str], None]) -> OptimizeConfig:
+    """cfg with its rung sizes fixed: as given, as a resumed study recorded them, or sized to the budget (and recorded,
+    so every worker and every resume scores trials on the same samples)."""
+    recorded = study.user_attrs.get("rung_sizes") if study is not None else None
+    if cfg.samples is None and recorded:
+        sizes = tuple(recorded)
+    else:
+        per_sample = sum(c.document.solver.solver.nfe(c.document.policy.nfe) for c in pool) or cfg.nfe
+        auto = rung_sizes(cfg.budget, per_sample, seconds_per_forward(ctx.loaded))
+        sizes = tuple(given if given is not None else a
+                      for given, a in zip((cfg.samples, cfg.promote_samples, cfg.held_out_samples), auto, strict=True))
+        sizes = (sizes[0], max(sizes[1], sizes[0]), sizes[2])
+        if study is not None:
+            study.set_user_attr("rung_sizes", list(sizes))
+    log(f"rungs: {sizes[0]} samples for rung 0 and the search, {sizes[1]} for rung 1, {sizes[2]} for the held-out check")
+    out = replace(cfg, samples=sizes[0], promote_samples=sizes[1], held_out_samples=sizes[2])
+    ctx.prepare(out)
     return out
 
 
@@ -583,10 +647,13 @@ def pick_export(finalists: list[SearchCandidate], reference: SearchCandidate | N
 
 def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -> OptimizeResult:
     clock = Clock(cfg.budget)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
     ctx = Context(cfg, log)
     if cfg.multi_objective:
         return _optimize_pareto(cfg, ctx, log, clock)
     pool = analytic_pool(cfg, ctx.loaded) + dp_pool(cfg, ctx, log)
+    study, created = open_search_study(cfg, ctx) if cfg.method in ("optuna", "all") else (None, False)
+    cfg = resolved(cfg, ctx, pool, study, log)
     rung0 = time.perf_counter()
     score_rung(ctx, pool, cfg.samples, "rung 0 (pool)", log, clock)
     forwards = sum(c.scores.get("nfe") or 0 for c in pool) * cfg.samples
@@ -598,8 +665,6 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     candidates = list(pool)
     study_name, trials_done = None, 0
     if cfg.method in ("optuna", "all"):
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
-        study, created = open_search_study(cfg, ctx)
         cfg = replace(cfg, search_solvers=chosen_search_solvers(cfg, study, rung1))
         if created:
             seed_study(cfg, study, pool)
@@ -643,8 +708,8 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
 
 def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None], clock: Clock) -> OptimizeResult:
     """NSGA-II over (objective, measured NFE); every Pareto trial exported with its held-out proxy-FID."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, _ = open_search_study(cfg, ctx)
+    cfg = resolved(cfg, ctx, [], study, log)
     search_time = search_seconds(cfg, clock.elapsed(), 0.0)
     if search_time is None or search_time > 0:
         worker(replace(cfg, timeout=search_time), ctx, log, clock)
