@@ -42,3 +42,10 @@ def test_teacher_accuracy_puts_a_converged_teacher_closer_to_ddim_over_all_steps
                                            "--teachers", "ddim-5", "dpmpp-2m-50"])
     rows = {line.split()[0]: float(line.split()[2]) for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["dpmpp-2m-50"] < rows["ddim-5"]  # 50 second-order steps of a 100-step model are near its ODE
+
+
+def test_small_sample_bias_prints_every_solver_at_every_sample_count(cosine_checkpoint, tiny_features, capsys):
+    bench_module("small_sample_bias").main(["--model", str(cosine_checkpoint), "--features", str(tiny_features),
+                                            "--nfe", "4", "--samples", "8", "16", "--solvers", "ddim", "heun"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split()[0] for r in rows] == ["ddim", "heun"] and all(len(r.split()) == 5 for r in rows)
