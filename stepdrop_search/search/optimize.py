@@ -74,7 +74,7 @@ class OptimizeConfig:
     model: str | None = None
     features: str | None = None
     device: str = "auto"
-    samples: int | None = None  # rung 0; None: sized to the budget (rung_sizes)
+    samples: int | None = None  # rung 0; None: by the NFE (rung_sizes)
     promote_samples: int | None = None
     promote: int = 8
     finalists: int = 3
@@ -103,7 +103,8 @@ class OptimizeConfig:
     out: str | None = None
     save_pool: str | None = None
     command: str = ""
-    search_solvers: tuple[str, ...] = ()  # set by optimize() from rung 0 (or the pinned --solver)
+    search_solvers: tuple[str, ...] = ()  # set by optimize() from rung 1 (or the pinned --solver)
+    requested_samples: tuple[int | None, int | None] | None = None  # (samples, promote_samples) as asked, before resolved()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -152,9 +153,11 @@ class OptimizeConfig:
 
     def study_config(self, model_hash: str) -> dict:
         """What the study optimises; a resumed run must match it."""
-        keys = ("nfe", "kind", "solver", "samples", "promote_samples", "seed", "residual_weight", "teacher",
-                "free_boundary", "search_eta", "prune_samples", "multi_objective", "nfe_range")
-        return {"model_hash": model_hash, **{k: _jsonable(getattr(self, k)) for k in keys}}
+        keys = ("nfe", "kind", "solver", "seed", "residual_weight", "teacher", "free_boundary", "search_eta",
+                "prune_samples", "multi_objective", "nfe_range")
+        samples, promote_samples = self.requested_samples or (self.samples, self.promote_samples)
+        return {"model_hash": model_hash, **{k: _jsonable(getattr(self, k)) for k in keys}, "samples": samples,
+                "promote_samples": promote_samples}
 
     def pool_solvers(self) -> tuple[str, ...]:
         return tuple(SOLVERS) if self.solver == "auto" else (self.solver,)
@@ -309,58 +312,38 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
     return out
 
 
-#: Rung-0 sample counts tried, largest first, and the share of the budget rung 0 of the pool may take.
-RUNG0_CHOICES, RUNG0_SHARE = (512, 256, 128, 64), 0.2
+#: Network evaluations per sample that rung 0 spends on each candidate, about: rung 0 takes 1280/NFE samples.
+RUNG0_FORWARDS = 1280
 
 
-def rung_sizes(budget: float | None, forwards_per_sample: float, seconds_per_forward: float) -> tuple[int, int, int]:
-    """(rung 0, rung 1, held-out) sample counts that fit the budget: rung 0 the largest of 512/256/128/64 whose pool
-    pass takes at most a fifth of it (proxy-FID at 64 samples ranks near-equal samplers poorly, so a cheap NFE buys
-    more samples, not only more trials), rung 1 four times that (at most 1024), the held-out check twice rung 1 and at
-    least 1024. ``forwards_per_sample``: the pool's network evaluations per sample."""
-    limit = RUNG0_SHARE * budget if budget else math.inf
-    rung0 = next((n for n in RUNG0_CHOICES if n * forwards_per_sample * seconds_per_forward <= limit), RUNG0_CHOICES[-1])
-    if not budget:
-        rung0 = 256
+def rung_sizes(nfe: int) -> tuple[int, int, int]:
+    """(rung 0, rung 1, held-out) sample counts for a search at ``nfe``: rung 0 the power of two nearest below
+    1280/NFE, within 64..512 (proxy-FID at 64 samples ranks near-equal samplers poorly, so a cheap NFE buys more
+    samples, not only more trials), rung 1 four times that (at most 1024), the held-out check twice rung 1 and at
+    least 1024. They depend on the NFE only, so a search gives the same result on any machine."""
+    rung0 = 64
+    while rung0 * 2 <= min(512, RUNG0_FORWARDS / nfe):
+        rung0 *= 2
     rung1 = min(4 * rung0, 1024)
     return rung0, rung1, max(1024, 2 * rung1)
 
 
-def seconds_per_forward(loaded: LoadedModel, batch: int = 128) -> float:
-    """Wall seconds of one sample's network evaluation at a typical batch, metrics' share included (× 1.2)."""
-    cfg = loaded.config
-    param = next(loaded.model.parameters())
-    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=param.device, dtype=param.dtype)
-    t = torch.full((batch,), 500, device=param.device)
-    with torch.no_grad():
-        loaded.model(x, t)
-        if param.device.type == "cuda":
-            torch.cuda.synchronize(param.device)
-        tick = time.perf_counter()
-        for _ in range(2):
-            loaded.model(x, t)
-        if param.device.type == "cuda":
-            torch.cuda.synchronize(param.device)
-    return 1.2 * (time.perf_counter() - tick) / (2 * batch)
-
-
-def resolved(cfg: OptimizeConfig, ctx: Context, pool: list[SearchCandidate], study: optuna.Study | None,
-             log: Callable[[str], None]) -> OptimizeConfig:
-    """cfg with its rung sizes fixed: as given, as a resumed study recorded them, or sized to the budget (and recorded,
-    so every worker and every resume scores trials on the same samples)."""
+def resolved(cfg: OptimizeConfig, ctx: Context, study: optuna.Study | None, log: Callable[[str], None]) -> OptimizeConfig:
+    """cfg with its rung sizes fixed: as given, as a resumed study recorded them, or by :func:`rung_sizes` (recorded,
+    so every worker and every resume scores trials on the same samples even if the rule changes)."""
     recorded = study.user_attrs.get("rung_sizes") if study is not None else None
     if cfg.samples is None and recorded:
         sizes = tuple(recorded)
     else:
-        per_sample = sum(c.document.solver.solver.nfe(c.document.policy.nfe) for c in pool) or cfg.nfe
-        auto = rung_sizes(cfg.budget, per_sample, seconds_per_forward(ctx.loaded))
-        sizes = tuple(given if given is not None else a
-                      for given, a in zip((cfg.samples, cfg.promote_samples, cfg.held_out_samples), auto, strict=True))
+        auto = rung_sizes(cfg.nfe_range[1] if cfg.multi_objective else cfg.nfe)
+        given = (cfg.samples, cfg.promote_samples, cfg.held_out_samples)
+        sizes = tuple(g if g is not None else a for g, a in zip(given, auto, strict=True))
         sizes = (sizes[0], max(sizes[1], sizes[0]), sizes[2])
         if study is not None:
             study.set_user_attr("rung_sizes", list(sizes))
     log(f"rungs: {sizes[0]} samples for rung 0 and the search, {sizes[1]} for rung 1, {sizes[2]} for the held-out check")
-    out = replace(cfg, samples=sizes[0], promote_samples=sizes[1], held_out_samples=sizes[2])
+    out = replace(cfg, samples=sizes[0], promote_samples=sizes[1], held_out_samples=sizes[2],
+                  requested_samples=cfg.requested_samples or (cfg.samples, cfg.promote_samples))
     ctx.prepare(out)
     return out
 
@@ -653,7 +636,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
         return _optimize_pareto(cfg, ctx, log, clock)
     pool = analytic_pool(cfg, ctx.loaded) + dp_pool(cfg, ctx, log)
     study, created = open_search_study(cfg, ctx) if cfg.method in ("optuna", "all") else (None, False)
-    cfg = resolved(cfg, ctx, pool, study, log)
+    cfg = resolved(cfg, ctx, study, log)
     rung0 = time.perf_counter()
     score_rung(ctx, pool, cfg.samples, "rung 0 (pool)", log, clock)
     forwards = sum(c.scores.get("nfe") or 0 for c in pool) * cfg.samples
@@ -709,7 +692,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
 def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None], clock: Clock) -> OptimizeResult:
     """NSGA-II over (objective, measured NFE); every Pareto trial exported with its held-out proxy-FID."""
     study, _ = open_search_study(cfg, ctx)
-    cfg = resolved(cfg, ctx, [], study, log)
+    cfg = resolved(cfg, ctx, study, log)
     search_time = search_seconds(cfg, clock.elapsed(), 0.0)
     if search_time is None or search_time > 0:
         worker(replace(cfg, timeout=search_time), ctx, log, clock)
