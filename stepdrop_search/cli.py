@@ -438,12 +438,15 @@ def optimize(
     study: Annotated[str | None, typer.Option(help="study name (default from kind, solver, NFE)")] = None,
     storage: Annotated[str | None, typer.Option(help="database URL or journal:PATH (default sqlite in studies/)")] = None,
     n_jobs: Annotated[int, typer.Option(help="local worker processes sharing the study")] = 1,
-    samples: Annotated[int, typer.Option(help="rung 0: samples every pool candidate and every trial is scored on")] = 64,
+    samples: Annotated[int | None, typer.Option(help="rung 0: samples every pool candidate and every trial is scored on "
+                                                "(default: about 1280/NFE, 64..512)")] = None,
     promote: Annotated[int, typer.Option(help="candidates promoted to rung 1")] = 8,
-    promote_samples: Annotated[int, typer.Option(help="rung 1: samples the promoted candidates are scored on")] = 256,
+    promote_samples: Annotated[int | None, typer.Option(help="rung 1: samples the promoted candidates are scored on "
+                                                        "(default: 4 × rung 0, at most 1024)")] = None,
     finalists: Annotated[int, typer.Option(help="rung-1 best checked on held-out noise (the best pool and searched "
                                            "candidates are always added)")] = 3,
-    held_out_samples: Annotated[int, typer.Option(help="samples of the held-out selection seed per finalist")] = 1024,
+    held_out_samples: Annotated[int | None, typer.Option(help="samples of the held-out selection seed per finalist "
+                                                         "(default: 2 × rung 1, at least 1024)")] = None,
     seed: Annotated[int, typer.Option(help="search noise: seed s searches on x_T seed 2^24+s and selects on "
                                       "2^24+2^23+s, never an evaluate seed")] = 0,
     residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual to --teacher (0: proxy-FID "
@@ -488,7 +491,7 @@ def optimize(
     start = time.perf_counter()
     result = run_optimize(cfg, log=lambda m: err_console.print(f"[dim]{time.perf_counter() - start:6.0f} s  {m}[/dim]",
                                                                highlight=False))
-    console.print(finalists_table(result, cfg))
+    console.print(finalists_table(result, result.config))
     console.print(f"{result.trials} trials in study {result.study_name}; {result.wall_time_s:.0f} s")
     if result.fallback and not multi_objective:
         console.print("nothing searched beat the best pool candidate significantly on held-out noise; exported that candidate")

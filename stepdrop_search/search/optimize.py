@@ -209,6 +209,7 @@ class OptimizeResult:
     trials: int
     wall_time_s: float
     fallback: bool = False  # True when nothing searched beat the best pool candidate on held-out noise
+    config: OptimizeConfig | None = None  # the configuration as run: rung sizes and searched solvers resolved
 
 
 class Clock:
@@ -686,7 +687,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     exported = [export(cfg, ctx, best, study_name, trials_done, clock.elapsed(), log, fallback=fallback)]
     if cfg.save_pool:
         save_pool(cfg, ctx, pool, log)
-    return OptimizeResult(best, candidates, finalists, exported, study_name, trials_done, clock.elapsed(), fallback)
+    return OptimizeResult(best, candidates, finalists, exported, study_name, trials_done, clock.elapsed(), fallback, cfg)
 
 
 def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None], clock: Clock) -> OptimizeResult:
@@ -706,7 +707,7 @@ def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], Non
         cand.held_out = {"seed": selection_seed(cfg.seed), "samples": cfg.samples, "fid": fid}
     exported = [export(cfg, ctx, cand, cfg.study_name, _counted(study), clock.elapsed(), log, index=i)
                 for i, cand in enumerate(pareto)]
-    return OptimizeResult(None, pareto, pareto, exported, cfg.study_name, _counted(study), clock.elapsed())
+    return OptimizeResult(None, pareto, pareto, exported, cfg.study_name, _counted(study), clock.elapsed(), config=cfg)
 
 
 def save_pool(cfg: OptimizeConfig, ctx: Context, pool: list[SearchCandidate], log: Callable[[str], None]) -> None:
