@@ -440,7 +440,8 @@ def optimize(
     n_jobs: Annotated[int, typer.Option(help="local worker processes sharing the study")] = 1,
     samples: Annotated[int | None, typer.Option(help="rung 0: samples every pool candidate and every trial is scored on "
                                                 "(default: about 1280/NFE, 64..512)")] = None,
-    promote: Annotated[int, typer.Option(help="candidates promoted to rung 1")] = 8,
+    trial_samples: Annotated[int, typer.Option(help="samples each study trial is scored on (its best go to rung 1)")] = 64,
+    promote: Annotated[int, typer.Option(help="study trials promoted to rung 1")] = 8,
     promote_samples: Annotated[int | None, typer.Option(help="rung 1: samples the promoted candidates are scored on "
                                                         "(default: 4 × rung 0, at most 1024)")] = None,
     finalists: Annotated[int, typer.Option(help="rung-1 best checked on held-out noise (the best pool and searched "
@@ -480,6 +481,7 @@ def optimize(
     sampler_name = "nsga2" if multi_objective and sampler == "tpe" else sampler
     cfg = OptimizeConfig(nfe=nfe, method=method, kind=kind, solver=solver, model=str(model) if model else None,
                          features=str(features) if features else None, device=device, samples=samples,
+                         trial_samples=trial_samples,
                          promote=promote, promote_samples=promote_samples, finalists=finalists,
                          held_out_samples=held_out_samples, seed=seed, residual_weight=residual_weight, teacher=teacher,
                          trials=trials, timeout=timeout, budget=budget or None, sampler=sampler_name, study=study,
@@ -505,13 +507,15 @@ def finalists_table(result, cfg) -> Table:
     title = (f"finalists on {cfg.held_out_samples} held-out samples (selection seed), paired with the best pool candidate"
              if not cfg.multi_objective else "Pareto set")
     table = Table(title=title)
-    for column in ("candidate", "NFE", f"objective @{cfg.samples}", f"@{cfg.promote_samples}", "held-out proxy-FID",
+    for column in ("candidate", "NFE", f"rung 0 @{cfg.samples} (trials @{cfg.trial_samples})", f"rung 1 @{cfg.promote_samples}",
+                   "held-out proxy-FID",
                    "Δ vs best pool [95% CI]", "Δ KID", "exported"):
         table.add_column(column)
     for c in result.finalists:
         h = c.held_out or {}
         delta = f"{h['fid_difference']:+.3f} [{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}]" if "ci95" in h else ""
-        table.add_row(c.name, f"{c.scores.get('nfe') or 0:.0f}", _number(c.rungs.get(cfg.samples)),
+        first = c.rungs.get(cfg.samples if c.source == "pool" else cfg.trial_samples)
+        table.add_row(c.name, f"{c.scores.get('nfe') or 0:.0f}", _number(first),
                       _number(c.rungs.get(cfg.promote_samples)), _number(h.get("fid")), delta,
                       f"{h['kid_difference']:+.4f}" if "kid_difference" in h else "",
                       "✓" if c is result.best or (cfg.multi_objective and c.held_out) else "")

@@ -85,11 +85,11 @@ def test_oss_gives_per_sample_schedules_and_counts_its_nfe(tiny):
 def tiny_args(tiny_checkpoint, tiny_features, storage, extra=()):
     return [sys.executable, "-m", "stepdrop_search", "optimize", "--model", str(tiny_checkpoint), "--features",
             str(tiny_features), "--nfe", "5", "--method", "optuna", "--samples", "16", "--teacher", "ddim-50",
-            "--promote", "2", "--promote-samples", "16", "--finalists", "1", "--held-out-samples", "16",
+            "--trial-samples", "16", "--promote", "2", "--promote-samples", "16", "--finalists", "1", "--held-out-samples", "16",
             "--storage", storage, "--study", "s", "--timeout", "300", *extra]
 
 
-SMALL = dict(samples=16, promote=4, promote_samples=24, finalists=2, held_out_samples=32, teacher="ddim-50")
+SMALL = dict(samples=16, trial_samples=16, promote=4, promote_samples=24, finalists=2, held_out_samples=32, teacher="ddim-50")
 
 
 def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint, tiny_features, tmp_path):
@@ -296,7 +296,7 @@ def test_rung_sizes_buy_more_samples_when_each_evaluation_is_cheap():
 
 def test_auto_rung_sizes_are_recorded_and_a_resumed_study_keeps_them(tiny_checkpoint, tiny_features, tmp_path):
     storage = f"sqlite:///{tmp_path}/r.db"
-    settings = dict(nfe=3, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features), trials=2,
+    settings = dict(nfe=3, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features), trials=2, trial_samples=8,
                     storage=storage, study="r", teacher="ddim-20", promote=1, finalists=1, budget=30)
     optimize(OptimizeConfig(**settings))
     recorded = optuna.load_study(study_name="r", storage=storage).user_attrs["rung_sizes"]

@@ -13,7 +13,8 @@
 5. **rung 1 of the pool**: each solver's best rung-0 row and the 6 best overall, scored on ``promote_samples``
    samples (proxy-FID's small-sample bias depends on the solver, so rung 0 is trusted within a solver only);
 6. **search**: an Optuna study over the best solvers of that rung (a categorical) and free step sets, seeded with
-   the pool's schedules and scored like rung 0, for what the budget leaves; its ``promote`` best trials go to rung 1;
+   the pool's schedules, each trial scored on ``trial_samples`` (64: many cheap trials), for what the budget leaves;
+   its ``promote`` best trials go to rung 1;
 7. **held-out selection**: the ``finalists`` best of rung 1, with the best pool candidate and the best searched one
    always among them, sampled on ``held_out_samples`` x_T of the *selection* seed (disjoint from the search seed and
    from every ``evaluate`` seed, :mod:`stepdrop_search.seeds`). Each finalist's paired proxy-FID difference to the
@@ -74,7 +75,8 @@ class OptimizeConfig:
     model: str | None = None
     features: str | None = None
     device: str = "auto"
-    samples: int | None = None  # rung 0; None: by the NFE (rung_sizes)
+    samples: int | None = None  # rung 0 of the pool; None: by the NFE (rung_sizes)
+    trial_samples: int = 64  # what each study trial is scored on: cheap, many trials; rung 1 re-scores the best
     promote_samples: int | None = None
     promote: int = 8
     finalists: int = 3
@@ -115,6 +117,8 @@ class OptimizeConfig:
             raise UserError(f"--kind {self.kind!r} cannot be searched; choose one of {', '.join(SEARCHABLE)}")
         if (self.budget is not None and self.budget <= 0) or (self.timeout is not None and self.timeout <= 0):
             raise UserError("--budget and --timeout are seconds > 0 (leave them out for no limit)")
+        if self.trial_samples < 2:
+            raise UserError("--trial-samples must be ≥ 2")
         if self.nfe < 1 or self.trials < 1 or self.n_jobs < 1 or self.promote < 1 or self.finalists < 1:
             raise UserError("--nfe, --trials, --n-jobs, --promote and --finalists must be ≥ 1")
         given = [n for n in (self.samples, self.promote_samples, self.held_out_samples) if n is not None]
@@ -153,8 +157,8 @@ class OptimizeConfig:
 
     def study_config(self, model_hash: str) -> dict:
         """What the study optimises; a resumed run must match it."""
-        keys = ("nfe", "kind", "solver", "seed", "residual_weight", "teacher", "free_boundary", "search_eta",
-                "prune_samples", "multi_objective", "nfe_range")
+        keys = ("nfe", "kind", "solver", "seed", "trial_samples", "residual_weight", "teacher", "free_boundary",
+                "search_eta", "prune_samples", "multi_objective", "nfe_range")
         samples, promote_samples = self.requested_samples or (self.samples, self.promote_samples)
         return {"model_hash": model_hash, **{k: _jsonable(getattr(self, k)) for k in keys}, "samples": samples,
                 "promote_samples": promote_samples}
@@ -247,7 +251,7 @@ class Context:
 
     def prepare(self, cfg: OptimizeConfig) -> None:
         """The objective on the search seed's first ``promote_samples`` x_T (its teacher, if any, is computed here)."""
-        largest = cfg.samples if cfg.multi_objective else cfg.promote_samples
+        largest = max(cfg.trial_samples, cfg.samples if cfg.multi_objective else cfg.promote_samples)
         self.objective = Objective(self.loaded, self.features, samples=largest, seed=search_seed(cfg.seed),
                                    residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=self.log)
 
@@ -407,13 +411,13 @@ def trial_function(cfg: OptimizeConfig, ctx: Context):
             trial.set_user_attr("invalid", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("policy", doc.to_dict())
-        seen = (candidate_key(doc), cfg.samples) in ctx.known
-        if not cfg.multi_objective and cfg.prune_samples < cfg.samples and not seen:
+        seen = (candidate_key(doc), cfg.trial_samples) in ctx.known
+        if not cfg.multi_objective and cfg.prune_samples < cfg.trial_samples and not seen:
             cheap = ctx.objective(doc, samples=cfg.prune_samples, with_fid=cfg.residual_weight == 0)
             trial.report(cheap.value, 0)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        scores = ctx.score(doc, cfg.samples)
+        scores = ctx.score(doc, cfg.trial_samples)
         trial.set_user_attr("scores", scores.to_dict())
         if scores.failed:
             trial.set_user_attr("failed", scores.failed)
@@ -539,8 +543,8 @@ def study_candidates(cfg: OptimizeConfig, study: optuna.Study, known: set[tuple]
             continue  # a seeded trial that reproduced its pool candidate: that candidate stands for it
         known.add(candidate_key(doc))
         name = f"optuna-trial-{t.number} ({doc.solver.name})"
-        cand = SearchCandidate(name, doc, "optuna", dict(t.user_attrs.get("scores", {})) | {"samples": cfg.samples})
-        cand.rungs[cfg.samples] = t.values[0] if cfg.multi_objective else t.value
+        cand = SearchCandidate(name, doc, "optuna", dict(t.user_attrs.get("scores", {})) | {"samples": cfg.trial_samples})
+        cand.rungs[cfg.trial_samples] = t.values[0] if cfg.multi_objective else t.value
         out.append(cand)
         if not cfg.multi_objective and len(out) >= cfg.promote:
             break
@@ -570,7 +574,7 @@ def pool_promoted(cfg: OptimizeConfig, pool: list[SearchCandidate]) -> list[Sear
 
 def searched_promoted(cfg: OptimizeConfig, searched: list[SearchCandidate]) -> list[SearchCandidate]:
     """The study's part of rung 1: its ``promote`` best trials at rung 0."""
-    return [c for c in ranked(searched, cfg.samples) if math.isfinite(c.value(cfg.samples))][:cfg.promote]
+    return [c for c in ranked(searched, cfg.trial_samples) if math.isfinite(c.value(cfg.trial_samples))][:cfg.promote]
 
 
 def choose_finalists(cfg: OptimizeConfig, rung1: list[SearchCandidate]) -> list[SearchCandidate]:
@@ -701,10 +705,10 @@ def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], Non
     device = next(ctx.loaded.model.parameters()).device
     for cand in pareto:
         run = generate(ctx.loaded.model, ctx.loaded.schedule, cand.document.policy, cand.document.solver,
-                       n=cfg.samples, seed=selection_seed(cfg.seed))
+                       n=cfg.held_out_samples, seed=selection_seed(cfg.seed))
         fid = fid_of_features(proxy_features(run.x0, ctx.features, device=device)[0], ctx.features) \
             if torch.isfinite(run.x0).all() else math.inf
-        cand.held_out = {"seed": selection_seed(cfg.seed), "samples": cfg.samples, "fid": fid}
+        cand.held_out = {"seed": selection_seed(cfg.seed), "samples": cfg.held_out_samples, "fid": fid}
     exported = [export(cfg, ctx, cand, cfg.study_name, _counted(study), clock.elapsed(), log, index=i)
                 for i, cand in enumerate(pareto)]
     return OptimizeResult(None, pareto, pareto, exported, cfg.study_name, _counted(study), clock.elapsed(), config=cfg)
