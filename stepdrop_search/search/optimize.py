@@ -266,14 +266,22 @@ class Context:
 # ---------------------------------------------------------------------------------------------------- the pool
 
 
-def analytic_pool(cfg: OptimizeConfig, loaded: LoadedModel) -> list[SearchCandidate]:
-    """Every pool solver × every analytic schedule, each solver on the grid that spends ``cfg.nfe``."""
+def pool_grids(cfg: OptimizeConfig) -> list[tuple[SolverSpec, int]]:
+    """(solver spec, grid size) of every pool solver that can spend exactly ``cfg.nfe`` (Heun cannot spend NFE 1)."""
     out = []
     for name in cfg.pool_solvers():
         try:
-            spec, steps = spec_for_nfe(name, cfg.nfe)
+            out.append(spec_for_nfe(name, cfg.nfe))
         except UserError:
-            continue  # e.g. Heun cannot spend NFE 1
+            continue
+    return out
+
+
+def analytic_pool(cfg: OptimizeConfig, loaded: LoadedModel) -> list[SearchCandidate]:
+    """Every pool solver × every analytic schedule, each solver on the grid that spends ``cfg.nfe``."""
+    out = []
+    for spec, steps in pool_grids(cfg):
+        name = spec.name
         for label, cls in POOL_SCHEDULES.items():
             try:
                 policy = cls(nfe=steps, schedule=loaded.schedule)
@@ -293,11 +301,7 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
     if not wanted:
         return []
     by_size: dict[int, list[SolverSpec]] = {}
-    for name in cfg.pool_solvers():
-        try:
-            spec, steps = spec_for_nfe(name, cfg.nfe)
-        except UserError:
-            continue
+    for spec, steps in pool_grids(cfg):
         if steps <= cfg.dp_grid:
             by_size.setdefault(steps, []).append(spec)
     if not by_size:
@@ -572,11 +576,6 @@ def pool_promoted(cfg: OptimizeConfig, pool: list[SearchCandidate]) -> list[Sear
     return chosen + [c for c in ranked(best_per_solver, cfg.samples) if c not in chosen]
 
 
-def searched_promoted(cfg: OptimizeConfig, searched: list[SearchCandidate]) -> list[SearchCandidate]:
-    """The study's part of rung 1: its ``promote`` best trials at rung 0."""
-    return [c for c in ranked(searched, cfg.trial_samples) if math.isfinite(c.value(cfg.trial_samples))][:cfg.promote]
-
-
 def choose_finalists(cfg: OptimizeConfig, rung1: list[SearchCandidate]) -> list[SearchCandidate]:
     """The held-out check's candidates: rung 1's ``finalists`` best, the best pool candidates and the best searched one."""
     order = [c for c in ranked(rung1, cfg.promote_samples) if math.isfinite(c.value(cfg.promote_samples))]
@@ -676,7 +675,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
             Parallel(n_jobs=cfg.n_jobs, backend="loky")(delayed(_worker_process)(replace(cfg, timeout=search_time), i)
                                                         for i in range(cfg.n_jobs))
         trials_done = _counted(study)
-        searched = searched_promoted(cfg, study_candidates(cfg, study, {c.key for c in pool}))
+        searched = study_candidates(cfg, study, {c.key for c in pool})  # its ``promote`` best, new to the pool
         score_rung(ctx, searched, cfg.promote_samples, "rung 1 (searched)", log, clock)
         candidates += searched
         rung1 += searched
