@@ -66,3 +66,15 @@ def test_cli_heun_nfe_10_measures_10(tiny_checkpoint, tmp_path):
                                       "--solver", "heun", "--n", "4", "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 0, result.output
     assert "measured NFE 10.00" in result.output
+
+
+def test_a_heun_policy_file_keeps_its_nfe_budget(tiny_checkpoint, tmp_path):
+    from stepdrop_search.policies import PolicyDocument, load_policy, save_policy
+
+    loaded = load_model(tiny_checkpoint)
+    spec, steps = spec_for_nfe("heun", 10)  # 6 steps: an even budget keeps the first step Euler
+    path = save_policy(tmp_path / "heun.json", PolicyDocument(Uniform(nfe=steps, schedule=loaded.schedule), spec))
+    doc = load_policy(path, loaded.schedule)
+    assert doc.solver == spec
+    run = generate(loaded.model, loaded.schedule, doc.policy, doc.solver, n=3)
+    assert run.nfe.tolist() == [10, 10, 10]  # not 11, which 6 Heun steps spend without the budget

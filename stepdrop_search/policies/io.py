@@ -82,10 +82,14 @@ class PolicyDocument:
         if nfe is not None and (not isinstance(nfe, int) or isinstance(nfe, bool)):
             raise UserError(f"{source}: nfe must be an integer, got {nfe!r}")
         solver_doc = doc["solver"]
+        solver_nfe = solver_doc.get("nfe") if isinstance(solver_doc, dict) else None
         if not isinstance(solver_doc, dict) or not isinstance(solver_doc.get("name"), str) \
-                or not isinstance(solver_doc.get("eta", 0.0), (int, float)):
-            raise UserError(f"{source}: solver must be an object like {{\"name\": \"ddim\", \"eta\": 0.0}}")
-        solver = SolverSpec(solver_doc["name"], float(solver_doc["eta"]) if "eta" in solver_doc else None)
+                or not isinstance(solver_doc.get("eta", 0.0), (int, float)) \
+                or (solver_nfe is not None and (not isinstance(solver_nfe, int) or isinstance(solver_nfe, bool))):
+            raise UserError(f"{source}: solver must be an object like {{\"name\": \"ddim\", \"eta\": 0.0}} "
+                            "(Heun adds its NFE budget, \"nfe\": 10)")
+        # A Heun file's NFE budget decides whether its first step is Euler: without it, 6 steps spend 11, not 10.
+        solver = SolverSpec(solver_doc["name"], float(solver_doc["eta"]) if "eta" in solver_doc else None, solver_nfe)
         provenance = doc.get("provenance", {})
         if not isinstance(provenance, dict):
             raise UserError(f"{source}: provenance must be a JSON object")
