@@ -40,15 +40,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no row {args.reference!r} in the reports; rows: {', '.join(rows)}")
     meta = reports[0]["meta"]
     print(f"{meta['samples']} samples × {meta['seeds']} seeds; Δ = row − {args.reference}, paired per seed\n")
-    print("| row | proxy-FID | KID | Δ proxy-FID (mean ± std) | Δ per seed | Δ KID | reference better by > 2 std |")
-    print("|---|---|---|---|---|---|---|")
+    print("| row | NFE (measured) | proxy-FID | KID | Δ proxy-FID (mean ± std) | Δ per seed | Δ KID | reference better by > 2 std |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in sorted(rows, key=lambda n: rows[n]["summary"]["fid"]["mean"]):
         fid, kid = rows[name]["summary"]["fid"], rows[name]["summary"]["kid"]
         delta = paired(rows, name, args.reference, "fid")
         mean, std = spread(delta)
         kid_mean = spread(paired(rows, name, args.reference, "kid"))[0]
         verdict = "" if name == args.reference else ("yes" if mean > 2 * std else "no")
-        print(f"| {name} | {fid['mean']:.3f} ± {fid['std']:.3f} | {kid['mean']:.4f} | {mean:+.3f} ± {std:.3f} | "
+        nfe = statistics.fmean(s["nfe"] for s in rows[name]["per_seed"])
+        print(f"| {name} | {nfe:g} | {fid['mean']:.3f} ± {fid['std']:.3f} | {kid['mean']:.4f} | {mean:+.3f} ± {std:.3f} | "
               f"{', '.join(f'{d:+.2f}' for d in delta)} | {kid_mean:+.4f} | {verdict} |")
 
 
