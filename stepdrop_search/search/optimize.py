@@ -15,8 +15,8 @@
 6. **search**: an Optuna study over the best solvers of that rung (a categorical) and free step sets, seeded with
    the pool's schedules, each trial scored on ``trial_samples`` (64: many cheap trials), for what the budget leaves;
    its ``promote`` best trials go to rung 1;
-7. **held-out selection**: the ``finalists`` best of rung 1, with the best pool candidate and the best searched one
-   always among them, sampled on ``held_out_samples`` x_T of the *selection* seed (disjoint from the search seed and
+7. **held-out selection**: the ``finalists`` best of rung 1, with the two best pool candidates and the best searched
+   one always among them, sampled on ``held_out_samples`` x_T of the *selection* seed (disjoint from the search seed and
    from every ``evaluate`` seed, :mod:`stepdrop_search.seeds`). Each finalist's paired proxy-FID difference to the
    best pool finalist gets a 95% paired-bootstrap interval; a searched finalist is exported only when its interval
    lies below zero and KID agrees in sign; otherwise the best pool finalist is exported and the log says so.
@@ -62,7 +62,7 @@ METHODS = ("dp-gits", "dp-oss", "optuna", "all")
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
 #: Analytic schedules of the pool (each solver gets each at the grid size that spends the target NFE).
 POOL_SCHEDULES = {"uniform": Uniform, "logsnr": LogSNR, "karras": Karras, "quadratic": Quadratic}
-#: How many of rung 0's best solvers the study searches over when ``--solver auto``.
+#: How many of the pool's rung-1 best solvers the study searches over when ``--solver auto``.
 SEARCHED_SOLVERS = 3
 
 
@@ -187,7 +187,7 @@ class SearchCandidate:
 
     @property
     def key(self) -> tuple:
-        """What makes two candidates the same sampler: solver, η, steps."""
+        """What makes two candidates the same sampler: solver, η, its NFE budget (Heun), steps."""
         return candidate_key(self.document)
 
     def value(self, samples: int | None = None) -> float:
@@ -200,7 +200,7 @@ class SearchCandidate:
 def candidate_key(doc: PolicyDocument) -> tuple:
     steps = tuple(round(float(t), 6) for t in doc.policy.timesteps().tolist()) if doc.policy.static else \
         json.dumps(doc.policy.params(), sort_keys=True)
-    return (doc.solver.name, doc.solver.eta, doc.policy.kind if not doc.policy.static else "steps", steps)
+    return (doc.solver.name, doc.solver.eta, doc.solver.nfe, doc.policy.kind if not doc.policy.static else "steps", steps)
 
 
 @dataclass
