@@ -213,11 +213,10 @@ def next_evaluated(evaluate: Tensor) -> Tensor:
     return table
 
 
-@torch.no_grad()
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, *, eta: float = 0.0,
            clamp: bool = True, streams: SampleStreams | None = None,
            calibration: AmplitudeCalibration | None = None, trajectory: bool = False,
-           solver: SolverSpec | None = None) -> SampleResult:
+           solver: SolverSpec | None = None, differentiable: bool = False) -> SampleResult:
     """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample goes to x̂0.
 
     The solver of grid step i is the registered strategy named ``plan.solvers[i]`` (``solver`` gives the
@@ -226,7 +225,19 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
     samples 0..B−1 of seed 0); only solver steps that add noise draw from them, so deterministic runs draw
     nothing. ``trajectory=True`` (dense plans only: teacher runs) also returns the state and the x̂0
     prediction at every grid step (what the DP searches compare against).
+
+    ``differentiable=True`` records the autograd graph (dense, deterministic plans): a real-valued ``plan.grid``
+    that requires grad then receives d(x0)/d(t) through every solver coefficient and the network's time input —
+    what the gradient-learned schedules (:mod:`stepdrop_search.search.gradient`) descend on. Otherwise nothing is
+    recorded (the fast path).
     """
+    with torch.set_grad_enabled(differentiable):
+        return _sample(model, schedule, x, plan, eta, clamp, streams, calibration, trajectory, solver)
+
+
+def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, eta: float, clamp: bool,
+            streams: SampleStreams | None, calibration: AmplitudeCalibration | None, trajectory: bool,
+            solver: SolverSpec | None) -> SampleResult:
     device, batch, length = x.device, x.shape[0], len(plan.grid)
     if plan.evaluate is not None and not bool(plan.evaluate[:, 0].all()):
         raise UserError("every sample must evaluate the first grid step (x_T is only defined there)")

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
 import torch
 
 from stepdrop_search.errors import UserError
@@ -106,10 +105,15 @@ class NoiseSchedule:
         return torch.exp(-self.log_snr_at(t) / 2)
 
     def timestep_at_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
-        """The real t whose interpolated log-SNR is ``lam`` (the inverse of :meth:`log_snr_at`; clamped to [0, T−1])."""
-        neg = (-self.log_snr).numpy()  # increasing in t
-        return torch.from_numpy(np.interp((-torch.as_tensor(lam, dtype=torch.float64)).numpy(), neg,
-                                          np.arange(self.T, dtype=np.float64)))
+        """The real t whose interpolated log-SNR is ``lam`` (the inverse of :meth:`log_snr_at`; clamped to [0, T−1]).
+
+        Piecewise linear in torch, so gradients flow from t back to λ (schedules learned in log-SNR or σ)."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        neg = -self.log_snr  # increasing in t
+        x = (-lam).clamp(float(neg[0]), float(neg[-1]))
+        high = torch.searchsorted(neg, x.detach().contiguous()).clamp(1, self.T - 1)
+        low = high - 1
+        return low + (x - neg[low]) / (neg[high] - neg[low])
 
     def timestep_at_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         """The real t of noise level σ > 0 (the inverse of :meth:`sigma_at`: λ = −2 log σ)."""

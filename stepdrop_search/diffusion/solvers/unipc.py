@@ -45,6 +45,9 @@ def unic_weights(a_t: Tensor, h: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor
     none. Both weights are 0 after no step (a first evaluation), and w_1 is 0 after a first-order one (UniC-1).
     """
     has_step, has_order_2 = torch.isfinite(h), torch.isfinite(h_prev)
+    # Where a step is missing, compute on a harmless 1 and discard it: NaN in the branch torch.where drops would
+    # still poison the gradient (0 · NaN) when the steps are learned (search.gradient).
+    h, h_prev = torch.where(has_step, h, 1.0), torch.where(has_order_2, h_prev, 1.0)
     hh = -h
     b_h = torch.expm1(hh)
     g1 = b_h / hh - 1
