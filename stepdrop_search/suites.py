@@ -82,7 +82,7 @@ def peers_suite(loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 3
                 suite.missing.append(f"{kind}@{nfe}: {exc}")
         if traj is None:
             log(f"peers: DDIM teacher trajectories on a {dp_grid}-step grid for {dp_samples} samples (DP rows)")
-            traj = teacher_trajectory(loaded, grid_size=dp_grid, n=dp_samples, seed=0)
+            traj = teacher_trajectory(loaded, grid_size=dp_grid, n=dp_samples, seed=0, spacing="uniform", solver="ddim")
         gits = gits_schedule(traj, nfe)
         log(f"peers: DP-GITS@{nfe}: {gits.steps.tolist()}")
         oss = oss_schedule(loaded, traj, nfe)

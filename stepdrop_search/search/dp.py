@@ -3,20 +3,22 @@
 Nodes are the teacher's grid t_0 = T−1 > … > t_{N−1} plus node N = x̂0. A schedule of K NFE is a path
 0 = n_0 < n_1 < … < n_{K−1} < N whose last evaluation jumps to node N.
 
-* **GITS** prices every edge i → j once, from the *teacher's* state and direction at i, against the
-  teacher's state at j (costs ``dev`` = per-sample L2 norm, ``l1``, ``l2`` = MSE), averaged over the
-  batch; then V[j][1] = C[j][N], V[j][k] = min_{j<i<N} C[j][i] + γ·V[i][k−1]. No NFE beyond the teacher.
+* **GITS** (Chen et al., as published in zju-pi/diff-sampler ``gits-main``) prices every edge i → j once, from the
+  *teacher's* state and direction at i, then V[j][1] = C[j][N], V[j][k] = min_{j<i<N} C[j][i] + γ·V[i][k−1]
+  (γ = 1.15: later segments weigh more). No NFE beyond the teacher. Its cost ``dev`` is *signed*: how much farther
+  from each trajectory's straight line x_T → x_0 one Euler step lands than the teacher's own state at j
+  (``deviation``; GITS's ``cal_deviation``), averaged over the batch. The teacher is GITS's too: iPNDM on a 61-point
+  Karras ρ = 7 grid. ``l2-endpoint`` (per-sample L2 norm of the miss, this module's former ``dev``), ``l1`` and ``l2``
+  (MSE) price the distance to the teacher's state instead.
 * **OSS** walks *student* states: at level k each reachable node i evaluates ε once at the best student
-  state that reached it, every j > i is a candidate, and the cheapest candidate (MSE to the teacher at j)
-  wins per sample. Per-sample schedules are aggregated by the median ("OSS-ave").
+  state that reached it, every j > i is a candidate reached by the solver's one-step form
+  (``Solver.one_step_form``: DDIM for every solver that starts first order, Heun's own step for Heun), and the
+  cheapest candidate (MSE to the teacher at j) wins per sample. Per-sample schedules are aggregated as OSS does
+  ("OSS-ave"): per level, the median — the mean of the two middle values for an even batch.
 
-Every solver's schedule is searched on the same deterministic skeleton, the probability-flow ODE: the
-teacher is DDIM η = 0 on the grid and every edge is one DDIM step, whatever solver the schedule is then
-used with. For ``dpmpp-2m`` DDIM is its first-order step (multistep history does not fit an edge cost);
-for a stochastic solver (``ddpm``, DDIM η > 0) a teacher that draws noise would make the search depend on
-one noise draw per sample, and its edges (the posterior mean) would not follow the teacher that drew it;
-the ODE shares the stochastic sampler's marginals at every t. So the teacher draws no random numbers at
-all: a search is reproducible from its seed (the x_T) alone.
+The teacher and every edge are deterministic (stochastic solvers are searched on DDIM's probability-flow ODE, which
+shares their marginals at every t: an edge that drew noise would make the schedule depend on one draw), so a
+search is reproducible from its seed (the x_T) alone.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ import torch
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.sampler import Plan, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.diffusion.solvers import ddim_step, predict_x0
+from stepdrop_search.diffusion.solvers import SolverSpec, Step, ddim_step, predict_x0, solver_class
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.policies.base import distinct_decreasing
 from stepdrop_search.policies.kinds import uniform_steps
 
-COSTS = ("dev", "l1", "l2")
+COSTS = ("dev", "l2-endpoint", "l1", "l2")
+#: GITS's teacher: iPNDM on 61 Karras ρ = 7 points (the gits-main README).
+GITS_TEACHER = ("ipndm", 61, "karras")
 GRID_SPACINGS = ("uniform", "karras", "logsnr")
 
 
@@ -82,18 +86,22 @@ def teacher_grid(schedule: NoiseSchedule, size: int, spacing: str = "uniform", r
     return t
 
 
-def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = 100, n: int = 64, seed: int = 0,
-                       spacing: str = "uniform") -> TeacherTrajectory:
-    """DDIM η = 0 on a ``grid_size``-node grid (:func:`teacher_grid`) from the x_T of ``seed``, for every solver
-    (module docstring)."""
+def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = GITS_TEACHER[1], n: int = 64, seed: int = 0,
+                       spacing: str = GITS_TEACHER[2], solver: str = GITS_TEACHER[0]) -> TeacherTrajectory:
+    """``solver`` (deterministic; default iPNDM, as GITS) on a ``grid_size``-node grid (:func:`teacher_grid`) from the
+    x_T of ``seed``: the states and x̂0 predictions at every node, for every solver's DP (module docstring)."""
+    spec = SolverSpec(solver)
+    if spec.solver.stochastic(spec.eta):
+        raise UserError(f"the DP teacher must be deterministic; {solver} draws noise (use ipndm, ddim, dpmpp-2m, …)")
     grid = teacher_grid(loaded.schedule, grid_size, spacing)
     device = next(loaded.model.parameters()).device
     cfg = loaded.config
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed).to(device)
-    run = sample(loaded.model, loaded.schedule, x_T, Plan(grid, ("ddim",) * len(grid)), eta=0.0, trajectory=True)
+    run = sample(loaded.model, loaded.schedule, x_T, Plan(grid, (solver,) * len(grid)), solver=spec, trajectory=True)
     abar = loaded.schedule.alphas_cumprod_at(grid).to(device)
     alphas = torch.cat([abar, torch.ones(1, device=device, dtype=abar.dtype)])
-    return TeacherTrajectory(run.grid, torch.cat([run.trajectory, run.x0[None]]), run.denoised, alphas, grid_size * n)
+    return TeacherTrajectory(run.grid, torch.cat([run.trajectory, run.x0[None]]), run.denoised, alphas,
+                             int(spec.solver.nfe(grid_size)) * n)
 
 
 def edge_step(x: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
@@ -109,26 +117,53 @@ def _distance(diff: torch.Tensor, cost: str) -> torch.Tensor:
         return flat.pow(2).mean(-1)
     if cost == "l1":
         return flat.abs().mean(-1)
-    if cost == "dev":
+    if cost == "l2-endpoint":
         return flat.norm(dim=-1)
     raise UserError(f"unknown DP cost {cost!r}; choose one of {', '.join(COSTS)}")
+
+
+def deviation(y: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """GITS's ``cal_deviation``: the distance of states ``y`` (…, B, C, H, W) from each trajectory's straight line
+    ``start`` → ``end`` (B, C, H, W): with u the line's unit direction, ‖(end − y) − ⟨end − y, u⟩ u‖₂ per sample."""
+    u = (end - start).flatten(1)
+    u = u / u.norm(dim=-1, keepdim=True)
+    rel = (end - y).flatten(-3)
+    return (rel - (rel * u).sum(-1, keepdim=True) * u).norm(dim=-1)
 
 
 def _broadcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return a.view(-1, *([1] * (like.dim() - 1)))
 
 
-def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma: float = 1.15) -> DPResult:
-    """GITS: edge costs from teacher states, then a K-step shortest path with discount γ."""
+def gits_costs(traj: TeacherTrajectory, cost: str = "dev") -> torch.Tensor:
+    """(N+1, N+1) float64 edge costs C[i][j] of one Euler (DDIM) step from the teacher's state at i to node j > i
+    (∞ elsewhere), averaged over the batch. ``dev`` works, as GITS, in x̃ = x/α (EDM's space, where the step is
+    x̃_i + (σ̃_j − σ̃_i) d_i): dev(step) − dev(teacher's x̃_j), the teacher's x̂0 at N having none."""
+    if cost not in COSTS:
+        raise UserError(f"unknown DP cost {cost!r}; choose one of {', '.join(COSTS)}")
     N = len(traj.grid)
-    if not 1 <= nfe <= N:
-        raise UserError(f"DP-GITS: nfe {nfe} must be between 1 and the teacher grid size {N}")
+    scale = traj.alphas.sqrt().to(traj.states.dtype)  # α at nodes 0..N (1 at x̂0)
+    start, end = traj.states[0] / scale[0], traj.states[N]
     C = torch.full((N + 1, N + 1), float("inf"), dtype=torch.float64)
     for i in range(N):
         targets = traj.states[i + 1:]  # (N−i, B, …)
         cand = edge_step(traj.states[i][None], traj.denoised[i][None], traj.alphas[i],
                          _broadcast(traj.alphas[i + 1:], targets))
-        C[i, i + 1:] = _distance(cand - targets, cost).mean(-1).double().cpu()
+        if cost == "dev":
+            alpha = _broadcast(scale[i + 1:], targets)
+            missed = deviation(cand / alpha, start, end) - deviation(targets / alpha, start, end)
+            C[i, i + 1:] = missed.mean(-1).double().cpu()
+        else:
+            C[i, i + 1:] = _distance(cand - targets, cost).mean(-1).double().cpu()
+    return C
+
+
+def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma: float = 1.15) -> DPResult:
+    """GITS: edge costs from teacher states (:func:`gits_costs`), then a K-step shortest path with discount γ."""
+    N = len(traj.grid)
+    if not 1 <= nfe <= N:
+        raise UserError(f"DP-GITS: nfe {nfe} must be between 1 and the teacher grid size {N}")
+    C = gits_costs(traj, cost)
     V = C[:, N].clone()  # one step left: jump straight to x̂0
     choice = []
     inner = torch.arange(N + 1)
@@ -147,9 +182,37 @@ def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma
     return DPResult(traj.grid[path], float(V[0]), traj.nfe)
 
 
+def one_step_edges(loaded: LoadedModel, form: str, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+                   a_t: torch.Tensor, a_targets: torch.Tensor, t_targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One step of solver ``form`` from (x, x̂0, ε) at ᾱ_t to each of M targets: ((M, B, …) states, NFE spent).
+
+    DDIM's step is closed form (no evaluation); any other form runs the registered solver's own step from a fresh
+    state on the M·B (source, target) pairs as one batch, its extra evaluations counted."""
+    if form == "ddim":
+        return edge_step(x[None], x0[None], a_t, _broadcast(a_targets, x[None])), 0
+    M, B = len(a_targets), x.shape[0]
+    solver = solver_class(form)(SolverSpec(form))
+    spent = [0]
+
+    def evaluate(xs: torch.Tensor, ts: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
+        spent[0] += xs.shape[0]
+        return loaded.model(xs, ts.expand(xs.shape[0]) if ts.dim() == 0 else ts)
+
+    def rows(v: torch.Tensor) -> torch.Tensor:
+        return v[None].expand(M, *v.shape).reshape(M * B, *v.shape[1:])
+
+    a_s = a_targets.repeat_interleave(B).view(-1, *([1] * (x.dim() - 1)))
+    step = Step(rows(x), rows(x0), rows(eps), a_t, a_s, t_targets.repeat_interleave(B), None, 0.0, evaluate, True, 1)
+    out, _ = solver.step(step, solver.init_state(step.x))
+    return out.view(M, *x.shape).to(x.dtype), spent[0]
+
+
 @torch.no_grad()
-def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, batch_size: int = 512) -> DPResult:
-    """OSS student-state DP; per-sample schedules aggregated by their median."""
+def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solver: str = "ddim",
+                 batch_size: int = 512) -> DPResult:
+    """OSS student-state DP with ``solver``'s one-step form on every edge; per-sample schedules aggregated per level by
+    their median (the mean of the two middle values for an even batch, as OSS-ave)."""
+    form = solver_class(solver).one_step_form
     N = len(traj.grid)
     if not 1 <= nfe <= N:
         raise UserError(f"DP-OSS: nfe {nfe} must be between 1 and the teacher grid size {N}")
@@ -174,12 +237,14 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, batc
             spent += B
             eps = torch.cat(eps_chunks)
             a_t = abar_nodes[i]
-            x0 = predict_x0(x, eps, a_t, clamp=True)[0].to(x.dtype)
+            x0, eps_c = predict_x0(x, eps, a_t, clamp=True)
             # Intermediate levels may stop at any node after i but x̂0; the last level must reach x̂0.
             lo, hi = (N, N + 1) if last else (i + 1, N - (nfe - level - 2))
             if lo >= hi:
                 continue
-            cand = edge_step(x[None], x0[None], a_t, _broadcast(abar_nodes[lo:hi], traj.states[lo:hi]))
+            t_next = torch.cat([traj.grid, traj.grid.new_zeros(1)])[lo:hi].to(device)
+            cand, extra = one_step_edges(loaded, form, x, x0.to(x.dtype), eps_c.to(x.dtype), a_t, abar_nodes[lo:hi], t_next)
+            spent += extra
             cost = _distance(cand - traj.states[lo:hi], "l2")  # (hi−lo, B)
             better = cost < new_best[lo:hi]
             new_best[lo:hi] = torch.where(better, cost, new_best[lo:hi])
@@ -194,14 +259,6 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, batc
         node = parents[level].gather(0, node[None]).squeeze(0)
         paths[:, level] = node
     per_sample = traj.grid[paths]  # (B, K) timesteps
-    if traj.grid.is_floating_point():  # a real-valued grid: the median node of each level, kept on the grid
-        nodes = paths.median(dim=0).values.tolist()
-        for k in range(1, nfe):  # distinct, increasing node indices (medians of neighbouring levels can tie)
-            nodes[k] = max(nodes[k], nodes[k - 1] + 1)
-        nodes[-1] = min(nodes[-1], N - 1)
-        for k in range(nfe - 2, -1, -1):
-            nodes[k] = min(nodes[k], nodes[k + 1] - 1)
-        steps = traj.grid[nodes]
-    else:
-        steps = distinct_decreasing(per_sample.double().median(dim=0).values, loaded.schedule.T)
+    middle = per_sample.double().quantile(0.5, dim=0)  # the two middle values' mean when B is even
+    steps = middle if traj.grid.is_floating_point() else distinct_decreasing(middle, loaded.schedule.T)
     return DPResult(steps, float(best[N].mean()), spent, per_sample)

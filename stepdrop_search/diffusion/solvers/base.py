@@ -125,6 +125,10 @@ class Solver:
     default_eta: ClassVar[float] = 0.0
     #: whether its evaluations per grid step vary (then ``SolverSpec.nfe`` may set a run's budget)
     variable_cost: ClassVar[bool] = False
+    #: the solver whose single step from a fresh state is this one's first step — one edge of DP-OSS for it: DDIM for
+    #: every solver that starts first order (multistep ones have no history yet), and DDIM's probability-flow ODE
+    #: for stochastic ones (a DP edge that drew noise would make the schedule depend on one draw)
+    one_step_form: ClassVar[str] = "ddim"
 
     def __init__(self, spec: SolverSpec | None = None) -> None:
         self.spec = spec

@@ -18,6 +18,7 @@ from stepdrop_search.diffusion.solvers.first_order import ddim_step
 class Heun(Solver):
     name = "heun"
     variable_cost = True
+    one_step_form = "heun"
 
     def corrects(self, index: int) -> bool:
         """Whether grid step ``index`` (not the last) spends its second evaluation."""
