@@ -425,7 +425,8 @@ def comma_list(text: str) -> tuple[str, ...]:
 @user_errors_exit_2
 def optimize(
     nfe: Annotated[int, typer.Option(help="NFE of the sampler to find (network evaluations, counted)")] = 25,
-    method: Annotated[str, typer.Option(help="dp-gits, dp-oss, optuna or all (the pool's analytic schedules are always scored)")] = "all",
+    method: Annotated[str, typer.Option(help="all, or a comma-separated subset of gradient, dp-gits, dp-oss, optuna "
+                                        "(the pool's analytic schedules are always scored)")] = "all",
     kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)")] = "explicit",
     solver: Annotated[str, typer.Option(help="auto (every solver in the pool, the best ones searched) or one of: "
                                         + SOLVER_NAMES)] = "auto",
@@ -457,12 +458,19 @@ def optimize(
     search_eta: Annotated[bool, typer.Option(help="also search η (with a --solver that has one)")] = False,
     multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set")] = False,
     nfe_range: Annotated[str | None, typer.Option(help="LO,HI for --multi-objective")] = None,
-    dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches")] = 100,
-    dp_spacing: Annotated[str, typer.Option(help="DP teacher grid: uniform (integer steps), karras (ρ = 7 in σ, as GITS) "
-                                            "or logsnr (real-valued t)")] = "uniform",
+    dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches (GITS: 61)")] = 61,
+    dp_spacing: Annotated[str, typer.Option(help="DP teacher grid: karras (ρ = 7 in σ, as GITS), uniform (integer steps) "
+                                            "or logsnr (real-valued t)")] = "karras",
+    dp_teacher: Annotated[str, typer.Option(help="deterministic solver of the DP teacher run (GITS: ipndm)")] = "ipndm",
     dp_samples: Annotated[int, typer.Option(help="teacher trajectories for DP-GITS")] = 64,
     dp_oss_samples: Annotated[int, typer.Option(help="of those, the ones DP-OSS runs on (≈ N·K NFE each)")] = 8,
-    gits_cost: Annotated[str, typer.Option(help="dev, l1 or l2")] = "dev",
+    gits_cost: Annotated[str, typer.Option(help="dev (GITS: signed distance from each trajectory's line), "
+                                           "l2-endpoint, l1 or l2")] = "dev",
+    gradient_loss: Annotated[str, typer.Option(help="gradient method's loss: fid (batch proxy-FID, no teacher), l2 or "
+                                               "features (to --teacher's outputs)")] = "fid",
+    gradient_space: Annotated[str, typer.Option(help="learned steps are spaced in logsnr or sigma")] = "logsnr",
+    gradient_samples: Annotated[int, typer.Option(help="x_T the gradient method trains on (as many again validate)")] = 256,
+    gradient_epochs: Annotated[int, typer.Option(help="most epochs per solver (--budget usually stops it first)")] = 10,
     gits_gamma: float = 1.15,
     model: ModelOption = None,
     features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one)")] = None,
@@ -487,7 +495,9 @@ def optimize(
                          trials=trials, timeout=timeout, budget=budget or None, sampler=sampler_name, study=study,
                          storage=storage, n_jobs=n_jobs, free_boundary=free_boundary, search_eta=search_eta,
                          dp_grid=dp_grid, dp_spacing=dp_spacing, dp_samples=dp_samples, dp_oss_samples=dp_oss_samples,
-                         gits_cost=gits_cost, gits_gamma=gits_gamma, multi_objective=multi_objective, nfe_range=span,
+                         dp_teacher=dp_teacher, gits_cost=gits_cost, gits_gamma=gits_gamma, gradient_loss=gradient_loss,
+                         gradient_space=gradient_space, gradient_samples=gradient_samples,
+                         gradient_epochs=gradient_epochs, multi_objective=multi_objective, nfe_range=span,
                          out=str(out) if out else None, save_pool=str(save_pool) if save_pool else None,
                          command=command_line())
     start = time.perf_counter()

@@ -89,7 +89,8 @@ def tiny_args(tiny_checkpoint, tiny_features, storage, extra=()):
             "--storage", storage, "--study", "s", "--timeout", "300", *extra]
 
 
-SMALL = dict(samples=16, trial_samples=16, promote=4, promote_samples=24, finalists=2, held_out_samples=32, teacher="ddim-50")
+SMALL = dict(samples=16, trial_samples=16, promote=4, promote_samples=24, finalists=2, held_out_samples=32, teacher="ddim-50",
+             gradient_samples=16, gradient_epochs=2, gradient_batch=8)
 
 
 def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint, tiny_features, tmp_path):
@@ -105,6 +106,9 @@ def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint
     names = {c.name for c in result.candidates}
     # the pool: every solver × every analytic schedule and both DPs, each solver on the grid that spends NFE 5
     assert {f"{s}/{k}" for s in SOLVERS for k in ("uniform", "logsnr", "karras", "quadratic", "dp-gits", "dp-oss")} <= names
+    for cand in result.candidates:  # learned steps (when an epoch improved on validation) say how they were made
+        if cand.name.endswith("/gradient"):
+            assert cand.details["forward_nfe"] > cand.details["backward_nfe"] > 0 and cand.source == "pool"
     assert {c.source for c in result.candidates} >= {"pool"}
     assert result.best is result.finalists[[c.name for c in result.finalists].index(prov["search"]["winner"])]
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
@@ -305,3 +309,31 @@ def test_auto_rung_sizes_are_recorded_and_a_resumed_study_keeps_them(tiny_checkp
     study.set_user_attr("rung_sizes", [64, 64, 1100])  # as if an older rule had sized them
     result = optimize(OptimizeConfig(**settings | {"trials": 3}))
     assert result.finalists[0].held_out["samples"] == 1100
+
+
+def test_optimize_with_the_gradient_method_learns_steps_from_the_best_pool_schedule(tiny_checkpoint, tiny_features,
+                                                                                      tmp_path):
+    lines: list[str] = []
+    result = optimize(OptimizeConfig(nfe=4, method="gradient", solver="dpmpp-2m", model=str(tiny_checkpoint),
+                                     features=str(tiny_features), out=str(tmp_path / "best.json"), budget=None,
+                                     save_pool=str(tmp_path / "pool"), gradient_loss="l2", **SMALL), log=lines.append)
+    learned = [line for line in lines if line.startswith("gradient: dpmpp-2m validation l2")]
+    assert len(learned) == 1 and "forward +" in learned[0]
+    assert any(line.startswith("gradient: dpmpp-2m from dpmpp-2m/") for line in lines)  # warm start: a pool schedule
+    names = [c.name for c in result.candidates]
+    assert not any(n.endswith(("/dp-gits", "/dp-oss")) for n in names) and result.study_name is None
+    if "dpmpp-2m/gradient" in names:
+        saved = load_policy(tmp_path / "pool" / "dpmpp-2m_gradient-nfe4.json", load_model(tiny_checkpoint).schedule)
+        made = saved.provenance["search"]["made_by"]
+        assert made["loss"] == "l2" and made["validation_loss"][1] < made["validation_loss"][0]
+    else:
+        assert any("kept its start" in line for line in lines)
+
+
+@pytest.mark.parametrize("method", ["gradient,sgd", "", "dp-gits,,"])
+def test_a_method_list_must_name_known_methods(method):
+    if method == "dp-gits,,":
+        assert OptimizeConfig(method=method).methods == ("dp-gits",)
+        return
+    with pytest.raises(UserError, match="--method"):
+        OptimizeConfig(method=method)

@@ -44,21 +44,24 @@ from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
-from stepdrop_search.generation import generate
+from stepdrop_search.generation import generate, initial_noise
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model
 from stepdrop_search.objectives.metrics import fid_of_features, kid_of_features, paired_fid_difference, proxy_features
 from stepdrop_search.objectives.objective import Objective, Scores
-from stepdrop_search.objectives.residual import Teacher
+from stepdrop_search.objectives.residual import Teacher, teacher_outputs
 from stepdrop_search.policies import PolicyDocument, save_policy
 from stepdrop_search.policies.io import provenance
 from stepdrop_search.policies.kinds import Explicit, Karras, LogSNR, Quadratic, Uniform
-from stepdrop_search.search.dp import GRID_SPACINGS, gits_schedule, oss_schedule, teacher_trajectory
+from stepdrop_search.search.dp import GITS_TEACHER, GRID_SPACINGS, gits_schedule, oss_schedule, teacher_trajectory
+from stepdrop_search.search.gradient import LOSSES, SPACES, learn_schedule
 from stepdrop_search.search.space import SEARCHABLE, steps_to_params, suggest_document
 from stepdrop_search.search.study import check_resumable, make_storage, open_study, shown
 from stepdrop_search.seeds import search_seed, selection_seed
 
-METHODS = ("dp-gits", "dp-oss", "optuna", "all")
+#: The ways of producing candidates besides the analytic schedules (always in the pool); ``--method`` takes any
+#: comma-separated subset, ``all`` every one.
+METHODS = ("gradient", "dp-gits", "dp-oss", "optuna")
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
 #: Analytic schedules of the pool (each solver gets each at the grid size that spends the target NFE).
 POOL_SCHEDULES = {"uniform": Uniform, "logsnr": LogSNR, "karras": Karras, "quadratic": Quadratic}
@@ -94,12 +97,19 @@ class OptimizeConfig:
     free_boundary: bool = True
     search_eta: bool = False
     prune_samples: int = 32
-    dp_grid: int = 100
+    dp_grid: int = GITS_TEACHER[1]
     dp_samples: int = 64
     dp_oss_samples: int = 8
-    dp_spacing: str = "uniform"
+    dp_spacing: str = GITS_TEACHER[2]
+    dp_teacher: str = GITS_TEACHER[0]
     gits_cost: str = "dev"
     gits_gamma: float = 1.15
+    gradient_loss: str = "fid"
+    gradient_space: str = "logsnr"
+    gradient_samples: int = 256
+    gradient_epochs: int = 10
+    gradient_batch: int = 64
+    gradient_lr: float = 2e-3
     multi_objective: bool = False
     nfe_range: tuple[int, int] | None = None
     out: str | None = None
@@ -109,8 +119,14 @@ class OptimizeConfig:
     requested_samples: tuple[int | None, int | None] | None = None  # (samples, promote_samples) as asked, before resolved()
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise UserError(f"unknown --method {','.join(unknown) or self.method!r}; choose all or a comma-separated "
+                            f"subset of {', '.join(METHODS)}")
+        if self.gradient_loss not in LOSSES or self.gradient_space not in SPACES:
+            raise UserError(f"--gradient-loss is one of {', '.join(LOSSES)}; --gradient-space one of {', '.join(SPACES)}")
+        if min(self.gradient_samples, self.gradient_epochs, self.gradient_batch) < 1 or self.gradient_lr <= 0:
+            raise UserError("--gradient-samples, --gradient-epochs and the batch must be ≥ 1, the learning rate > 0")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown --sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.kind not in SEARCHABLE:
@@ -127,8 +143,8 @@ class OptimizeConfig:
                             "≥ --samples (rung 1 re-scores on a superset of rung 0's samples)")
         if self.multi_objective and (self.nfe_range is None or not 1 <= self.nfe_range[0] < self.nfe_range[1]):
             raise UserError("--multi-objective needs --nfe-range LO,HI with 1 ≤ LO < HI")
-        if self.method in ("dp-gits", "dp-oss", "all") and self.kind != "explicit":
-            raise UserError("DP methods produce explicit schedules; use --method optuna to search another --kind")
+        if set(self.methods) & {"gradient", "dp-gits", "dp-oss"} and self.kind != "explicit":
+            raise UserError("gradient and DP methods produce explicit schedules; use --method optuna to search another --kind")
         if self.solver != "auto":
             SolverSpec(self.solver)
             spec_for_nfe(self.solver, self.nfe)  # an NFE this solver cannot spend exactly is refused here
@@ -143,6 +159,11 @@ class OptimizeConfig:
             raise UserError(f"--save-pool {self.save_pool} is a file; name a folder (it is created if missing)")
         search_seed(self.seed)  # in the search range
         Teacher.parse(self.teacher)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """``--method`` as a tuple: ``all`` → every method of :data:`METHODS`."""
+        return METHODS if self.method == "all" else tuple(m.strip() for m in self.method.split(",") if m.strip())
 
     @property
     def study_name(self) -> str:
@@ -184,6 +205,7 @@ class SearchCandidate:
     scores: dict = field(default_factory=dict)
     rungs: dict[int, float] = field(default_factory=dict)
     held_out: dict | None = None
+    details: dict = field(default_factory=dict)  # how a method made it (the gradient method's losses and costs)
 
     @property
     def key(self) -> tuple:
@@ -239,7 +261,7 @@ class Context:
         self.loaded: LoadedModel = load_model(cfg.model, device=self.device)
         self.features = load_features_for_model(cfg.features, self.loaded.config, self.loaded.dataset, device=self.device)
         self.storage: optuna.storages.BaseStorage | None = None
-        if cfg.method in ("optuna", "all"):
+        if "optuna" in cfg.methods:
             self.storage = make_storage(cfg.storage, cfg.study_name)
             check_resumable(cfg.study_name, self.storage, directions=cfg.directions,
                             config=cfg.study_config(self.loaded.weights_hash))
@@ -291,13 +313,19 @@ def analytic_pool(cfg: OptimizeConfig, loaded: LoadedModel) -> list[SearchCandid
     return out
 
 
+#: A DP-OSS whose one-step form evaluates the network on every edge (Heun's) runs only when that costs at most this
+#: many evaluations (levels × N²/2 edges × samples); otherwise that solver gets DDIM's schedule, and the log says so.
+OSS_EDGE_EVALUATIONS = 20000
+
+
 def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> list[SearchCandidate]:
     """DP-GITS and DP-OSS schedules for every grid size the pool solvers need, each run with those solvers.
 
-    The DPs search on the DDIM skeleton (every solver's one-step form), so one schedule per grid size serves
-    every solver of that size; DP-OSS runs on the first ``dp_oss_samples`` teacher trajectories (its cost is
-    one NFE per reachable node per level per sample)."""
-    wanted = [m for m in ("dp-gits", "dp-oss") if cfg.method in (m, "all")]
+    GITS prices edges with one Euler step whatever the solver, so one schedule per grid size serves every solver of
+    that size; DP-OSS steps with each solver's one-step form (``Solver.one_step_form``), so one schedule per size and
+    form. The teacher is ``dp_teacher`` on ``dp_grid`` ``dp_spacing`` nodes (GITS's: iPNDM, 61, Karras); DP-OSS runs
+    on its first ``dp_oss_samples`` trajectories (one NFE per reachable node per level per sample)."""
+    wanted = [m for m in ("dp-gits", "dp-oss") if m in cfg.methods]
     if not wanted:
         return []
     by_size: dict[int, list[SolverSpec]] = {}
@@ -306,18 +334,74 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
             by_size.setdefault(steps, []).append(spec)
     if not by_size:
         return []
-    log(f"DP: teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
+    log(f"DP: {cfg.dp_teacher} teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
     traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=search_seed(cfg.seed),
-                              spacing=cfg.dp_spacing)
+                              spacing=cfg.dp_spacing, solver=cfg.dp_teacher)
     oss_traj = traj.subset(min(cfg.dp_oss_samples, cfg.dp_samples))
     out = []
     for steps, specs in sorted(by_size.items()):
-        for method in wanted:
-            res = gits_schedule(traj, steps, cost=cfg.gits_cost, gamma=cfg.gits_gamma) if method == "dp-gits" \
-                else oss_schedule(ctx.loaded, oss_traj, steps)
-            log(f"{method} on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
+        if "dp-gits" in wanted:
+            res = gits_schedule(traj, steps, cost=cfg.gits_cost, gamma=cfg.gits_gamma)
+            log(f"dp-gits on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
             policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
-            out += [SearchCandidate(f"{spec.name}/{method}", PolicyDocument(policy, spec), "pool") for spec in specs]
+            out += [SearchCandidate(f"{spec.name}/dp-gits", PolicyDocument(policy, spec), "pool") for spec in specs]
+        if "dp-oss" not in wanted:
+            continue
+        forms: dict[str, list[SolverSpec]] = {}
+        for spec in specs:
+            form = spec.solver.one_step_form
+            if form != "ddim" and steps * cfg.dp_grid ** 2 // 2 * oss_traj.states.shape[1] > OSS_EDGE_EVALUATIONS:
+                log(f"dp-oss: {spec.name}'s one-step form would cost more than {OSS_EDGE_EVALUATIONS} evaluations on "
+                    f"this grid; it gets DDIM's schedule (a smaller --dp-grid runs its own)")
+                form = "ddim"
+            forms.setdefault(form, []).append(spec)
+        for form, members in forms.items():
+            res = oss_schedule(ctx.loaded, oss_traj, steps, solver=form)
+            log(f"dp-oss ({form} steps) on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
+            policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
+            out += [SearchCandidate(f"{spec.name}/dp-oss", PolicyDocument(policy, spec), "pool") for spec in members]
+    return out
+
+
+def gradient_pool(cfg: OptimizeConfig, ctx: Context, rung1: list[SearchCandidate], seconds: float | None,
+                  log: Callable[[str], None]) -> list[SearchCandidate]:
+    """LD3-style learned steps (:mod:`~stepdrop_search.search.gradient`) for each deterministic solver the search works
+    on, starting from that solver's best rung-1 schedule, given ``seconds`` each (None: ``gradient_epochs``).
+
+    Training and validation take x_T the rungs never see: samples after the largest rung of the search seed (the
+    training set first, then the validation set). The ``fid`` loss needs no teacher; the others use ``teacher``."""
+    solvers = [name for name in search_solvers_of(cfg) if not SolverSpec(name).solver.stochastic(SolverSpec(name).eta)]
+    if not solvers:
+        log("gradient: no deterministic solver to learn steps for (it needs one: ddim, dpmpp-2m, unipc, …)")
+        return []
+    n, offset, seed = cfg.gradient_samples, max(cfg.promote_samples, cfg.trial_samples), search_seed(cfg.seed)
+    shape = (ctx.loaded.config.in_channels, ctx.loaded.config.image_size, ctx.loaded.config.image_size)
+    device = next(ctx.loaded.model.parameters()).device
+    x_T = initial_noise(offset + 2 * n, shape, seed)[offset:].to(device)
+    target = x_T if cfg.gradient_loss == "fid" else teacher_outputs(
+        ctx.loaded, Teacher.parse(cfg.teacher), n=offset + 2 * n, seed=seed, log=log)[offset:].to(device)
+    out = []
+    for name in solvers:
+        start = ranked([c for c in rung1 if c.document.solver.name == name], cfg.promote_samples)[0]
+        spec, steps = start.document.solver, len(start.document.policy.timesteps())
+        log(f"gradient: {name} from {start.name}, {cfg.gradient_loss} loss on {n} + {n} samples"
+            + (f", {seconds:.0f} s" if seconds is not None else ""))
+        res = learn_schedule(ctx.loaded.model, ctx.loaded.schedule, spec, steps, train=(x_T[:n], target[:n]),
+                             validation=(x_T[n:], target[n:]), init=start.document.policy.timesteps(),
+                             space=cfg.gradient_space, loss=cfg.gradient_loss, features=ctx.features,
+                             epochs=cfg.gradient_epochs, batch_size=cfg.gradient_batch, lr=cfg.gradient_lr,
+                             seconds=seconds, seed=cfg.seed, log=log)
+        log(f"gradient: {name} validation {cfg.gradient_loss} {res.initial_validation_loss:.4f} → {res.validation_loss:.4f} "
+            f"in {res.epochs} epochs, {res.seconds:.0f} s, {res.forward_nfe} forward + {res.backward_nfe} backward NFE: "
+            f"{[round(float(t), 2) for t in res.steps]}")
+        policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
+        if candidate_key(PolicyDocument(policy, spec)) == start.key:
+            log(f"gradient: {name} kept its start (no epoch improved on validation)")
+            continue
+        out.append(SearchCandidate(f"{name}/gradient", PolicyDocument(policy, spec), "pool", details={
+            "method": "gradient", "init": start.name, "loss": cfg.gradient_loss, "space": cfg.gradient_space,
+            "validation_loss": [res.initial_validation_loss, res.validation_loss], "epochs": res.epochs,
+            "seconds": round(res.seconds, 1), "forward_nfe": res.forward_nfe, "backward_nfe": res.backward_nfe}))
     return out
 
 
@@ -639,7 +723,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     if cfg.multi_objective:
         return _optimize_pareto(cfg, ctx, log, clock)
     pool = analytic_pool(cfg, ctx.loaded) + dp_pool(cfg, ctx, log)
-    study, created = open_search_study(cfg, ctx) if cfg.method in ("optuna", "all") else (None, False)
+    study, created = open_search_study(cfg, ctx) if "optuna" in cfg.methods else (None, False)
     cfg = resolved(cfg, ctx, study, log)
     rung0 = time.perf_counter()
     score_rung(ctx, pool, cfg.samples, "rung 0 (pool)", log, clock)
@@ -648,18 +732,27 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
 
     rung1 = pool_promoted(cfg, pool)
     score_rung(ctx, rung1, cfg.promote_samples, "rung 1 (pool: each solver's best and the best overall)", log, clock)
+    cfg = replace(cfg, search_solvers=chosen_search_solvers(cfg, study, rung1))
+    # The searched candidates' rung 1 and the held-out check come after the search: keep their time out of the
+    # budget (metrics and the bootstrap cost a few seconds per finalist).
+    reserve = per_forward * cfg.nfe * (cfg.promote_samples * cfg.promote + cfg.held_out_samples * (cfg.finalists + 3)) \
+        + 5 * (cfg.finalists + 3)
+
+    if "gradient" in cfg.methods:
+        left = search_seconds(cfg, clock.elapsed(), reserve)  # the study, if any, gets the other half
+        share = None if left is None else max(0.0, left) / (2 if "optuna" in cfg.methods else 1) / len(cfg.search_solvers)
+        learned = gradient_pool(cfg, ctx, rung1, share, log)
+        score_rung(ctx, learned, cfg.samples, "rung 0 (gradient)", log, clock)
+        score_rung(ctx, learned, cfg.promote_samples, "rung 1 (gradient)", log, clock)
+        pool += learned
+        rung1 += learned
 
     candidates = list(pool)
     study_name, trials_done = None, 0
-    if cfg.method in ("optuna", "all"):
-        cfg = replace(cfg, search_solvers=chosen_search_solvers(cfg, study, rung1))
+    if "optuna" in cfg.methods:
         if created:
             seed_study(cfg, study, pool)
         study_name = cfg.study_name
-        # The searched candidates' rung 1 and the held-out check come after the search: keep their time out of the
-        # budget (metrics and the bootstrap cost a few seconds per finalist).
-        reserve = per_forward * cfg.nfe * (cfg.promote_samples * cfg.promote + cfg.held_out_samples * (cfg.finalists + 3)) \
-            + 5 * (cfg.finalists + 3)
         search_time = search_seconds(cfg, clock.elapsed(), reserve)
         log(f"search: study {study_name} over {', '.join(cfg.search_solvers)}, {_counted(study)} finished trials so far"
             + (f", {search_time:.0f} s for it (the rest of the budget is kept for rung 1 and the held-out check)"
@@ -720,7 +813,7 @@ def save_pool(cfg: OptimizeConfig, ctx: Context, pool: list[SearchCandidate], lo
     for cand in pool:
         prov = provenance(cfg.command, ctx.loaded.weights_hash, objective={
             **cand.scores, "rungs": {str(k): v for k, v in sorted(cand.rungs.items())}, "search_seed": search_seed(cfg.seed)},
-            search={"pool_member": cand.name, "held_out": cand.held_out})
+            search={"pool_member": cand.name, "held_out": cand.held_out, **({"made_by": cand.details} if cand.details else {})})
         save_policy(folder / f"{cand.name.replace('/', '_')}-nfe{cfg.nfe}.json",
                     PolicyDocument(cand.document.policy, cand.document.solver, prov))
     log(f"wrote the {len(pool)} pool candidates to {folder}/")
@@ -741,6 +834,7 @@ def export(cfg: OptimizeConfig, ctx: Context, cand: SearchCandidate, study_name:
         **cand.scores, "rungs": {str(k): v for k, v in sorted(cand.rungs.items())}, "search_seed": search_seed(cfg.seed),
         "residual_weight": cfg.residual_weight, "teacher": cfg.teacher, "held_out": cand.held_out},
         search={"method": cfg.method, "winner": cand.name, "source": cand.source, "fallback_to_pool": fallback,
+                **({"made_by": cand.details} if cand.details else {}),
                 "study": study_name, "storage": public.storage or "sqlite (studies/)", "trials": trials,
                 "sampler": cfg.sampler, "kind": cfg.kind, "solvers_searched": list(search_solvers_of(cfg)),
                 "wall_time_s": round(wall, 1),
