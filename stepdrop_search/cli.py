@@ -448,7 +448,7 @@ def optimize(
     finalists: Annotated[int, typer.Option(help="rung-1 best checked on held-out noise (the best pool and searched "
                                            "candidates are always added)")] = 3,
     held_out_samples: Annotated[int | None, typer.Option(help="samples of the held-out selection seed per finalist "
-                                                         "(default: 2 × rung 1, at least 1024)")] = None,
+                                                         "(default: 2 × rung 1, at least 2048)")] = None,
     seed: Annotated[int, typer.Option(help="search noise: seed s searches on x_T seed 2^24+s and selects on "
                                       "2^24+2^23+s, never an evaluate seed")] = 0,
     residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual to --teacher (0: proxy-FID "

@@ -293,9 +293,9 @@ def test_rung_sizes_buy_more_samples_when_each_evaluation_is_cheap():
     from stepdrop_search.search.optimize import rung_sizes
 
     assert rung_sizes(5) == (256, 1024, 2048)
-    assert rung_sizes(10) == (128, 512, 1024)
-    assert rung_sizes(25) == (64, 256, 1024)
-    assert rung_sizes(1) == (512, 1024, 2048) and rung_sizes(1000) == (64, 256, 1024)
+    assert rung_sizes(10) == (128, 512, 2048)
+    assert rung_sizes(25) == (64, 256, 2048)
+    assert rung_sizes(1) == (512, 1024, 2048) and rung_sizes(1000) == (64, 256, 2048)
 
 
 def test_auto_rung_sizes_are_recorded_and_a_resumed_study_keeps_them(tiny_checkpoint, tiny_features, tmp_path):
