@@ -27,18 +27,26 @@ def spread(values: list[float]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", type=Path, nargs="+", help="OUT.json of stepdrop-search evaluate runs on the same "
+    parser.add_argument("reports", nargs="+", help="[LABEL=]OUT.json of stepdrop-search evaluate runs on the same "
                         "samples and seeds (rows are deterministic per seed, so runs combine; a row named in several "
-                        "reports is taken from the last)")
+                        "reports is taken from the last; a LABEL prefixes that report's row names, LABEL:row)")
     parser.add_argument("--reference", required=True, help="row name every other row is paired with")
+    parser.add_argument("--rows", help="comma-separated row names to show (default: every row)")
     args = parser.parse_args(argv)
-    reports = [json.loads(path.read_text()) for path in args.reports]
-    if len({(r["meta"]["samples"], r["meta"]["seeds"], r["meta"]["model_hash"]) for r in reports}) != 1:
+    labelled = [arg.split("=", 1) if "=" in arg else ["", arg] for arg in args.reports]
+    reports = [(label, json.loads(Path(path).read_text())) for label, path in labelled]
+    if len({(r["meta"]["samples"], r["meta"]["seeds"], r["meta"]["model_hash"]) for _, r in reports}) != 1:
         parser.error("the reports differ in samples, seeds or model: their rows are not paired")
-    rows = {r["name"]: r for report in reports for r in report["results"] if not r["failed"]}
+    rows = {(f"{label}:" if label else "") + r["name"]: r for label, report in reports for r in report["results"]
+            if not r["failed"]}
+    wanted = set(args.rows.split(",")) | {args.reference} if args.rows else set(rows)
+    missing = wanted - set(rows)
+    if missing:
+        parser.error(f"no row {', '.join(sorted(missing))} in the reports; rows: {', '.join(rows)}")
+    rows = {name: row for name, row in rows.items() if name in wanted}
     if args.reference not in rows:
         parser.error(f"no row {args.reference!r} in the reports; rows: {', '.join(rows)}")
-    meta = reports[0]["meta"]
+    meta = reports[0][1]["meta"]
     print(f"{meta['samples']} samples × {meta['seeds']} seeds; Δ = row − {args.reference}, paired per seed\n")
     print("| row | NFE (measured) | proxy-FID | KID | Δ proxy-FID (mean ± std) | Δ per seed | Δ KID | reference better by > 2 std |")
     print("|---|---|---|---|---|---|---|---|")

@@ -49,3 +49,40 @@ def test_small_sample_bias_prints_every_solver_at_every_sample_count(cosine_chec
                                             "--nfe", "4", "--samples", "8", "16", "--solvers", "ddim", "heun"])
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [r.split()[0] for r in rows] == ["ddim", "heun"] and all(len(r.split()) == 5 for r in rows)
+
+
+def fake_report(path: Path, rows: dict[str, list[float]]) -> str:
+    """An evaluate report with per-seed proxy-FID/KID for each row (3 seeds, 2000 samples)."""
+    import json
+    import statistics
+
+    results = [{"name": name, "failed": None,
+                "summary": {"fid": {"mean": statistics.fmean(v), "std": statistics.stdev(v)},
+                            "kid": {"mean": statistics.fmean(v) / 10, "std": 0.0}},
+                "per_seed": [{"seed": s, "fid": f, "kid": f / 10, "nfe": 5.0} for s, f in enumerate(v)]}
+               for name, v in rows.items()]
+    path.write_text(json.dumps({"meta": {"samples": 2000, "seeds": 3, "model_hash": "m"}, "results": results}))
+    return str(path)
+
+
+def test_paired_table_labels_a_reports_rows_and_shows_only_the_rows_asked_for(tmp_path, capsys):
+    old = fake_report(tmp_path / "old.json", {"dp": [5.0, 6.0, 7.0], "other": [9.0, 9.0, 9.0]})
+    new = fake_report(tmp_path / "new.json", {"dp": [4.0, 4.5, 5.0], "learned": [3.0, 3.5, 4.0]})
+    bench_module("paired_table").main([f"former={old}", new, "--reference", "learned", "--rows", "former:dp,dp"])
+    out = capsys.readouterr().out
+    assert "| former:dp | 5 | 6.000 ± 1.000 |" in out and "| +2.500 ± 0.500 |" in out  # paired per seed: 2, 2.5, 3
+    assert "| dp | 5 | 4.500 ± 0.500 |" in out and "other" not in out
+    with pytest.raises(SystemExit):
+        bench_module("paired_table").main([new, "--reference", "learned", "--rows", "former:dp"])
+
+
+def test_gradient_losses_reports_each_loss_with_its_cost_and_held_out_score(cosine_checkpoint, tiny_features, capsys,
+                                                                            monkeypatch, tmp_path):
+    monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path / "cache"))
+    bench_module("gradient_losses").main(["--model", str(cosine_checkpoint), "--features", str(tiny_features),
+                                          "--solver", "dpmpp-2m", "--nfe", "3", "--init", "99,50,10",
+                                          "--losses", "l2,fid", "--samples", "8", "--epochs", "1", "--held-out", "16",
+                                          "--teacher", "ddim-20"])
+    out = capsys.readouterr().out
+    assert out.count("held-out proxy-FID") == 2 and "start [99.0, 50.0, 10.0]" in out
+    assert "l2: 8 + 8 samples, 1 epochs" in out and "fid: 8 + 8 samples" in out
