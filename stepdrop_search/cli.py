@@ -306,16 +306,20 @@ def policy_show(
 def policy_export(
     policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
     out: Annotated[Path | None, typer.Option(help="file to write (required for --format json)")] = None,
-    format: Annotated[str, typer.Option(help="json (our policy file), diffusers (timesteps for set_timesteps) or "
-                                           "sigmas (k-diffusion σ list with a trailing 0)")] = "json",
+    format: Annotated[str, typer.Option(help="json (our policy file), diffusers (the set_timesteps call of each "
+                                           "scheduler that takes the list), sigmas (k-diffusion σ list with a "
+                                           "trailing 0), comfyui (a SIGMAS string) or a1111 (the \"[…]\" list of "
+                                           "the Forge/reForge custom-scheduler extensions)")] = "json",
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Write a policy file for the model's noise schedule (atomically), its timesteps for diffusers or its σ list."""
+    """Write a policy file for the model's noise schedule (atomically), or its steps in another tool's form."""
+    from stepdrop_search.files import write_text
     from stepdrop_search.policies import save_policy
+    from stepdrop_search.policies.transfer import FORMATS, a1111_text, comfyui_text
 
-    if format not in ("json", "diffusers", "sigmas"):
-        raise UserError(f"unknown --format {format!r}; choose json, diffusers or sigmas")
+    if format not in FORMATS:
+        raise UserError(f"unknown --format {format!r}; choose {', '.join(FORMATS)}")
     doc, loaded = _policy_document(policy, nfe, param, solver, eta, model)
     if format == "diffusers":
         _export_diffusers(doc, out)
@@ -323,24 +327,96 @@ def policy_export(
     if format == "sigmas":
         _export_sigmas(doc, out)
         return
+    if format in ("comfyui", "a1111"):
+        doc.policy.fixed_timesteps(format)  # a per-sample kind is refused in one line
+        text = comfyui_text(doc.policy) if format == "comfyui" else a1111_text(doc.policy)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if out is not None:
+            write_text(out, text + "\n")
+            err_console.print(f"wrote {out}", highlight=False)
+        return
     if out is None:
         raise UserError("--format json needs --out FILE")
     save_policy(out, doc)
     console.print(f"wrote {out} ({doc.policy.kind}, nfe {doc.policy.nfe}, schedule {doc.policy.schedule.hash})")
 
 
+@policy_app.command("import")
+@user_errors_exit_2
+def policy_import(
+    out: Annotated[Path, typer.Option(help="policy file to write")],
+    sigmas: Annotated[str | None, typer.Option(help="a published σ list, e.g. \"[14.61, 6.47, …, 0.029, 0]\" "
+                                               "(brackets, commas, spaces as any tool writes them)")] = None,
+    timesteps: Annotated[str | None, typer.Option(help="a published timestep list, descending")] = None,
+    source_t: Annotated[int | None, typer.Option(help="the T the --timesteps were published for (rescaled onto "
+                                                 "the model's T)")] = None,
+    solver: SolverOption = None, eta: EtaOption = None, model: ModelOption = None,
+) -> None:
+    """Turn any published σ or timestep list into an explicit policy for the model's noise schedule (σ → t in log σ)."""
+    from stepdrop_search.loading import load_model
+    from stepdrop_search.policies import save_policy
+    from stepdrop_search.policies.io import provenance
+    from stepdrop_search.policies.transfer import from_sigmas, from_timesteps, parse_numbers
+
+    if (sigmas is None) == (timesteps is None):
+        raise UserError("give exactly one of --sigmas or --timesteps")
+    if source_t is not None and timesteps is None:
+        raise UserError("--source-t rescales --timesteps; a σ list needs none")
+    values = parse_numbers(sigmas if sigmas is not None else timesteps, "--sigmas" if sigmas is not None else "--timesteps")
+    loaded = load_model(model)
+    policy = from_sigmas(values, loaded.schedule) if sigmas is not None else \
+        from_timesteps(values, loaded.schedule, source_t)
+    run = solver_spec(solver or "ddim", eta, policy.nfe)
+    doc = PolicyDocument(policy, run, provenance(command_line(), loaded.weights_hash,
+                                                 imported={"sigmas": sigmas, "timesteps": timesteps, "source_T": source_t}))
+    save_policy(out, doc)
+    console.print(f"wrote {out}: {policy.nfe} steps {[round(float(t), 3) for t in policy.timesteps()]}", highlight=False)
+
+
+@policy_app.command("resample")
+@user_errors_exit_2
+def policy_resample(
+    policy: Annotated[str, typer.Argument(help="a policy file (or a built-in kind)")],
+    nfe: Annotated[int, typer.Option(help="the step count to move the schedule to")],
+    out: Annotated[Path, typer.Option(help="policy file to write")],
+    model: ModelOption = None,
+) -> None:
+    """Move a schedule to another number of steps by log-linear interpolation in σ (as AYS does); the solver is kept."""
+    from stepdrop_search.diffusion.solvers import spec_for_nfe
+    from stepdrop_search.policies import save_policy
+    from stepdrop_search.policies.io import provenance
+    from stepdrop_search.policies.transfer import resample
+
+    doc, loaded = _policy_document(policy, None, None, None, None, model)
+    spec, steps = spec_for_nfe(doc.solver.name, nfe, doc.solver.eta if doc.solver.solver.has_eta else None)
+    moved = resample(doc.policy, steps)
+    save_policy(out, PolicyDocument(moved, spec, provenance(command_line(), loaded.weights_hash,
+                                                            resampled_from={"policy": policy, "nfe": doc.policy.nfe})))
+    console.print(f"wrote {out}: {steps} steps {[round(float(t), 2) for t in moved.timesteps()]}", highlight=False)
+
+
 def _export_diffusers(doc, out: Path | None) -> None:
+    """The set_timesteps call for each scheduler of the installed diffusers that takes the list: ``timesteps=`` (integer
+    steps) or ``sigmas=`` (the σ list, which carries continuous-time steps exactly)."""
     from stepdrop_search.files import write_json
     from stepdrop_search.interop import diffusers_export
 
     payload = diffusers_export(doc)
-    lines = [f"scheduler.set_timesteps(timesteps={payload['timesteps']})"]
-    lines += [f"# {cls}: " + ("accepts custom timesteps" if ok else "does not accept custom timesteps; use one that does")
-              for cls, ok in payload["accepts_custom_timesteps"].items()]
+    lines = []
+    for cls, accepted in payload["accepts"].items():
+        if "timesteps" in accepted and payload["timesteps"] is not None:
+            lines.append(f"{cls}: scheduler.set_timesteps(timesteps={payload['timesteps']})")
+        elif "sigmas" in accepted:
+            lines.append(f"{cls}: scheduler.set_timesteps(sigmas={payload['sigmas']})")
+        elif "timesteps" in accepted:
+            lines.append(f"# {cls}: takes integer timesteps= only, and this policy's steps are real: use a sigmas= "
+                         "scheduler above, or build the policy with continuous=false")
+        else:
+            lines.append(f"# {cls}: takes neither timesteps= nor a k-diffusion sigmas= list; use one that does")
     if out is not None:
         write_json(out, payload)
         lines.append(f"# wrote {out}")
-    console.print("\n".join(lines), markup=False, highlight=False)
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 def _export_sigmas(doc, out: Path | None) -> None:
@@ -534,6 +610,65 @@ def finalists_table(result, cfg) -> Table:
 
 def _number(value) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+studies_app = typer.Typer(no_args_is_help=True, help="The studies optimize left: list them, show their trials, export one.")
+app.add_typer(studies_app, name="studies")
+StorageOption = Annotated[str | None, typer.Option(help="database URL or journal:PATH (default: the study files in studies/)")]
+
+
+@studies_app.command("list")
+@user_errors_exit_2
+def studies_list(storage: StorageOption = None) -> None:
+    """Every study in the storage (or in studies/): its trials by state and its best value."""
+    from stepdrop_search.search.studies import list_studies
+
+    table = Table()
+    for column in ("storage", "study", "direction", "complete", "pruned", "failed", "best value", "best trial"):
+        table.add_column(column)
+    for row in list_studies(storage):
+        table.add_row(row.storage, row.name, ", ".join(row.directions), str(row.complete), str(row.pruned),
+                      str(row.failed), _number(row.best_value), "" if row.best_trial is None else str(row.best_trial))
+    console.print(table)
+
+
+@studies_app.command("show")
+@user_errors_exit_2
+def studies_show(
+    name: Annotated[str, typer.Argument(help="the study")],
+    storage: StorageOption = None,
+    top: Annotated[int, typer.Option(help="rows to show, best first (0: all)")] = 20,
+) -> None:
+    """A study's trials, best first: state, objective value(s), solver and the steps each one proposed."""
+    from stepdrop_search.search.studies import study_trials
+
+    rows = study_trials(name, storage)
+    table = Table(title=f"{name}: {len(rows)} trials")
+    for column in ("trial", "state", "value", "solver", "steps", "seeded from"):
+        table.add_column(column)
+    for row in rows[:top or None]:
+        values = ", ".join(f"{v:.4f}" for v in row.values) if row.values else "-"
+        steps = ", ".join(f"{t:g}" for t in row.steps) if row.steps else "-"
+        table.add_row(str(row.number), row.state, values, row.solver or "-", steps, row.source or "")
+    console.print(table)
+
+
+@studies_app.command("export")
+@user_errors_exit_2
+def studies_export(
+    name: Annotated[str, typer.Argument(help="the study")],
+    out: Annotated[Path, typer.Option(help="policy file to write")],
+    trial: Annotated[str, typer.Option(help="a trial number, or best")] = "best",
+    storage: StorageOption = None,
+) -> None:
+    """A chosen trial's policy as a policy file (what `evaluate --policy` and `sample --policy` read)."""
+    from stepdrop_search.policies import save_policy
+    from stepdrop_search.search.studies import trial_document
+
+    doc = trial_document(name, trial, storage)
+    save_policy(out, doc)
+    console.print(f"wrote {out}: trial {doc.provenance['search']['trial']} of {name} ({doc.solver.name}, "
+                  f"{doc.policy.nfe} steps)", highlight=False)
 
 
 features_app = typer.Typer(no_args_is_help=True, help="The proxy feature network behind proxy-FID/KID/IS/PR.")

@@ -26,15 +26,15 @@ from stepdrop_search.policies import PolicyDocument
 PREFIX = "diffusers:"
 # diffusers beta_schedule → our NoiseSchedule kind (squaredcos_cap_v2 is Nichol & Dhariwal's cosine, s = 0.008).
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
-# Short names for diffusers' scheduler classes, and whether ``set_timesteps(timesteps=[…])`` takes a custom
-# list as of diffusers 0.42; with diffusers installed, :func:`custom_timestep_support` asks it instead.
+# Short names for diffusers' scheduler classes, and which list arguments their ``set_timesteps`` takes as of
+# diffusers 0.42 (FORMULAS §9); with diffusers installed, :func:`list_arguments` asks it instead.
 SCHEDULERS = {
-    "ddpm": ("DDPMScheduler", True),
-    "dpm-solver-multistep": ("DPMSolverMultistepScheduler", True),
-    "euler": ("EulerDiscreteScheduler", True),
-    "heun": ("HeunDiscreteScheduler", True),
-    "ddim": ("DDIMScheduler", False),
-    "unipc": ("UniPCMultistepScheduler", False),
+    "ddpm": ("DDPMScheduler", ("timesteps",)),
+    "dpm-solver-multistep": ("DPMSolverMultistepScheduler", ("timesteps",)),
+    "euler": ("EulerDiscreteScheduler", ("timesteps", "sigmas")),
+    "heun": ("HeunDiscreteScheduler", ("timesteps",)),
+    "ddim": ("DDIMScheduler", ()),
+    "unipc": ("UniPCMultistepScheduler", ("sigmas",)),  # flow-matching sigmas only: SIGMAS_ONLY_FOR_FLOW
 }
 
 
@@ -50,14 +50,26 @@ def require_diffusers():
     return diffusers
 
 
-def custom_timestep_support() -> dict[str, bool]:
-    """Class name → whether its ``set_timesteps`` accepts ``timesteps=[…]`` (read off the installed diffusers)."""
+#: schedulers whose ``sigmas=`` is not for a k-diffusion σ list of a VP model (FORMULAS §9)
+SIGMAS_ONLY_FOR_FLOW = ("UniPCMultistepScheduler",)
+
+
+def list_arguments() -> dict[str, tuple[str, ...]]:
+    """Class name → the list arguments (``timesteps``, ``sigmas``) its ``set_timesteps`` accepts, read off the installed
+    diffusers (a pipeline's ``retrieve_timesteps`` raises when a scheduler lacks the one it is given)."""
     try:
         import diffusers
     except ImportError:
-        return {cls: known for cls, known in SCHEDULERS.values()}
-    return {cls: "timesteps" in inspect.signature(getattr(diffusers, cls).set_timesteps).parameters
+        return {cls: tuple(a for a in accepted if not (a == "sigmas" and cls in SIGMAS_ONLY_FOR_FLOW))
+                for cls, accepted in SCHEDULERS.values()}
+    return {cls: tuple(a for a in ("timesteps", "sigmas") if a in inspect.signature(getattr(diffusers, cls).set_timesteps).parameters
+                       and not (a == "sigmas" and cls in SIGMAS_ONLY_FOR_FLOW))
             for cls, _ in SCHEDULERS.values()}
+
+
+def custom_timestep_support() -> dict[str, bool]:
+    """Class name → whether its ``set_timesteps`` accepts ``timesteps=[…]``."""
+    return {cls: "timesteps" in accepted for cls, accepted in list_arguments().items()}
 
 
 @dataclass(frozen=True)
@@ -164,11 +176,18 @@ def diffusers_timesteps(document: PolicyDocument) -> list[int]:
 
 
 def diffusers_export(document: PolicyDocument) -> dict:
-    """What ``policy export --format diffusers`` writes: the timesteps for ``set_timesteps(timesteps=…)``, the
-    scheduler config of the policy's noise schedule, and which scheduler classes take custom timesteps."""
-    return {"timesteps": diffusers_timesteps(document), "num_train_timesteps": document.policy.schedule.T,
+    """What ``policy export --format diffusers`` writes: the integer timesteps for ``set_timesteps(timesteps=…)`` (None for a
+    continuous-time policy, which only the ``sigmas=`` schedulers take exactly), the σ list for ``set_timesteps(sigmas=…)``,
+    the scheduler config of the policy's noise schedule, and which list each scheduler class accepts."""
+    accepts = list_arguments()
+    steps = document.policy.fixed_timesteps("diffusers")
+    if steps.is_floating_point() and not any("sigmas" in a for a in accepts.values()):
+        diffusers_timesteps(document)  # refused in one line, pointing to --format sigmas
+    return {"timesteps": None if steps.is_floating_point() else diffusers_timesteps(document),
+            "sigmas": document.policy.to_sigmas().tolist(), "num_train_timesteps": document.policy.schedule.T,
             "scheduler_config": scheduler_config_from_schedule(document.policy.schedule),
-            "accepts_custom_timesteps": custom_timestep_support()}
+            "accepts": {cls: list(a) for cls, a in accepts.items()},
+            "accepts_custom_timesteps": {cls: "timesteps" in a for cls, a in accepts.items()}}
 
 
 def make_scheduler(name: str, loaded: LoadedModel):
@@ -183,22 +202,28 @@ def make_scheduler(name: str, loaded: LoadedModel):
 
 @torch.no_grad()
 def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: int = 0, nfe: int | None = None,
-                     timesteps: list[int] | None = None, batch_size: int = 256, clamp: bool = True) -> SampleResult:
-    """Sample ``loaded`` with a diffusers scheduler's own loop (its default spacing for ``nfe`` steps, or the
-    given ``timesteps``), from the same x_T our sampler uses for ``seed``; NFE counted per model call.
+                     timesteps: list[int] | None = None, sigmas: list[float] | None = None, batch_size: int = 256,
+                     clamp: bool = True) -> SampleResult:
+    """Sample ``loaded`` with a diffusers scheduler's own loop (its default spacing for ``nfe`` steps, the given
+    ``timesteps``, or the given ``sigmas`` — k-diffusion's list: the evaluated σ, then the last step's end, 0), from the
+    same x_T our sampler uses for ``seed``; NFE counted per model call.
     ``clamp`` clips the result to the data range, as diffusers' pipelines do before making images.
 
     Stochastic schedulers get one CPU torch generator per sample (diffusers' ``randn_tensor`` takes a list),
     seeded from the same (seed, "noise", sample index) SeedSequence as our sampler's noise stream, so a sample's
     noise does not depend on the batch or the device. They are not our sampler's numbers (diffusers only takes
     torch generators, whose mt19937 seeds are 32-bit): compare such rows with ours as unpaired."""
-    if (nfe is None) == (timesteps is None):
-        raise UserError("give either an NFE (the scheduler's own spacing) or a list of timesteps")
+    if sum(v is not None for v in (nfe, timesteps, sigmas)) != 1:
+        raise UserError("give one of an NFE (the scheduler's own spacing), a list of timesteps or a list of σ")
     scheduler = make_scheduler(scheduler_name, loaded)
     cls_name = SCHEDULERS[scheduler_name][0]
     if timesteps is not None and not custom_timestep_support()[cls_name]:
         raise UserError(f"diffusers' {cls_name} does not accept custom timesteps; use ddpm, dpm-solver-multistep "
                         "or euler")
+    if sigmas is not None and "sigmas" not in list_arguments()[cls_name]:
+        raise UserError(f"diffusers' {cls_name} does not accept a σ list; use euler")
+    schedule = {"timesteps": timesteps} if timesteps is not None else {"sigmas": sigmas} if sigmas is not None else \
+        {"num_inference_steps": nfe}
     model = loaded.model
     device = next(model.parameters()).device
     cfg = model.config
@@ -206,10 +231,7 @@ def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: 
     outputs, calls = [], torch.zeros(n, dtype=torch.long)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     for start in range(0, n, batch_size):
-        if timesteps is not None:
-            scheduler.set_timesteps(timesteps=timesteps, device=device)
-        else:
-            scheduler.set_timesteps(nfe, device=device)
+        scheduler.set_timesteps(**schedule, device=device)
         x = x_T[start:start + batch_size].to(device, next(model.parameters()).dtype) * scheduler.init_noise_sigma
         step_kwargs = {"generator": [torch.Generator().manual_seed(int(stream_seed(seed, "noise", i).generate_state(1)[0]))
                                      for i in range(start, start + x.shape[0])]} if takes_generator else {}

@@ -160,10 +160,13 @@ def test_stochastic_policies_cannot_be_exported_as_sigmas(tiny_checkpoint):
     assert result.exit_code == 2 and "draws its steps per sample" in result.output
 
 
-def test_diffusers_export_refuses_real_timesteps_in_one_line_and_points_to_sigmas(tiny_checkpoint):
-    refused = runner.invoke(app, ["policy", "export", "karras", "--nfe", "10", "--param", "continuous=true",
-                                  "--format", "diffusers", "--model", str(tiny_checkpoint)])
-    assert refused.exit_code == 2 and "--format sigmas" in " ".join(refused.output.split()), refused.output
+def test_diffusers_export_of_real_timesteps_gives_the_sigma_call_and_says_why_integer_schedulers_cannot(tiny_checkpoint):
+    real = runner.invoke(app, ["policy", "export", "karras", "--nfe", "10", "--param", "continuous=true",
+                               "--format", "diffusers", "--model", str(tiny_checkpoint)])
+    text = " ".join(real.output.split())
+    assert real.exit_code == 0, real.output
+    assert "EulerDiscreteScheduler: scheduler.set_timesteps(sigmas=[" in text
+    assert "DPMSolverMultistepScheduler: takes integer timesteps= only" in text and "continuous=false" in text
     integer = runner.invoke(app, ["policy", "export", "karras", "--nfe", "10", "--format", "diffusers",
                                   "--model", str(tiny_checkpoint)])
     assert integer.exit_code == 0 and f"timesteps={Karras(nfe=10).timesteps().tolist()}" in integer.output

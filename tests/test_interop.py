@@ -130,9 +130,11 @@ def test_policy_export_for_diffusers_prints_set_timesteps_and_scheduler_support(
     out = tmp_path / "steps.json"
     result = runner.invoke(app, ["policy", "export", "uniform", "--nfe", "4", "--format", "diffusers", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "scheduler.set_timesteps(timesteps=[999, 749, 499, 249])" in result.output
-    assert "DDIMScheduler: does not accept" in result.output and "DDPMScheduler: accepts" in result.output
-    assert json.loads(out.read_text())["timesteps"] == [999, 749, 499, 249]
+    assert "DDPMScheduler: scheduler.set_timesteps(timesteps=[999, 749, 499, 249])" in result.output
+    assert "# DDIMScheduler: takes neither" in result.output
+    written = json.loads(out.read_text())
+    assert written["timesteps"] == [999, 749, 499, 249] and written["accepts"]["EulerDiscreteScheduler"] == ["timesteps", "sigmas"]
+    assert written["sigmas"][-1] == 0 and len(written["sigmas"]) == 5
 
 
 def test_stochastic_policy_cannot_be_exported_for_diffusers():
