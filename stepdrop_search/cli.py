@@ -678,7 +678,8 @@ app.add_typer(features_app, name="features")
 @features_app.command("train")
 @user_errors_exit_2
 def features_train(
-    dataset: Annotated[str, typer.Option(help="a labelled data set: fashion-mnist, mnist, cifar10, synthetic")] = "fashion-mnist",
+    dataset: Annotated[str, typer.Option(help="a labelled data set: fashion-mnist, mnist, cifar10, synthetic, or folder "
+                                         "(--data DIR with one subfolder of images per class)")] = "fashion-mnist",
     data: Annotated[str | None, typer.Option(help="data folder (default: the data set's standard place)")] = None,
     image_size: Annotated[int | None, typer.Option(help="resize to the diffusion model's resolution")] = None,
     steps: int = 1200,

@@ -30,7 +30,7 @@ HOW_TO_GET = {
     "to a folder holding {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz",
     "mnist": "pass --data DIR (or set STEPDROP_DATA) to a folder holding {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz",
     "cifar10": "pass --data DIR to a folder holding cifar-10-batches-py/ (or use --download where the network allows)",
-    "folder": "pass --data DIR to a folder of PNG/JPEG images",
+    "folder": "pass --data DIR to a folder of PNG/JPEG images (one subfolder per class for features train)",
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -157,12 +157,36 @@ def load_cifar10(root: Path, split: str, download: bool) -> ImageData:
     return ImageData("cifar10", to_unit_range(np.concatenate(images)), torch.tensor(labels))
 
 
-def load_folder(root: Path, image_size: int | None, channels: int) -> ImageData:
+#: In a labelled image folder, every TEST_EVERY-th image of each class (in file-name order) is the test split.
+TEST_EVERY = 10
+
+
+def _held_out(index: int, count: int) -> bool:
+    """Whether a class's ``index``-th image (of ``count``) is in the test split: every TEST_EVERY-th, and the last one
+    of a class too small to have one."""
+    return index % TEST_EVERY == TEST_EVERY - 1 or (count < TEST_EVERY and index == count - 1)
+
+
+def load_folder(root: Path, image_size: int | None, channels: int, split: str = "train") -> ImageData:
+    """Images under ``root``, resized to ``image_size`` (default 32). When every image sits in a subfolder, the
+    subfolders are classes (sorted names → labels 0, 1, …) and the folder splits per class: every
+    :data:`TEST_EVERY`-th image is ``test``, the rest ``train`` — what ``features train`` needs for an honest held-out
+    accuracy. An unlabelled folder is one split (every image, for training a diffusion model)."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UserError(f"no PNG/JPEG images under {root}; {HOW_TO_GET['folder']}")
+    parts = [p.relative_to(root).parts for p in files]
+    labels = None
+    if all(len(part) > 1 for part in parts):
+        classes = sorted({part[0] for part in parts})
+        by_class = {c: [f for f, part in zip(files, parts, strict=True) if part[0] == c] for c in classes}
+        if any(len(members) < 2 for members in by_class.values()):
+            raise UserError(f"class folders under {root} need at least 2 images each to split into train and test")
+        keep = [(f, i) for i, c in enumerate(classes) for j, f in enumerate(by_class[c])
+                if _held_out(j, len(by_class[c])) == (split == "test")]
+        files, labels = [f for f, _ in keep], torch.tensor([i for _, i in keep])
     mode = "L" if channels == 1 else "RGB"
     size = image_size or 32
     arrays = []
@@ -174,7 +198,7 @@ def load_folder(root: Path, image_size: int | None, channels: int) -> ImageData:
         except (OSError, UnidentifiedImageError) as exc:
             raise UserError(f"{path} is not a readable image ({exc}); remove or replace it") from None
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    return ImageData("folder", to_unit_range(np.stack(arrays)))
+    return ImageData("folder", to_unit_range(np.stack(arrays)), labels)
 
 
 def synthetic_shapes(n: int, image_size: int = 16, channels: int = 1, seed: int = 0) -> ImageData:
@@ -221,7 +245,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, split:
             raise UserError(f"data folder {root} does not exist; {HOW_TO_GET['cifar10']}")
         data = load_cifar10(root, split, download)
     elif name == "folder":
-        return load_folder(resolve_root(name, data_dir), image_size, channels or 3)
+        return load_folder(resolve_root(name, data_dir), image_size, channels or 3, split)
     else:
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if channels is not None and channels != data.channels:

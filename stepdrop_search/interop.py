@@ -80,25 +80,42 @@ class ImageShape:
     image_size: int
 
 
-class DiffusersEpsilon(torch.nn.Module):
-    """ε_θ(x, t) of a diffusers ``UNet2DModel`` behind the interface of our U-Net."""
+#: diffusers ``prediction_type``s the adapter turns into ε
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
-    def __init__(self, unet: torch.nn.Module) -> None:
+
+class DiffusersEpsilon(torch.nn.Module):
+    """ε_θ(x, t) of a diffusers ``UNet2DModel`` behind the interface of our U-Net, whatever it predicts.
+
+    With x_t = α x0 + σ ε (α = √ᾱ_t, σ = √(1 − ᾱ_t)): a ``v_prediction`` model's v = α ε − σ x0 gives ε = α v + σ x_t;
+    a ``sample`` model's x̂0 gives ε = (x_t − α x̂0)/σ. ᾱ comes from the schedule at the (possibly real) t, in float64.
+    """
+
+    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule | None = None, prediction: str = "epsilon") -> None:
         super().__init__()
-        self.unet = unet
+        if prediction not in PREDICTION_TYPES:
+            raise UserError(f"prediction_type {prediction!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}")
+        if prediction != "epsilon" and schedule is None:
+            raise ValueError("a v_prediction or sample model needs its noise schedule")
+        self.unet, self.schedule, self.prediction = unet, schedule, prediction
         self.config = ImageShape(int(unet.config.in_channels), int(unet.config.sample_size))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # Learned-variance models (improved DDPM) return [ε, v] along channels: keep ε.
-        return self.unet(x, t).sample[:, : x.shape[1]]
+        # Learned-variance models (improved DDPM) return [ε, v] along channels: keep the prediction.
+        out = self.unet(x, t).sample[:, : x.shape[1]]
+        if self.prediction == "epsilon":
+            return out
+        a = self.schedule.alphas_cumprod_at(t).view(-1, *([1] * (x.dim() - 1)))  # on t's device, differentiable
+        alpha, sigma = a.sqrt(), (1 - a).sqrt()
+        eps = alpha * out + sigma * x if self.prediction == "v_prediction" else (x - alpha * out) / sigma
+        return eps.to(x.dtype)
 
 
 def schedule_from_scheduler_config(config: dict, source: str) -> NoiseSchedule:
     """Our noise schedule from a diffusers ``scheduler_config.json``; refuses what our ε-sampler cannot run."""
     prediction = config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise UserError(f"{source}: prediction_type {prediction!r} is not supported; the sampler needs an "
-                        "ε-prediction model (prediction_type 'epsilon')")
+    if prediction not in PREDICTION_TYPES:
+        raise UserError(f"{source}: prediction_type {prediction!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}")
     if config.get("trained_betas") is not None:
         raise UserError(f"{source}: trained_betas are not supported; use a linear, scaled_linear or "
                         "squaredcos_cap_v2 beta_schedule")
@@ -155,7 +172,7 @@ def load_diffusers_model(directory: str | Path, device: str | torch.device = "cp
     if unet.config.out_channels not in (unet.config.in_channels, 2 * unet.config.in_channels):
         raise UserError(f"{unet_dir}: out_channels {unet.config.out_channels} is neither ε nor [ε, variance] "
                         f"for {unet.config.in_channels} input channels")
-    model = DiffusersEpsilon(unet).to(device).eval()
+    model = DiffusersEpsilon(unet, schedule, config.get("prediction_type", "epsilon")).to(device).eval()
     card = {"scheduler_config": config, "format": "diffusers"}
     return LoadedModel(model, schedule, {}, state_dict_hash(unet.state_dict()), f"{PREFIX}{directory}", card)
 
@@ -197,7 +214,8 @@ def make_scheduler(name: str, loaded: LoadedModel):
     if name not in SCHEDULERS:
         raise UserError(f"unknown diffusers scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     config = loaded.card.get("scheduler_config") or scheduler_config_from_schedule(loaded.schedule)
-    return getattr(diffusers, SCHEDULERS[name][0]).from_config(config)
+    # our model wrapper always returns ε (DiffusersEpsilon converts v and x0), so the scheduler must read ε
+    return getattr(diffusers, SCHEDULERS[name][0]).from_config({**config, "prediction_type": "epsilon"})
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -136,3 +137,19 @@ def test_sample_takes_an_explicit_step_list_without_nfe(tiny_checkpoint, tmp_pat
                                  "steps=[999, 500.5, 120]", "--n", "2", "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 0, result.output
     assert "measured NFE 3.00" in result.output
+
+
+def test_features_train_on_a_labelled_image_folder_reports_held_out_accuracy(tmp_path):
+    from PIL import Image
+
+    for c in range(2):
+        (tmp_path / "data" / f"class{c}").mkdir(parents=True)
+        for i in range(20):
+            pixels = np.full((16, 16, 3), 30 + 180 * c, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / f"class{c}" / f"{i}.png")
+    out = tmp_path / "features.pt"
+    result = runner.invoke(app, ["features", "train", "--dataset", "folder", "--data", str(tmp_path / "data"),
+                                 "--image-size", "16", "--steps", "30", "--batch-size", "16", "--out", str(out),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0 and "on 4 images" in result.output, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["accuracy_test"] == 1.0

@@ -141,3 +141,15 @@ def test_synthetic_test_split_differs_from_train():
 def test_unknown_dataset_is_rejected():
     with pytest.raises(UserError, match="unknown data set"):
         load_dataset("imagenet")
+
+
+def test_a_folder_of_class_subfolders_is_labelled_and_split_per_class(tmp_path):
+    for c, name in enumerate(("coat", "bag")):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), 20 * c + i, dtype=np.uint8)).save(tmp_path / name / f"{i:02d}.png")
+    train = load_dataset("folder", tmp_path, split="train", image_size=8, channels=1)
+    test = load_dataset("folder", tmp_path, split="test", image_size=8, channels=1)
+    assert len(train) == 22 and len(test) == 2  # the 10th image of each class
+    assert test.labels.tolist() == [0, 1]  # sorted class names: bag = 0, coat = 1
+    assert sorted(train.labels.tolist()) == [0] * 11 + [1] * 11

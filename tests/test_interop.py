@@ -60,7 +60,7 @@ def test_our_schedule_round_trips_through_a_diffusers_scheduler_config(tiny_chec
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"prediction_type": "v_prediction"}, "prediction_type"),
+    ({"prediction_type": "flow_prediction"}, "prediction_type 'flow_prediction' is not supported"),
     ({"beta_schedule": "sigmoid"}, "beta_schedule"),
     ({"trained_betas": [0.1, 0.2]}, "trained_betas"),
 ])
@@ -160,3 +160,74 @@ def test_a_feature_network_of_the_model_shape_scores_a_diffusers_model(pipeline_
         from stepdrop_search.objectives.features import default_features_path
 
         load_features_for_model(default_features_path("fashion-mnist"), loaded.config, loaded.dataset)
+
+
+def save_trained_unet(directory, prediction: str, *, beta_schedule: str = "squaredcos_cap_v2", steps: int = 30):
+    """A tiny UNet2DModel trained for a few steps on synthetic shapes with diffusers' own target for ``prediction``
+    (the scheduler's ``add_noise`` and ``get_velocity``), saved with its scheduler config."""
+    from stepdrop_search.data import synthetic_shapes
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction)
+    data = synthetic_shapes(256, 16).images
+    optimiser = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    for _ in range(steps):
+        x0 = data[torch.randint(0, len(data), (32,))]
+        noise, t = torch.randn_like(x0), torch.randint(0, 1000, (32,))
+        target = {"epsilon": noise, "v_prediction": scheduler.get_velocity(x0, noise, t), "sample": x0}[prediction]
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    unet.save_pretrained(directory / "unet")
+    scheduler.save_pretrained(directory / "scheduler")
+    return directory
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
+def test_the_adapter_turns_v_and_x0_predictions_into_the_epsilon_diffusers_would_use(tmp_path, prediction):
+    loaded = load_model(f"diffusers:{save_trained_unet(tmp_path, prediction, steps=2)}")
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([900, 400, 10])
+    raw = loaded.model.unet(x, t).sample
+    scheduler = diffusers.DDPMScheduler.from_pretrained(tmp_path / "scheduler")
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1).double()
+    x0 = (a.sqrt() * x - (1 - a).sqrt() * raw) if prediction == "v_prediction" else raw  # diffusers' step reads it so
+    # diffusers keeps ᾱ in float32: at t = 10 (σ = 0.027) ε is ~100, so agreement is relative
+    assert torch.allclose(loaded.model(x, t).double(), (x - a.sqrt() * x0) / (1 - a).sqrt(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_v_prediction_model_samples_evaluates_and_optimizes(tmp_path, tiny_features, monkeypatch):
+    """A v-prediction UNet2DModel on a cosine (squaredcos_cap_v2) schedule through the whole tool."""
+    monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    model = f"diffusers:{save_trained_unet(tmp_path / 'vpred', 'v_prediction')}"
+    loaded = load_model(model)
+    assert loaded.schedule.kind == "cosine" and loaded.model.prediction == "v_prediction"
+    ours = generate(loaded.model, loaded.schedule, Uniform(nfe=10, schedule=loaded.schedule), SolverSpec("ddim"),
+                    n=4, seed=1, clamp=False)
+    theirs = diffusers_sample(loaded, "ddpm", n=4, seed=1, timesteps=Uniform(nfe=10, schedule=loaded.schedule).timesteps().tolist(),
+                              clamp=False)
+    assert torch.isfinite(ours.x0).all() and torch.isfinite(theirs.x0).all()
+    sampled = runner.invoke(app, ["sample", "--model", model, "--policy", "karras", "--nfe", "6", "--solver", "unipc",
+                                  "--n", "4", "--out", str(tmp_path / "grid.png")])
+    assert sampled.exit_code == 0 and "measured NFE 6.00" in sampled.output, sampled.output
+    evaluated = runner.invoke(app, ["evaluate", "--model", model, "--features", str(tiny_features), "--baselines",
+                                    "ddim,dpmpp-2m", "--nfe", "4", "--samples", "16", "--seeds", "2", "--metrics", "fid",
+                                    "--out", str(tmp_path / "eval")])
+    assert evaluated.exit_code == 0, evaluated.output
+    optimized = runner.invoke(app, ["optimize", "--model", model, "--features", str(tiny_features), "--nfe", "4",
+                                    "--method", "gradient,dp-gits", "--solver", "dpmpp-2m", "--samples", "16",
+                                    "--promote-samples", "16", "--held-out-samples", "16", "--gradient-samples", "8",
+                                    "--gradient-epochs", "1", "--dp-grid", "12", "--dp-samples", "4",
+                                    "--out", str(tmp_path / "best.json")])
+    assert optimized.exit_code == 0, optimized.output
+    assert load_policy_for(tmp_path / "best.json", loaded).solver.name == "dpmpp-2m"
+
+
+def load_policy_for(path, loaded):
+    from stepdrop_search.policies import load_policy
+
+    return load_policy(path, loaded.schedule)

@@ -82,20 +82,35 @@ class NoiseSchedule:
         neighbouring steps — the convention of k-diffusion's ``t_to_sigma`` and diffusers' ``_sigma_to_t`` (linear
         in log σ = −λ/2), so continuous-time schedules agree with them."""
         t = torch.as_tensor(t)
+        table = self.table(self.log_snr, t.device)
         if not t.is_floating_point():
-            return self.log_snr[t]
+            return table[t]
         t = t.double().clamp(0, self.T - 1)
         low = t.floor().long().clamp(max=self.T - 2)
         weight = t - low
-        return (1 - weight) * self.log_snr[low] + weight * self.log_snr[low + 1]
+        return (1 - weight) * table[low] + weight * table[low + 1]
 
     def alphas_cumprod_at(self, t: torch.Tensor) -> torch.Tensor:
         """ᾱ at timesteps ``t`` (float64): indexed for integer t (exactly the discrete schedule, so integer policies
         sample as they always did), for real t the sigmoid of the interpolated λ (:meth:`log_snr_at`)."""
         t = torch.as_tensor(t)
         if not t.is_floating_point():
-            return self.alphas_cumprod[t]
+            return self.table(self.alphas_cumprod, t.device)[t]
         return torch.sigmoid(self.log_snr_at(t))
+
+    @cached_property
+    def _device_tables(self) -> dict:
+        return {}
+
+    def table(self, values: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A float64 table of this schedule (ᾱ or λ) on ``device``: copied there once, so that a model that looks up ᾱ
+        at its t on an accelerator (diffusers v- and x0-prediction adapters) reads no value back to the host."""
+        if device.type == "cpu":
+            return values
+        key = (id(values), str(device))
+        if key not in self._device_tables:
+            self._device_tables[key] = values.to(device)
+        return self._device_tables[key]
 
     def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
         """σ = √((1 − ᾱ)/ᾱ) = e^{−λ/2} at timesteps ``t`` (the k-diffusion noise level), on the same interpolation."""
