@@ -10,7 +10,6 @@ import functools
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies.io import PolicyDocument
+from stepdrop_search.progress import reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the best way to sample a diffusion model with few network evaluations.")
@@ -245,7 +245,8 @@ def sample(
         check_npz_path(save_samples)
     loaded = load_model(model, device=resolve_device(device))
     doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded)
-    result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate)
+    with reporter(err_console) as log:
+        result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate, log=log)
     written = [save_grid(result.x0, out)]
     if barcode is not None:
         written.append(save_barcode(result.evaluated, result.grid, loaded.schedule.T, barcode))
@@ -486,8 +487,8 @@ def evaluate(
                         features=str(features) if features else None,
                         inception_weights=str(inception_weights) if inception_weights else None, data=data,
                         device=device, compile=compile_mode, command=command_line())
-    comparison = run_comparison(cfg, log=lambda message: err_console.print(f"[dim]{message}[/dim]", highlight=False),
-                                warn=warn)
+    with reporter(err_console) as log:
+        comparison = run_comparison(cfg, log=log, warn=warn)
     console.print(results_table(comparison.results, f"{samples} samples × {seeds} seeds, same x_T per seed "
                                                     "(mean ± std over seeds)"))
     console.print("wrote " + ", ".join(str(p) for p in write_comparison(comparison, out)))
@@ -576,9 +577,8 @@ def optimize(
                          gradient_epochs=gradient_epochs, multi_objective=multi_objective, nfe_range=span,
                          out=str(out) if out else None, save_pool=str(save_pool) if save_pool else None,
                          command=command_line())
-    start = time.perf_counter()
-    result = run_optimize(cfg, log=lambda m: err_console.print(f"[dim]{time.perf_counter() - start:6.0f} s  {m}[/dim]",
-                                                               highlight=False))
+    with reporter(err_console) as log:
+        result = run_optimize(cfg, log=log)
     console.print(finalists_table(result, result.config))
     console.print(f"{result.trials} trials in study {result.study_name}; {result.wall_time_s:.0f} s")
     if result.fallback and not multi_objective:

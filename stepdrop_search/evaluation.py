@@ -29,6 +29,7 @@ from stepdrop_search.objectives.metrics import FIDELITY_METRICS, fidelity_metric
 from stepdrop_search.objectives.residual import Teacher, residual, teacher_outputs
 from stepdrop_search.policies import PolicyDocument, policy_class
 from stepdrop_search.policies.kinds import Uniform
+from stepdrop_search.progress import advance, phase
 from stepdrop_search.seeds import evaluation_seeds
 
 METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
@@ -173,12 +174,13 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
     generate(loaded.model, loaded.schedule, Uniform(nfe=2, schedule=loaded.schedule), SolverSpec(), n=min(samples, batch_size))
 
     results = []
+    phase(progress, f"evaluate: {len(candidates)} rows × {len(seed_list)} seeds × {samples} samples",
+          len(candidates) * len(seed_list))
     for cand in candidates:
         if cand.document is not None and cand.document.policy.schedule.hash != loaded.schedule.hash:
             raise UserError(f"{cand.name} was made for another noise schedule than the model's")
         result = Result(cand, samples)
         for seed in seed_list:
-            progress(f"{cand.name}: seed {seed}")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 torch.cuda.synchronize(device)
@@ -192,6 +194,7 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
             if not torch.isfinite(run.x0).all():
                 bad = int((~torch.isfinite(run.x0.flatten(1))).any(1).sum())
                 result.per_seed.append(SeedResult(seed, values, f"{bad} of {samples} samples are not finite"))
+                advance(progress, f"{cand.name}: seed {seed} failed")
                 continue
             if "throughput" in metrics:
                 values["images_per_s"] = samples / wall
@@ -208,5 +211,6 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
                 ref = teacher_outputs(loaded, teacher, n=n_residual, seed=seed, batch_size=batch_size)
                 values["residual"] = float(residual(run.x0[:n_residual], ref).mean())
             result.per_seed.append(SeedResult(seed, values))
+            advance(progress, f"{cand.name}: seed {seed} done")
         results.append(result)
     return results

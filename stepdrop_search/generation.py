@@ -10,6 +10,8 @@ not depend on the batch size, on the samples beside it or on which steps they sk
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -18,6 +20,7 @@ from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies.base import Policy
+from stepdrop_search.progress import advance, phase
 
 
 def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -30,11 +33,13 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, solver: SolverSpec, *, n: int,
              seed: int = 0, batch_size: int = 256, clamp: bool = True,
-             calibration: AmplitudeCalibration | None = None, x_T: torch.Tensor | None = None) -> SampleResult:
+             calibration: AmplitudeCalibration | None = None, x_T: torch.Tensor | None = None,
+             log: Callable[[str], None] | None = None) -> SampleResult:
     """Draw ``n`` samples of ``policy`` in batches; returns the concatenated :class:`SampleResult` (on CPU).
 
     Sample i uses x_T[i] and the streams of (``seed``, i), whatever ``batch_size`` is; an explicit ``x_T``
-    replaces only the starting noise (which lets a study vary x_T and solver noise separately)."""
+    replaces only the starting noise (which lets a study vary x_T and solver noise separately). ``log`` hears a phase
+    of as many items as batches, and each batch done (:mod:`stepdrop_search.progress`)."""
     if policy.schedule.hash != schedule.hash:
         raise UserError(f"the policy was made for noise schedule {policy.schedule.hash}, the model uses {schedule.hash}")
     if n < 1 or batch_size < 1:
@@ -44,12 +49,16 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
     if x_T is None:
         x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     parts = []
+    if log is not None:
+        phase(log, f"sampling {n} images in batches of {batch_size}", -(-n // batch_size))
     for start in range(0, n, batch_size):
         x = x_T[start:start + batch_size].to(param.device, param.dtype)
         streams = SampleStreams(seed, range(start, start + x.shape[0]))
         plan = policy.plan(x.shape[0], streams, solver.name)
         parts.append(sample(model, schedule, x, plan, eta=solver.eta, solver=solver, clamp=clamp, streams=streams,
                             calibration=calibration))
+        if log is not None:
+            advance(log, f"{start + x.shape[0]}/{n} images")
     return SampleResult(torch.cat([p.x0.cpu() for p in parts]), torch.cat([p.nfe.cpu() for p in parts]),
                         torch.cat([p.evaluated.cpu() for p in parts]), parts[0].grid)
 
@@ -72,9 +81,9 @@ def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int
 
 
 def sample_policy(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256,
-                  calibrate: bool = False) -> SampleResult:
+                  calibrate: bool = False, log: Callable[[str], None] | None = None) -> SampleResult:
     """What ``stepdrop-search sample`` computes: ``n`` samples of a policy document on a loaded model, optionally with
     OSS amplitude calibration against a 100-step DDIM teacher's quantile profile."""
     calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule)) if calibrate else None
     return generate(loaded.model, loaded.schedule, document.policy, document.solver, n=n, seed=seed,
-                    batch_size=batch_size, calibration=calibration)
+                    batch_size=batch_size, calibration=calibration, log=log)

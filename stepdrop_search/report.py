@@ -165,3 +165,30 @@ def plot_quality_vs_nfe(results: list[Result], path: Path, metric: str = "fid") 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return Path(path)
+
+
+def plot_pareto_front(points: list[tuple[float, float]], front: list[tuple[float, float, float | None]],
+                      path: Path) -> Path:
+    """A multi-objective study: every complete trial's (measured NFE, objective) in grey, the Pareto set in colour with
+    its held-out proxy-FID beside each point (``front``: NFE, objective, held-out or None)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    if points:
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=10, color="0.7", label="trials")
+    ordered = sorted(front)
+    ax.plot([p[0] for p in ordered], [p[1] for p in ordered], marker="o", color="C3", label="Pareto set")
+    for nfe, value, held_out in ordered:
+        if held_out is not None:
+            ax.annotate(f"{held_out:.2f}", (nfe, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("measured NFE")
+    ax.set_ylabel("objective (search seed); labels: held-out proxy-FID")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(path)

@@ -70,7 +70,7 @@ def teacher_outputs(loaded: LoadedModel, teacher: Teacher, *, n: int, seed: int,
     policy = Uniform(nfe=teacher.steps, schedule=loaded.schedule)
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     x0 = generate(loaded.model, loaded.schedule, policy, spec, n=n, seed=seed,
-                  batch_size=batch_size, x_T=x_T).x0
+                  batch_size=batch_size, x_T=x_T, log=log).x0
     atomic_write(path, lambda tmp: torch.save(x0, tmp))
     return x0
 

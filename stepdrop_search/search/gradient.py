@@ -38,6 +38,7 @@ from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.objectives.features import FeatureFile
+from stepdrop_search.progress import advance
 
 SPACES = ("logsnr", "sigma")
 LOSSES = ("l2", "features", "fid")
@@ -228,8 +229,8 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
                     stale = 0
             history.append({"epoch": epoch, "train": seen / len(x_train), "validation": value,
                             "lr": optimiser.param_groups[0]["lr"]})
-            log(f"gradient epoch {epoch}: train {seen / len(x_train):.5f}, validation {value:.5f} (best {best:.5f}); "
-                f"{time.perf_counter() - clock:.0f} s")
+            advance(log, f"gradient epoch {epoch}: train {seen / len(x_train):.5f}, validation {value:.5f} "
+                         f"(best {best:.5f}); {time.perf_counter() - clock:.0f} s")
             if seconds is not None and time.perf_counter() - clock > seconds:
                 break
     if not math.isfinite(best):

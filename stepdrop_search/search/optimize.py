@@ -53,6 +53,8 @@ from stepdrop_search.objectives.residual import Teacher, teacher_outputs
 from stepdrop_search.policies import PolicyDocument, save_policy
 from stepdrop_search.policies.io import provenance
 from stepdrop_search.policies.kinds import Explicit, Karras, LogSNR, Quadratic, Uniform
+from stepdrop_search.progress import advance, phase
+from stepdrop_search.report import plot_pareto_front
 from stepdrop_search.search.dp import GITS_TEACHER, GRID_SPACINGS, gits_schedule, oss_schedule, teacher_trajectory
 from stepdrop_search.search.gradient import LOSSES, SPACES, learn_schedule
 from stepdrop_search.search.space import SEARCHABLE, steps_to_params, suggest_document
@@ -334,7 +336,7 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
             by_size.setdefault(steps, []).append(spec)
     if not by_size:
         return []
-    log(f"DP: {cfg.dp_teacher} teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
+    phase(log, f"DP: {cfg.dp_teacher} teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
     traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=search_seed(cfg.seed),
                               spacing=cfg.dp_spacing, solver=cfg.dp_teacher)
     oss_traj = traj.subset(min(cfg.dp_oss_samples, cfg.dp_samples))
@@ -384,8 +386,8 @@ def gradient_pool(cfg: OptimizeConfig, ctx: Context, rung1: list[SearchCandidate
     for name in solvers:
         start = ranked([c for c in rung1 if c.document.solver.name == name], cfg.promote_samples)[0]
         spec, steps = start.document.solver, len(start.document.policy.timesteps())
-        log(f"gradient: {name} from {start.name}, {cfg.gradient_loss} loss on {n} + {n} samples"
-            + (f", {seconds:.0f} s" if seconds is not None else ""))
+        phase(log, f"gradient: {name} from {start.name}, {cfg.gradient_loss} loss on {n} + {n} samples"
+              + (f", {seconds:.0f} s" if seconds is not None else ""), cfg.gradient_epochs)
         res = learn_schedule(ctx.loaded.model, ctx.loaded.schedule, spec, steps, train=(x_T[:n], target[:n]),
                              validation=(x_T[n:], target[n:]), init=start.document.policy.timesteps(),
                              space=cfg.gradient_space, loss=cfg.gradient_loss, features=ctx.features,
@@ -449,14 +451,14 @@ def resolved(cfg: OptimizeConfig, ctx: Context, study: optuna.Study | None, log:
 def score_rung(ctx: Context, candidates: list[SearchCandidate], samples: int, label: str,
                log: Callable[[str], None], clock: Clock) -> None:
     """Score ``candidates`` on the first ``samples`` x_T of the search seed; every one gets the same noise."""
-    log(f"{label}: {len(candidates)} candidates on {samples} samples ({clock.left()})")
+    phase(log, f"{label}: {len(candidates)} candidates on {samples} samples ({clock.left()})", len(candidates))
     for i, cand in enumerate(candidates, 1):
         scores = ctx.score(cand.document, samples)
         cand.rungs[samples] = scores.value
         cand.scores = scores.to_dict() | {"samples": samples}
         parts = [f"proxy-FID {scores.fid:.3f}"] if scores.fid is not None else []
         parts += [f"residual {scores.residual:.5f}"] if scores.residual is not None else []
-        log(f"  [{i}/{len(candidates)}] {cand.name}: objective {scores.value:.4f}" + (f" ({', '.join(parts)})" if parts else ""))
+        advance(log, f"  [{i}/{len(candidates)}] {cand.name}: objective {scores.value:.4f}" + (f" ({', '.join(parts)})" if parts else ""))
 
 
 def ranked(candidates: list[SearchCandidate], samples: int | None = None) -> list[SearchCandidate]:
@@ -540,7 +542,7 @@ def progress_callback(cfg: OptimizeConfig, log: Callable[[str], None], clock: Cl
         else:
             outcome = f"objective {trial.value:.4f}, best {study.best_value:.4f}"
         solver = trial.params.get("solver", "")
-        log(f"trial {trial.number}{' ' + solver if solver else ''}: {outcome}; {pruned} pruned so far"
+        advance(log, f"trial {trial.number}{' ' + solver if solver else ''}: {outcome}; {pruned} pruned so far"
             + (f" ({clock.left()})" if clock else ""))
 
     return report
@@ -681,8 +683,10 @@ def held_out_check(cfg: OptimizeConfig, ctx: Context, finalists: list[SearchCand
     seed = selection_seed(cfg.seed)
     device = next(ctx.loaded.model.parameters()).device
     feats = {}
+    phase(log, f"held-out check: {len(finalists)} finalists on {cfg.held_out_samples} samples ({clock.left()})", len(finalists))
     for i, cand in enumerate(finalists, 1):
-        log(f"held-out check [{i}/{len(finalists)}] {cand.name}: {cfg.held_out_samples} samples of seed {seed} ({clock.left()})")
+        advance(log, f"held-out check [{i}/{len(finalists)}] {cand.name}: {cfg.held_out_samples} samples of seed {seed} "
+                     f"({clock.left()})")
         run = generate(ctx.loaded.model, ctx.loaded.schedule, cand.document.policy, cand.document.solver,
                        n=cfg.held_out_samples, seed=seed)
         if not torch.isfinite(run.x0).all():
@@ -765,7 +769,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
             seed_study(cfg, study, pool)
         study_name = cfg.study_name
         search_time = search_seconds(cfg, clock.elapsed(), reserve)
-        log(f"search: study {study_name} over {', '.join(cfg.search_solvers)}, {_counted(study)} finished trials so far"
+        phase(log, f"search: study {study_name} over {', '.join(cfg.search_solvers)}, {_counted(study)} finished trials so far"
             + (f", {search_time:.0f} s for it (the rest of the budget is kept for rung 1 and the held-out check)"
                if search_time is not None else ""))
         if search_time is not None and search_time <= 0:
@@ -814,7 +818,14 @@ def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], Non
         cand.held_out = {"seed": selection_seed(cfg.seed), "samples": cfg.held_out_samples, "fid": fid}
     exported = [export(cfg, ctx, cand, cfg.study_name, _counted(study), clock.elapsed(), log, index=i)
                 for i, cand in enumerate(pareto)]
-    return OptimizeResult(None, pareto, pareto, exported, cfg.study_name, _counted(study), clock.elapsed(), config=cfg)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    figure = plot_pareto_front([(t.values[1], t.values[0]) for t in complete],
+                               [(c.scores.get("nfe") or c.document.solver.solver.nfe(c.document.policy.nfe),
+                                 c.value(), (c.held_out or {}).get("fid")) for c in pareto],
+                               Path(f"policies/pareto-{cfg.study_name}.png"))
+    log(f"Pareto front: {figure}")
+    return OptimizeResult(None, pareto, pareto, exported + [figure], cfg.study_name, _counted(study), clock.elapsed(),
+                          config=cfg)
 
 
 def save_pool(cfg: OptimizeConfig, ctx: Context, pool: list[SearchCandidate], log: Callable[[str], None]) -> None:
