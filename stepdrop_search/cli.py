@@ -71,6 +71,8 @@ def train(
     skip_loss_tau: Annotated[float, typer.Option(help="S2-DM weight τ of the plain loss")] = 0.99,
     init_from: Annotated[str | None, typer.Option(help="fine-tune from these weights (EMA if present); 'default': the shipped model")] = None,
     checkpoint_every: int = 250,
+    snapshot_every: Annotated[int, typer.Option(help="also keep the EMA weights every N steps in OUT/snapshots/ "
+                                                "(a training curve; 0: off)")] = 0,
     out: Annotated[str, typer.Option(help="run folder; the checkpoint is OUT/last.pt")] = "runs/default",
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -83,7 +85,7 @@ def train(
                       batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
                       grad_clip=grad_clip, flip=flip, seed=seed, schedule=schedule, T=timesteps,
                       skip_loss_every=skip_loss_every, skip_loss_tau=skip_loss_tau, init_from=init_from,
-                      checkpoint_every=checkpoint_every, out_dir=out, device=device, command=command_line())
+                      checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, out_dir=out, device=device, command=command_line())
     with training_progress() as on_step:
         path = run_training(cfg, resume=resume, on_step=on_step)
     console.print(f"checkpoint: {path}")

@@ -51,6 +51,7 @@ class TrainConfig:
     skip_loss_tau: float = 0.99
     init_from: str | None = None  # fine-tune: start from this model's weights (EMA when present), fresh optimizer
     checkpoint_every: int = 250
+    snapshot_every: int = 0  # also keep the EMA weights every N steps (out_dir/snapshots/step-N.pt) for a training curve
     out_dir: str = "runs/default"
     device: str = "auto"
     command: str = ""
@@ -60,8 +61,8 @@ class TrainConfig:
             raise UserError("--steps and --batch-size must be ≥ 1")
         if self.skip_loss_every < 0 or not 0.0 <= self.skip_loss_tau <= 1.0:
             raise UserError("--skip-loss-every must be ≥ 0 and --skip-loss-tau in [0, 1]")
-        if self.checkpoint_every < 1:
-            raise UserError("--checkpoint-every must be ≥ 1")
+        if self.checkpoint_every < 1 or self.snapshot_every < 0:
+            raise UserError("--checkpoint-every must be ≥ 1 and --snapshot-every ≥ 0")
 
     @property
     def warmup(self) -> int:
@@ -187,14 +188,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
         a_skip = schedule.skip_alphas_cumprod(cfg.skip_loss_every)
         skip_coef = ((1 - a_skip) / a_skip).sqrt().float().to(device)
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {
+    def state() -> dict:
+        return {
             "model_config": model_config.to_dict(), "schedule": schedule.to_dict(), "schedule_hash": schedule.hash,
             "dataset": {"name": data.name, "image_size": data.image_size, "channels": data.channels},
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "step": step, "rng": gen.get_state(), "wall_time": wall_time, "loss_log": loss_log,
             "train_config": asdict(cfg), "parameters": count_parameters(model),
-        })
+        }
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, state())
 
     model.train()
     ema_loss = loss_log[-1][1] if loss_log else None
@@ -229,6 +233,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
             on_step(StepReport(step, cfg.steps, ema_loss, cfg.batch_size / max(elapsed, 1e-9), learning_rate(cfg, step - 1)))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            export_state(state(), Path(cfg.out_dir) / "snapshots" / f"step-{step:06d}.pt")
     if step == start_step and saved is None:
         checkpoint()
     return ckpt_path
@@ -239,6 +245,11 @@ def export_weights(checkpoint_path: str | Path, out: str | Path) -> dict:
     saved = load_checkpoint(checkpoint_path)
     if "ema" not in saved:
         raise UserError(f"{checkpoint_path} holds no EMA weights; export a training checkpoint (runs/…/last.pt)")
+    return export_state(saved, out)
+
+
+def export_state(saved: dict, out: str | Path) -> dict:
+    """The EMA weights of a training state as a model file (+ JSON card): what export and the snapshots write."""
     cfg = saved.get("train_config", {})
     log = saved.get("loss_log", [])
     card = {

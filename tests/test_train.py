@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from stepdrop_search.checkpoint import load_checkpoint
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
-from stepdrop_search.train import diffusion_loss, ema_decay_at, learning_rate, train
+from stepdrop_search.train import diffusion_loss, ema_decay_at, export_weights, learning_rate, train
 from tests.conftest import tiny_config
 
 
@@ -144,3 +145,13 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(out / "last.pt")["step"] == killed_at + 10
+
+
+def test_snapshots_keep_the_ema_weights_every_n_steps_as_loadable_models(tmp_path):
+    path = train(tiny_config(tmp_path / "run", steps=40, snapshot_every=20))
+    snapshots = sorted((tmp_path / "run" / "snapshots").glob("step-*.pt"))
+    assert [p.name for p in snapshots] == ["step-000020.pt", "step-000040.pt"]
+    last = load_model(snapshots[-1])
+    exported = export_weights(path, tmp_path / "m.pt")
+    assert last.weights_hash == exported["weights_hash"]  # the last snapshot is what export writes at the end
+    assert json.loads(snapshots[0].with_suffix(".json").read_text())["steps"] == 20
