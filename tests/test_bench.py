@@ -86,3 +86,17 @@ def test_gradient_losses_reports_each_loss_with_its_cost_and_held_out_score(cosi
     out = capsys.readouterr().out
     assert out.count("held-out proxy-FID") == 2 and "start [99.0, 50.0, 10.0]" in out
     assert "l2: 8 + 8 samples, 1 epochs" in out and "fid: 8 + 8 samples" in out
+
+
+def test_training_curve_scores_every_snapshot_and_the_start(tmp_path, tiny_features, capsys):
+    from stepdrop_search.train import train
+
+    train(tiny_config(tmp_path / "run", steps=20, snapshot_every=10))
+    start = tmp_path / "run" / "snapshots" / "step-000010.pt"
+    bench_module("training_curve").main([str(tmp_path / "run"), "--start", str(start), "--nfe", "3", "--samples", "8",
+                                         "--seeds", "1", "--features", str(tiny_features), "--out", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[2:5]] == ["start", "10", "20"]
+    import json
+
+    assert len(json.loads((tmp_path / "c.json").read_text())["rows"]) == 3
