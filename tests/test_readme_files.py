@@ -1,0 +1,32 @@
+"""Every file README names under bench/results/ exists: a figure's source cannot silently go missing."""
+
+import glob
+import itertools
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMED = re.compile(r"bench/results/[A-Za-z0-9_./{},*-]+")
+
+
+def expansions(path: str) -> list[str]:
+    """``a.{md,json}`` → ``a.md``, ``a.json`` (shell brace expansion, any number of groups)."""
+    parts = re.split(r"(\{[^}]*\})", path)
+    options = [p[1:-1].split(",") if p.startswith("{") else [p] for p in parts]
+    return ["".join(choice) for choice in itertools.product(*options)]
+
+
+def exists(name: str) -> bool:
+    """A file or folder, a glob that matches, or an output prefix (``--out DIR/evaluate`` names evaluate.*, a script's
+    ``OUT=…/s2dm-ablation-4000`` names s2dm-ablation-4000-*)."""
+    name = name.rstrip(".,")
+    if any(ch in name for ch in "*?"):
+        return bool(glob.glob(str(ROOT / name)))
+    return (ROOT / name).exists() or any(glob.glob(str(ROOT / name) + sep + "*") for sep in ".-")
+
+
+def test_every_bench_result_readme_names_exists():
+    text = (ROOT / "README.md").read_text()
+    named = sorted({variant for match in NAMED.findall(text) for variant in expansions(match.rstrip(".,`)"))})
+    missing = [name for name in named if not exists(name)]
+    assert len(named) > 40 and not missing, f"README names files that are not there: {missing}"
