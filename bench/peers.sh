@@ -8,7 +8,8 @@
 # 2. `evaluate --suite peers` at NFE 5, 10, 25, 50 with those files, each run with both solvers: common random
 #    numbers, SEEDS seeds, SAMPLES samples per row and seed. Writes $OUT/peers.{md,json,csv,png}.
 #
-# Environment knobs (defaults are what the committed report used): SAMPLES, SEEDS, BUDGET, NFES, OUT, DEVICE.
+# Environment knobs (defaults are what the committed report used): SAMPLES, SEEDS, BUDGET, NFES, OUT, DEVICE, and
+# STUDIES_DIR (where the studies' SQLite files go; default studies/).
 set -euo pipefail
 SAMPLES=${SAMPLES:-256}
 SEEDS=${SEEDS:-3}
@@ -16,13 +17,14 @@ BUDGET=${BUDGET:-300}
 NFES=${NFES:-5,10,25,50}
 OUT=${OUT:-bench/results/peers}
 DEVICE=${DEVICE:-auto}
-mkdir -p "$OUT"
+STUDIES_DIR=${STUDIES_DIR:-studies}
+mkdir -p "$OUT" "$STUDIES_DIR"
 
 policies=()
 search() {  # search NFE SOLVER
     local file="$OUT/optuna-$2-nfe$1.json"
     stepdrop-search optimize --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --trials 10000 --device "$DEVICE" \
-        --study "peers-optuna-$2-nfe$1" --out "$file"
+        --study "peers-optuna-$2-nfe$1" --storage "sqlite:///$STUDIES_DIR/peers-optuna-$2-nfe$1.db" --out "$file"
     policies+=(--policy "$file")
 }
 for nfe in ${NFES//,/ }; do search "$nfe" ddim; done
