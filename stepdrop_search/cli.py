@@ -425,15 +425,13 @@ def _export_diffusers(doc, out: Path | None) -> None:
 def _export_sigmas(doc, out: Path | None) -> None:
     """Print (and with --out write as JSON) the σ list, in positional notation: ComfyUI's ManualSigmas reads no
     exponents, and the shortest round-trip digits give back the same steps through ``--policy sigmas``."""
-    import numpy as np
-
     from stepdrop_search.files import write_json
+    from stepdrop_search.policies.transfer import a1111_text, sigma_list
 
-    sigmas = doc.policy.to_sigmas().tolist()
-    text = "[" + ", ".join(np.format_float_positional(v, trim="-") for v in sigmas) + "]"
-    lines = [f"sigmas = {text}",
+    sigmas = sigma_list(doc.policy)
+    lines = [f"sigmas = {a1111_text(doc.policy)}",
              "# k-diffusion: sample_*(model, noise * sigmas[0], torch.tensor(sigmas)); diffusers: "
-             "EulerDiscreteScheduler.set_timesteps(sigmas=sigmas); back: --policy sigmas --param 'sigmas=[…]'"]
+             "EulerDiscreteScheduler.set_timesteps(sigmas=sigmas); back: policy import --sigmas '[…]'"]
     if out is not None:
         write_json(out, {"sigmas": sigmas, "timesteps": doc.policy.timesteps().tolist(),
                          "noise_schedule": doc.policy.schedule.to_dict(), "noise_schedule_hash": doc.policy.schedule.hash})
