@@ -60,11 +60,12 @@ def list_arguments() -> dict[str, tuple[str, ...]]:
     try:
         import diffusers
     except ImportError:
-        return {cls: tuple(a for a in accepted if not (a == "sigmas" and cls in SIGMAS_ONLY_FOR_FLOW))
-                for cls, accepted in SCHEDULERS.values()}
-    return {cls: tuple(a for a in ("timesteps", "sigmas") if a in inspect.signature(getattr(diffusers, cls).set_timesteps).parameters
-                       and not (a == "sigmas" and cls in SIGMAS_ONLY_FOR_FLOW))
-            for cls, _ in SCHEDULERS.values()}
+        declared = dict(SCHEDULERS.values())
+    else:
+        declared = {cls: tuple(a for a in ("timesteps", "sigmas") if a in inspect.signature(getattr(diffusers, cls).set_timesteps).parameters)
+                    for cls, _ in SCHEDULERS.values()}
+    return {cls: tuple(a for a in accepted if not (a == "sigmas" and cls in SIGMAS_ONLY_FOR_FLOW))
+            for cls, accepted in declared.items()}
 
 
 def custom_timestep_support() -> dict[str, bool]:

@@ -53,23 +53,15 @@ def parse_numbers(text: str, flag: str) -> list[float]:
     body = text.strip()
     if body.startswith("[") and body.endswith("]"):
         body = body[1:-1]
-    items = [item for item in re.split(r"[,\s]+", body) if item]
-    try:
-        values = [float(item) for item in items]
-    except ValueError:
-        bad = next(item for item in items if not _is_number(item))
-        raise UserError(f"{flag}: {bad!r} is not a number; give a list like \"14.61, 7.49, 1.2, 0\"") from None
+    values = []
+    for item in (item for item in re.split(r"[,\s]+", body) if item):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise UserError(f"{flag}: {item!r} is not a number; give a list like \"14.61, 7.49, 1.2, 0\"") from None
     if not values or not all(math.isfinite(v) for v in values):
         raise UserError(f"{flag}: give a non-empty list of finite numbers")
     return values
-
-
-def _is_number(item: str) -> bool:
-    try:
-        float(item)
-    except ValueError:
-        return False
-    return True
 
 
 def from_sigmas(values: list[float], schedule: NoiseSchedule) -> Explicit:
@@ -99,8 +91,5 @@ def resample(policy: Policy, nfe: int) -> Explicit:
     if len(sigma) < 2 and nfe > 1:
         raise UserError("a one-step schedule has no shape to interpolate; give one of at least two steps")
     log_sigma = sigma.log().flip(0).numpy()  # ascending
-    if len(sigma) == 1:
-        values = sigma.numpy()
-    else:
-        values = np.exp(np.interp(np.linspace(0, 1, nfe), np.linspace(0, 1, len(sigma)), log_sigma))[::-1]
+    values = np.exp(np.interp(np.linspace(0, 1, nfe), np.linspace(0, 1, len(sigma)), log_sigma))[::-1]
     return from_sigmas(list(values), policy.schedule)

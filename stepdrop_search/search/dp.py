@@ -144,14 +144,14 @@ def gits_costs(traj: TeacherTrajectory, cost: str = "dev") -> torch.Tensor:
     N = len(traj.grid)
     scale = traj.alphas.sqrt().to(traj.states.dtype)  # α at nodes 0..N (1 at x̂0)
     start, end = traj.states[0] / scale[0], traj.states[N]
+    teacher_dev = deviation(traj.states / _broadcast(scale, traj.states), start, end) if cost == "dev" else None
     C = torch.full((N + 1, N + 1), float("inf"), dtype=torch.float64)
     for i in range(N):
         targets = traj.states[i + 1:]  # (N−i, B, …)
         cand = edge_step(traj.states[i][None], traj.denoised[i][None], traj.alphas[i],
                          _broadcast(traj.alphas[i + 1:], targets))
         if cost == "dev":
-            alpha = _broadcast(scale[i + 1:], targets)
-            missed = deviation(cand / alpha, start, end) - deviation(targets / alpha, start, end)
+            missed = deviation(cand / _broadcast(scale[i + 1:], targets), start, end) - teacher_dev[i + 1:]
             C[i, i + 1:] = missed.mean(-1).double().cpu()
         else:
             C[i, i + 1:] = _distance(cand - targets, cost).mean(-1).double().cpu()
@@ -219,6 +219,7 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solv
     device = traj.states.device
     B = traj.states.shape[1]
     abar_nodes = traj.alphas
+    t_nodes = torch.cat([traj.grid, traj.grid.new_zeros(1)]).to(device)  # node N (x̂0) at t = 0
     best = torch.full((N + 1, B), float("inf"), device=device)
     best[0] = 0
     student = torch.empty_like(traj.states)
@@ -242,8 +243,8 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solv
             lo, hi = (N, N + 1) if last else (i + 1, N - (nfe - level - 2))
             if lo >= hi:
                 continue
-            t_next = torch.cat([traj.grid, traj.grid.new_zeros(1)])[lo:hi].to(device)
-            cand, extra = one_step_edges(loaded, form, x, x0.to(x.dtype), eps_c.to(x.dtype), a_t, abar_nodes[lo:hi], t_next)
+            cand, extra = one_step_edges(loaded, form, x, x0.to(x.dtype), eps_c.to(x.dtype), a_t, abar_nodes[lo:hi],
+                                         t_nodes[lo:hi])
             spent += extra
             cost = _distance(cand - traj.states[lo:hi], "l2")  # (hi−lo, B)
             better = cost < new_best[lo:hi]
