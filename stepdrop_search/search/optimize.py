@@ -407,10 +407,10 @@ def gradient_pool(cfg: OptimizeConfig, ctx: Context, rung1: list[SearchCandidate
     return out
 
 
-#: The held-out check's smallest sample count. At 1024 the NFE-10 check once preferred DPM-Solver++(2M) SDE on DP-OSS
-#: steps to Heun on learned steps by 0.38 on the selection seed, while its first 2048 samples put Heun ahead by 1.04 and
-#: the evaluation seeds by 1.12 ± 0.47: a stochastic sampler's difference to a deterministic one does not cancel under
-#: common x_T, and 1024 samples left the class mix to decide.
+#: The held-out check's smallest sample count. At 1024 the NFE-10 check once exported DPM-Solver++(2M) SDE on DP-OSS
+#: steps (held-out 3.27), which the first 2048 samples of the same seed put 1.04 behind Heun on learned steps and the
+#: evaluation seeds 1.12 ± 0.47 behind: a stochastic sampler's difference to a deterministic one does not cancel under
+#: common x_T, and 1024 samples left the class mix to decide (README, "Learned steps and the published DPs").
 HELD_OUT_MIN = 2048
 #: Network evaluations per sample that rung 0 spends on each candidate, about: rung 0 takes 1280/NFE samples.
 RUNG0_FORWARDS = 1280
