@@ -51,7 +51,7 @@ def test_small_sample_bias_prints_every_solver_at_every_sample_count(cosine_chec
     assert [r.split()[0] for r in rows] == ["ddim", "heun"] and all(len(r.split()) == 5 for r in rows)
 
 
-def fake_report(path: Path, rows: dict[str, list[float]]) -> str:
+def fake_report(path: Path, rows: dict[str, list[float]], model_hash: str = "m") -> str:
     """An evaluate report with per-seed proxy-FID/KID for each row (3 seeds, 2000 samples)."""
     import json
     import statistics
@@ -61,7 +61,7 @@ def fake_report(path: Path, rows: dict[str, list[float]]) -> str:
                             "kid": {"mean": statistics.fmean(v) / 10, "std": 0.0}},
                 "per_seed": [{"seed": s, "fid": f, "kid": f / 10, "nfe": 5.0} for s, f in enumerate(v)]}
                for name, v in rows.items()]
-    path.write_text(json.dumps({"meta": {"samples": 2000, "seeds": 3, "model_hash": "m"}, "results": results}))
+    path.write_text(json.dumps({"meta": {"samples": 2000, "seeds": 3, "model_hash": model_hash}, "results": results}))
     return str(path)
 
 
@@ -74,6 +74,20 @@ def test_paired_table_labels_a_reports_rows_and_shows_only_the_rows_asked_for(tm
     assert "| dp | 5 | 4.500 ± 0.500 |" in out and "other" not in out
     with pytest.raises(SystemExit):
         bench_module("paired_table").main([new, "--reference", "learned", "--rows", "former:dp"])
+
+
+def test_model_compare_pairs_each_common_row_of_two_models_per_seed(tmp_path, capsys):
+    old = fake_report(tmp_path / "old.json", {"ddim-5": [10.0, 12.0, 14.0], "heun-10": [3.0, 3.0, 3.0],
+                                              "only-old": [1.0, 1.0, 1.0]}, model_hash="old")
+    new = fake_report(tmp_path / "new.json", {"ddim-5": [9.0, 10.5, 13.0], "heun-10": [3.1, 2.7, 3.2]}, model_hash="new")
+    bench_module("model_compare").main(["--old", old, "--new", new])
+    out = capsys.readouterr().out
+    # ddim-5: Δ per seed −1, −1.5, −1 → mean −1.167, std 0.289: better by more than 2 std although the seeds' own
+    # spreads (2.0 and 2.0) overlap; heun-10's Δ +0.1, −0.3, +0.2 is noise
+    assert "| ddim-5 | 12.000 ± 2.000 | 10.833 ± 2.021 | -1.167 ± 0.289 | -1.00, -1.50, -1.00 | -0.1167 | yes |" in out
+    assert "| heun-10 |" in out and out.rstrip().endswith("| no |") and "only-old" not in out
+    with pytest.raises(SystemExit):  # two new-model reports of different models are not one new model
+        bench_module("model_compare").main(["--old", old, "--new", new, old])
 
 
 def test_gradient_losses_reports_each_loss_with_its_cost_and_held_out_score(cosine_checkpoint, tiny_features, capsys,
@@ -99,4 +113,5 @@ def test_training_curve_scores_every_snapshot_and_the_start(tmp_path, tiny_featu
     assert [line.split()[0] for line in out.splitlines()[2:5]] == ["start", "10", "20"]
     import json
 
-    assert len(json.loads((tmp_path / "c.json").read_text())["rows"]) == 3
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert len(rows) == 3 and rows[0]["weights_hash"] == rows[1]["weights_hash"] != rows[2]["weights_hash"]

@@ -1,0 +1,61 @@
+"""Is one model better than another at the same samplers? Paired per seed, row by row.
+
+    python bench/model_compare.py --old OLD.json [more …] --new NEW.json [more …] > model-compare.md
+
+Each argument is an `evaluate` report (``--out OLD`` writes OLD.json), all of the *old* model after ``--old`` and all
+of the *new* one after ``--new``. Both were run with the same ``--samples`` and ``--seeds``, so seed s of a row
+starts from the same x_T in both: for every row name in both, Δ_s = metric(new, s) − metric(old, s) cancels the seed's
+class mix, the way `paired_table.py` does within one model. Prints each common row with both models' proxy-FID, the
+paired Δ (mean ± std and per seed), KID's Δ, and whether the new model is better by more than 2 std of Δ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_table import paired, spread  # noqa: E402 (a sibling script, not a package)
+
+
+def rows_of(reports: list[dict]) -> dict:
+    return {r["name"]: r for report in reports for r in report["results"] if not r["failed"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old", nargs="+", required=True, help="OUT.json of evaluate runs on the old model")
+    parser.add_argument("--new", nargs="+", required=True, help="OUT.json of evaluate runs on the new model")
+    args = parser.parse_args(argv)
+    old = [json.loads(Path(path).read_text()) for path in args.old]
+    new = [json.loads(Path(path).read_text()) for path in args.new]
+    sizes = {(r["meta"]["samples"], r["meta"]["seeds"]) for r in [*old, *new]}
+    if len(sizes) != 1:
+        parser.error(f"the reports differ in samples or seeds ({sorted(sizes)}): their rows are not paired")
+    for side, reports in (("old", old), ("new", new)):
+        if len({r["meta"]["model_hash"] for r in reports}) != 1:
+            parser.error(f"the --{side} reports are of different models")
+    old_rows, new_rows = rows_of(old), rows_of(new)
+    common = [name for name in old_rows if name in new_rows]
+    if not common:
+        parser.error(f"no row is in both: old {', '.join(old_rows)}; new {', '.join(new_rows)}")
+    rows = {f"old:{n}": old_rows[n] for n in common} | {f"new:{n}": new_rows[n] for n in common}
+    samples, seeds = sizes.pop()
+    print(f"old model {old[0]['meta']['model_hash']}, new model {new[0]['meta']['model_hash']}; {samples} samples × "
+          f"{seeds} seeds; Δ = new − old, paired per seed (same x_T)\n")
+    print("| row | old proxy-FID | new proxy-FID | Δ proxy-FID (mean ± std) | Δ per seed | Δ KID | new better by > 2 std |")
+    print("|---|---|---|---|---|---|---|")
+    for name in common:
+        delta = paired(rows, f"new:{name}", f"old:{name}", "fid")
+        mean, std = spread(delta)
+        kid_mean = spread(paired(rows, f"new:{name}", f"old:{name}", "kid"))[0]
+        before, after = old_rows[name]["summary"]["fid"], new_rows[name]["summary"]["fid"]
+        print(f"| {name} | {before['mean']:.3f} ± {before['std']:.3f} | {after['mean']:.3f} ± {after['std']:.3f} | "
+              f"{mean:+.3f} ± {std:.3f} | {', '.join(f'{d:+.2f}' for d in delta)} | {kid_mean:+.4f} | "
+              f"{'yes' if -mean > 2 * std else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()

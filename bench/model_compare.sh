@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The shipped model against the one it replaced (issue 17), one command:  bash bench/model_compare.sh
+#
+# Evaluates both models with the same rows — DDIM on uniform steps at NFE 5, 10, 25, 50 and each NFE's best solver on
+# the replaced model (DPM-Solver++(3M) at 5, Heun at 10, 25 and 50) — on the same x_T per seed, then pairs them row by
+# row (bench/model_compare.py). The replaced model is read from git (revision OLD), so this runs in any clone.
+# Writes $OUT-{old,new}-{ddim,dpmpp-3m,heun}.{json,csv,md,png} and $OUT.md.
+#
+# Environment knobs (defaults are what README's table used): OLD (git revision that shipped the replaced model),
+# NEW (the new model; default the shipped one), SAMPLES, SEEDS, OUT, DEVICE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OLD=${OLD:-487a72e}
+NEW=${NEW:-}
+SAMPLES=${SAMPLES:-2000}
+SEEDS=${SEEDS:-3}
+OUT=${OUT:-bench/results/model-compare}
+DEVICE=${DEVICE:-auto}
+mkdir -p "$(dirname "$OUT")"
+old_model=$(mktemp /tmp/stepdrop-old-model.XXXXXX)
+trap 'rm -f "$old_model"' EXIT
+git show "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" > "$old_model"
+
+rows() {  # rows NAME MODEL_FLAG…: the compared rows on one model; a report already written for the old model is kept
+    local name=$1; shift
+    local ev=(stepdrop-search evaluate "$@" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --device "$DEVICE")
+    local solver nfes
+    for solver in ddim:5,10,25,50 dpmpp-3m:5 heun:10,25,50; do
+        nfes=${solver#*:} solver=${solver%%:*}
+        [ "$name" = old ] && [ -f "$OUT-$name-$solver.json" ] && continue  # the revision fixes the old model's rows
+        "${ev[@]}" --baselines "$solver" --nfe "$nfes" --out "$OUT-$name-$solver"
+    done
+}
+new_model=()
+[ -n "$NEW" ] && new_model=(--model "$NEW")
+rows old --model "$old_model"
+rows new "${new_model[@]}"
+python bench/model_compare.py --old "$OUT"-old-*.json --new "$OUT"-new-*.json > "$OUT.md"
+cat "$OUT.md"
