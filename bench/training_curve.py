@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +26,9 @@ from stepdrop_search.objectives.metrics import fid_of_features, proxy_features
 from stepdrop_search.policies.kinds import Uniform
 
 
-def score(model_path: str | None, nfes: list[int], samples: int, seeds: int, solver: str, features: str | None) -> dict:
+def score(model_path: str | None, nfes: list[int], samples: int, seeds: int, solver: str,
+          features: str | None) -> tuple[dict, str]:
+    """Proxy-FID per NFE and seed, and the weights' hash (which names the start when it is "the shipped model")."""
     loaded = load_model(model_path, device=torch.device("cpu"))
     feats = load_features_for_model(features, loaded.config, loaded.dataset, device=torch.device("cpu"))
     out = {}
@@ -36,7 +39,7 @@ def score(model_path: str | None, nfes: list[int], samples: int, seeds: int, sol
                                                           seed=seed).x0, feats, device=torch.device("cpu"))[0], feats)
                   for seed in range(seeds)]
         out[str(nfe)] = values
-    return out
+    return out, loaded.weights_hash
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,11 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     print("step      " + "".join(f"NFE {n:<8d}" for n in args.nfe))
     results = []
     for step, path in rows:
-        values = score(path, args.nfe, args.samples, args.seeds, args.solver, args.features)
-        results.append({"step": step, "model": path or "default", "fid": values})
+        values, weights_hash = score(path, args.nfe, args.samples, args.seeds, args.solver, args.features)
+        results.append({"step": step, "model": path or "default", "weights_hash": weights_hash, "fid": values})
         print(f"{step:<10s}" + "".join(f"{sum(v) / len(v):<12.3f}" for v in values.values()), flush=True)
     if args.out:
-        write_json(args.out, {"command": "python bench/training_curve.py " + " ".join(argv or []), "solver": args.solver,
+        command = "python bench/training_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_json(args.out, {"command": command, "solver": args.solver,
                               "samples": args.samples, "seeds": args.seeds, "rows": results})
         print(json.dumps({"wrote": str(args.out)}))
 

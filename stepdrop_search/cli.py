@@ -122,11 +122,12 @@ class training_progress:
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="training checkpoint (runs/…/last.pt)")],
     out: Annotated[Path, typer.Option(help="weights file to write; a JSON card is written beside it")],
+    curve: Annotated[Path | None, typer.Option(help="training curve (bench/training_curve.py --out) for the card")] = None,
 ) -> None:
     """Export the EMA weights of a training checkpoint as a small model file with a JSON card."""
     from stepdrop_search.train import export_weights
 
-    card = export_weights(checkpoint, out)
+    card = export_weights(checkpoint, out, curve)
     console.print(f"wrote {out} and {out.with_suffix('.json')} (steps {card['steps']}, weights {card['weights_hash']})")
 
 

@@ -8,6 +8,7 @@ the steps an uninterrupted run would have taken.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -240,15 +241,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
     return ckpt_path
 
 
-def export_weights(checkpoint_path: str | Path, out: str | Path) -> dict:
-    """Write a small EMA-only weights file plus a JSON card beside it; returns the card."""
+def read_training_curve(path: str | Path) -> dict:
+    """A ``bench/training_curve.py --out`` file, checked before anything is written: the card that carries it is
+    the shipped model's evidence that training had stopped improving."""
+    path = Path(path)
+    try:
+        curve = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--curve {path}: not a readable JSON file ({exc}); write it with bench/training_curve.py --out") from None
+    if not isinstance(curve, dict) or not isinstance(curve.get("rows"), list) or not curve["rows"]:
+        raise UserError(f"--curve {path}: no 'rows' of snapshot scores; write it with bench/training_curve.py --out")
+    return curve
+
+
+def export_weights(checkpoint_path: str | Path, out: str | Path, curve: str | Path | None = None) -> dict:
+    """Write a small EMA-only weights file plus a JSON card beside it; returns the card. ``curve``: a training-curve
+    file (bench/training_curve.py) the card carries as ``training_curve``."""
+    extra = {"training_curve": read_training_curve(curve)} if curve is not None else {}
     saved = load_checkpoint(checkpoint_path)
     if "ema" not in saved:
         raise UserError(f"{checkpoint_path} holds no EMA weights; export a training checkpoint (runs/…/last.pt)")
-    return export_state(saved, out)
+    return export_state(saved, out, extra)
 
 
-def export_state(saved: dict, out: str | Path) -> dict:
+def export_state(saved: dict, out: str | Path, extra: dict | None = None) -> dict:
     """The EMA weights of a training state as a model file (+ JSON card): what export and the snapshots write."""
     cfg = saved.get("train_config", {})
     log = saved.get("loss_log", [])
@@ -265,7 +281,7 @@ def export_state(saved: dict, out: str | Path) -> dict:
         "weights_hash": state_dict_hash(saved["ema"]),
         "train_config": cfg,
         "torch": str(torch.__version__),
-    }
+    } | (extra or {})
     out = Path(out)
     save_checkpoint(out, {key: saved[key] for key in ("model_config", "schedule", "schedule_hash", "dataset")}
                     | {"model": saved["ema"], "card": card})

@@ -36,6 +36,21 @@ def test_export_writes_small_weights_file_and_card(tiny_checkpoint, tmp_path):
     assert out.stat().st_size < tiny_checkpoint.stat().st_size
 
 
+
+def test_export_carries_a_training_curve_in_the_card_and_refuses_a_bad_one_before_writing(tiny_checkpoint, tmp_path):
+    import json
+
+    curve = tmp_path / "curve.json"
+    curve.write_text(json.dumps({"solver": "dpmpp-2m", "rows": [{"step": "40", "fid": {"25": [9.0, 8.0]}}]}))
+    out = tmp_path / "model.pt"
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(out), "--curve", str(curve)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["training_curve"]["rows"][0]["fid"]["25"] == [9.0, 8.0]
+    curve.write_text("{}")
+    refused = tmp_path / "refused.pt"
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(refused), "--curve", str(curve)])
+    assert result.exit_code == 2 and "training_curve.py" in result.output and not refused.exists()
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stepdrop_search", *args], capture_output=True, text=True)
 
