@@ -20,14 +20,19 @@ POLICIES=${POLICIES:-bench/results/peers}
 RUNS=${RUNS:-runs/s2dm-ablation}
 OUT=${OUT:-bench/results/s2dm-ablation}
 
-finetune() {  # finetune NAME [extra train flags]
+finetune() {  # finetune NAME [extra train flags]: continues the run when RUNS already holds it
     local name=$1; shift
+    local resume=()
+    [ -f "$RUNS/$name/last.pt" ] && resume=(--resume)
     OMP_NUM_THREADS=1 stepdrop-search train --init-from default --steps "$STEPS" --lr "$LR" --device cpu \
-        --out "$RUNS/$name" --resume "$@"
+        --out "$RUNS/$name" "${resume[@]}" "$@"
 }
 finetune control &
+control=$!
 finetune s2dm --skip-loss-every 10 --skip-loss-tau 0.99 &
-wait
+s2dm=$!
+wait "$control"  # one wait per run: a failed fine-tune stops the script (a bare `wait` reports success)
+wait "$s2dm"
 
 policies=()
 for nfe in 5 10 25; do policies+=(--policy "$POLICIES/optuna-ddim-nfe$nfe.json"); done
