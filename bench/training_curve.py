@@ -51,11 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--solver", default="dpmpp-2m")
     parser.add_argument("--features", default=None)
+    parser.add_argument("--snapshots", type=int, nargs="+", default=None,
+                        help="score only these steps' snapshots (a costly NFE on the ends of a curve)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     snapshots = sorted((args.run / "snapshots").glob("step-*.pt"))
+    if args.snapshots is not None:
+        snapshots = [p for p in snapshots if int(p.stem.removeprefix("step-")) in args.snapshots]
     if not snapshots:
-        parser.error(f"no snapshots in {args.run / 'snapshots'}; train with --snapshot-every N")
+        parser.error(f"no snapshots in {args.run / 'snapshots'}{' of steps ' + str(args.snapshots) if args.snapshots else ''}"
+                     "; train with --snapshot-every N")
     rows = [("start", None if args.start == "default" else args.start)] if args.start else []
     rows += [(str(int(p.stem.removeprefix("step-"))), str(p)) for p in snapshots]
     print(f"proxy-FID, {args.solver} on uniform steps, {args.samples} samples × evaluation seeds 0..{args.seeds - 1} "

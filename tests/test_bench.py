@@ -115,3 +115,6 @@ def test_training_curve_scores_every_snapshot_and_the_start(tmp_path, tiny_featu
 
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert len(rows) == 3 and rows[0]["weights_hash"] == rows[1]["weights_hash"] != rows[2]["weights_hash"]
+    bench_module("training_curve").main([str(tmp_path / "run"), "--snapshots", "20", "--nfe", "3", "--samples", "8",
+                                         "--seeds", "1", "--features", str(tiny_features)])
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["20"]
