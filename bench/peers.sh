@@ -8,8 +8,10 @@
 # 2. `evaluate --suite peers` at NFE 5, 10, 25, 50 with those files, each run with both solvers: common random
 #    numbers, SEEDS seeds, SAMPLES samples per row and seed. Writes $OUT/peers.{md,json,csv,png}.
 #
-# Environment knobs (defaults are what the committed report used): SAMPLES, SEEDS, BUDGET, NFES, OUT, DEVICE, and
-# STUDIES_DIR (where the studies' SQLite files go; default studies/).
+# Environment knobs (defaults are what the committed report used): SAMPLES, SEEDS, BUDGET, NFES, OUT, DEVICE,
+# STUDIES_DIR (where the studies' SQLite files go; default studies/), and OPTIMIZE_FLAGS (extra flags for every
+# search, e.g. the small rung and held-out sizes bench/reproduce.sh --quick passes), DP_SAMPLES (teacher trajectories
+# for the DP rows; their cost grows with it).
 set -euo pipefail
 SAMPLES=${SAMPLES:-256}
 SEEDS=${SEEDS:-3}
@@ -18,18 +20,21 @@ NFES=${NFES:-5,10,25,50}
 OUT=${OUT:-bench/results/peers}
 DEVICE=${DEVICE:-auto}
 STUDIES_DIR=${STUDIES_DIR:-studies}
+OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
+DP_SAMPLES=${DP_SAMPLES:-32}
 mkdir -p "$OUT" "$STUDIES_DIR"
 
 policies=()
 search() {  # search NFE SOLVER
     local file="$OUT/optuna-$2-nfe$1.json"
+    # shellcheck disable=SC2086
     stepdrop-search optimize --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --trials 10000 --device "$DEVICE" \
-        --study "peers-optuna-$2-nfe$1" --storage "sqlite:///$STUDIES_DIR/peers-optuna-$2-nfe$1.db" --out "$file"
+        $OPTIMIZE_FLAGS --study "peers-optuna-$2-nfe$1" --storage "sqlite:///$STUDIES_DIR/peers-optuna-$2-nfe$1.db" --out "$file"
     policies+=(--policy "$file")
 }
 for nfe in ${NFES//,/ }; do search "$nfe" ddim; done
 search 10 dpmpp-2m
 
 stepdrop-search evaluate --suite peers --nfe "$NFES" "${policies[@]}" --solvers ddim,dpmpp-2m \
-    --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid,residual --residual-samples 128 \
+    --dp-samples "$DP_SAMPLES" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid,residual --residual-samples 128 \
     --device "$DEVICE" --out "$OUT/peers"

@@ -6,7 +6,10 @@
 #                                      # CI runs it (tests/test_reproduce.py) so the pipeline cannot rot
 #
 # Each step names the README section whose figures it writes. Studies go to a temporary SQLite folder, never into
-# the repository. Knobs: OUT (results root), DEVICE (auto), MODEL (a --model for every step; default the shipped one).
+# the repository. A run resumes: a step whose result file is already in OUT is kept (delete the file to remake it),
+# and every file is written whole or not at all, so a run killed mid-step is continued by running it again.
+# Knobs: OUT (results root), DEVICE (auto), MODEL (a --model for every step; default the shipped one), OLD (the git
+# revision whose shipped model bench/model_compare.sh compares with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +30,9 @@ if [ "$QUICK" = 1 ]; then
          --gradient-epochs 1 --dp-grid 20 --dp-samples 4 --dp-oss-samples 2"
     LOSSES="--samples 8 --epochs 1 --held-out 16 --teacher ddim-20"
     BIAS="--samples 8 16" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
-    export SAMPLES=8 SEEDS BUDGET=10 NFES=5,10,25 STEPS=10
+    # the peers' searches and the S2-DM fine-tunes read these from the environment
+    export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10,25 STEPS=10
+    export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
 else
     R=${OUT:-bench/results}
     BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=270 SPEED_REPEATS=1 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
@@ -41,6 +46,13 @@ export STEPDROP_CACHE=${STEPDROP_CACHE:-$STUDIES/cache}
 mkdir -p "$R"
 started=$(date +%s)
 step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
+kept() {  # kept FILE: true (and says so) when an earlier run into this OUT already made FILE
+    [ -f "$1" ] && echo "   kept $1 (delete it to remake it)" >&2
+}
+to() {  # to FILE COMMAND…: COMMAND's output into FILE, whole or not at all
+    local file=$1; shift
+    "$@" > "$file.part" && mv "$file.part" "$file"
+}
 ev() { stepdrop-search evaluate "${MODEL_FLAG[@]}" --device "$DEVICE" "$@"; }
 opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its log and table kept
     local name=$1 nfe=$2; shift 2
@@ -52,71 +64,87 @@ opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its l
 }
 
 step "Measuring: the DDIM sanity table"
-ev --baselines ddim --nfe 10,25,50 --samples "$BIG" --seeds "$SEEDS" --out "$R/ddim-sanity-2000x3"
+kept "$R/ddim-sanity-2000x3.json" ||
+    ev --baselines ddim --nfe 10,25,50 --samples "$BIG" --seeds "$SEEDS" --out "$R/ddim-sanity-2000x3"
+
+step "The shipped model against the one it replaced (bench/model_compare.sh)"
+if kept "$R/model-compare.md"; then :
+elif git cat-file -e "${OLD:-487a72e}:stepdrop_search/assets/default-xs-fashion-mnist.pt" 2>/dev/null; then
+    NEW=${MODEL:-} SAMPLES=$BIG OUT="$R/model-compare" bash bench/model_compare.sh > /dev/null
+else
+    echo "skipped: revision ${OLD:-487a72e} is not in this clone (a shallow clone?); fetch it or set OLD" >&2
+fi
 
 step "Measuring: StepDrop's tables (--suite stepdrop)"
-ev --suite stepdrop --samples "$SUITE_SAMPLES" --seeds "$SUITE_SEEDS" --metrics fid,kid,gflops --out "$R/suite-stepdrop"
+kept "$R/suite-stepdrop.json" ||
+    ev --suite stepdrop --samples "$SUITE_SAMPLES" --seeds "$SUITE_SEEDS" --metrics fid,kid,gflops --out "$R/suite-stepdrop"
 
 step "Every solver at NFE 5, 10 and 25"
-ev --baselines ddim,dpmpp-2m,dpmpp-3m,ipndm,unipc,heun --nfe 5,10,25 --samples "$BIG" --seeds "$SEEDS" \
-    --metrics fid,kid,throughput,gflops --out "$R/solvers-nfe5-10-25"
+kept "$R/solvers-nfe5-10-25.json" ||
+    ev --baselines ddim,dpmpp-2m,dpmpp-3m,ipndm,unipc,heun --nfe 5,10,25 --samples "$BIG" --seeds "$SEEDS" \
+        --metrics fid,kid,throughput,gflops --out "$R/solvers-nfe5-10-25"
 
 step "The sampler loop's time outside the network"
 # shellcheck disable=SC2086
-python bench/sampler_speed.py "${MODEL_FLAG[@]}" --batch "$SPEED_BATCH" --nfe $SPEED_NFE --repeats "$SPEED_REPEATS" \
-    --solvers ddim ddpm dpmpp-2m dpmpp-3m dpmpp-2m-sde ipndm unipc heun > "$R/sampler-speed.txt"
+kept "$R/sampler-speed.txt" ||
+    to "$R/sampler-speed.txt" python bench/sampler_speed.py "${MODEL_FLAG[@]}" --batch "$SPEED_BATCH" --nfe $SPEED_NFE \
+        --repeats "$SPEED_REPEATS" --solvers ddim ddpm dpmpp-2m dpmpp-3m dpmpp-2m-sde ipndm unipc heun
 
 step "Stochastic rows' spread is proxy-FID's"
 # shellcheck disable=SC2086
-python bench/stochastic_variance.py $VARIANCE --out "$R/stochastic-variance"
+kept "$R/stochastic-variance.json" || python bench/stochastic_variance.py $VARIANCE --out "$R/stochastic-variance"
 
 step "The teacher, and proxy-FID's small-sample bias"
 # shellcheck disable=SC2086
-python bench/teacher_accuracy.py "${MODEL_FLAG[@]}" $TEACHERS > "$R/teacher-accuracy.txt"
+kept "$R/teacher-accuracy.txt" || to "$R/teacher-accuracy.txt" python bench/teacher_accuracy.py "${MODEL_FLAG[@]}" $TEACHERS
 # shellcheck disable=SC2086
-python bench/small_sample_bias.py "${MODEL_FLAG[@]}" --nfe 10 $BIAS > "$R/small-sample-bias-nfe10.txt"
+kept "$R/small-sample-bias-nfe10.txt" ||
+    to "$R/small-sample-bias-nfe10.txt" python bench/small_sample_bias.py "${MODEL_FLAG[@]}" --nfe 10 $BIAS
 
 step "Searching: the main job, optimize --nfe 25, and its export against the solvers"
-opt optimize-nfe25 25
-ev --policy "$R/optimize-nfe25/best.json" --baselines heun,ipndm --nfe 25 --samples "$BIG" --seeds "$SEEDS" \
-    --metrics fid,kid --out "$R/optimize-nfe25/evaluate"
-python bench/paired_table.py "solvers=$R/solvers-nfe5-10-25.json" "$R/optimize-nfe25/evaluate.json" \
-    --reference best > "$R/optimize-nfe25/paired.md"
+kept "$R/optimize-nfe25/best.json" || opt optimize-nfe25 25
+kept "$R/optimize-nfe25/evaluate.json" ||
+    ev --policy "$R/optimize-nfe25/best.json" --baselines heun,ipndm --nfe 25 --samples "$BIG" --seeds "$SEEDS" \
+        --metrics fid,kid --out "$R/optimize-nfe25/evaluate"
+to "$R/optimize-nfe25/paired.md" python bench/paired_table.py "solvers=$R/solvers-nfe5-10-25.json" \
+    "$R/optimize-nfe25/evaluate.json" --reference best
 
 for nfe in 5 10; do
     step "Learned steps and the published DPs: optimize --nfe $nfe, every pool row at the evaluation size"
-    opt "learned-nfe$nfe" "$nfe"
-    ev --policy "$R/learned-nfe$nfe/best.json" --policy "$R/learned-nfe$nfe/pool" --baselines dpmpp-2m --nfe 50 \
-        --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid --out "$R/learned-nfe$nfe/evaluate"
-    python bench/paired_table.py "$R/learned-nfe$nfe/evaluate.json" --reference best > "$R/learned-nfe$nfe/paired.md"
-    python bench/rung_correlation.py "$R/learned-nfe$nfe/evaluate.json" > "$R/learned-nfe$nfe/rung-correlation.txt"
+    kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe"
+    kept "$R/learned-nfe$nfe/evaluate.json" ||
+        ev --policy "$R/learned-nfe$nfe/best.json" --policy "$R/learned-nfe$nfe/pool" --baselines dpmpp-2m --nfe 50 \
+            --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid --out "$R/learned-nfe$nfe/evaluate"
+    to "$R/learned-nfe$nfe/paired.md" python bench/paired_table.py "$R/learned-nfe$nfe/evaluate.json" --reference best
+    to "$R/learned-nfe$nfe/rung-correlation.txt" python bench/rung_correlation.py "$R/learned-nfe$nfe/evaluate.json"
 done
 
 step "Which loss the gradient method descends"
 init=$(python -c "import json,sys; print(','.join(str(t) for t in json.load(open(sys.argv[1]))['timesteps']))" \
     "$R/learned-nfe5/pool/unipc_dp-oss-nfe5.json")
 # shellcheck disable=SC2086
-python bench/gradient_losses.py "${MODEL_FLAG[@]}" --solver unipc --nfe 5 --init "$init" $LOSSES \
-    > "$R/gradient-losses-unipc-nfe5.txt"
+kept "$R/gradient-losses-unipc-nfe5.txt" || to "$R/gradient-losses-unipc-nfe5.txt" \
+    python bench/gradient_losses.py "${MODEL_FLAG[@]}" --solver unipc --nfe 5 --init "$init" $LOSSES
 
 step "Resampled or searched"
 mkdir -p "$R/resample"
-stepdrop-search policy resample "$R/learned-nfe5/best.json" --nfe 10 "${MODEL_FLAG[@]}" --out "$R/resample/best-from-nfe5-to-nfe10.json"
-stepdrop-search policy resample "$R/learned-nfe10/best.json" --nfe 25 "${MODEL_FLAG[@]}" --out "$R/resample/best-from-nfe10-to-nfe25.json"
-ev --policy "$R/resample/best-from-nfe5-to-nfe10.json" --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid \
-    --out "$R/resample/evaluate-nfe10"
-ev --policy "$R/resample/best-from-nfe10-to-nfe25.json" --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid \
-    --out "$R/resample/evaluate-nfe25"
-python bench/paired_table.py "l10=$R/learned-nfe10/evaluate.json" "$R/resample/evaluate-nfe10.json" \
-    --reference l10:best > "$R/resample/paired-nfe10.md"
-python bench/paired_table.py "main=$R/optimize-nfe25/evaluate.json" "$R/resample/evaluate-nfe25.json" \
-    --reference main:best > "$R/resample/paired-nfe25.md"
+for pair in 5:10:l10:learned-nfe10 10:25:main:optimize-nfe25; do
+    IFS=: read -r from to_nfe label searched <<< "$pair"
+    resampled="$R/resample/best-from-nfe$from-to-nfe$to_nfe.json"
+    kept "$R/resample/evaluate-nfe$to_nfe.json" || {
+        stepdrop-search policy resample "$R/learned-nfe$from/best.json" --nfe "$to_nfe" "${MODEL_FLAG[@]}" --out "$resampled"
+        ev --policy "$resampled" --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid --out "$R/resample/evaluate-nfe$to_nfe"
+    }
+    to "$R/resample/paired-nfe$to_nfe.md" python bench/paired_table.py "$label=$R/$searched/evaluate.json" \
+        "$R/resample/evaluate-nfe$to_nfe.json" --reference "$label:best"
+done
 
 step "Side by side with the peers"
-OUT="$R/peers" STUDIES_DIR="$STUDIES" bash bench/peers.sh
+kept "$R/peers/peers.json" || OUT="$R/peers" STUDIES_DIR="$STUDIES" bash bench/peers.sh
 
 step "The S2-DM ablation (fine-tunes on Fashion-MNIST)"
-if python -c "from stepdrop_search.data import load_dataset; load_dataset('fashion-mnist')" 2>/dev/null; then
+if kept "$R/s2dm-ablation-s2dm.json"; then :
+elif python -c "from stepdrop_search.data import load_dataset; load_dataset('fashion-mnist')" 2>/dev/null; then
     RUNS="$STUDIES/s2dm" POLICIES="$R/peers" OUT="$R/s2dm-ablation" bash bench/s2dm_ablation.sh
 elif [ "$QUICK" = 1 ]; then
     echo "skipped: the Fashion-MNIST training data is not on this machine (dataset-fashion-mnist)" >&2

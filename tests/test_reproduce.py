@@ -1,0 +1,47 @@
+"""`bench/reproduce.sh --quick`: every step of the figure pipeline runs on the shipped model at tiny sizes, and a
+second run into the same folder keeps what the first one made (a killed full run is continued, not restarted)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "reproduce.sh"
+
+#: one result of each step, as the full run writes them into bench/results/
+RESULTS = ["ddim-sanity-2000x3.json", "model-compare.md", "suite-stepdrop.json", "solvers-nfe5-10-25.json",
+           "sampler-speed.txt", "stochastic-variance.json", "teacher-accuracy.txt", "small-sample-bias-nfe10.txt",
+           "optimize-nfe25/best.json", "optimize-nfe25/paired.md", "learned-nfe5/paired.md",
+           "learned-nfe10/rung-correlation.txt", "gradient-losses-unipc-nfe5.txt", "resample/paired-nfe10.md",
+           "resample/paired-nfe25.md", "peers/peers.json"]
+
+
+def reproduce(out: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"OUT": str(out), "STEPDROP_CACHE": str(cache),
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(SCRIPT), "--quick"], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_quick_reproduction_runs_every_step_and_a_second_run_keeps_what_the_first_made(tmp_path):
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    first = reproduce(out, cache)
+    assert first.returncode == 0, first.stderr[-4000:]
+    steps = re.findall(r'^step "([^"$]+)', SCRIPT.read_text(), flags=re.M)
+    ran = [line for line in first.stderr.splitlines() if line.startswith("== ")]
+    assert len(steps) > 10 and all(any(step in line for line in ran) for step in steps)
+    missing = [name for name in RESULTS if not (out / name).is_file()]
+    assert not missing, f"reproduce.sh --quick did not write {missing}"
+    assert json.loads((out / "solvers-nfe5-10-25.json").read_text())["meta"]["samples"] == 16  # the quick sizes
+    assert "new better by > 2 std" in (out / "model-compare.md").read_text()
+
+    made = {name: (out / name).stat().st_mtime_ns for name in RESULTS}
+    (out / "teacher-accuracy.txt").unlink()
+    second = reproduce(out, cache)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert (out / "teacher-accuracy.txt").is_file()
+    evaluated = [name for name in RESULTS if name.endswith(".json") and (out / name).stat().st_mtime_ns != made[name]]
+    assert not evaluated, f"the second run remade {evaluated} instead of keeping them"
+    assert f"kept {out}/solvers-nfe5-10-25.json" in second.stderr
