@@ -122,7 +122,8 @@ class training_progress:
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="training checkpoint (runs/…/last.pt)")],
     out: Annotated[Path, typer.Option(help="weights file to write; a JSON card is written beside it")],
-    curve: Annotated[Path | None, typer.Option(help="training curve (bench/training_curve.py --out) for the card")] = None,
+    curve: Annotated[list[Path] | None, typer.Option(
+        help="training curve (bench/training_curve.py --out) for the card; repeatable")] = None,
 ) -> None:
     """Export the EMA weights of a training checkpoint as a small model file with a JSON card."""
     from stepdrop_search.train import export_weights

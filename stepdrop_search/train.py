@@ -254,10 +254,10 @@ def read_training_curve(path: str | Path) -> dict:
     return curve
 
 
-def export_weights(checkpoint_path: str | Path, out: str | Path, curve: str | Path | None = None) -> dict:
-    """Write a small EMA-only weights file plus a JSON card beside it; returns the card. ``curve``: a training-curve
-    file (bench/training_curve.py) the card carries as ``training_curve``."""
-    extra = {"training_curve": read_training_curve(curve)} if curve is not None else {}
+def export_weights(checkpoint_path: str | Path, out: str | Path, curves: list[str | Path] | None = None) -> dict:
+    """Write a small EMA-only weights file plus a JSON card beside it; returns the card. ``curves``: training-curve
+    files (bench/training_curve.py, e.g. one per NFE) the card carries as ``training_curves``."""
+    extra = {"training_curves": [read_training_curve(curve) for curve in curves]} if curves else {}
     saved = load_checkpoint(checkpoint_path)
     if "ema" not in saved:
         raise UserError(f"{checkpoint_path} holds no EMA weights; export a training checkpoint (runs/…/last.pt)")

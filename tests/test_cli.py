@@ -45,7 +45,7 @@ def test_export_carries_a_training_curve_in_the_card_and_refuses_a_bad_one_befor
     out = tmp_path / "model.pt"
     result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(out), "--curve", str(curve)])
     assert result.exit_code == 0, result.output
-    assert json.loads(out.with_suffix(".json").read_text())["training_curve"]["rows"][0]["fid"]["25"] == [9.0, 8.0]
+    assert json.loads(out.with_suffix(".json").read_text())["training_curves"][0]["rows"][0]["fid"]["25"] == [9.0, 8.0]
     curve.write_text("{}")
     refused = tmp_path / "refused.pt"
     result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(refused), "--curve", str(curve)])
