@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate README's tables and plots on the shipped model, one command:
 #
-#   bash bench/reproduce.sh            # the full run: every table at its published size, into bench/results/ (hours)
+#   bash bench/reproduce.sh            # the full run: every table at its published size, into bench/results/reproduced/
+#                                      # (hours; its own folder, so the results made before are never taken as its own)
 #   bash bench/reproduce.sh --quick    # the same pipeline at tiny sizes into $OUT (default: a temp folder), minutes;
 #                                      # CI runs it (tests/test_reproduce.py) so the pipeline cannot rot
 #
@@ -34,7 +35,7 @@ if [ "$QUICK" = 1 ]; then
     export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10,25 STEPS=10
     export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
 else
-    R=${OUT:-bench/results}
+    R=${OUT:-bench/results/reproduced}
     BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=270 SPEED_REPEATS=1 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
 fi
