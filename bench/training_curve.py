@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="score only these steps' snapshots (a costly NFE on the ends of a curve)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    snapshots = sorted((args.run / "snapshots").glob("step-*.pt"))
+    snapshots = {int(p.stem.removeprefix("step-")): p for p in sorted((args.run / "snapshots").glob("step-*.pt"))}
     if args.snapshots is not None:
-        snapshots = [p for p in snapshots if int(p.stem.removeprefix("step-")) in args.snapshots]
+        snapshots = {step: p for step, p in snapshots.items() if step in args.snapshots}
     if not snapshots:
-        parser.error(f"no snapshots in {args.run / 'snapshots'}{' of steps ' + str(args.snapshots) if args.snapshots else ''}"
-                     "; train with --snapshot-every N")
+        wanted = f" of steps {args.snapshots}" if args.snapshots else ""
+        parser.error(f"no snapshots in {args.run / 'snapshots'}{wanted}; train with --snapshot-every N")
     rows = [("start", None if args.start == "default" else args.start)] if args.start else []
-    rows += [(str(int(p.stem.removeprefix("step-"))), str(p)) for p in snapshots]
+    rows += [(str(step), str(p)) for step, p in snapshots.items()]
     print(f"proxy-FID, {args.solver} on uniform steps, {args.samples} samples × evaluation seeds 0..{args.seeds - 1} "
           "(mean over seeds)")
     print("step      " + "".join(f"NFE {n:<8d}" for n in args.nfe))

@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
 
 def read_training_curve(path: str | Path) -> dict:
     """A ``bench/training_curve.py --out`` file, checked before anything is written: the card that carries it is
-    the shipped model's evidence that training had stopped improving."""
+    the shipped model's evidence of whether training was still improving when it was exported."""
     path = Path(path)
     try:
         curve = json.loads(path.read_text())

@@ -36,7 +36,6 @@ def test_export_writes_small_weights_file_and_card(tiny_checkpoint, tmp_path):
     assert out.stat().st_size < tiny_checkpoint.stat().st_size
 
 
-
 def test_export_carries_a_training_curve_in_the_card_and_refuses_a_bad_one_before_writing(tiny_checkpoint, tmp_path):
     import json
 
@@ -50,6 +49,7 @@ def test_export_carries_a_training_curve_in_the_card_and_refuses_a_bad_one_befor
     refused = tmp_path / "refused.pt"
     result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(refused), "--curve", str(curve)])
     assert result.exit_code == 2 and "training_curve.py" in result.output and not refused.exists()
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stepdrop_search", *args], capture_output=True, text=True)
