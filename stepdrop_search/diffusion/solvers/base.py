@@ -8,7 +8,8 @@ state x_s and its updated state. A solver that needs more evaluations per step (
 ``Step.evaluate``, which counts NFE like the loop's own evaluation.
 
 Conventions shared by every solver: states are VP states x_t = α_t x0 + σ_t ε with α = √ᾱ, σ = √(1 − ᾱ);
-coefficients are formed from float64 ᾱ (0-dim, or (n, 1, 1, 1) when samples jump to different targets);
+coefficients are formed from float64 ᾱ (0-dim, or (n, 1, 1, 1) when samples jump to different targets) and
+applied in the state's dtype (:func:`applied`);
 ``a_s = 1`` is the jump to x̂0 — the loop returns x̂0 there, so every solver's last step is first order
 (the x̂0 of the last evaluation), as diffusers' ``final_sigmas_type="zero"`` does. No solver reads a value
 back to the host.
@@ -42,17 +43,28 @@ def solver_class(name: str) -> type[Solver]:
     return SOLVERS[name]
 
 
+def applied(coefficient: Tensor, state: Tensor) -> Tensor:
+    """A coefficient formed in float64 (0-dim or per-sample (n, 1, 1, 1)) in the state's dtype, to multiply a state.
+
+    float64 is for *forming* coefficients (ratios like ᾱ_t/ᾱ_s drift by ~1e-4 in float32 over 1000 steps); a
+    per-sample float64 factor applied as it is would promote the whole (n, C, H, W) product to float64, which made
+    the multistep solvers' arithmetic 2–3× slower for nothing (``bench/sampler_speed.py``). A 0-dim coefficient is
+    applied in the state's dtype either way, so this changes no result of a one-step solver on a static plan."""
+    return coefficient.to(state.dtype)
+
+
 def predict_x0(x: Tensor, eps: Tensor, a_t: Tensor, clamp: bool) -> tuple[Tensor, Tensor]:
     """x̂0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t, clamped to the data range for pixel models.
 
     Returns (x̂0, ε′) where ε′ is the noise consistent with the clamped x̂0, so that every solver stays
     on the line through x_t and x̂0 (and DDIM with η = 1 equals the ancestral step exactly).
     """
-    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    alpha, sigma = applied(a_t.sqrt(), x), applied((1 - a_t).sqrt(), x)
+    x0 = (x - sigma * eps) / alpha
     if not clamp:
         return x0, eps
     x0 = x0.clamp(-1, 1)
-    return x0, (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    return x0, (x - alpha * x0) / sigma
 
 
 def log_snr(a: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from stepdrop_search.diffusion.solvers.base import (
     State,
     Step,
     Tensor,
+    applied,
     flat,
     half_log_snr,
     no_history,
@@ -25,43 +26,41 @@ from stepdrop_search.diffusion.solvers.base import (
 )
 
 
-def midpoint_data(x0: Tensor, prev_x0: Tensor, h: Tensor, h_prev: Tensor) -> Tensor:
-    """The 2M data term D = (1 + 1/(2r)) x̂0 − 1/(2r) x̂0_prev with r = h_prev/h (diffusers' and k-diffusion's
-    midpoint form); x̂0 itself where ``h_prev`` is not finite (no history yet: first order)."""
+def midpoint_weight(h: Tensor, h_prev: Tensor) -> Tensor:
+    """c = 1/(2r), r = h_prev/h, of the 2M data term D = (1 + c) x̂0 − c x̂0_prev (diffusers' and k-diffusion's
+    midpoint form); 0 where ``h_prev`` is not finite (no history yet: D = x̂0, first order)."""
     has_history = torch.isfinite(h_prev)
-    half_inv_r = torch.where(has_history, h / (2 * torch.where(has_history, h_prev, h)), torch.zeros_like(h))
-    return (1 + half_inv_r) * x0 - half_inv_r * prev_x0
+    return torch.where(has_history, h / (2 * torch.where(has_history, h_prev, h)), torch.zeros_like(h))
 
 
 def dpmpp_2m_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: Tensor, h_prev: Tensor) -> Tensor:
     """DPM-Solver++(2M), diffusers' form (``multistep_dpm_solver_second_order_update``, midpoint).
 
     h = λ_s − λ_t; first order (= DDIM) where ``h_prev`` is not finite (no history yet), otherwise
-    x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D with D from :func:`midpoint_data`.
+    x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D with D from :func:`midpoint_weight`.
     """
-    h = half_log_snr(a_s) - half_log_snr(a_t)
-    d = midpoint_data(x0, prev_x0, h, h_prev)
-    sigma_ratio = ((1 - a_s) / (1 - a_t)).sqrt()
-    return sigma_ratio * x - a_s.sqrt() * torch.expm1(-h) * d
+    return dpmpp_2m_sde_step(x, x0, a_t, a_s, prev_x0, h_prev, 0.0, None)
 
 
 def dpmpp_2m_sde_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: Tensor, h_prev: Tensor,
                       eta: float, noise: Tensor | None) -> Tensor:
     """DPM-Solver++(2M) SDE, k-diffusion's ``sample_dpmpp_2m_sde`` (midpoint) in VP form:
 
-    x_s = (σ_s/σ_t) e^{−ηh} x_t + α_s (1 − e^{−(1+η)h}) D + σ_s √(1 − e^{−2ηh}) z, D from :func:`midpoint_data`.
+    x_s = (σ_s/σ_t) e^{−ηh} x_t + α_s (1 − e^{−(1+η)h}) D + σ_s √(1 − e^{−2ηh}) z, D from :func:`midpoint_weight`.
 
-    η = 0 is the probability-flow ODE and *is* :func:`dpmpp_2m_step` (the same arithmetic, so the same
-    numbers: no noise is drawn then); η = 1 is the reverse SDE, k-diffusion's default.
+    η = 0 is the probability-flow ODE, :func:`dpmpp_2m_step` (no noise is drawn then); η = 1 is the reverse SDE,
+    k-diffusion's default. Each state is multiplied once, by a coefficient formed in float64.
     """
-    if eta == 0:
-        return dpmpp_2m_step(x, x0, a_t, a_s, prev_x0, h_prev)
     h = half_log_snr(a_s) - half_log_snr(a_t)
-    d = midpoint_data(x0, prev_x0, h, h_prev)
-    sigma_ratio = ((1 - a_s) / (1 - a_t)).sqrt()
-    eta_h = eta * h
-    return (sigma_ratio * torch.exp(-eta_h) * x - a_s.sqrt() * torch.expm1(-h - eta_h) * d
-            + (1 - a_s).sqrt() * (-torch.expm1(-2 * eta_h)).sqrt() * noise)
+    c = midpoint_weight(h, h_prev)
+    decay = ((1 - a_s) / (1 - a_t)).sqrt()
+    data = -a_s.sqrt() * torch.expm1(-h * (1 + eta))  # the weight of D
+    if eta:
+        decay = decay * torch.exp(-eta * h)
+    x_s = applied(decay, x) * x + applied(data * (1 + c), x) * x0 - applied(data * c, x) * prev_x0
+    if eta == 0:
+        return x_s
+    return x_s + applied((1 - a_s).sqrt() * (-torch.expm1(-2 * eta * h)).sqrt(), x) * noise
 
 
 def dpmpp_3m_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: Tensor, prev2_x0: Tensor,
@@ -72,26 +71,29 @@ def dpmpp_3m_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: Tens
     D1 = D1_0 + r0/(r0 + r1) (D1_0 − D1_1), D2 = (D1_0 − D1_1)/(r0 + r1), φ₁ = e^{−h} − 1, φ₂ = φ₁/h + 1,
     φ₃ = φ₂/h − ½: x_s = (σ_s/σ_t) x_t − α_s (φ₁ x̂0 − φ₂ D1 + φ₃ D2).
 
-    Samples with fewer than two earlier steps take :func:`dpmpp_2m_step` (orders 1 and 2, exactly diffusers'
-    warm-up), chosen per sample with ``torch.where``: both updates are elementwise and cheap next to the network,
-    and choosing on the device needs no host sync. The third-order arithmetic runs on stand-in step sizes
-    (r = 1) for those samples so that it stays finite.
+    The update is linear in x̂0, x̂0_prev and x̂0_prev2, so it is computed as one weight per sample for each,
+    formed in float64 and applied once. Samples with fewer than two earlier steps take the weights of
+    :func:`dpmpp_2m_step` (orders 1 and 2, exactly diffusers' warm-up), chosen per sample with ``torch.where`` on the
+    weights (no host sync); the third-order weights run on stand-in step sizes (r = 1) for those samples so that
+    they stay finite.
     """
-    second = dpmpp_2m_step(x, x0, a_t, a_s, prev_x0, h_prev)
     h = half_log_snr(a_s) - half_log_snr(a_t)
     has_two = torch.isfinite(h_prev2)  # a sample's second earlier step implies its first
     r0 = torch.where(has_two, h_prev, h) / h
     r1 = torch.where(has_two, h_prev2, h) / h
-    d1_0 = (x0 - prev_x0) / r0
-    d1_1 = (prev_x0 - prev2_x0) / r1
-    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
     phi1 = torch.expm1(-h)
     phi2 = phi1 / h + 1
     phi3 = phi2 / h - 0.5
-    sigma_ratio = ((1 - a_s) / (1 - a_t)).sqrt()
-    third = sigma_ratio * x - a_s.sqrt() * (phi1 * x0 - phi2 * d1 + phi3 * d2)
-    return torch.where(has_two, third, second)
+    # D1_0 = u (x̂0 − x̂0_prev), D1_1 = v (x̂0_prev − x̂0_prev2); D1 = (1 + k) D1_0 − k D1_1; D2 = m (D1_0 − D1_1)
+    u, v, k, m = 1 / r0, 1 / r1, r0 / (r0 + r1), 1 / (r0 + r1)
+    third = (phi1 - phi2 * (1 + k) * u + phi3 * m * u,
+             phi2 * ((1 + k) * u + k * v) - phi3 * m * (u + v),
+             -phi2 * k * v + phi3 * m * v)
+    c = midpoint_weight(h, h_prev)
+    second = (phi1 * (1 + c), -phi1 * c, torch.zeros_like(phi1))  # α_s φ₁ D of dpmpp_2m_step, as the same weights
+    w0, w1, w2 = (-a_s.sqrt() * torch.where(has_two, a, b) for a, b in zip(third, second, strict=True))
+    return (applied(((1 - a_s) / (1 - a_t)).sqrt(), x) * x + applied(w0, x) * x0 + applied(w1, x) * prev_x0
+            + applied(w2, x) * prev2_x0)
 
 
 def step_size(s: Step) -> Tensor:

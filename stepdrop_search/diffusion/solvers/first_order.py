@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from stepdrop_search.diffusion.solvers.base import Solver, State, Step, Tensor, register_solver
+from stepdrop_search.diffusion.solvers.base import Solver, State, Step, Tensor, applied, register_solver
 
 
 def ddim_step(x: Tensor, x0: Tensor, eps: Tensor, a_t: Tensor, a_s: Tensor, noise: Tensor | None, eta: float) -> Tensor:
     """DDIM (Song et al. eq. 12): x_s = √ᾱ_s x̂0 + √(1 − ᾱ_s − σ²) ε + σ z,
     σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s). StepDrop's code drops σ² from the direction term."""
     if eta == 0 or noise is None:
-        return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+        return applied(a_s.sqrt(), x0) * x0 + applied((1 - a_s).sqrt(), x0) * eps
     var = eta**2 * (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
-    return a_s.sqrt() * x0 + (1 - a_s - var).clamp(min=0).sqrt() * eps + var.sqrt() * noise
+    return (applied(a_s.sqrt(), x0) * x0 + applied((1 - a_s - var).clamp(min=0).sqrt(), x0) * eps
+            + applied(var.sqrt(), x0) * noise)
 
 
 def ancestral_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, noise: Tensor | None) -> Tensor:
@@ -23,10 +24,10 @@ def ancestral_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, noise: Tenso
     """
     alpha_ts = a_t / a_s
     beta_ts = 1 - alpha_ts
-    mean = a_s.sqrt() * beta_ts / (1 - a_t) * x0 + alpha_ts.sqrt() * (1 - a_s) / (1 - a_t) * x
+    mean = applied(a_s.sqrt() * beta_ts / (1 - a_t), x) * x0 + applied(alpha_ts.sqrt() * (1 - a_s) / (1 - a_t), x) * x
     if noise is None:
         return mean
-    return mean + (beta_ts * (1 - a_s) / (1 - a_t)).sqrt() * noise
+    return mean + applied((beta_ts * (1 - a_s) / (1 - a_t)).sqrt(), x) * noise
 
 
 @register_solver

@@ -10,7 +10,7 @@ straightest (x_T is nearly all noise).
 
 from __future__ import annotations
 
-from stepdrop_search.diffusion.solvers.base import Solver, State, Step, Tensor, register_solver
+from stepdrop_search.diffusion.solvers.base import Solver, State, Step, Tensor, applied, register_solver
 from stepdrop_search.diffusion.solvers.first_order import ddim_step
 
 
@@ -26,14 +26,15 @@ class Heun(Solver):
         return not (index == 0 and budget is not None and budget % 2 == 0)
 
     def step(self, s: Step, state: State) -> tuple[Tensor, State]:
-        predicted = ddim_step(s.x, s.x0, s.eps, s.a_t, s.a_s, None, 0.0).to(s.x.dtype)  # per-sample ᾱ are float64
+        predicted = ddim_step(s.x, s.x0, s.eps, s.a_t, s.a_s, None, 0.0)
         if s.last or not self.corrects(s.index):
             return predicted, state
         _, eps_next = s.evaluate_at_targets(predicted)
         # x_s = α_s (x̃_t + (σ̃_s − σ̃_t)(ε_t + ε′)/2) with x̃_t = x_t/α_t, σ̃ = σ/α
         alpha_t, alpha_s = s.a_t.sqrt(), s.a_s.sqrt()
         sigma_t, sigma_s = (1 - s.a_t).sqrt(), (1 - s.a_s).sqrt()
-        return (alpha_s / alpha_t) * s.x + (sigma_s - alpha_s * sigma_t / alpha_t) * (s.eps + eps_next) / 2, state
+        return (applied(alpha_s / alpha_t, s.x) * s.x
+                + applied((sigma_s - alpha_s * sigma_t / alpha_t) / 2, s.x) * (s.eps + eps_next)), state
 
     def nfe(self, steps: int) -> int:
         return 2 * steps - 1 - (0 if self.corrects(0) or steps < 2 else 1)

@@ -29,6 +29,7 @@ from stepdrop_search.diffusion.solvers.base import (
     State,
     Step,
     Tensor,
+    applied,
     flat,
     half_log_snr,
     no_history,
@@ -76,7 +77,8 @@ class UniPC(Solver):
 
     def step(self, s: Step, state: State) -> tuple[Tensor, State]:
         w_1, w_t = unic_weights(s.a_t, state["h"], state["h_prev"])
-        x = s.x - per_sample(w_1, s.x) * (state["x0"] - state["x0_prev"]) - per_sample(w_t, s.x) * (s.x0 - state["x0"])
+        x = (s.x - applied(per_sample(w_1, s.x), s.x) * (state["x0"] - state["x0_prev"])
+             - applied(per_sample(w_t, s.x), s.x) * (s.x0 - state["x0"]))
         x_next = dpmpp_2m_step(x, s.x0, s.a_t, s.a_s, state["x0"], per_sample(state["h"], s.x))
         h = flat(half_log_snr(s.a_s) - half_log_snr(s.a_t)).expand(s.x.shape[0])
         return x_next, {"x0": s.x0, "x0_prev": state["x0"], "h": h, "h_prev": state["h"]}
