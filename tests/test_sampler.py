@@ -146,7 +146,7 @@ class WholeStatesInFloat64(TorchFunctionMode):
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_no_solver_computes_on_whole_states_in_float64(tiny, solver, policy):
     """Coefficients are formed in float64 but applied in the states' dtype: a per-sample float64 factor applied as it
-    is promotes the whole product, which made the multistep solvers' arithmetic 2–6× slower."""
+    is promotes the whole product, which made the multistep solvers' arithmetic 4–6× slower."""
     x = initial_noise(4, (1, 16, 16), 0)
     plan = policy.plan(4, solver=solver)
     spec = SolverSpec(solver, nfe=8) if SOLVERS[solver].variable_cost else SolverSpec(solver)
