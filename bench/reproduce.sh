@@ -40,8 +40,22 @@ else
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
 fi
 DEVICE=${DEVICE:-auto}
+export COLUMNS=160  # rich draws the tables it writes into result files this wide, not cut to 80 columns
 MODEL_FLAG=()
 [ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
+# The metric's floor and the S2-DM fine-tunes need the Fashion-MNIST images: the full run checks for them before any
+# work (hours of results should not end on a missing data set); quick mode skips those two steps without them.
+if ! python -c "import stepdrop_search" 2>/dev/null || ! command -v stepdrop-search > /dev/null; then
+    echo "python cannot import stepdrop_search: activate the environment it is installed in (README's install)" >&2
+    exit 2
+fi
+HAVE_DATA=1
+python -c "from stepdrop_search.data import load_dataset; load_dataset('fashion-mnist')" 2>/dev/null || HAVE_DATA=0
+if [ "$HAVE_DATA" = 0 ] && [ "$QUICK" = 0 ]; then
+    echo "the full run needs the Fashion-MNIST images (the metric's floor, the S2-DM fine-tunes), which are not on this" \
+         "machine: install dataset-fashion-mnist, or run --quick" >&2
+    exit 2
+fi
 STUDIES=$(mktemp -d /tmp/stepdrop-studies.XXXXXX)
 export STEPDROP_CACHE=${STEPDROP_CACHE:-$STUDIES/cache}
 mkdir -p "$R"
@@ -58,8 +72,10 @@ ev() { stepdrop-search evaluate "${MODEL_FLAG[@]}" --device "$DEVICE" "$@"; }
 opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its log and table kept
     local name=$1 nfe=$2; shift 2
     mkdir -p "$R/$name"
+    local timed=()  # GNU time's wall time and peak RSS at the end of the log, where the machine has it
+    [ -x /usr/bin/time ] && timed=(/usr/bin/time -v)
     # shellcheck disable=SC2086
-    stepdrop-search optimize "${MODEL_FLAG[@]}" --device "$DEVICE" --nfe "$nfe" --budget "$BUDGET" $OPT \
+    "${timed[@]}" stepdrop-search optimize "${MODEL_FLAG[@]}" --device "$DEVICE" --nfe "$nfe" --budget "$BUDGET" $OPT \
         --out "$R/$name/best.json" --save-pool "$R/$name/pool" --study "$name" --storage "sqlite:///$STUDIES/$name.db" \
         "$@" > "$R/$name/optimize.txt" 2> "$R/$name/optimize.log"
 }
@@ -67,6 +83,18 @@ opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its l
 step "Measuring: the DDIM sanity table"
 kept "$R/ddim-sanity-2000x3.json" ||
     ev --baselines ddim --nfe 10,25,50 --samples "$BIG" --seeds "$SEEDS" --out "$R/ddim-sanity-2000x3"
+
+step "Measuring: the metric's floor (real images against the reference statistics)"
+if kept "$R/metric-floor.txt"; then :
+elif [ "$HAVE_DATA" = 1 ]; then
+    floor() {  # real training images at the evaluation size; the full run adds the 10k test images against themselves
+        stepdrop-search features score --split train --samples "$BIG" --device "$DEVICE"
+        [ "$QUICK" = 1 ] || stepdrop-search features score --split test --samples 0 --device "$DEVICE"
+    }
+    to "$R/metric-floor.txt" floor
+else
+    echo "skipped: the Fashion-MNIST images are not on this machine (dataset-fashion-mnist)" >&2
+fi
 
 step "The shipped model against the one it replaced (bench/model_compare.sh)"
 if kept "$R/model-compare.md"; then :
@@ -145,13 +173,14 @@ kept "$R/peers/peers.json" || OUT="$R/peers" STUDIES_DIR="$STUDIES" bash bench/p
 
 step "The S2-DM ablation (fine-tunes on Fashion-MNIST)"
 if kept "$R/s2dm-ablation-s2dm.json"; then :
-elif python -c "from stepdrop_search.data import load_dataset; load_dataset('fashion-mnist')" 2>/dev/null; then
-    RUNS="$STUDIES/s2dm" POLICIES="$R/peers" OUT="$R/s2dm-ablation" bash bench/s2dm_ablation.sh
-elif [ "$QUICK" = 1 ]; then
-    echo "skipped: the Fashion-MNIST training data is not on this machine (dataset-fashion-mnist)" >&2
+elif [ "$HAVE_DATA" = 1 ]; then
+    # 4000 fine-tune steps (500 show little); the full run keeps its checkpoints in runs/, where a killed fine-tune is
+    # continued by the next run (train --resume), quick mode's go with the temporary folder
+    runs=runs/reproduce-s2dm
+    [ "$QUICK" = 1 ] && runs=$STUDIES/s2dm
+    STEPS=${STEPS:-4000} RUNS=$runs POLICIES="$R/peers" OUT="$R/s2dm-ablation" bash bench/s2dm_ablation.sh
 else
-    echo "the S2-DM ablation trains on Fashion-MNIST, which is not on this machine: install dataset-fashion-mnist" >&2
-    exit 2
+    echo "skipped: the Fashion-MNIST training data is not on this machine (dataset-fashion-mnist)" >&2
 fi
 
 step "done: $R"
