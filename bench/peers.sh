@@ -4,7 +4,8 @@
 # 1. Optuna-searched schedules on the shipped model: one `optimize --method optuna` per NFE with DDIM, and one
 #    with DPM-Solver++(2M) at NFE 10 (for the schedule-transfer rows). Each run searches until its --budget of
 #    BUDGET seconds is spent;
-#    its study lives in studies/ (re-running resumes it), the exported policy in $OUT/.
+#    its study lives in studies/, the exported policy in $OUT/. A re-run keeps a policy already in $OUT/ (delete it
+#    to search again, which resumes its study).
 # 2. `evaluate --suite peers` at NFE 5, 10, 25, 50 with those files, each run with both solvers: common random
 #    numbers, SEEDS seeds, SAMPLES samples per row and seed. Writes $OUT/peers.{md,json,csv,png}.
 #
@@ -25,12 +26,13 @@ DP_SAMPLES=${DP_SAMPLES:-32}
 mkdir -p "$OUT" "$STUDIES_DIR"
 
 policies=()
-search() {  # search NFE SOLVER
+search() {  # search NFE SOLVER; a policy an earlier run exported is kept, so a killed run loses one search at most
     local file="$OUT/optuna-$2-nfe$1.json"
+    policies+=(--policy "$file")
+    if [ -f "$file" ]; then echo "   kept $file (delete it to search again)" >&2; return; fi
     # shellcheck disable=SC2086
     stepdrop-search optimize --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --trials 10000 --device "$DEVICE" \
         $OPTIMIZE_FLAGS --study "peers-optuna-$2-nfe$1" --storage "sqlite:///$STUDIES_DIR/peers-optuna-$2-nfe$1.db" --out "$file"
-    policies+=(--policy "$file")
 }
 for nfe in ${NFES//,/ }; do search "$nfe" ddim; done
 search 10 dpmpp-2m

@@ -51,10 +51,14 @@ def test_quick_reproduction_runs_every_step_and_a_second_run_keeps_what_the_firs
     assert "new better by > 2 std" in (out / "model-compare.md").read_text()
 
     made = {name: (out / name).stat().st_mtime_ns for name in RESULTS}
-    (out / "teacher-accuracy.txt").unlink()
+    remade = ["teacher-accuracy.txt", "peers/peers.json"]  # a step and the peers' report, killed before they ended
+    for name in remade:
+        (out / name).unlink()
     second = reproduce(out, cache)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert (out / "teacher-accuracy.txt").is_file()
-    evaluated = [name for name in RESULTS if name.endswith(".json") and (out / name).stat().st_mtime_ns != made[name]]
+    assert all((out / name).is_file() for name in remade)
+    evaluated = [name for name in RESULTS if name.endswith(".json") and name not in remade
+                 and (out / name).stat().st_mtime_ns != made[name]]
     assert not evaluated, f"the second run remade {evaluated} instead of keeping them"
     assert f"kept {out}/solvers-nfe5-10-25.json" in second.stderr
+    assert f"kept {out}/peers/optuna-ddim-nfe5.json" in second.stderr  # the peers' searches are not run again

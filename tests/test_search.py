@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -271,6 +272,7 @@ def test_optimize_with_its_budget_spent_still_exports_the_best_seed(tiny_checkpo
                                       ("--budget", "1", "--out", str(out))), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "budget" in result.stderr and out.is_file()
+    assert not re.search(r"-\d+ s for it", result.stderr)  # a spent budget is said so, not as negative seconds
     assert "paired with the best pool candidate" in result.stdout  # the closing table of the held-out check
 
 

@@ -771,7 +771,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
         search_time = search_seconds(cfg, clock.elapsed(), reserve)
         phase(log, f"search: study {study_name} over {', '.join(cfg.search_solvers)}, {_counted(study)} finished trials so far"
             + (f", {search_time:.0f} s for it (the rest of the budget is kept for rung 1 and the held-out check)"
-               if search_time is not None else ""))
+               if search_time is not None and search_time > 0 else ""))
         if search_time is not None and search_time <= 0:
             log(f"the --budget of {cfg.budget:.0f} s is spent before the search; going on with the pool "
                 "(raise --budget, or re-run: the teacher is cached now)")
