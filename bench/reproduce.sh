@@ -170,6 +170,11 @@ done
 
 step "Side by side with the peers"
 kept "$R/peers/peers.json" || OUT="$R/peers" STUDIES_DIR="$STUDIES" bash bench/peers.sh
+# README's paired rows: the searched schedules against the rows they are compared with, per seed
+to "$R/peers/paired-nfe5.md" python bench/paired_table.py "$R/peers/peers.json" --reference optuna-ddim-nfe5 \
+    --rows "optuna-ddim-nfe5→dpmpp-2m,dp-oss@5,quadratic@5,ddim-trailing@5,dp-oss→dpmpp-2m@5,dpmpp-2m-trailing@5"
+to "$R/peers/paired-nfe10.md" python bench/paired_table.py "$R/peers/peers.json" --reference optuna-dpmpp-2m-nfe10 \
+    --rows "optuna-ddim-nfe10→dpmpp-2m,dpmpp-2m-trailing@10,dp-oss→dpmpp-2m@10,dp-oss@10,optuna-ddim-nfe10,ddim-trailing@10,optuna-dpmpp-2m-nfe10→ddim"
 
 step "The S2-DM ablation (fine-tunes on Fashion-MNIST)"
 if kept "$R/s2dm-ablation-s2dm.json"; then :
