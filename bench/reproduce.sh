@@ -43,12 +43,12 @@ DEVICE=${DEVICE:-auto}
 export COLUMNS=160  # rich draws the tables it writes into result files this wide, not cut to 80 columns
 MODEL_FLAG=()
 [ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
-# The metric's floor and the S2-DM fine-tunes need the Fashion-MNIST images: the full run checks for them before any
-# work (hours of results should not end on a missing data set); quick mode skips those two steps without them.
 if ! python -c "import stepdrop_search" 2>/dev/null || ! command -v stepdrop-search > /dev/null; then
     echo "python cannot import stepdrop_search: activate the environment it is installed in (README's install)" >&2
     exit 2
 fi
+# The metric's floor and the S2-DM fine-tunes need the Fashion-MNIST images: the full run checks for them before any
+# work (hours of results should not end on a missing data set); quick mode skips those two steps without them.
 HAVE_DATA=1
 python -c "from stepdrop_search.data import load_dataset; load_dataset('fashion-mnist')" 2>/dev/null || HAVE_DATA=0
 if [ "$HAVE_DATA" = 0 ] && [ "$QUICK" = 0 ]; then
