@@ -187,6 +187,14 @@ elif [ "$HAVE_DATA" = 1 ]; then
 else
     echo "skipped: the Fashion-MNIST training data is not on this machine (dataset-fashion-mnist)" >&2
 fi
+# README's S2-DM columns: the S2-DM fine-tune against the control, and the control against the shipped model, row by
+# row and paired per seed (the three evaluations start from the same x_T)
+if [ -f "$R/s2dm-ablation-s2dm.json" ]; then
+    to "$R/s2dm-ablation-paired.md" python bench/model_compare.py \
+        --old "$R/s2dm-ablation-control.json" --new "$R/s2dm-ablation-s2dm.json"
+    to "$R/s2dm-ablation-control-vs-base.md" python bench/model_compare.py \
+        --old "$R/s2dm-ablation-base.json" --new "$R/s2dm-ablation-control.json"
+fi
 
 step "done: $R"
 rm -rf "$STUDIES"
