@@ -1,6 +1,7 @@
 """The bench scripts run on any model: bench/sampler_speed.py on a checkpoint with a non-default noise schedule."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -96,10 +97,20 @@ def test_gradient_losses_reports_each_loss_with_its_cost_and_held_out_score(cosi
     bench_module("gradient_losses").main(["--model", str(cosine_checkpoint), "--features", str(tiny_features),
                                           "--solver", "dpmpp-2m", "--nfe", "3", "--init", "99,50,10",
                                           "--losses", "l2,fid", "--samples", "8", "--epochs", "1", "--held-out", "16",
-                                          "--teacher", "ddim-20"])
+                                          "--seeds", "2", "--teacher", "ddim-20"])
     out = capsys.readouterr().out
     assert out.count("held-out proxy-FID") == 2 and "start [99.0, 50.0, 10.0]" in out
     assert "l2: 8 + 8 samples, 1 epochs" in out and "fid: 8 + 8 samples" in out
+    # "NAME …proxy-FID MEAN ± STD (SEED0, SEED1)" for the start and each loss, then the paired differences
+    scores = {m[0]: [float(m[2]), float(m[3])] for m in
+              re.findall(r"^(\w+)[: ].*proxy-FID (\S+) ± \S+ \((\S+), (\S+)\)$", out, flags=re.M)}
+    assert set(scores) == {"start", "l2", "fid"}
+    best = min(scores, key=lambda name: sum(scores[name]))
+    assert f"best: {best}" in out
+    for loss in ("l2", "fid"):  # paired per seed: the same x_T, so each difference is the two scores' difference
+        delta = re.findall(rf"^{loss} − start: \S+ ± \S+ \((\S+), (\S+)\)$", out, flags=re.M)[0]
+        expected = [row - start for row, start in zip(scores[loss], scores["start"], strict=True)]
+        assert [float(d) for d in delta] == pytest.approx(expected, abs=2e-3)
 
 
 def test_training_curve_scores_every_snapshot_and_the_start(tmp_path, tiny_features, capsys):
