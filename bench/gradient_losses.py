@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     best = min(scores, key=lambda name: spread(scores[name])[0])
     print(f"\npaired per seed (Δ = row − reference); best: {best}")
     for name in scores:
-        for reference in dict.fromkeys(("start", best)):
+        for reference in dict.fromkeys(("start", best)):  # once each, when the start is the best
             if name != reference:
                 print(f"{name} − {reference}: {summary(differences(scores[name], scores[reference]), signed=True)}")
 
