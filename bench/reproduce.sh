@@ -177,13 +177,13 @@ to "$R/peers/paired-nfe10.md" python bench/paired_table.py "$R/peers/peers.json"
     --rows "optuna-ddim-nfe10→dpmpp-2m,dpmpp-2m-trailing@10,dp-oss→dpmpp-2m@10,dp-oss@10,optuna-ddim-nfe10,ddim-trailing@10,optuna-dpmpp-2m-nfe10→ddim"
 
 step "The S2-DM ablation (fine-tunes on Fashion-MNIST)"
+s2dm_runs=runs/reproduce-s2dm
+[ "$QUICK" = 1 ] && s2dm_runs=$STUDIES/s2dm
 if kept "$R/s2dm-ablation-s2dm.json"; then :
 elif [ "$HAVE_DATA" = 1 ]; then
     # 4000 fine-tune steps (500 show little); the full run keeps its checkpoints in runs/, where a killed fine-tune is
     # continued by the next run (train --resume), quick mode's go with the temporary folder
-    runs=runs/reproduce-s2dm
-    [ "$QUICK" = 1 ] && runs=$STUDIES/s2dm
-    STEPS=${STEPS:-4000} RUNS=$runs POLICIES="$R/peers" OUT="$R/s2dm-ablation" bash bench/s2dm_ablation.sh
+    STEPS=${STEPS:-4000} RUNS=$s2dm_runs POLICIES="$R/peers" OUT="$R/s2dm-ablation" bash bench/s2dm_ablation.sh
 else
     echo "skipped: the Fashion-MNIST training data is not on this machine (dataset-fashion-mnist)" >&2
 fi
@@ -194,6 +194,21 @@ if [ -f "$R/s2dm-ablation-s2dm.json" ]; then
         --old "$R/s2dm-ablation-control.json" --new "$R/s2dm-ablation-s2dm.json"
     to "$R/s2dm-ablation-control-vs-base.md" python bench/model_compare.py \
         --old "$R/s2dm-ablation-base.json" --new "$R/s2dm-ablation-control.json"
+fi
+
+step "Does more training help? The S2-DM ablation's control fine-tune against the shipped model, at the evaluation size"
+if kept "$R/finetune-compare.md"; then :
+elif [ -f "$s2dm_runs/control/last.pt" ]; then
+    # the old rows are the shipped model's, which the model comparison above evaluated on the same samples and seeds
+    # (unless MODEL replaced it there): they are taken from its reports, not evaluated again
+    if [ -z "${MODEL:-}" ]; then
+        for report in "$R"/model-compare-new-*; do
+            if [ -f "$report" ]; then cp "$report" "$R/finetune-compare-old-${report##*/model-compare-new-}"; fi
+        done
+    fi
+    OLD=HEAD NEW="$s2dm_runs/control/last.pt" SAMPLES=$BIG OUT="$R/finetune-compare" bash bench/model_compare.sh > /dev/null
+else
+    echo "skipped: no control fine-tune in $s2dm_runs (the S2-DM ablation did not run)" >&2
 fi
 
 step "done: $R"

@@ -17,6 +17,8 @@ RESULTS = ["ddim-sanity-2000x3.json", "model-compare.md", "suite-stepdrop.json",
            "optimize-nfe25/best.json", "optimize-nfe25/paired.md", "learned-nfe5/paired.md",
            "learned-nfe10/rung-correlation.txt", "gradient-losses-unipc-nfe5.txt", "resample/paired-nfe10.md",
            "resample/paired-nfe25.md", "peers/peers.json"]
+#: the results of the steps that need the Fashion-MNIST images (the metric's floor, the S2-DM fine-tunes)
+NEED_IMAGES = ["metric-floor.txt", "s2dm-ablation-paired.md", "finetune-compare.md"]
 
 
 def have_fashion_mnist() -> bool:
@@ -44,8 +46,8 @@ def test_quick_reproduction_runs_every_step_and_a_second_run_keeps_what_the_firs
     steps = re.findall(r'^step "([^"$]+)', SCRIPT.read_text(), flags=re.M)
     ran = [line for line in first.stderr.splitlines() if line.startswith("== ")]
     assert len(steps) > 10 and all(any(step in line for line in ran) for step in steps)
-    missing = [name for name in RESULTS + (["metric-floor.txt", "s2dm-ablation-paired.md"] if have_fashion_mnist() else [])
-               if not (out / name).is_file()]
+    expected = RESULTS + (NEED_IMAGES if have_fashion_mnist() else [])
+    missing = [name for name in expected if not (out / name).is_file()]
     assert not missing, f"reproduce.sh --quick did not write {missing}"
     assert json.loads((out / "solvers-nfe5-10-25.json").read_text())["meta"]["samples"] == 16  # the quick sizes
     assert "new better by > 2 std" in (out / "model-compare.md").read_text()
