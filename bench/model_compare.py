@@ -1,12 +1,13 @@
-"""Is one model better than another at the same samplers? Paired per seed, row by row.
+"""Is one model (or one runtime) better than another at the same samplers? Paired per seed, row by row.
 
     python bench/model_compare.py --old OLD.json [more …] --new NEW.json [more …] > model-compare.md
 
 Each argument is an `evaluate` report (``--out OLD`` writes OLD.json), all of the *old* model after ``--old`` and all
-of the *new* one after ``--new``. Both were run with the same ``--samples`` and ``--seeds``, so seed s of a row
-starts from the same x_T in both: for every row name in both, Δ_s = metric(new, s) − metric(old, s) cancels the seed's
-class mix, the way `paired_table.py` does within one model. Prints each common row with both models' proxy-FID, the
-paired Δ (mean ± std and per seed), KID's Δ, and whether the new model is better by more than 2 std of Δ.
+of the *new* one after ``--new`` (or one model's rows under two runtimes: reproduce.sh's clamp table). Both were run
+with the same ``--samples`` and ``--seeds``, so seed s of a row starts from the same x_T in both: for every row name in
+both, Δ_s = metric(new, s) − metric(old, s) cancels the seed's class mix, the way `paired_table.py` does within one
+model. Prints each common row with both sides' proxy-FID, the paired Δ (mean ± std and per seed), KID's Δ, and whether
+the new side is better by more than 2 std of Δ.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no row is in both: old {', '.join(old_rows)}; new {', '.join(new_rows)}")
     rows = {f"old:{n}": old_rows[n] for n in common} | {f"new:{n}": new_rows[n] for n in common}
     samples, seeds = sizes.pop()
-    print(f"old model {old[0]['meta']['model_hash']}, new model {new[0]['meta']['model_hash']}; {samples} samples × "
-          f"{seeds} seeds; Δ = new − old, paired per seed (same x_T)\n")
+    runtime = {side: reports[0]["meta"].get("runtime", {}).get("name", "legacy") for side, reports in (("old", old), ("new", new))}
+    print(f"old: model {old[0]['meta']['model_hash']}, runtime {runtime['old']}; new: model {new[0]['meta']['model_hash']}, "
+          f"runtime {runtime['new']}; {samples} samples × {seeds} seeds; Δ = new − old, paired per seed (same x_T)\n")
     print("| row | old proxy-FID | new proxy-FID | Δ proxy-FID (mean ± std) | Δ per seed | Δ KID | new better by > 2 std |")
     print("|---|---|---|---|---|---|---|")
     for name in common:

@@ -108,10 +108,16 @@ step "Measuring: StepDrop's tables (--suite stepdrop)"
 kept "$R/suite-stepdrop.json" ||
     ev --suite stepdrop --samples "$SUITE_SAMPLES" --seeds "$SUITE_SEEDS" --metrics fid,kid,gflops --out "$R/suite-stepdrop"
 
-step "Every solver at NFE 5, 10 and 25"
+step "Every solver at NFE 5, 10 and 25, under the default runtime and with the x̂0 clamp (stepdrop-clamp)"
+SOLVERS=ddim,ddpm,dpmpp-2m,dpmpp-3m,dpmpp-2m-sde,ipndm,unipc,heun
 kept "$R/solvers-nfe5-10-25.json" ||
-    ev --baselines ddim,dpmpp-2m,dpmpp-3m,ipndm,unipc,heun --nfe 5,10,25 --samples "$BIG" --seeds "$SEEDS" \
-        --metrics fid,kid,throughput,gflops --out "$R/solvers-nfe5-10-25"
+    ev --baselines "$SOLVERS" --nfe 5,10,25 --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid,throughput,gflops \
+        --out "$R/solvers-nfe5-10-25"
+kept "$R/solvers-nfe5-10-25-clamp.json" ||
+    ev --baselines "$SOLVERS" --nfe 5,10,25 --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid --runtime stepdrop-clamp \
+        --out "$R/solvers-nfe5-10-25-clamp"
+# README's clamp table: each row without the clamp against itself with it, paired per seed (same x_T and noise)
+to "$R/runtime-clamp.md" python bench/model_compare.py --old "$R/solvers-nfe5-10-25-clamp.json" --new "$R/solvers-nfe5-10-25.json"
 
 step "The sampler loop's time outside the network"
 # shellcheck disable=SC2086

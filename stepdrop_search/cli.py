@@ -167,12 +167,15 @@ def parse_params(items: list[str] | None) -> dict:
 
 
 def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
-                   loaded) -> PolicyDocument:
-    """A policy file (validated against the model's schedule; a warning on stderr if it was made on another model)
-    or a built-in KIND built for that schedule."""
+                   loaded, runtime: str | None = None) -> PolicyDocument:
+    """A policy file (validated against the model's schedule; a warning on stderr if it was made on another model),
+    under its recorded runtime unless ``runtime`` names another, or a built-in KIND built for that schedule under
+    ``runtime`` (default ``stepdrop``)."""
+    from stepdrop_search.diffusion.runtimes import runtime_named
     from stepdrop_search.policies import POLICIES, load_policy, policy_class
     from stepdrop_search.policies.io import foreign_model_warning
 
+    wanted = runtime_named(runtime) if runtime is not None else None  # a bad name is refused before anything loads
     if spec not in POLICIES and (spec.endswith(".json") or Path(spec).exists()):
         doc = load_policy(spec, loaded.schedule)
         if warning := foreign_model_warning(doc, loaded.weights_hash, spec):
@@ -181,13 +184,19 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
             raise UserError(f"{spec} has nfe {doc.policy.nfe}; drop --nfe or export a new policy")
         if params:
             raise UserError("--param applies to a policy KIND, not to a policy file")
+        if wanted is not None and wanted != doc.runtime:
+            warn(f"{spec} was measured under runtime {doc.runtime.name}; running it under {wanted.name}, where its "
+                 "recorded numbers do not apply")
+            doc = doc.under(wanted)
         if eta is None and solver in (None, doc.solver.name):  # the file's η belongs to the file's solver only
             return doc
-        return PolicyDocument(doc.policy, solver_spec(solver or doc.solver.name, eta), doc.provenance)
-    run_solver = solver_spec(solver or "ddim", eta, nfe)
+        return PolicyDocument(doc.policy, solver_spec(solver or doc.solver.name, eta), doc.provenance, doc.runtime)
+    wanted = wanted or runtime_named(None)
+    run_solver = solver_spec(solver or "ddim", eta, nfe, wanted)
+    wanted.check_solver(run_solver.name, run_solver.eta)
     steps = run_solver.solver.steps_for_nfe(nfe) if nfe is not None else None  # --nfe counts evaluations, not steps
     policy = policy_class(spec).from_params(parse_params(params), nfe=steps, schedule=loaded.schedule)
-    return PolicyDocument(policy, run_solver)
+    return PolicyDocument(policy, run_solver, runtime=wanted)
 
 
 def default_nfe(policy: str) -> int | None:
@@ -197,15 +206,15 @@ def default_nfe(policy: str) -> int | None:
     return None if policy not in POLICIES or policy in ("explicit", "sigmas") else 50
 
 
-def solver_spec(name: str, eta: float | None, nfe: int | None = None):
-    """--solver/--eta as a SolverSpec (with the NFE budget for solvers whose evaluations per step vary); an --eta
-    given to a solver without η is refused, not ignored, and no --eta means the solver's own default η (0 for
+def solver_spec(name: str, eta: float | None, nfe: int | None = None, runtime=None):
+    """--solver/--eta as a SolverSpec (with the NFE budget for Heun under a runtime that spends even budgets exactly);
+    an --eta given to a solver without η is refused, not ignored, and no --eta means the solver's own default η (0 for
     ddim, 1 for dpmpp-2m-sde)."""
     from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
 
     if eta is not None and name not in eta_solvers():
         raise UserError(f"--eta applies to {', '.join(eta_solvers())} only; solver {name} has no η (drop --eta)")
-    return spec_for_nfe(name, nfe, eta)[0] if nfe is not None else SolverSpec(name, eta)
+    return spec_for_nfe(name, nfe, eta, runtime)[0] if nfe is not None else SolverSpec(name, eta)
 
 
 PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
@@ -217,6 +226,11 @@ SolverOption = Annotated[str | None, typer.Option(help=f"{SOLVER_NAMES} (default
 EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1] (0 = deterministic; default 0 for ddim, 1 for "
                                                   "dpmpp-2m-sde); refused for solvers without η")]
 ModelOption = Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")]
+#: The runtime names for help texts (the registry in diffusion.runtimes is the truth; a test keeps the two equal).
+RUNTIME_NAMES = "stepdrop, stepdrop-clamp, legacy, k-diffusion, comfyui, a1111, diffusers"
+RuntimeOption = Annotated[str | None, typer.Option(help=f"the conventions to sample under, those of the tool that will run "
+                                                   f"the schedule: {RUNTIME_NAMES} (default: a policy file's own, else "
+                                                   "stepdrop: no x̂0 clamp, real t, as k-diffusion)")]
 
 
 @app.command()
@@ -236,6 +250,7 @@ def sample(
     barcode: Annotated[Path | None, typer.Option(help="also write the barcode PNG of evaluated timesteps")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="also write the samples as FILE.npz: `samples` float32 "
                                                       "(N, C, H, W) in [-1, 1], `nfe` per sample, `policy` JSON")] = None,
+    runtime: RuntimeOption = None,
     device: str = "auto",
 ) -> None:
     """Sample a grid of images with any policy and solver; prints the measured NFE."""
@@ -248,7 +263,7 @@ def sample(
     if save_samples is not None:
         check_npz_path(save_samples)
     loaded = load_model(model, device=resolve_device(device))
-    doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded)
+    doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded, runtime)
     with reporter(err_console) as log:
         result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate, log=log)
     written = [save_grid(result.x0, out)]
@@ -257,7 +272,7 @@ def sample(
     if save_samples is not None:
         written.append(write_samples(result.x0, result.nfe, save_samples, policy=doc.to_json(), model=loaded.source))
     nfe_measured = result.nfe.float()
-    console.print(f"{n} images, policy {doc.policy.kind}, solver {doc.solver.name}, measured NFE "
+    console.print(f"{n} images, policy {doc.policy.kind}, solver {doc.solver.name}, runtime {doc.runtime.name}, measured NFE "
                   f"{nfe_measured.mean():.2f} (min {int(nfe_measured.min())}, max {int(nfe_measured.max())}; "
                   f"expected {doc.solver.solver.nfe(doc.policy.expected_nfe()):.2f}); wrote {', '.join(map(str, written))}")
 
@@ -283,14 +298,14 @@ def policy_list() -> None:
     console.print(table)
 
 
-def _policy_document(policy: str, nfe, param, solver, eta, model) -> tuple[PolicyDocument, object]:
+def _policy_document(policy: str, nfe, param, solver, eta, model, runtime=None) -> tuple[PolicyDocument, object]:
     from stepdrop_search.loading import load_model
     from stepdrop_search.policies.io import provenance
 
     loaded = load_model(model)
-    doc = resolve_policy(policy, nfe, param, solver, eta, loaded)
+    doc = resolve_policy(policy, nfe, param, solver, eta, loaded, runtime)
     if not doc.provenance:
-        doc = PolicyDocument(doc.policy, doc.solver, provenance(command_line(), loaded.weights_hash))
+        doc = PolicyDocument(doc.policy, doc.solver, provenance(command_line(), loaded.weights_hash), doc.runtime)
     return doc, loaded
 
 
@@ -299,10 +314,10 @@ def _policy_document(policy: str, nfe, param, solver, eta, model) -> tuple[Polic
 def policy_show(
     policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
-    model: ModelOption = None,
+    model: ModelOption = None, runtime: RuntimeOption = None,
 ) -> None:
     """Print a policy as its JSON document (timesteps included for static kinds)."""
-    doc, _ = _policy_document(policy, nfe, param, solver, eta, model)
+    doc, _ = _policy_document(policy, nfe, param, solver, eta, model, runtime)
     typer.echo(doc.to_json(), nl=False)
 
 
@@ -311,21 +326,24 @@ def policy_show(
 def policy_export(
     policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
     out: Annotated[Path | None, typer.Option(help="file to write (required for --format json)")] = None,
-    format: Annotated[str, typer.Option(help="json (our policy file), diffusers (the set_timesteps call of each "
-                                           "scheduler that takes the list), sigmas (k-diffusion σ list with a "
-                                           "trailing 0), comfyui (a SIGMAS string) or a1111 (the \"[…]\" list of "
-                                           "the Forge/reForge custom-scheduler extensions)")] = "json",
+    format: Annotated[str, typer.Option(help="json (our policy file), diffusers (the scheduler, config and set_timesteps "
+                                           "call that reproduce it), sigmas (k-diffusion σ list with a trailing 0), "
+                                           "comfyui (a SIGMAS string) or a1111 (the \"[…]\" list of the Forge/reForge "
+                                           "custom-scheduler extensions); refused where that tool would sample "
+                                           "something else than was measured")] = "json",
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
-    model: ModelOption = None,
+    model: ModelOption = None, runtime: RuntimeOption = None,
 ) -> None:
     """Write a policy file for the model's noise schedule (atomically), or its steps in another tool's form."""
     from stepdrop_search.files import write_text
     from stepdrop_search.policies import save_policy
-    from stepdrop_search.policies.transfer import FORMATS, a1111_text, comfyui_text
+    from stepdrop_search.policies.transfer import FORMATS, a1111_text, check_export, comfyui_text, export_hints
 
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}; choose {', '.join(FORMATS)}")
-    doc, loaded = _policy_document(policy, nfe, param, solver, eta, model)
+    doc, loaded = _policy_document(policy, nfe, param, solver, eta, model, runtime)
+    if format != "json":
+        check_export(doc, format, policy)
     if format == "diffusers":
         _export_diffusers(doc, out)
         return
@@ -333,9 +351,9 @@ def policy_export(
         _export_sigmas(doc, out)
         return
     if format in ("comfyui", "a1111"):
-        doc.policy.fixed_timesteps(format)  # a per-sample kind is refused in one line
         text = comfyui_text(doc.policy) if format == "comfyui" else a1111_text(doc.policy)
         console.print(text, markup=False, highlight=False, soft_wrap=True)
+        err_console.print("\n".join(export_hints(doc, format)), markup=False, highlight=False, soft_wrap=True)
         if out is not None:
             write_text(out, text + "\n")
             err_console.print(f"wrote {out}", highlight=False)
@@ -355,9 +373,11 @@ def policy_import(
     timesteps: Annotated[str | None, typer.Option(help="a published timestep list, descending")] = None,
     source_t: Annotated[int | None, typer.Option(help="the T the --timesteps were published for (rescaled onto "
                                                  "the model's T)")] = None,
-    solver: SolverOption = None, eta: EtaOption = None, model: ModelOption = None,
+    solver: SolverOption = None, eta: EtaOption = None, model: ModelOption = None, runtime: RuntimeOption = None,
 ) -> None:
     """Turn any published σ or timestep list into an explicit policy for the model's noise schedule (σ → t in log σ)."""
+    from stepdrop_search.diffusion.runtimes import runtime_named
+    from stepdrop_search.diffusion.solvers import SolverSpec
     from stepdrop_search.loading import load_model
     from stepdrop_search.policies import save_policy
     from stepdrop_search.policies.io import provenance
@@ -368,12 +388,15 @@ def policy_import(
     if source_t is not None and timesteps is None:
         raise UserError("--source-t rescales --timesteps; a σ list needs none")
     values = parse_numbers(sigmas if sigmas is not None else timesteps, "--sigmas" if sigmas is not None else "--timesteps")
+    wanted = runtime_named(runtime)
     loaded = load_model(model)
     policy = from_sigmas(values, loaded.schedule) if sigmas is not None else \
         from_timesteps(values, loaded.schedule, source_t)
-    run = solver_spec(solver or "ddim", eta, policy.nfe)
+    run = SolverSpec(solver or "ddim", eta)  # the list is the grid: Heun spends what its length costs
+    wanted.check_solver(run.name, run.eta)
     doc = PolicyDocument(policy, run, provenance(command_line(), loaded.weights_hash,
-                                                 imported={"sigmas": sigmas, "timesteps": timesteps, "source_T": source_t}))
+                                                 imported={"sigmas": sigmas, "timesteps": timesteps, "source_T": source_t}),
+                         wanted)
     save_policy(out, doc)
     console.print(f"wrote {out}: {policy.nfe} steps {[round(float(t), 3) for t in policy.timesteps()]}", highlight=False)
 
@@ -393,31 +416,25 @@ def policy_resample(
     from stepdrop_search.policies.transfer import resample
 
     doc, loaded = _policy_document(policy, None, None, None, None, model)
-    spec, steps = spec_for_nfe(doc.solver.name, nfe, doc.solver.eta if doc.solver.solver.has_eta else None)
+    spec, steps = spec_for_nfe(doc.solver.name, nfe, doc.solver.eta if doc.solver.solver.has_eta else None, doc.runtime)
     moved = resample(doc.policy, steps)
     save_policy(out, PolicyDocument(moved, spec, provenance(command_line(), loaded.weights_hash,
-                                                            resampled_from={"policy": policy, "nfe": doc.policy.nfe})))
+                                                            resampled_from={"policy": policy, "nfe": doc.policy.nfe}),
+                                    doc.runtime))
     console.print(f"wrote {out}: {steps} steps {[round(float(t), 2) for t in moved.timesteps()]}", highlight=False)
 
 
 def _export_diffusers(doc, out: Path | None) -> None:
-    """The set_timesteps call for each scheduler of the installed diffusers that takes the list: ``timesteps=`` (integer
-    steps) or ``sigmas=`` (the σ list, which carries continuous-time steps exactly)."""
+    """The scheduler, config and ``set_timesteps`` call that reproduce the policy in diffusers (with --out, as JSON)."""
     from stepdrop_search.files import write_json
     from stepdrop_search.interop import diffusers_export
+    from stepdrop_search.policies.transfer import run_cost
 
     payload = diffusers_export(doc)
-    lines = []
-    for cls, accepted in payload["accepts"].items():
-        if "timesteps" in accepted and payload["timesteps"] is not None:
-            lines.append(f"{cls}: scheduler.set_timesteps(timesteps={payload['timesteps']})")
-        elif "sigmas" in accepted:
-            lines.append(f"{cls}: scheduler.set_timesteps(sigmas={payload['sigmas']})")
-        elif "timesteps" in accepted:
-            lines.append(f"# {cls}: takes integer timesteps= only, and this policy's steps are real: use a sigmas= "
-                         "scheduler above, or build the policy with continuous=false")
-        else:
-            lines.append(f"# {cls}: takes neither timesteps= nor a k-diffusion sigmas= list; use one that does")
+    lines = [payload["code"], f"# {payload['scheduler']}; our x_T is the pipeline's latents; {run_cost(doc)} network "
+             f"evaluations per sample; measured under runtime {doc.runtime.name}"]
+    if payload["takes_solver_noise"]:
+        lines.append("# pass each step's noise as scheduler.step(..., variance_noise=z) to reproduce samples one for one")
     if out is not None:
         write_json(out, payload)
         lines.append(f"# wrote {out}")
@@ -428,17 +445,16 @@ def _export_sigmas(doc, out: Path | None) -> None:
     """Print (and with --out write as JSON) the σ list, in positional notation: ComfyUI's ManualSigmas reads no
     exponents, and the shortest round-trip digits give back the same steps through ``--policy sigmas``."""
     from stepdrop_search.files import write_json
-    from stepdrop_search.policies.transfer import a1111_text, sigma_list
+    from stepdrop_search.policies.transfer import a1111_text, export_hints, kdiffusion_call, run_cost, sigma_list
 
     sigmas = sigma_list(doc.policy)
-    lines = [f"sigmas = {a1111_text(doc.policy)}",
-             "# k-diffusion: sample_*(model, noise * sigmas[0], torch.tensor(sigmas)); diffusers: "
-             "EulerDiscreteScheduler.set_timesteps(sigmas=sigmas); back: policy import --sigmas '[…]'"]
+    lines = [f"sigmas = {a1111_text(doc.policy)}", *export_hints(doc, "sigmas")]
     if out is not None:
-        write_json(out, {"sigmas": sigmas, "timesteps": doc.policy.timesteps().tolist(),
+        write_json(out, {"sigmas": sigmas, "timesteps": doc.policy.timesteps().tolist(), "solver": doc.solver.to_dict(),
+                         "k_diffusion": kdiffusion_call(doc), "nfe": run_cost(doc), "runtime": doc.runtime.to_dict(),
                          "noise_schedule": doc.policy.schedule.to_dict(), "noise_schedule_hash": doc.policy.schedule.hash})
         lines.append(f"# wrote {out}")
-    console.print("\n".join(lines), markup=False, highlight=False)
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -477,6 +493,8 @@ def evaluate(
     device: str = "auto",
     compile_mode: Annotated[str, typer.Option("--compile", help="torch.compile the network: on, off, or auto "
                                               "(when the run makes ≥ 250k sample-forwards)")] = "auto",
+    runtime: Annotated[str, typer.Option(help=f"the conventions every row is sampled under: {RUNTIME_NAMES}; a policy "
+                                         "file measured under another is re-run under this one")] = "stepdrop",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
     from stepdrop_search.compare import CompareConfig, run_comparison, write_comparison
@@ -488,11 +506,11 @@ def evaluate(
                         residual_samples=residual_samples, batch_size=batch_size, model=str(model) if model else None,
                         features=str(features) if features else None,
                         inception_weights=str(inception_weights) if inception_weights else None, data=data,
-                        device=device, compile=compile_mode, command=command_line())
+                        device=device, compile=compile_mode, command=command_line(), runtime=runtime)
     with reporter(err_console) as log:
         comparison = run_comparison(cfg, log=log, warn=warn)
     console.print(results_table(comparison.results, f"{samples} samples × {seeds} seeds, same x_T per seed "
-                                                    "(mean ± std over seeds)"))
+                                                    f"(mean ± std over seeds), runtime {runtime}"))
     console.print("wrote " + ", ".join(str(p) for p in write_comparison(comparison, out)))
 
 
@@ -556,6 +574,8 @@ def optimize(
     out: Annotated[Path | None, typer.Option(help="policy file to write (default policies/best-….json)")] = None,
     save_pool: Annotated[Path | None, typer.Option(help="also write every pool candidate as a policy file into this "
                                                    "folder (for evaluate --policy FOLDER)")] = None,
+    runtime: Annotated[str, typer.Option(help=f"search, select and export under this tool's conventions ({RUNTIME_NAMES}); "
+                                         "only its solvers are searched")] = "stepdrop",
     device: str = "auto",
 ) -> None:
     """Find the best sampler (solver and steps) for an NFE, prove it on held-out noise and export it as a policy file."""
@@ -578,7 +598,7 @@ def optimize(
                          gradient_space=gradient_space, gradient_samples=gradient_samples,
                          gradient_epochs=gradient_epochs, multi_objective=multi_objective, nfe_range=span,
                          out=str(out) if out else None, save_pool=str(save_pool) if save_pool else None,
-                         command=command_line())
+                         command=command_line(), runtime=runtime)
     with reporter(err_console) as log:
         result = run_optimize(cfg, log=log)
     console.print(finalists_table(result, result.config))
@@ -593,7 +613,7 @@ def finalists_table(result, cfg) -> Table:
     """Each finalist: its search rungs, and on the held-out seed its proxy-FID, KID and paired difference to the best pool
     finalist with the 95% interval."""
     title = (f"finalists on {cfg.held_out_samples} held-out samples (selection seed), paired with the best pool candidate"
-             if not cfg.multi_objective else "Pareto set")
+             if not cfg.multi_objective else "Pareto set") + f"; runtime {cfg.runtime}"
     table = Table(title=title)
     for column in ("candidate", "NFE", f"rung 0 @{cfg.samples} (trials @{cfg.trial_samples})", f"rung 1 @{cfg.promote_samples}",
                    "held-out proxy-FID",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import machine_description, resolve_device
+from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.evaluation import Candidate, Result, baseline, evaluate, parse_metrics, seed_values
@@ -35,7 +36,8 @@ DEFAULT_METRICS = ("fid", "kid", "throughput", "gflops")
 @dataclass(frozen=True)
 class CompareConfig:
     """One comparison: which rows (``baselines`` × ``nfes``, ``policies`` files, each also run with every solver in
-    ``solvers``, a named ``suite``), on which model, measured how (``samples`` × ``seeds``, ``metrics``)."""
+    ``solvers``, a named ``suite``), on which model, measured how (``samples`` × ``seeds``, ``metrics``) and under
+    which ``runtime`` (every row: a paired comparison shares its conventions; a policy file is re-run under it)."""
 
     baselines: tuple[str, ...] = ()
     nfes: tuple[int, ...] = (10, 25, 50)
@@ -56,6 +58,7 @@ class CompareConfig:
     device: str = "auto"
     compile: str = "auto"
     command: str = ""
+    runtime: str = "stepdrop"
 
 
 @dataclass
@@ -82,20 +85,24 @@ def expand_policy_paths(paths: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: LoadedModel,
+def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: LoadedModel, runtime: Runtime,
                 warn: Callable[[str], None] = lambda m: None) -> list[Candidate]:
-    """One row per policy file, or with ``solvers`` one per file × solver (the schedule transferred to each);
-    ``warn`` hears of a file made on another model (its recorded objective values do not apply here)."""
+    """One row per policy file, or with ``solvers`` one per file × solver (the schedule transferred to each), all run
+    under ``runtime``; ``warn`` hears of a file made on another model or measured under another runtime (its recorded
+    objective values do not apply here)."""
     rows = []
     for path in expand_policy_paths(paths):
         doc = load_policy(path, loaded.schedule)
         if warning := foreign_model_warning(doc, loaded.weights_hash, str(path)):
             warn(warning)
+        if doc.runtime != runtime:
+            warn(f"{path} was measured under runtime {doc.runtime.name}; it is run here under {runtime.name}")
+            doc = doc.under(runtime)
         family = re.sub(r"-nfe\d+$", "", path.stem)
         for solver_name in solvers or (doc.solver.name,):
             own = solver_name == doc.solver.name
             rows.append(Candidate(path.stem if own else f"{path.stem}→{solver_name}",
-                                  doc if own else PolicyDocument(doc.policy, SolverSpec(solver_name)),
+                                  doc if own else PolicyDocument(doc.policy, SolverSpec(solver_name), runtime=runtime),
                                   family if own else f"{family}→{solver_name}"))
     return rows
 
@@ -110,19 +117,22 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
     seed_list = seed_values(cfg.samples, cfg.seeds)
     check_compile_mode(cfg.compile)
     teacher = Teacher.parse(cfg.teacher)
+    runtime = runtime_named(cfg.runtime)
     solvers = tuple(SolverSpec(name).name for name in cfg.solvers)
+    for name in solvers:
+        runtime.check_solver(name)
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model, device=device)
-    rows = [baseline(name, nfe, loaded.schedule)
+    rows = [baseline(name, nfe, loaded.schedule, runtime)
             for name in cfg.baselines or (() if cfg.suite or cfg.policies else ("ddim",)) for nfe in cfg.nfes]
-    rows += policy_rows(cfg.policies, solvers, loaded, warn or log)
+    rows += policy_rows(cfg.policies, solvers, loaded, runtime, warn or log)
     features = load_features_for_model(cfg.features, loaded.config, loaded.dataset, device=device) \
         if set(wanted) & set(FIDELITY_METRICS) else None
     inception = _inception_inputs(cfg, loaded, device) if "inception-fid" in wanted else None
 
     missing = []
     if cfg.suite is not None:  # after every input is checked: the peers suite's DP rows cost minutes
-        built = build_suite(cfg.suite, loaded, cfg.nfes, dp_samples=cfg.dp_samples, log=log)
+        built = build_suite(cfg.suite, loaded, cfg.nfes, dp_samples=cfg.dp_samples, runtime=runtime, log=log)
         rows, missing = built.rows + rows, built.missing
         for line in missing:
             log(f"not run here: {line}")
@@ -138,7 +148,7 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
             "batch_size": cfg.batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine_description(device),
             "compiled": isinstance(network.model, CompiledNetwork),  # False when the compile fell back to eager
-            "suite": cfg.suite, "not_run": missing,
+            "suite": cfg.suite, "not_run": missing, "runtime": runtime.to_dict(),
             "title": f"Evaluation: suite {cfg.suite}" if cfg.suite else "Evaluation"}
     return Comparison(results, meta, missing, loaded)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, spec_for_nfe
@@ -81,16 +82,18 @@ class Candidate:
             return diffusers_sample(loaded, self.diffusers, n=n, seed=seed, nfe=None if steps else self.nfe,
                                     timesteps=steps, batch_size=batch_size)
         return generate(loaded.model, loaded.schedule, self.document.policy, self.document.solver, n=n, seed=seed,
-                        batch_size=batch_size)
+                        batch_size=batch_size, runtime=self.document.runtime)
 
 
-def baseline(name: str, nfe: int, schedule: NoiseSchedule) -> Candidate:
-    """A baseline by name: a solver on uniform (trailing) steps, or any policy kind with its defaults and DDIM."""
+def baseline(name: str, nfe: int, schedule: NoiseSchedule, runtime: Runtime = DEFAULT_RUNTIME) -> Candidate:
+    """A baseline by name under ``runtime``: a solver on uniform (trailing) steps, or any policy kind with its defaults
+    and DDIM; refused in one line when the runtime has no such solver."""
     if name in SOLVERS:
-        spec, steps = spec_for_nfe(name, nfe)  # the grid that spends exactly nfe evaluations with this solver
-        doc = PolicyDocument(Uniform(nfe=steps, schedule=schedule), spec)
+        runtime.check_solver(name)
+        spec, steps = spec_for_nfe(name, nfe, runtime=runtime)  # the largest grid whose run spends at most nfe evaluations
+        doc = PolicyDocument(Uniform(nfe=steps, schedule=schedule), spec, runtime=runtime)
     else:
-        doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"))
+        doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"), runtime=runtime)
     return Candidate(f"{name}-{nfe}", doc, name)
 
 
@@ -171,7 +174,8 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
     gflops_per_forward = forward_gflops(loaded.model) if "gflops" in metrics else 0.0
     n_residual = min(residual_samples, samples)
     # Warm-up (allocator, kernels) so the first candidate's throughput is not penalised.
-    generate(loaded.model, loaded.schedule, Uniform(nfe=2, schedule=loaded.schedule), SolverSpec(), n=min(samples, batch_size))
+    generate(loaded.model, loaded.schedule, Uniform(nfe=2, schedule=loaded.schedule), SolverSpec(), n=min(samples, batch_size),
+             runtime=candidates[0].document.runtime if candidates and candidates[0].document else DEFAULT_RUNTIME)
 
     results = []
     phase(progress, f"evaluate: {len(candidates)} rows × {len(seed_list)} seeds × {samples} samples",

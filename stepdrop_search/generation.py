@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import AmplitudeCalibration, SampleResult, SampleStreams, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
@@ -32,18 +33,20 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, solver: SolverSpec, *, n: int,
-             seed: int = 0, batch_size: int = 256, clamp: bool = True,
+             seed: int = 0, batch_size: int = 256, runtime: Runtime = DEFAULT_RUNTIME,
              calibration: AmplitudeCalibration | None = None, x_T: torch.Tensor | None = None,
              log: Callable[[str], None] | None = None) -> SampleResult:
     """Draw ``n`` samples of ``policy`` in batches; returns the concatenated :class:`SampleResult` (on CPU).
 
     Sample i uses x_T[i] and the streams of (``seed``, i), whatever ``batch_size`` is; an explicit ``x_T``
-    replaces only the starting noise (which lets a study vary x_T and solver noise separately). ``log`` hears a phase
-    of as many items as batches, and each batch done (:mod:`stepdrop_search.progress`)."""
+    replaces only the starting noise (which lets a study vary x_T and solver noise separately). ``runtime``: the conventions
+    sampled under (:mod:`stepdrop_search.diffusion.runtimes`). ``log`` hears a phase of as many items as batches, and each
+    batch done (:mod:`stepdrop_search.progress`)."""
     if policy.schedule.hash != schedule.hash:
         raise UserError(f"the policy was made for noise schedule {policy.schedule.hash}, the model uses {schedule.hash}")
     if n < 1 or batch_size < 1:
         raise UserError("the number of samples and the batch size must be ≥ 1")
+    runtime.check_solver(solver.name, solver.eta)  # before any network evaluation (the sampler checks a plan's others)
     param = next(model.parameters())
     cfg = model.config
     if x_T is None:
@@ -55,7 +58,7 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
         x = x_T[start:start + batch_size].to(param.device, param.dtype)
         streams = SampleStreams(seed, range(start, start + x.shape[0]))
         plan = policy.plan(x.shape[0], streams, solver.name)
-        parts.append(sample(model, schedule, x, plan, eta=solver.eta, solver=solver, clamp=clamp, streams=streams,
+        parts.append(sample(model, schedule, x, plan, eta=solver.eta, solver=solver, runtime=runtime, streams=streams,
                             calibration=calibration))
         if log is not None:
             advance(log, f"{start + x.shape[0]}/{n} images")
@@ -82,8 +85,8 @@ def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int
 
 def sample_policy(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256,
                   calibrate: bool = False, log: Callable[[str], None] | None = None) -> SampleResult:
-    """What ``stepdrop-search sample`` computes: ``n`` samples of a policy document on a loaded model, optionally with
-    OSS amplitude calibration against a 100-step DDIM teacher's quantile profile."""
+    """What ``stepdrop-search sample`` computes: ``n`` samples of a policy document on a loaded model under the document's
+    runtime, optionally with OSS amplitude calibration against a 100-step DDIM teacher's quantile profile."""
     calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule)) if calibrate else None
     return generate(loaded.model, loaded.schedule, document.policy, document.solver, n=n, seed=seed,
-                    batch_size=batch_size, calibration=calibration, log=log)
+                    batch_size=batch_size, runtime=document.runtime, calibration=calibration, log=log)

@@ -193,19 +193,66 @@ def diffusers_timesteps(document: PolicyDocument) -> list[int]:
     return [int(t) for t in steps.tolist()]
 
 
+@dataclass(frozen=True)
+class DiffusersRecipe:
+    """How diffusers runs one of our policy documents: the scheduler class, the config to build it from, the
+    ``set_timesteps`` arguments, and whether its ``step`` takes our solver noise (``variance_noise``)."""
+
+    scheduler: str
+    config: dict
+    set_timesteps: dict
+    takes_noise: bool = False
+
+    def code(self) -> str:
+        """Python that builds the scheduler and sets the steps (the pipeline's own loop does the rest)."""
+        return (f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
+                f"scheduler.set_timesteps({', '.join(f'{k}={v!r}' for k, v in self.set_timesteps.items())})")
+
+
+#: scheduler config changes each class needs to run our solver: the VP start √(σ_max² + 1) on the σ schedulers (their
+#: "linspace" default starts at σ_max), no lowered order before the last step for DPM-Solver++ (our multistep solvers
+#: lower only the last, to x̂0), no clipping
+DIFFUSERS_CONFIG = {
+    "ddim": {"timestep_spacing": "leading"},
+    "heun": {"timestep_spacing": "leading"},
+    "dpmpp-2m": {"solver_order": 2, "algorithm_type": "dpmsolver++", "solver_type": "midpoint"},
+    "dpmpp-3m": {"solver_order": 3, "algorithm_type": "dpmsolver++"},
+    "dpmpp-2m-sde": {"solver_order": 2, "algorithm_type": "sde-dpmsolver++", "solver_type": "midpoint"},
+}
+DPM_SOLVER_COMMON = {"lower_order_final": False, "euler_at_final": False, "final_sigmas_type": "zero", "thresholding": False}
+
+
+def diffusers_recipe(document: PolicyDocument) -> DiffusersRecipe:
+    """The recipe that reproduces ``document``'s samples in diffusers, or one line saying why none does (check the
+    conventions first with ``policies.transfer.check_export``)."""
+    from stepdrop_search.diffusion.runtimes import DIFFUSERS_SCHEDULERS
+
+    name = document.solver.name
+    if name not in DIFFUSERS_SCHEDULERS:
+        raise UserError(f"diffusers has no scheduler that runs {name} on custom steps")
+    cls = DIFFUSERS_SCHEDULERS[name]
+    config = {**scheduler_config_from_schedule(document.policy.schedule), "clip_sample": False, **DIFFUSERS_CONFIG[name],
+              **(DPM_SOLVER_COMMON if cls == "DPMSolverMultistepScheduler" else {})}
+    if "sigmas" in list_arguments().get(cls, ()):
+        call = {"sigmas": document.policy.to_sigmas().tolist()}
+    else:
+        steps = document.policy.fixed_timesteps("diffusers")
+        if steps.is_floating_point():
+            raise UserError(f"diffusers' {cls} takes integer timesteps only and this policy's steps are real "
+                            "(continuous time); build it with continuous=false, or use ddim (EulerDiscreteScheduler takes σ)")
+        call = {"timesteps": [int(t) for t in steps.tolist()]}
+    return DiffusersRecipe(cls, config, call, takes_noise=document.solver.solver.stochastic(document.solver.eta))
+
+
 def diffusers_export(document: PolicyDocument) -> dict:
-    """What ``policy export --format diffusers`` writes: the integer timesteps for ``set_timesteps(timesteps=…)`` (None for a
-    continuous-time policy, which only the ``sigmas=`` schedulers take exactly), the σ list for ``set_timesteps(sigmas=…)``,
-    the scheduler config of the policy's noise schedule, and which list each scheduler class accepts."""
-    accepts = list_arguments()
+    """What ``policy export --format diffusers`` writes: the recipe (scheduler class, config, ``set_timesteps`` arguments)
+    that reproduces the document's samples, with the steps in both forms for reference."""
+    recipe = diffusers_recipe(document)
     steps = document.policy.fixed_timesteps("diffusers")
-    if steps.is_floating_point() and not any("sigmas" in a for a in accepts.values()):
-        diffusers_timesteps(document)  # refused in one line, pointing to --format sigmas
-    return {"timesteps": None if steps.is_floating_point() else diffusers_timesteps(document),
+    return {"scheduler": recipe.scheduler, "scheduler_config": recipe.config, "set_timesteps": recipe.set_timesteps,
+            "takes_solver_noise": recipe.takes_noise, "timesteps": steps.tolist(),
             "sigmas": document.policy.to_sigmas().tolist(), "num_train_timesteps": document.policy.schedule.T,
-            "scheduler_config": scheduler_config_from_schedule(document.policy.schedule),
-            "accepts": {cls: list(a) for cls, a in accepts.items()},
-            "accepts_custom_timesteps": {cls: "timesteps" in a for cls, a in accepts.items()}}
+            "runtime": document.runtime.to_dict(), "code": recipe.code()}
 
 
 def make_scheduler(name: str, loaded: LoadedModel):
@@ -243,6 +290,25 @@ def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: 
         raise UserError(f"diffusers' {cls_name} does not accept a σ list; use euler")
     schedule = {"timesteps": timesteps} if timesteps is not None else {"sigmas": sigmas} if sigmas is not None else \
         {"num_inference_steps": nfe}
+    return scheduler_loop(loaded, scheduler, schedule, n=n, seed=seed, batch_size=batch_size, clamp=clamp)
+
+
+@torch.no_grad()
+def diffusers_recipe_sample(loaded: LoadedModel, recipe: DiffusersRecipe, *, n: int, seed: int = 0,
+                            batch_size: int = 256) -> SampleResult:
+    """Sample with a :class:`DiffusersRecipe` in diffusers' own loop, from our x_T of ``seed`` and, for a solver that draws
+    noise, our noise stream (``variance_noise``): what a user running the export gets, sample for sample."""
+    scheduler = getattr(require_diffusers(), recipe.scheduler).from_config(recipe.config)
+    return scheduler_loop(loaded, scheduler, recipe.set_timesteps, n=n, seed=seed, batch_size=batch_size, clamp=False,
+                          our_noise=recipe.takes_noise)
+
+
+def scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, *, n: int, seed: int, batch_size: int, clamp: bool,
+                   our_noise: bool = False) -> SampleResult:
+    """diffusers' denoising loop (as its pipelines run it) over ``scheduler.set_timesteps(**schedule)``; see
+    :func:`diffusers_sample`. ``our_noise`` hands step i our stream's noise of grid step i (``variance_noise``)."""
+    from stepdrop_search.diffusion.sampler import SampleStreams
+
     model = loaded.model
     device = next(model.parameters()).device
     cfg = model.config
@@ -253,10 +319,14 @@ def diffusers_sample(loaded: LoadedModel, scheduler_name: str, *, n: int, seed: 
         scheduler.set_timesteps(**schedule, device=device)
         x = x_T[start:start + batch_size].to(device, next(model.parameters()).dtype) * scheduler.init_noise_sigma
         step_kwargs = {"generator": [torch.Generator().manual_seed(int(stream_seed(seed, "noise", i).generate_state(1)[0]))
-                                     for i in range(start, start + x.shape[0])]} if takes_generator else {}
-        for t in scheduler.timesteps:
+                                     for i in range(start, start + x.shape[0])]} if takes_generator and not our_noise else {}
+        noise = SampleStreams(seed, range(start, start + x.shape[0])).noise(x.shape[1:], len(scheduler.timesteps), device, x.dtype) \
+            if our_noise else None
+        for i, t in enumerate(scheduler.timesteps):
             eps = model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
             calls[start:start + x.shape[0]] += 1
+            if noise is not None:
+                step_kwargs = {"variance_noise": noise.at(i)}
             x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         outputs.append((x.clamp(-1, 1) if clamp else x).cpu())
     steps = len(scheduler.timesteps)

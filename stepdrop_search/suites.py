@@ -7,10 +7,12 @@ that NFE, diffusers not installed): a report must show every peer or say why it 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
@@ -31,12 +33,13 @@ class Suite:
     missing: list[str] = field(default_factory=list)  # "row: why it cannot run here"
 
 
-def _row(name: str, policy, solver: str = "ddim", family: str | None = None) -> Candidate:
-    return Candidate(name, PolicyDocument(policy, SolverSpec(solver)), family or name)
+def _run_row(name: str, policy, solver: str = "ddim", family: str | None = None, runtime: Runtime = DEFAULT_RUNTIME) -> Candidate:
+    return Candidate(name, PolicyDocument(policy, SolverSpec(solver), runtime=runtime), family or name)
 
 
-def stepdrop_suite(schedule: NoiseSchedule) -> Suite:
-    """The structure of StepDrop's Tables 1–3 on our model, with honest (measured) NFE."""
+def stepdrop_suite(schedule: NoiseSchedule, runtime: Runtime = DEFAULT_RUNTIME) -> Suite:
+    """The structure of StepDrop's Tables 1–3 on our model, with honest (measured) NFE, under ``runtime``."""
+    _row = functools.partial(_run_row, runtime=runtime)
     return Suite([
         _row("ddpm-1000", Uniform(nfe=1000, schedule=schedule), "ddpm", "ddpm"),
         _row("ddim-50", Uniform(nfe=50, schedule=schedule), family="ddim"),
@@ -53,15 +56,19 @@ def stepdrop_suite(schedule: NoiseSchedule) -> Suite:
 
 
 def peers_suite(loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 32, dp_grid: int = 100,
-                diffusers_available: bool | None = None, log: Callable[[str], None] = lambda m: None) -> Suite:
+                diffusers_available: bool | None = None, runtime: Runtime = DEFAULT_RUNTIME,
+                log: Callable[[str], None] = lambda m: None) -> Suite:
     """Per NFE: DDIM on uniform steps (leading, trailing, linspace), the peers' analytic and StepDrop-family
     schedules, DP-GITS and DP-OSS (found here, on ``dp_samples`` teacher trajectories), DPM-Solver++(2M) on
     uniform steps and on the DP-OSS schedule (schedule transfer), and the model stepped by diffusers'
     DPMSolverMultistep, DDPM and Euler loops on their default spacing and on the DP-OSS timesteps.
 
+    Our rows run under ``runtime``; diffusers' loops run under their own scheduler configs.
+
     Optuna-searched schedules are not searched here (a search per NFE is its own job): pass the files
     ``optimize`` exported to ``evaluate --policy``.
     """
+    _row = functools.partial(_run_row, runtime=runtime)
     from stepdrop_search.search.dp import gits_schedule, oss_schedule, teacher_trajectory
 
     if diffusers_available is None:
@@ -82,7 +89,8 @@ def peers_suite(loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 3
                 suite.missing.append(f"{kind}@{nfe}: {exc}")
         if traj is None:
             log(f"peers: DDIM teacher trajectories on a {dp_grid}-step grid for {dp_samples} samples (DP rows)")
-            traj = teacher_trajectory(loaded, grid_size=dp_grid, n=dp_samples, seed=0, spacing="uniform", solver="ddim")
+            traj = teacher_trajectory(loaded, grid_size=dp_grid, n=dp_samples, seed=0, spacing="uniform", solver="ddim",
+                                      runtime=runtime)
         gits = gits_schedule(traj, nfe)
         log(f"peers: DP-GITS@{nfe}: {gits.steps.tolist()}")
         oss = oss_schedule(loaded, traj, nfe)
@@ -109,9 +117,9 @@ def peers_suite(loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 3
 
 
 def build_suite(name: str, loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 32,
-                log: Callable[[str], None] = lambda m: None) -> Suite:
+                runtime: Runtime = DEFAULT_RUNTIME, log: Callable[[str], None] = lambda m: None) -> Suite:
     if name == "stepdrop":
-        return stepdrop_suite(loaded.schedule)
+        return stepdrop_suite(loaded.schedule, runtime)
     if name == "peers":
-        return peers_suite(loaded, nfes, dp_samples=dp_samples, log=log)
+        return peers_suite(loaded, nfes, dp_samples=dp_samples, runtime=runtime, log=log)
     raise UserError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")

@@ -38,7 +38,7 @@ def test_a_continuous_karras_policy_round_trips_through_json_and_samples_with_it
     assert steps.dtype == torch.float64 and not is_whole(steps)
     path = save_policy(tmp_path / "karras.json", PolicyDocument(policy, SolverSpec(solver)))
     written = json.loads(path.read_text())
-    assert written["schema"] == 2 and written["params"] == {"continuous": True, "rho": 7.0}
+    assert written["schema"] == 3 and written["params"] == {"continuous": True, "rho": 7.0}
     assert any(t != int(t) for t in written["timesteps"])
     back = load_policy(path, tiny.schedule).policy
     assert back == policy and back.timesteps().dtype == torch.float64 and torch.equal(back.timesteps(), steps)
@@ -165,9 +165,12 @@ def test_diffusers_export_of_real_timesteps_gives_the_sigma_call_and_says_why_in
                                "--format", "diffusers", "--model", str(tiny_checkpoint)])
     text = " ".join(real.output.split())
     assert real.exit_code == 0, real.output
-    assert "EulerDiscreteScheduler: scheduler.set_timesteps(sigmas=[" in text
-    assert "DPMSolverMultistepScheduler: takes integer timesteps= only" in text and "continuous=false" in text
-    integer = runner.invoke(app, ["policy", "export", "karras", "--nfe", "10", "--format", "diffusers",
+    assert "EulerDiscreteScheduler.from_config(" in text and "scheduler.set_timesteps(sigmas=[" in text
+    multistep = runner.invoke(app, ["policy", "export", "karras", "--nfe", "10", "--param", "continuous=true", "--solver",
+                                    "dpmpp-2m", "--format", "diffusers", "--model", str(tiny_checkpoint)])
+    assert multistep.exit_code == 2
+    assert "takes integer timesteps only" in multistep.output and "continuous=false" in multistep.output
+    integer = runner.invoke(app, ["policy", "export", "karras", "--nfe", "10", "--solver", "dpmpp-2m", "--format", "diffusers",
                                   "--model", str(tiny_checkpoint)])
     assert integer.exit_code == 0 and f"timesteps={Karras(nfe=10).timesteps().tolist()}" in integer.output
 
@@ -211,7 +214,7 @@ def test_a_schema_1_file_loads_and_samples_as_its_integer_policy(tiny, tmp_path)
     assert load_policy(explicit).policy.timesteps().tolist() == SCHEMA_1_KARRAS["timesteps"]
     # Rewritten (always as schema 2), it reloads to identical long timesteps and identical samples.
     rewritten = save_policy(tmp_path / "new.json", document)
-    assert json.loads(rewritten.read_text())["schema"] == 2
+    assert json.loads(rewritten.read_text())["schema"] == 3
     again = load_policy(rewritten, tiny.schedule).policy
     assert again.timesteps().dtype == torch.long and torch.equal(again.timesteps(), document.policy.timesteps())
     runs = [generate(tiny.model, tiny.schedule, p, SolverSpec("dpmpp-2m"), n=3, seed=2) for p in (document.policy, again)]

@@ -40,7 +40,7 @@ def test_gradient_steps_reach_the_brute_force_optimum_of_a_gaussian_problem():
     logits = StepLogits(SCHEDULE, 3)
 
     def loss(steps: torch.Tensor) -> float:
-        x0 = sample(model, SCHEDULE, x_val, Plan(steps, ("ddim",) * 3), solver=spec, clamp=False).x0
+        x0 = sample(model, SCHEDULE, x_val, Plan(steps, ("ddim",) * 3), solver=spec).x0
         return float((x0 - exact_x0(x_val)).pow(2).mean())
 
     # brute force: both free steps on a 60-point grid uniform in log-SNR (u ∈ (0, 1))
@@ -49,7 +49,7 @@ def test_gradient_steps_reach_the_brute_force_optimum_of_a_gaussian_problem():
                                               logits._time(logits.start + torch.stack([a, b]) * (logits.end - logits.start))])),
                              (float(a), float(b))) for a, b in itertools.combinations(us, 2))
     result = learn_schedule(model, SCHEDULE, spec, 3, train=(x_train, exact_x0(x_train)),
-                            validation=(x_val, exact_x0(x_val)), epochs=40, forcing=False, clamp=False)
+                            validation=(x_val, exact_x0(x_val)), epochs=40, forcing=False)
     learned_u = (logits._coordinate(result.steps[1:]) - logits.start) / (logits.end - logits.start)
     assert result.initial_validation_loss > 2 * best_loss  # uniform in log-SNR is far from the optimum
     assert result.validation_loss <= best_loss * 1.001

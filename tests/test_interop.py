@@ -85,7 +85,7 @@ def test_our_ddim_equals_diffusers_ddim_scheduler_on_the_same_model(tmp_path):
     theirs = diffusers_sample(loaded, "ddim", n=4, nfe=10, seed=3, clamp=False)
     policy = Uniform(nfe=10, spacing="leading", schedule=loaded.schedule)
     assert policy.timesteps().tolist() == theirs.grid.tolist()
-    ours = generate(loaded.model, loaded.schedule, policy, SolverSpec("ddim"), n=4, seed=3, clamp=False)
+    ours = generate(loaded.model, loaded.schedule, policy, SolverSpec("ddim"), n=4, seed=3)
     assert torch.allclose(ours.x0, theirs.x0, rtol=1e-4, atol=1e-4)
     assert theirs.nfe.tolist() == [10] * 4 == ours.nfe.tolist()
 
@@ -97,7 +97,7 @@ def test_our_dpmpp_2m_equals_diffusers_dpm_solver_multistep_on_custom_timesteps(
     policy = Explicit(steps=(999, 760, 540, 330, 120), schedule=loaded.schedule)
     theirs = diffusers_sample(loaded, "dpm-solver-multistep", n=4, seed=5, clamp=False,
                               timesteps=list(policy.timesteps().tolist()))
-    ours = generate(loaded.model, loaded.schedule, policy, SolverSpec("dpmpp-2m"), n=4, seed=5, clamp=False)
+    ours = generate(loaded.model, loaded.schedule, policy, SolverSpec("dpmpp-2m"), n=4, seed=5)
     assert torch.allclose(ours.x0, theirs.x0, rtol=1e-4, atol=1e-4)
 
 
@@ -126,14 +126,16 @@ def test_cli_missing_diffusers_directory_exits_2(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-def test_policy_export_for_diffusers_prints_set_timesteps_and_scheduler_support(tmp_path):
+def test_policy_export_for_diffusers_prints_the_scheduler_its_config_and_set_timesteps(tmp_path):
     out = tmp_path / "steps.json"
-    result = runner.invoke(app, ["policy", "export", "uniform", "--nfe", "4", "--format", "diffusers", "--out", str(out)])
+    result = runner.invoke(app, ["policy", "export", "uniform", "--nfe", "4", "--solver", "dpmpp-2m", "--format", "diffusers",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "DDPMScheduler: scheduler.set_timesteps(timesteps=[999, 749, 499, 249])" in result.output
-    assert "# DDIMScheduler: takes neither" in result.output
+    assert "diffusers.DPMSolverMultistepScheduler.from_config(" in result.output
+    assert "scheduler.set_timesteps(timesteps=[999, 749, 499, 249])" in result.output
     written = json.loads(out.read_text())
-    assert written["timesteps"] == [999, 749, 499, 249] and written["accepts"]["EulerDiscreteScheduler"] == ["timesteps", "sigmas"]
+    assert written["scheduler"] == "DPMSolverMultistepScheduler" and written["set_timesteps"] == {"timesteps": [999, 749, 499, 249]}
+    assert written["scheduler_config"]["lower_order_final"] is False and written["runtime"]["name"] == "stepdrop"
     assert written["sigmas"][-1] == 0 and len(written["sigmas"]) == 5
 
 
@@ -207,7 +209,7 @@ def test_a_v_prediction_model_samples_evaluates_and_optimizes(tmp_path, tiny_fea
     loaded = load_model(model)
     assert loaded.schedule.kind == "cosine" and loaded.model.prediction == "v_prediction"
     ours = generate(loaded.model, loaded.schedule, Uniform(nfe=10, schedule=loaded.schedule), SolverSpec("ddim"),
-                    n=4, seed=1, clamp=False)
+                    n=4, seed=1)
     theirs = diffusers_sample(loaded, "ddpm", n=4, seed=1, timesteps=Uniform(nfe=10, schedule=loaded.schedule).timesteps().tolist(),
                               clamp=False)
     assert torch.isfinite(ours.x0).all() and torch.isfinite(theirs.x0).all()

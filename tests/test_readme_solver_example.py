@@ -21,8 +21,8 @@ def test_readme_solver_example_registers_a_working_solver(tiny_checkpoint):
         loaded = load_model(tiny_checkpoint)
         # three evaluated steps: Euler, then AB2, then x̂0 — iPNDM does exactly that on a 3-step grid
         policy = Explicit(steps=(999, 600, 250), schedule=loaded.schedule)
-        ab2 = generate(loaded.model, loaded.schedule, policy, SolverSpec("ab2"), n=4, seed=1, clamp=False)
-        ipndm = generate(loaded.model, loaded.schedule, policy, SolverSpec("ipndm"), n=4, seed=1, clamp=False)
+        ab2 = generate(loaded.model, loaded.schedule, policy, SolverSpec("ab2"), n=4, seed=1)
+        ipndm = generate(loaded.model, loaded.schedule, policy, SolverSpec("ipndm"), n=4, seed=1)
         assert torch.allclose(ab2.x0, ipndm.x0, atol=1e-4, rtol=1e-5)
         assert ab2.nfe.tolist() == [3] * 4
     finally:

@@ -13,6 +13,7 @@ SCRIPT = ROOT / "bench" / "reproduce.sh"
 
 #: one result of each step, as the full run writes them into its results folder
 RESULTS = ["ddim-sanity-2000x3.json", "model-compare.md", "suite-stepdrop.json", "solvers-nfe5-10-25.json",
+           "solvers-nfe5-10-25-clamp.json", "runtime-clamp.md",
            "sampler-speed.txt", "stochastic-variance.json", "teacher-accuracy.txt", "small-sample-bias-nfe10.txt",
            "optimize-nfe25/best.json", "optimize-nfe25/paired.md", "learned-nfe5/paired.md",
            "learned-nfe10/rung-correlation.txt", "gradient-losses-unipc-nfe5.txt", "resample/paired-nfe10.md",

@@ -87,10 +87,9 @@ def diffusers_multistep(loaded, order: int, steps: tuple[int, ...], monkeypatch)
 def test_dpmpp_multistep_equals_diffusers_dpm_solver_multistep_of_its_order(smooth, steps, order, solver, monkeypatch):
     theirs = diffusers_multistep(smooth, order, steps, monkeypatch)
     policy = Explicit(steps=steps, schedule=smooth.schedule)
-    ours = generate(smooth.model, smooth.schedule, policy, SolverSpec(solver), n=4, seed=5, clamp=False).x0
+    ours = generate(smooth.model, smooth.schedule, policy, SolverSpec(solver), n=4, seed=5).x0
     assert (ours - theirs).abs().max() <= 1e-4
-    other = generate(smooth.model, smooth.schedule, policy, SolverSpec("dpmpp-3m" if order == 2 else "dpmpp-2m"), n=4, seed=5,
-                     clamp=False).x0
+    other = generate(smooth.model, smooth.schedule, policy, SolverSpec("dpmpp-3m" if order == 2 else "dpmpp-2m"), n=4, seed=5).x0
     assert (other - theirs).abs().max() > 1e-3  # the reference tells the orders apart
 
 
@@ -122,7 +121,7 @@ def k_diffusion_dpmpp_2m_sde(denoise, x, sigmas, noises, eta: float) -> torch.Te
 def test_dpmpp_2m_sde_equals_k_diffusion_fed_the_same_noise(smooth, steps, eta):
     n, seed = 4, 7
     spec = SolverSpec("dpmpp-2m-sde", eta)
-    ours = generate(smooth.model, smooth.schedule, Explicit(steps=steps, schedule=smooth.schedule), spec, n=n, seed=seed, clamp=False).x0
+    ours = generate(smooth.model, smooth.schedule, Explicit(steps=steps, schedule=smooth.schedule), spec, n=n, seed=seed).x0
     # the solver noise the run drew: grid step i of the "noise" streams of samples 0..n−1 of the seed
     blocks = SampleStreams(seed, range(n)).noise(image_shape(smooth), len(steps), torch.device("cpu"), torch.float32)
     noises = [blocks.at(i).double() for i in range(len(steps))]
@@ -194,12 +193,12 @@ def test_a_stepdrop_sample_takes_the_dpmpp_3m_path_of_its_own_evaluated_steps(sm
     (Within 1e-4, not exactly: the dense run multiplies float32 states by 0-dim coefficients in float32, the
     per-sample run by (n, 1, 1, 1) float64 ones, and the early x̂0 are large; a history mix-up moves samples by ≫ 1e-3.)"""
     model, policy = OneByOne(smooth.model), StepDrop(nfe=7, base_steps=14, schedule=smooth.schedule)
-    run = generate(model, smooth.schedule, policy, SolverSpec("dpmpp-3m"), n=4, seed=2, clamp=False)
+    run = generate(model, smooth.schedule, policy, SolverSpec("dpmpp-3m"), n=4, seed=2)
     assert len({tuple(row) for row in run.evaluated.tolist()}) > 1
     x_T = initial_noise(4, image_shape(smooth), 2)
     for b in range(4):
         own = Explicit(steps=tuple(int(t) for t in run.grid[run.evaluated[b]]), schedule=smooth.schedule)
-        alone = generate(model, smooth.schedule, own, SolverSpec("dpmpp-3m"), n=1, clamp=False, x_T=x_T[b:b + 1])
+        alone = generate(model, smooth.schedule, own, SolverSpec("dpmpp-3m"), n=1, x_T=x_T[b:b + 1])
         assert torch.allclose(alone.x0[0], run.x0[b], atol=1e-4, rtol=0)
 
 
@@ -208,4 +207,4 @@ def test_cli_sample_prints_the_measured_nfe(tiny_checkpoint, tmp_path, solver):
     result = runner.invoke(app, ["sample", "--model", str(tiny_checkpoint), "--policy", "uniform", "--nfe", "10",
                                  "--solver", solver, "--n", "16", "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 0, result.output
-    assert f"solver {solver}, measured NFE 10.00 (min 10, max 10;" in result.output
+    assert f"solver {solver}, runtime stepdrop, measured NFE 10.00 (min 10, max 10;" in result.output

@@ -11,10 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from stepdrop_search.cli import app
+from stepdrop_search.diffusion.runtimes import RUNTIMES
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.generation import generate, initial_noise
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies.kinds import Adaptive, Explicit, StepDrop
+
+CLAMPED = RUNTIMES["stepdrop-clamp"]  # keeps an untrained net's samples where float32 resolves 1e-5
 
 runner = CliRunner()
 SOLVERS = ("ipndm", "unipc")
@@ -79,7 +82,7 @@ def test_our_ipndm_equals_diff_samplers_ipndm_in_its_own_variables(tiny64):
     steps = (999, 870, 730, 600, 470, 350, 240, 150, 80, 30)
     tiny = tiny64
     policy = Explicit(steps=steps, schedule=tiny.schedule)
-    ours = generate(tiny.model, tiny.schedule, policy, SolverSpec("ipndm"), n=4, seed=5, clamp=False)
+    ours = generate(tiny.model, tiny.schedule, policy, SolverSpec("ipndm"), n=4, seed=5)
     x_T = initial_noise(4, (tiny.config.in_channels, tiny.config.image_size, tiny.config.image_size), 5)
     with torch.no_grad():
         theirs = ipndm_reference(tiny.model, tiny.schedule.alphas_cumprod_at(torch.tensor(steps)), list(steps), x_T)
@@ -103,11 +106,11 @@ def test_our_unipc_equals_diffusers_unipc_multistep_scheduler_on_its_timesteps(t
                         "lower_order_final": True, "thresholding": False}
     theirs = diffusers_sample(loaded, "unipc", n=4, nfe=8, seed=5, clamp=False)
     policy = Explicit(steps=tuple(theirs.grid.tolist()), schedule=tiny.schedule)
-    ours = generate(tiny.model, tiny.schedule, policy, SolverSpec("unipc"), n=4, seed=5, clamp=False)
+    ours = generate(tiny.model, tiny.schedule, policy, SolverSpec("unipc"), n=4, seed=5)
     assert close(ours.x0, theirs.x0)
     assert ours.nfe.tolist() == theirs.nfe.tolist() == [8] * 4
     # the corrector matters: its predictor alone (DPM-Solver++(2M)) is far from diffusers' UniPC
-    predictor_only = generate(tiny.model, tiny.schedule, policy, SolverSpec("dpmpp-2m"), n=4, seed=5, clamp=False)
+    predictor_only = generate(tiny.model, tiny.schedule, policy, SolverSpec("dpmpp-2m"), n=4, seed=5)
     assert not close(predictor_only.x0, theirs.x0)
 
 
@@ -115,7 +118,9 @@ def test_our_unipc_equals_diffusers_unipc_multistep_scheduler_on_its_timesteps(t
 @pytest.mark.parametrize("policy", [StepDrop(nfe=6, base_steps=12), Adaptive(base_steps=12, p0=0.1)],
                          ids=["stepdrop", "adaptive"])
 def test_a_sample_comes_out_the_same_at_any_batch_size(tiny, policy, solver):
-    runs = [generate(tiny.model, tiny.schedule, policy, SolverSpec(solver), n=5, seed=11, batch_size=b) for b in (1, 3, 5)]
+    # the clamp keeps an untrained net's samples in [−1, 1], where float32 resolves the 1e-5 asked for
+    runs = [generate(tiny.model, tiny.schedule, policy, SolverSpec(solver), n=5, seed=11, batch_size=b, runtime=CLAMPED)
+            for b in (1, 3, 5)]
     for run in runs[1:]:
         assert torch.equal(run.evaluated, runs[0].evaluated)
         assert torch.allclose(run.x0, runs[0].x0, atol=1e-5, rtol=0)
@@ -126,12 +131,12 @@ def test_a_sample_comes_out_the_same_at_any_batch_size(tiny, policy, solver):
 def test_a_skipping_sample_steps_as_a_dense_run_over_the_steps_it_evaluated(tiny, solver):
     """Under StepDrop each sample's history is its own evaluations: its result is the static run over its path."""
     n, seed = 4, 7
-    run = generate(tiny.model, tiny.schedule, StepDrop(nfe=6, base_steps=12), SolverSpec(solver), n=n, seed=seed)
+    run = generate(tiny.model, tiny.schedule, StepDrop(nfe=6, base_steps=12), SolverSpec(solver), n=n, seed=seed, runtime=CLAMPED)
     x_T = initial_noise(n, (tiny.config.in_channels, tiny.config.image_size, tiny.config.image_size), seed)
     assert len({tuple(path.tolist()) for path in run.evaluated}) > 1
     for b in range(n):
         path = Explicit(steps=tuple(run.grid[run.evaluated[b]].tolist()), schedule=tiny.schedule)
-        alone = generate(tiny.model, tiny.schedule, path, SolverSpec(solver), n=1, seed=seed, x_T=x_T[b:b + 1])
+        alone = generate(tiny.model, tiny.schedule, path, SolverSpec(solver), n=1, seed=seed, x_T=x_T[b:b + 1], runtime=CLAMPED)
         assert torch.allclose(alone.x0[0], run.x0[b], atol=1e-5, rtol=0)
 
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec, Step, predict_x0, solver_class
+from stepdrop_search.diffusion.solvers.base import applied
 from stepdrop_search.errors import UserError
 
 Tensor = torch.Tensor
@@ -171,10 +173,11 @@ class SampleResult:
 
 
 class NFECounter:
-    """Wraps ε_θ and counts evaluations per sample on the device (no host sync)."""
+    """Wraps ε_θ and counts evaluations per sample on the device (no host sync). The network is fed the time the
+    runtime feeds it (:meth:`Runtime.network_time_of`); the solver's coefficients keep the real t."""
 
-    def __init__(self, model: torch.nn.Module, batch: int, device: torch.device) -> None:
-        self.model = model
+    def __init__(self, model: torch.nn.Module, batch: int, device: torch.device, runtime: Runtime = DEFAULT_RUNTIME) -> None:
+        self.model, self.runtime = model, runtime
         self.counts = torch.zeros(batch, dtype=torch.long, device=device)
 
     def __call__(self, x: Tensor, t: Tensor, idx: Tensor | None) -> Tensor:
@@ -182,7 +185,7 @@ class NFECounter:
             self.counts += 1
         else:
             self.counts.index_add_(0, idx, torch.ones_like(idx))
-        return self.model(x, t.expand(x.shape[0]))
+        return self.model(x, self.runtime.network_time_of(t).expand(x.shape[0]))
 
 
 class AmplitudeCalibration:
@@ -214,10 +217,14 @@ def next_evaluated(evaluate: Tensor) -> Tensor:
 
 
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, *, eta: float = 0.0,
-           clamp: bool = True, streams: SampleStreams | None = None,
+           runtime: Runtime = DEFAULT_RUNTIME, streams: SampleStreams | None = None,
            calibration: AmplitudeCalibration | None = None, trajectory: bool = False,
            solver: SolverSpec | None = None, differentiable: bool = False) -> SampleResult:
     """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample goes to x̂0.
+
+    ``runtime`` decides the conventions a σ list and a solver leave open (:mod:`.runtimes`): whether x̂0 is clamped, the
+    time the network is fed, and how the start noise ``x`` is scaled (1 for the exact VP start x_T = ε). Its solver set
+    is checked here; Heun's correction pattern is the ``solver`` spec's (``spec_for_nfe`` builds it for a runtime).
 
     The solver of grid step i is the registered strategy named ``plan.solvers[i]`` (``solver`` gives the
     run's own spec: η and, for Heun, the NFE budget); each strategy keeps its per-sample state, which the
@@ -232,10 +239,10 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
     recorded (the fast path).
     """
     with torch.set_grad_enabled(differentiable):
-        return _sample(model, schedule, x, plan, eta, clamp, streams, calibration, trajectory, solver)
+        return _sample(model, schedule, x, plan, eta, runtime, streams, calibration, trajectory, solver)
 
 
-def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, eta: float, clamp: bool,
+def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, eta: float, runtime: Runtime,
             streams: SampleStreams | None, calibration: AmplitudeCalibration | None, trajectory: bool,
             solver: SolverSpec | None) -> SampleResult:
     device, batch, length = x.device, x.shape[0], len(plan.grid)
@@ -247,9 +254,11 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
     abar = schedule.alphas_cumprod_at(plan.grid).to(device=device, dtype=torch.float64)
     a_ext = torch.cat([abar, torch.ones(1, device=device, dtype=torch.float64)])  # index L = "jump to x̂0"
     t_ext = torch.cat([grid, torch.zeros(1, dtype=grid.dtype, device=device)])
-    counter = NFECounter(model, batch, device)
+    for name in dict.fromkeys(plan.solvers):
+        runtime.check_solver(name, solver.eta if solver is not None and solver.name == name else None)
+    counter = NFECounter(model, batch, device, runtime)
     evaluated = torch.zeros(batch, length, dtype=torch.bool, device=device)
-    x = x.clone()
+    x = x * applied(runtime.start_scale(abar[0], schedule.alphas_cumprod_at(torch.tensor(schedule.T - 1)).to(abar)), x)
     if trajectory and not plan.dense:
         raise UserError("trajectories are recorded for static policies only")
     states = torch.empty((length, *x.shape), device=device, dtype=x.dtype) if trajectory else None
@@ -289,7 +298,7 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
         xi = x if idx is None else x.index_select(0, idx)
         eps = counter(xi, grid[i], idx)
         a_t = a_ext[i]
-        x0, eps_c = predict_x0(xi, eps, a_t, clamp)
+        x0, eps_c = predict_x0(xi, eps, a_t, runtime.clamp)
         if denoised is not None:
             denoised[i] = x0
 
@@ -318,7 +327,7 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
             return counter(xs, ts, idx if which is None else (which if idx is None else idx.index_select(0, which)))
 
         kept = memory[name] if idx is None else {k: v.index_select(0, idx) for k, v in memory[name].items()}
-        step = Step(xi, x0, eps_c, a_t, a_s, t_s, noise, specs[name].eta, evaluate_more, clamp, i,
+        step = Step(xi, x0, eps_c, a_t, a_s, t_s, noise, specs[name].eta, evaluate_more, runtime.clamp, i,
                     idx is None and target == length)
         x_next, kept = strategies[name].step(step, kept)
         if idx is None:

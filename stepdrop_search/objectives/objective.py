@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.generation import generate
 from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import fidelity_metrics
@@ -43,18 +44,20 @@ class Objective:
     residual_weight: float = 100.0
     teacher: Teacher = field(default_factory=Teacher)
     batch_size: int = 256
+    runtime: Runtime = DEFAULT_RUNTIME  # the residual's teacher runs under it; each document runs under its own
     log: Callable[[str], None] = field(default=lambda m: None, repr=False)
 
     def __post_init__(self) -> None:
         self._teacher_x0 = teacher_outputs(self.loaded, self.teacher, n=self.samples, seed=self.seed,
-                                           batch_size=self.batch_size, log=self.log) if self.residual_weight else None
+                                           batch_size=self.batch_size, runtime=self.runtime, log=self.log) \
+            if self.residual_weight else None
 
     def __call__(self, document: PolicyDocument, samples: int | None = None, with_fid: bool = True) -> Scores:
         """Score a policy on the first ``samples`` (default all) of the fixed noise set; ``with_fid=False``
         is the cheap rung of a search (residual only)."""
         n = min(samples or self.samples, self.samples)
         run = generate(self.loaded.model, self.loaded.schedule, document.policy, document.solver, n=n, seed=self.seed,
-                       batch_size=self.batch_size)
+                       batch_size=self.batch_size, runtime=document.runtime)
         nfe = float(run.nfe.float().mean())
         if not torch.isfinite(run.x0).all():
             return Scores(math.inf, nfe=nfe, failed="non-finite samples")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import NOISE_SCHEME
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
@@ -49,15 +50,16 @@ def cache_dir() -> Path:
 
 
 def teacher_outputs(loaded: LoadedModel, teacher: Teacher, *, n: int, seed: int, batch_size: int = 256,
-                    log: Callable[[str], None] = lambda m: None) -> torch.Tensor:
-    """x0 of the teacher for samples 0..n−1 of ``seed`` (the same x_T every policy gets), cached."""
+                    runtime: Runtime = DEFAULT_RUNTIME, log: Callable[[str], None] = lambda m: None) -> torch.Tensor:
+    """x0 of the teacher under ``runtime`` for samples 0..n−1 of ``seed`` (the same x_T every policy gets), cached."""
     cfg = loaded.config
+    runtime.check_solver(teacher.solver)
     spec = SolverSpec(teacher.solver)
     # A stochastic teacher's output depends on how solver noise is drawn: key it by that scheme, so an entry written
     # before the per-sample streams is never reused (deterministic teachers keep their keys and caches).
     noise = f"|{NOISE_SCHEME}" if spec.solver.stochastic(spec.eta) else ""
     key = hashlib.sha256(f"{loaded.weights_hash}|{loaded.schedule.hash}|{teacher.name}|{seed}|{n}|"
-                         f"{cfg.in_channels}x{cfg.image_size}{noise}".encode()).hexdigest()[:20]
+                         f"{cfg.in_channels}x{cfg.image_size}{noise}|{runtime.name}".encode()).hexdigest()[:20]
     path = cache_dir() / f"teacher-{key}.pt"
     if path.is_file():
         try:
@@ -70,7 +72,7 @@ def teacher_outputs(loaded: LoadedModel, teacher: Teacher, *, n: int, seed: int,
     policy = Uniform(nfe=teacher.steps, schedule=loaded.schedule)
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     x0 = generate(loaded.model, loaded.schedule, policy, spec, n=n, seed=seed,
-                  batch_size=batch_size, x_T=x_T, log=log).x0
+                  batch_size=batch_size, x_T=x_T, runtime=runtime, log=log).x0
     atomic_write(path, lambda tmp: torch.save(x0, tmp))
     return x0
 

@@ -1,13 +1,19 @@
-"""The versioned JSON policy file (``"schema": 2``) and its one validator.
+"""The versioned JSON policy file (``"schema": 3``) and its one validator.
 
 A document holds the policy (kind, params, nfe, noise schedule + hash, timesteps when static), the
-solver it was made for, and provenance (model hash, command, date, objective values…). Loading checks
-everything and turns each problem into one :class:`UserError` line; saving is atomic.
+solver it was made for, the runtime its numbers were measured under, and provenance (model hash, command, date,
+objective values…). Loading checks everything and turns each problem into one :class:`UserError` line; saving is
+atomic.
+
+Schema 3 adds ``runtime`` (:mod:`stepdrop_search.diffusion.runtimes`): the same steps and solver sample other images
+under another tool's conventions, so a number without its runtime does not say what a user gets. Files of schemas 1
+and 2 record none; they were measured under what is now called ``legacy`` (x̂0 clamp, Heun's first interval
+uncorrected at an even NFE) and load as such. A schema-2 reader meets a schema-3 file with "schema 3 is not
+supported" rather than sampling it under the wrong conventions.
 
 Schema 2 lets timesteps be real numbers in [0, T−1] (continuous time; JSON integers stay discrete steps) and
-adds the ``continuous`` parameter of karras/logsnr and the ``sigmas`` kind. Saving always writes schema 2;
-schema-1 files (integer timesteps, the same fields) keep loading to the same policies. A schema-1 reader meets a
-schema-2 file with "schema 2 is not supported" rather than a confusing complaint about real timesteps.
+adds the ``continuous`` parameter of karras/logsnr and the ``sigmas`` kind; schema-1 files (integer timesteps, the
+same fields) keep loading to the same policies. Saving always writes the newest schema.
 """
 
 from __future__ import annotations
@@ -20,14 +26,15 @@ from pathlib import Path
 
 import torch
 
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, RUNTIMES, UNRECORDED_RUNTIME, Runtime, runtime_named
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.files import write_text
 from stepdrop_search.policies.base import Policy, policy_class, validate_timesteps
 
-SCHEMA = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA = 3
+READABLE_SCHEMAS = (1, 2, 3)
 #: A recomputed real timestep may differ from the file's in the last bits on another platform (libm, numpy);
 #: the file still matches its parameters within this. Integer timesteps must match exactly.
 REAL_TIMESTEP_TOLERANCE = 1e-9
@@ -36,9 +43,25 @@ REQUIRED = ("schema", "kind", "params", "nfe", "solver", "noise_schedule", "nois
 
 @dataclass(frozen=True)
 class PolicyDocument:
+    """A policy, the solver that runs it and the runtime whose conventions it runs under: one sampler, as a file."""
+
     policy: Policy
     solver: SolverSpec = field(default_factory=SolverSpec)
     provenance: dict = field(default_factory=dict)
+    runtime: Runtime = DEFAULT_RUNTIME
+
+    def under(self, runtime: Runtime) -> PolicyDocument:
+        """The same steps and solver run under ``runtime``. A Heun budget spent exactly (``legacy``) becomes the runtime's
+        own pattern, and measured values move to ``provenance["measured_under"]``: they were not measured here."""
+        if runtime == self.runtime:
+            return self
+        solver = self.solver
+        if solver.nfe is not None and not runtime.spends_even_heun_budgets:
+            solver = SolverSpec(solver.name, solver.eta)
+        provenance = {k: v for k, v in self.provenance.items() if k != "objective"}
+        if "objective" in self.provenance:
+            provenance["measured_under"] = {"runtime": self.runtime.name, "objective": self.provenance["objective"]}
+        return PolicyDocument(self.policy, solver, provenance, runtime)
 
     def to_dict(self) -> dict:
         p = self.policy
@@ -49,6 +72,7 @@ class PolicyDocument:
             "nfe": p.nfe,
             "expected_nfe": round(p.expected_nfe(), 4),
             "solver": self.solver.to_dict(),
+            "runtime": self.runtime.to_dict(),
             "noise_schedule": p.schedule.to_dict(),
             "noise_schedule_hash": p.schedule.hash,
         }
@@ -70,7 +94,7 @@ class PolicyDocument:
         schema = doc["schema"]
         if type(schema) is not int or schema not in READABLE_SCHEMAS:  # true == 1 and 2.0 == 2 in Python
             raise UserError(f"{source}: schema {schema!r} is not supported (this version reads schemas "
-                            f"{' and '.join(map(str, READABLE_SCHEMAS))})")
+                            f"{', '.join(map(str, READABLE_SCHEMAS))})")
         if not isinstance(doc["kind"], str):
             raise UserError(f"{source}: kind must be a string")
         kind_cls = policy_class(doc["kind"])
@@ -93,6 +117,10 @@ class PolicyDocument:
         provenance = doc.get("provenance", {})
         if not isinstance(provenance, dict):
             raise UserError(f"{source}: provenance must be a JSON object")
+        runtime = _read_runtime(doc, schema, source)
+        if solver.nfe is not None and not runtime.spends_even_heun_budgets:
+            raise UserError(f"{source}: a Heun NFE budget in \"solver\" is spent exactly only under the legacy runtime; "
+                            f"under {runtime.name} drop it (the grid's length decides the NFE)")
 
         stored = None
         if kind_cls.static:
@@ -116,7 +144,19 @@ class PolicyDocument:
         if stored is not None and not _same_timesteps(policy.timesteps(), stored):
             raise UserError(f"{source}: timesteps do not match the {policy.kind} policy's parameters; "
                             "for a hand-edited list set \"kind\": \"explicit\"")
-        return cls(policy, solver, provenance)
+        return cls(policy, solver, provenance, runtime)
+
+
+def _read_runtime(doc: dict, schema: int, source: str) -> Runtime:
+    """The recorded runtime: its name (or an object with a "name"); files before schema 3 record none (``legacy``)."""
+    if schema < 3:
+        return UNRECORDED_RUNTIME
+    recorded = doc.get("runtime")
+    name = recorded.get("name") if isinstance(recorded, dict) else recorded
+    if not isinstance(name, str) or name not in RUNTIMES:
+        raise UserError(f"{source}: runtime must name one of {', '.join(RUNTIMES)} (as {{\"name\": \"stepdrop\"}}), "
+                        f"got {recorded!r}")
+    return runtime_named(name)
 
 
 def _same_timesteps(computed: torch.Tensor, stored: torch.Tensor) -> bool:

@@ -1,5 +1,5 @@
 """Schedules that travel: σ lists for k-diffusion, ComfyUI and A1111/Forge, published lists imported onto a model's
-noise schedule, and a schedule moved to another NFE.
+noise schedule, a schedule moved to another NFE, and the check that an export samples there what was measured here.
 
 Every list here is a k-diffusion σ list (σ = √((1 − ᾱ)/ᾱ), descending, a trailing 0 for the jump to x̂0), written
 in positional notation (ComfyUI's ``ManualSigmas`` reads no exponents) with the shortest digits that give back the
@@ -16,7 +16,9 @@ import math
 import re
 
 import numpy as np
+import torch
 
+from stepdrop_search.diffusion.runtimes import EXPORT_RUNTIMES, KDIFFUSION_SOLVERS, RUNTIMES, Runtime, convention_differences
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies.base import Policy, validate_timesteps
@@ -93,3 +95,98 @@ def resample(policy: Policy, nfe: int) -> Explicit:
     log_sigma = sigma.log().flip(0).numpy()  # ascending
     values = np.exp(np.interp(np.linspace(0, 1, nfe), np.linspace(0, 1, len(sigma)), log_sigma))[::-1]
     return from_sigmas(list(values), policy.schedule)
+
+
+# ------------------------------------------------------------------------------------------- exports that refuse
+
+#: Why a tool lacks one of our solvers, for the refusal (solvers the tool has need no reason).
+MISSING_SOLVER_REASONS = {
+    "unipc": "UniPC runs in this project's sampler only: k-diffusion has none, ComfyUI's uni_pc is another implementation "
+             "and diffusers' UniPCMultistepScheduler takes no custom steps",
+    "ipndm": "iPNDM runs in this project's sampler only: k-diffusion has none, ComfyUI's ipndm takes an Adams–Bashforth "
+             "step to σ = 0 where ours returns x̂0, and diffusers' IPNDMScheduler takes no custom steps",
+    "dpmpp-3m": "k-diffusion's sample_dpmpp_3m_sde warms up with a φ₂ second-order step where ours takes diffusers' midpoint "
+                "one; diffusers' DPMSolverMultistepScheduler(solver_order=3) runs ours (--format diffusers)",
+    "ddpm": "the tool draws the ancestral noise itself, so no export can reproduce samples measured here; "
+            "k-diffusion's sample_euler_ancestral takes a noise_sampler (--format sigmas)",
+    "dpmpp-2m-sde": "the tool draws the SDE noise itself (a Brownian tree), so no export can reproduce samples measured here; "
+                    "k-diffusion's sample_dpmpp_2m_sde takes a noise_sampler (--format sigmas)",
+}
+
+
+def export_problems(document, target: Runtime) -> list[str]:
+    """What makes ``target`` sample something else from the exported steps than ``document`` measured: a solver the tool
+    lacks (or has at another η), more than one solver along the steps, or a convention that differs for these steps.
+    Empty when the export reproduces the document's samples (and NFE) there."""
+    policy, solver = document.policy, document.solver
+    steps = policy.fixed_timesteps(f"the {target.name} export")  # a per-sample kind is refused in one line
+    problems = []
+    along = set(policy.solvers(solver.name, len(steps)))
+    if len(along) > 1:
+        problems.append(f"the policy mixes solvers ({', '.join(sorted(along))}) and one σ list runs one sampler")
+    if not target.has_solver(solver.name):
+        problems.append(f"{target.name} has no {solver.name} ({MISSING_SOLVER_REASONS.get(solver.name, 'no such sampler')})")
+    elif solver.name in target.fixed_eta and solver.eta != target.fixed_eta[solver.name]:
+        problems.append(f"{target.name} runs {solver.name} at η = {target.fixed_eta[solver.name]:g} only, this is η = {solver.eta:g}")
+    schedule = policy.schedule
+    problems += convention_differences(document.runtime, target, steps=steps, abar_start=schedule.alphas_cumprod_at(steps[:1])[0],
+                                       abar_max=schedule.alphas_cumprod_at(torch.tensor(schedule.T - 1)),
+                                       heun_uncorrected_first=solver.solver.uncorrected_first(len(steps)))
+    return problems
+
+
+def check_export(document, fmt: str, source: str) -> Runtime:
+    """The runtime ``fmt`` runs under, after refusing in one line an export whose samples there would differ: what differs
+    and the fix (measure the steps under that runtime, which is what ``--runtime`` on the export does)."""
+    target = RUNTIMES[EXPORT_RUNTIMES[fmt]]
+    problems = export_problems(document, target)
+    if problems:
+        heun_recipe = "; k-diffusion reproduces an uncorrected first Heun interval with two calls, x = sample_euler(model, x, " \
+                      "sigmas[:2]) then sample_heun(model, x, sigmas[1:])" if any("uncorrected" in p for p in problems) else ""
+        fix = (f"pick a solver {target.name} has ({', '.join(target.solvers)})" if not target.has_solver(document.solver.name)
+               else f"re-measure under it (`stepdrop-search evaluate --policy {source} --runtime {target.name}`), or export "
+                    f"with `--runtime {target.name}` to accept its conventions (the numbers measured under "
+                    f"{document.runtime.name} are then dropped)")
+        raise UserError(f"{source} cannot be exported for {target.name} as it was measured: {'; '.join(problems)}. "
+                        f"Fix: {fix}{heun_recipe}")
+    return target
+
+
+def run_cost(document) -> int:
+    """The network evaluations one sample of a static policy costs, counted as the runtime spends them."""
+    return int(document.solver.solver.nfe(len(document.policy.timesteps())))
+
+
+def kdiffusion_call(document) -> str:
+    """The k-diffusion 0.1.1.post1 call that runs ``document``'s solver on ``sigmas`` from our x_T."""
+    solver = document.solver
+    name = KDIFFUSION_SOLVERS[solver.name]
+    extra = ""
+    if solver.name == "ddim" and solver.eta:
+        name, extra = "sample_euler_ancestral", f", eta={solver.eta:g}, noise_sampler=noise_sampler"
+    elif solver.name == "ddpm":
+        extra = ", eta=1.0, noise_sampler=noise_sampler"
+    elif solver.name == "dpmpp-2m-sde":
+        extra = f", eta={solver.eta:g}, noise_sampler=noise_sampler"
+    return f"x0 = k_diffusion.sampling.{name}(model, noise * (1 + sigmas[0] ** 2) ** 0.5, torch.tensor(sigmas){extra})"
+
+
+def export_hints(document, fmt: str) -> list[str]:
+    """Comment lines that say how to run a text export in its tool: the sampler to pick, the start, the NFE it costs
+    there and what the numbers assume."""
+    target = RUNTIMES[EXPORT_RUNTIMES[fmt]]
+    nfe = run_cost(document)
+    rt = document.runtime
+    assumes = (f"# runtime {rt.name}: {'x̂0 clamp' if rt.clamp else 'no x̂0 clamp'}, {rt.network_time} t, {rt.start} start; "
+               f"{nfe} network evaluations per sample")
+    if fmt == "sigmas":
+        return ["# k-diffusion: model = k_diffusion.external.DiscreteEpsDDPMDenoiser(unet, alphas_cumprod, quantize=False)",
+                f"# {kdiffusion_call(document)}"
+                + ("  # noise_sampler(σ, σ_next): the step's standard normal" if "noise_sampler" in kdiffusion_call(document) else ""),
+                "# diffusers: EulerDiscreteScheduler.set_timesteps(sigmas=sigmas) (ddim only; --format diffusers for the others); "
+                "back: policy import --sigmas '[…]'", assumes]
+    if fmt == "comfyui":
+        return [f"# ComfyUI: ManualSigmas (this text) → SamplerCustom's sigmas; KSamplerSelect sampler_name: "
+                f"{target.tool_name(document.solver.name)}; add_noise on", assumes]
+    return [f"# A1111/Forge: a custom-scheduler extension's σ list (this text); sampler: {target.tool_name(document.solver.name)}",
+            assumes]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import Plan, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec, Step, ddim_step, predict_x0, solver_class
@@ -49,10 +50,12 @@ class TeacherTrajectory:
     denoised: torch.Tensor  # (N, B, …): the teacher's x̂0 prediction at nodes 0..N−1
     alphas: torch.Tensor  # (N+1,) float64 ᾱ at nodes, 1 at node N
     nfe: int  # network evaluations the teacher cost (N · B)
+    runtime: Runtime = DEFAULT_RUNTIME  # the conventions it was sampled under (the DP-OSS student follows them)
 
     def subset(self, n: int) -> TeacherTrajectory:
         """The first ``n`` trajectories (what they cost is counted as theirs alone)."""
-        return TeacherTrajectory(self.grid, self.states[:, :n], self.denoised[:, :n], self.alphas, len(self.grid) * n)
+        return TeacherTrajectory(self.grid, self.states[:, :n], self.denoised[:, :n], self.alphas, len(self.grid) * n,
+                                 self.runtime)
 
 
 @dataclass
@@ -87,9 +90,14 @@ def teacher_grid(schedule: NoiseSchedule, size: int, spacing: str = "uniform", r
 
 
 def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = GITS_TEACHER[1], n: int = 64, seed: int = 0,
-                       spacing: str = GITS_TEACHER[2], solver: str = GITS_TEACHER[0]) -> TeacherTrajectory:
+                       spacing: str = GITS_TEACHER[2], solver: str = GITS_TEACHER[0],
+                       runtime: Runtime = DEFAULT_RUNTIME) -> TeacherTrajectory:
     """``solver`` (deterministic; default iPNDM, as GITS) on a ``grid_size``-node grid (:func:`teacher_grid`) from the
-    x_T of ``seed``: the states and x̂0 predictions at every node, for every solver's DP (module docstring)."""
+    x_T of ``seed`` under ``runtime``: the states and x̂0 predictions at every node, for every solver's DP (module
+    docstring). A teacher solver the runtime lacks is replaced by the runtime's deterministic one of highest order
+    (the teacher is a reference trajectory, never exported)."""
+    if not runtime.has_solver(solver):
+        solver = next(s for s in ("ipndm", "dpmpp-2m", "ddim") if runtime.has_solver(s))
     spec = SolverSpec(solver)
     if spec.solver.stochastic(spec.eta):
         raise UserError(f"the DP teacher must be deterministic; {solver} draws noise (use ipndm, ddim, dpmpp-2m, …)")
@@ -97,11 +105,12 @@ def teacher_trajectory(loaded: LoadedModel, *, grid_size: int = GITS_TEACHER[1],
     device = next(loaded.model.parameters()).device
     cfg = loaded.config
     x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed).to(device)
-    run = sample(loaded.model, loaded.schedule, x_T, Plan(grid, (solver,) * len(grid)), solver=spec, trajectory=True)
+    run = sample(loaded.model, loaded.schedule, x_T, Plan(grid, (solver,) * len(grid)), solver=spec, trajectory=True,
+                 runtime=runtime)
     abar = loaded.schedule.alphas_cumprod_at(grid).to(device)
     alphas = torch.cat([abar, torch.ones(1, device=device, dtype=abar.dtype)])
     return TeacherTrajectory(run.grid, torch.cat([run.trajectory, run.x0[None]]), run.denoised, alphas,
-                             int(spec.solver.nfe(grid_size)) * n)
+                             int(spec.solver.nfe(grid_size)) * n, runtime)
 
 
 def edge_step(x: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
@@ -183,7 +192,8 @@ def gits_schedule(traj: TeacherTrajectory, nfe: int, *, cost: str = "dev", gamma
 
 
 def one_step_edges(loaded: LoadedModel, form: str, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
-                   a_t: torch.Tensor, a_targets: torch.Tensor, t_targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+                   a_t: torch.Tensor, a_targets: torch.Tensor, t_targets: torch.Tensor,
+                   runtime: Runtime = DEFAULT_RUNTIME) -> tuple[torch.Tensor, int]:
     """One step of solver ``form`` from (x, x̂0, ε) at ᾱ_t to each of M targets: ((M, B, …) states, NFE spent).
 
     DDIM's step is closed form (no evaluation); any other form runs the registered solver's own step from a fresh
@@ -196,22 +206,25 @@ def one_step_edges(loaded: LoadedModel, form: str, x: torch.Tensor, x0: torch.Te
 
     def evaluate(xs: torch.Tensor, ts: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
         spent[0] += xs.shape[0]
+        ts = runtime.network_time_of(ts)
         return loaded.model(xs, ts.expand(xs.shape[0]) if ts.dim() == 0 else ts)
 
     def rows(v: torch.Tensor) -> torch.Tensor:
         return v[None].expand(M, *v.shape).reshape(M * B, *v.shape[1:])
 
     a_s = a_targets.repeat_interleave(B).view(-1, *([1] * (x.dim() - 1)))
-    step = Step(rows(x), rows(x0), rows(eps), a_t, a_s, t_targets.repeat_interleave(B), None, 0.0, evaluate, True, 1)
+    step = Step(rows(x), rows(x0), rows(eps), a_t, a_s, t_targets.repeat_interleave(B), None, 0.0, evaluate, runtime.clamp, 1)
     out, _ = solver.step(step, solver.init_state(step.x))
     return out.view(M, *x.shape).to(x.dtype), spent[0]
 
 
 @torch.no_grad()
 def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solver: str = "ddim",
-                 batch_size: int = 512) -> DPResult:
-    """OSS student-state DP with ``solver``'s one-step form on every edge; per-sample schedules aggregated per level by
-    their median (the mean of the two middle values for an even batch, as OSS-ave)."""
+                 batch_size: int = 512, runtime: Runtime | None = None) -> DPResult:
+    """OSS student-state DP with ``solver``'s one-step form on every edge, under ``runtime`` (default: the teacher's);
+    per-sample schedules aggregated per level by their median (the mean of the two middle values for an even batch, as
+    OSS-ave)."""
+    runtime = runtime or traj.runtime
     form = solver_class(solver).one_step_form
     N = len(traj.grid)
     if not 1 <= nfe <= N:
@@ -233,18 +246,19 @@ def oss_schedule(loaded: LoadedModel, traj: TeacherTrajectory, nfe: int, *, solv
         new_student = torch.empty_like(student)
         for i in sources:
             x = student[i]
-            eps_chunks = [loaded.model(x[s:s + batch_size], traj.grid[i].to(device).expand(len(x[s:s + batch_size])))
+            t_net = runtime.network_time_of(traj.grid[i].to(device))
+            eps_chunks = [loaded.model(x[s:s + batch_size], t_net.expand(len(x[s:s + batch_size])))
                           for s in range(0, B, batch_size)]
             spent += B
             eps = torch.cat(eps_chunks)
             a_t = abar_nodes[i]
-            x0, eps_c = predict_x0(x, eps, a_t, clamp=True)
+            x0, eps_c = predict_x0(x, eps, a_t, clamp=runtime.clamp)
             # Intermediate levels may stop at any node after i but x̂0; the last level must reach x̂0.
             lo, hi = (N, N + 1) if last else (i + 1, N - (nfe - level - 2))
             if lo >= hi:
                 continue
             cand, extra = one_step_edges(loaded, form, x, x0.to(x.dtype), eps_c.to(x.dtype), a_t, abar_nodes[lo:hi],
-                                         t_nodes[lo:hi])
+                                         t_nodes[lo:hi], runtime)
             spent += extra
             cost = _distance(cand - traj.states[lo:hi], "l2")  # (hi−lo, B)
             better = cost < new_best[lo:hi]

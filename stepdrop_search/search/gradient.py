@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import Plan, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
@@ -148,7 +149,7 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
                    train: tuple[Tensor, Tensor], validation: tuple[Tensor, Tensor], init: Tensor | None = None,
                    space: str = "logsnr", loss: str = "l2", features: FeatureFile | None = None,
                    epochs: int = 20, batch_size: int = 16, lr: float = 5e-3, patience: int = 5,
-                   forcing: bool = True, seconds: float | None = None, seed: int = 0, clamp: bool = True,
+                   forcing: bool = True, seconds: float | None = None, seed: int = 0, runtime: Runtime = DEFAULT_RUNTIME,
                    log: Callable[[str], None] = lambda m: None) -> GradientResult:
     """Learn ``steps`` evaluation times for ``solver`` (LD3; module docstring).
 
@@ -177,7 +178,7 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
 
     def student(x: Tensor, grid: Tensor, grad: bool) -> Tensor:
         run = sample(model, schedule, x, Plan(grid, (solver.name,) * steps), eta=solver.eta, solver=solver,
-                     clamp=clamp, differentiable=grad)
+                     runtime=runtime, differentiable=grad)
         spent = int(run.nfe.sum())
         nfe["forward"] += spent
         nfe["backward"] += spent if grad else 0

@@ -42,6 +42,7 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
+from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import generate, initial_noise
@@ -117,6 +118,7 @@ class OptimizeConfig:
     out: str | None = None
     save_pool: str | None = None
     command: str = ""
+    runtime: str = "stepdrop"  # the conventions every candidate is sampled, scored and exported under
     search_solvers: tuple[str, ...] = ()  # set by optimize() from rung 1 (or the pinned --solver)
     requested_samples: tuple[int | None, int | None] | None = None  # (samples, promote_samples) as asked, before resolved()
 
@@ -149,7 +151,8 @@ class OptimizeConfig:
             raise UserError("gradient and DP methods produce explicit schedules; use --method optuna to search another --kind")
         if self.solver != "auto":
             SolverSpec(self.solver)
-            spec_for_nfe(self.solver, self.nfe)  # an NFE this solver cannot spend exactly is refused here
+            self.run_runtime.check_solver(self.solver)
+            spec_for_nfe(self.solver, self.nfe, runtime=self.run_runtime)  # an NFE this solver cannot run in is refused here
         elif self.kind != "explicit" or self.search_eta:
             raise UserError("--solver auto searches step sets across solvers; name one --solver to search "
                             "--kind or --search-eta")
@@ -161,6 +164,17 @@ class OptimizeConfig:
             raise UserError(f"--save-pool {self.save_pool} is a file; name a folder (it is created if missing)")
         search_seed(self.seed)  # in the search range
         Teacher.parse(self.teacher)
+        if not self.pool_solvers():
+            raise UserError(f"runtime {self.runtime} has none of the solvers to search")
+
+    @property
+    def run_runtime(self) -> Runtime:
+        """``runtime`` as the preset (an unknown name is refused in one line when the config is made)."""
+        return runtime_named(self.runtime)
+
+    def document(self, policy, spec: SolverSpec, provenance: dict | None = None) -> PolicyDocument:
+        """A candidate of this run: ``policy`` with ``spec`` under the run's runtime."""
+        return PolicyDocument(policy, spec, provenance or {}, self.run_runtime)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -172,7 +186,7 @@ class OptimizeConfig:
         if self.study:
             return self.study
         span = f"{self.nfe_range[0]}-{self.nfe_range[1]}" if self.multi_objective else str(self.nfe)
-        return f"{self.kind}-{self.solver}-nfe{span}"
+        return f"{self.kind}-{self.solver}-nfe{span}" + ("" if self.runtime == "stepdrop" else f"-{self.runtime}")
 
     @property
     def directions(self) -> list[str]:
@@ -181,13 +195,14 @@ class OptimizeConfig:
     def study_config(self, model_hash: str) -> dict:
         """What the study optimises; a resumed run must match it."""
         keys = ("nfe", "kind", "solver", "seed", "trial_samples", "residual_weight", "teacher", "free_boundary",
-                "search_eta", "prune_samples", "multi_objective", "nfe_range")
+                "search_eta", "prune_samples", "multi_objective", "nfe_range", "runtime")
         samples, promote_samples = self.requested_samples or (self.samples, self.promote_samples)
         return {"model_hash": model_hash, **{k: _jsonable(getattr(self, k)) for k in keys}, "samples": samples,
                 "promote_samples": promote_samples}
 
     def pool_solvers(self) -> tuple[str, ...]:
-        return tuple(SOLVERS) if self.solver == "auto" else (self.solver,)
+        """Every solver the runtime has (``--solver auto``), or the pinned one."""
+        return self.run_runtime.solver_names(SOLVERS) if self.solver == "auto" else (self.solver,)
 
 
 def _jsonable(v):
@@ -211,7 +226,7 @@ class SearchCandidate:
 
     @property
     def key(self) -> tuple:
-        """What makes two candidates the same sampler: solver, η, its NFE budget (Heun), steps."""
+        """What makes two candidates the same sampler: solver, η, its NFE budget (Heun), steps (one run has one runtime)."""
         return candidate_key(self.document)
 
     def value(self, samples: int | None = None) -> float:
@@ -277,7 +292,8 @@ class Context:
         """The objective on the search seed's first ``promote_samples`` x_T (its teacher, if any, is computed here)."""
         largest = max(cfg.trial_samples, cfg.samples if cfg.multi_objective else cfg.promote_samples)
         self.objective = Objective(self.loaded, self.features, samples=largest, seed=search_seed(cfg.seed),
-                                   residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher), log=self.log)
+                                   residual_weight=cfg.residual_weight, teacher=Teacher.parse(cfg.teacher),
+                                   runtime=cfg.run_runtime, log=self.log)
 
     def score(self, doc: PolicyDocument, samples: int) -> Scores:
         """The objective of ``doc`` on the first ``samples`` x_T of the search seed (remembered for rung 0)."""
@@ -291,11 +307,12 @@ class Context:
 
 
 def pool_grids(cfg: OptimizeConfig) -> list[tuple[SolverSpec, int]]:
-    """(solver spec, grid size) of every pool solver that can spend exactly ``cfg.nfe`` (Heun cannot spend NFE 1)."""
+    """(solver spec, grid size) of every pool solver, on the largest grid that runs within ``cfg.nfe`` under the run's
+    runtime."""
     out = []
     for name in cfg.pool_solvers():
         try:
-            out.append(spec_for_nfe(name, cfg.nfe))
+            out.append(spec_for_nfe(name, cfg.nfe, runtime=cfg.run_runtime))
         except UserError:
             continue
     return out
@@ -311,7 +328,7 @@ def analytic_pool(cfg: OptimizeConfig, loaded: LoadedModel) -> list[SearchCandid
                 policy = cls(nfe=steps, schedule=loaded.schedule)
             except UserError:
                 continue  # the schedule cannot place that many distinct steps
-            out.append(SearchCandidate(f"{name}/{label}", PolicyDocument(policy, spec), "pool"))
+            out.append(SearchCandidate(f"{name}/{label}", cfg.document(policy, spec), "pool"))
     return out
 
 
@@ -338,7 +355,7 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
         return []
     phase(log, f"DP: {cfg.dp_teacher} teacher trajectories on a {cfg.dp_grid}-node {cfg.dp_spacing} grid for {cfg.dp_samples} samples")
     traj = teacher_trajectory(ctx.loaded, grid_size=cfg.dp_grid, n=cfg.dp_samples, seed=search_seed(cfg.seed),
-                              spacing=cfg.dp_spacing, solver=cfg.dp_teacher)
+                              spacing=cfg.dp_spacing, solver=cfg.dp_teacher, runtime=cfg.run_runtime)
     oss_traj = traj.subset(min(cfg.dp_oss_samples, cfg.dp_samples))
     out = []
     for steps, specs in sorted(by_size.items()):
@@ -346,7 +363,7 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
             res = gits_schedule(traj, steps, cost=cfg.gits_cost, gamma=cfg.gits_gamma)
             log(f"dp-gits on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
             policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
-            out += [SearchCandidate(f"{spec.name}/dp-gits", PolicyDocument(policy, spec), "pool") for spec in specs]
+            out += [SearchCandidate(f"{spec.name}/dp-gits", cfg.document(policy, spec), "pool") for spec in specs]
         if "dp-oss" not in wanted:
             continue
         forms: dict[str, list[SolverSpec]] = {}
@@ -358,10 +375,10 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
                 form = "ddim"
             forms.setdefault(form, []).append(spec)
         for form, members in forms.items():
-            res = oss_schedule(ctx.loaded, oss_traj, steps, solver=form)
+            res = oss_schedule(ctx.loaded, oss_traj, steps, solver=form, runtime=cfg.run_runtime)
             log(f"dp-oss ({form} steps) on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
             policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
-            out += [SearchCandidate(f"{spec.name}/dp-oss", PolicyDocument(policy, spec), "pool") for spec in members]
+            out += [SearchCandidate(f"{spec.name}/dp-oss", cfg.document(policy, spec), "pool") for spec in members]
     return out
 
 
@@ -381,7 +398,7 @@ def gradient_pool(cfg: OptimizeConfig, ctx: Context, rung1: list[SearchCandidate
     device = next(ctx.loaded.model.parameters()).device
     x_T = initial_noise(offset + 2 * n, shape, seed)[offset:].to(device)
     target = x_T if cfg.gradient_loss == "fid" else teacher_outputs(
-        ctx.loaded, Teacher.parse(cfg.teacher), n=offset + 2 * n, seed=seed, log=log)[offset:].to(device)
+        ctx.loaded, Teacher.parse(cfg.teacher), n=offset + 2 * n, seed=seed, runtime=cfg.run_runtime, log=log)[offset:].to(device)
     out = []
     for name in solvers:
         start = ranked([c for c in rung1 if c.document.solver.name == name], cfg.promote_samples)[0]
@@ -392,15 +409,15 @@ def gradient_pool(cfg: OptimizeConfig, ctx: Context, rung1: list[SearchCandidate
                              validation=(x_T[n:], target[n:]), init=start.document.policy.timesteps(),
                              space=cfg.gradient_space, loss=cfg.gradient_loss, features=ctx.features,
                              epochs=cfg.gradient_epochs, batch_size=cfg.gradient_batch, lr=cfg.gradient_lr,
-                             seconds=seconds, seed=cfg.seed, log=log)
+                             seconds=seconds, seed=cfg.seed, runtime=cfg.run_runtime, log=log)
         log(f"gradient: {name} validation {cfg.gradient_loss} {res.initial_validation_loss:.4f} → {res.validation_loss:.4f} "
             f"in {res.epochs} epochs, {res.seconds:.0f} s, {res.forward_nfe} forward + {res.backward_nfe} backward NFE: "
             f"{[round(float(t), 2) for t in res.steps]}")
         policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
-        if candidate_key(PolicyDocument(policy, spec)) == start.key:
+        if candidate_key(cfg.document(policy, spec)) == start.key:
             log(f"gradient: {name} kept its start (no epoch improved on validation)")
             continue
-        out.append(SearchCandidate(f"{name}/gradient", PolicyDocument(policy, spec), "pool", details={
+        out.append(SearchCandidate(f"{name}/gradient", cfg.document(policy, spec), "pool", details={
             "method": "gradient", "init": start.name, "loss": cfg.gradient_loss, "space": cfg.gradient_space,
             "validation_loss": [res.initial_validation_loss, res.validation_loss], "epochs": res.epochs,
             "seconds": round(res.seconds, 1), "forward_nfe": res.forward_nfe, "backward_nfe": res.backward_nfe}))
@@ -489,10 +506,11 @@ def trial_document(trial: optuna.Trial, cfg: OptimizeConfig, ctx: Context, nfe: 
     Step-set parameters are named per grid size, since solvers that spend one NFE differently need other counts."""
     solvers = search_solvers_of(cfg)
     name = trial.suggest_categorical("solver", list(solvers)) if len(solvers) > 1 else solvers[0]
-    spec, steps = spec_for_nfe(name, nfe)
+    spec, steps = spec_for_nfe(name, nfe, runtime=cfg.run_runtime)
     prefix = f"k{steps}_" if len(solvers) > 1 else ""
-    return suggest_document(trial, cfg.kind, steps, ctx.loaded.schedule, solver=spec, free_boundary=cfg.free_boundary,
-                            search_eta=cfg.search_eta, prefix=prefix)
+    doc = suggest_document(trial, cfg.kind, steps, ctx.loaded.schedule, solver=spec, free_boundary=cfg.free_boundary,
+                           search_eta=cfg.search_eta, prefix=prefix)
+    return cfg.document(doc.policy, doc.solver)
 
 
 def trial_function(cfg: OptimizeConfig, ctx: Context):
@@ -593,7 +611,7 @@ def seed_study(cfg: OptimizeConfig, study: optuna.Study, seeds: list[SearchCandi
             continue
         steps = cand.document.policy.timesteps().tolist()
         fits_fixed_ends = steps[0] == cand.document.policy.T - 1 and steps[-1] == 0
-        if len(steps) != spec_for_nfe(name, cfg.nfe)[1] or not (cfg.free_boundary or fits_fixed_ends):
+        if len(steps) != spec_for_nfe(name, cfg.nfe, runtime=cfg.run_runtime)[1] or not (cfg.free_boundary or fits_fixed_ends):
             continue
         params = steps_to_params(steps, cfg.free_boundary, f"k{len(steps)}_" if len(solvers) > 1 else "")
         study.enqueue_trial(params | ({"solver": name} if len(solvers) > 1 else {}), user_attrs={"source": cand.name},
@@ -688,7 +706,7 @@ def held_out_check(cfg: OptimizeConfig, ctx: Context, finalists: list[SearchCand
         advance(log, f"held-out check [{i}/{len(finalists)}] {cand.name}: {cfg.held_out_samples} samples of seed {seed} "
                      f"({clock.left()})")
         run = generate(ctx.loaded.model, ctx.loaded.schedule, cand.document.policy, cand.document.solver,
-                       n=cfg.held_out_samples, seed=seed)
+                       n=cfg.held_out_samples, seed=seed, runtime=cand.document.runtime)
         if not torch.isfinite(run.x0).all():
             continue
         feats[cand.name] = proxy_features(run.x0, ctx.features, device=device)[0]
@@ -812,7 +830,7 @@ def _optimize_pareto(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], Non
     device = next(ctx.loaded.model.parameters()).device
     for cand in pareto:
         run = generate(ctx.loaded.model, ctx.loaded.schedule, cand.document.policy, cand.document.solver,
-                       n=cfg.held_out_samples, seed=selection_seed(cfg.seed))
+                       n=cfg.held_out_samples, seed=selection_seed(cfg.seed), runtime=cand.document.runtime)
         fid = fid_of_features(proxy_features(run.x0, ctx.features, device=device)[0], ctx.features) \
             if torch.isfinite(run.x0).all() else math.inf
         cand.held_out = {"seed": selection_seed(cfg.seed), "samples": cfg.held_out_samples, "fid": fid}
@@ -837,7 +855,7 @@ def save_pool(cfg: OptimizeConfig, ctx: Context, pool: list[SearchCandidate], lo
             **cand.scores, "rungs": {str(k): v for k, v in sorted(cand.rungs.items())}, "search_seed": search_seed(cfg.seed)},
             search={"pool_member": cand.name, "held_out": cand.held_out, **({"made_by": cand.details} if cand.details else {})})
         save_policy(folder / f"{cand.name.replace('/', '_')}-nfe{cfg.nfe}.json",
-                    PolicyDocument(cand.document.policy, cand.document.solver, prov))
+                    cfg.document(cand.document.policy, cand.document.solver, prov))
     log(f"wrote the {len(pool)} pool candidates to {folder}/")
 
 
@@ -851,7 +869,8 @@ def export(cfg: OptimizeConfig, ctx: Context, cand: SearchCandidate, study_name:
     if cfg.multi_objective:
         path = Path(f"policies/pareto-{cfg.study_name}-{index}-nfe{nfe}.json")
     else:
-        path = Path(cfg.out) if cfg.out else Path(f"policies/best-{cfg.kind}-{cfg.solver}-nfe{nfe}.json")
+        suffix = "" if cfg.runtime == "stepdrop" else f"-{cfg.runtime}"
+        path = Path(cfg.out) if cfg.out else Path(f"policies/best-{cfg.kind}-{cfg.solver}-nfe{nfe}{suffix}.json")
     prov = provenance(public.command, ctx.loaded.weights_hash, objective={
         **cand.scores, "rungs": {str(k): v for k, v in sorted(cand.rungs.items())}, "search_seed": search_seed(cfg.seed),
         "residual_weight": cfg.residual_weight, "teacher": cfg.teacher, "held_out": cand.held_out},
@@ -861,6 +880,6 @@ def export(cfg: OptimizeConfig, ctx: Context, cand: SearchCandidate, study_name:
                 "sampler": cfg.sampler, "kind": cfg.kind, "solvers_searched": list(search_solvers_of(cfg)),
                 "wall_time_s": round(wall, 1),
                 "config": asdict(public) | {"nfe_range": _jsonable(cfg.nfe_range), "search_solvers": list(cfg.search_solvers)}})
-    saved = save_policy(path, PolicyDocument(cand.document.policy, cand.document.solver, prov))
+    saved = save_policy(path, cfg.document(cand.document.policy, cand.document.solver, prov))
     log(f"exported {cand.name} → {path}")
     return saved

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch
 
+from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
 from stepdrop_search.errors import UserError
 
 Tensor = torch.Tensor
@@ -161,8 +162,12 @@ class Solver:
         return steps
 
     def steps_for_nfe(self, nfe: int) -> int:
-        """The grid size whose run spends exactly ``nfe`` evaluations (``--nfe`` counts evaluations)."""
+        """The largest grid whose run spends at most ``nfe`` evaluations (``--nfe`` counts evaluations, a ceiling)."""
         return nfe
+
+    def uncorrected_first(self, steps: int) -> bool:
+        """Whether a multi-evaluation solver leaves its first interval without its extra evaluation."""
+        return False
 
 
 def no_history(batch: int, device: torch.device) -> Tensor:
@@ -201,11 +206,17 @@ class SolverSpec:
         return {"name": self.name, "eta": self.eta} | ({"nfe": self.nfe} if self.nfe is not None else {})
 
 
-def spec_for_nfe(name: str, nfe: int, eta: float | None = None) -> tuple[SolverSpec, int]:
-    """(solver spec, grid size) for a run of ``name`` that spends exactly ``nfe`` network evaluations."""
+def spec_for_nfe(name: str, nfe: int, eta: float | None = None, runtime: Runtime | str | None = None) -> tuple[SolverSpec, int]:
+    """(solver spec, grid size) for a run of ``name`` that spends at most ``nfe`` network evaluations under ``runtime``
+    (None: the default). A solver whose evaluations per step vary
+    (Heun) spends an even budget exactly only under a runtime that does (``legacy``); elsewhere the budget is a ceiling."""
     cls = solver_class(name)
-    spec = SolverSpec(name, eta, nfe if cls.variable_cost else None)
-    return spec, spec.solver.steps_for_nfe(nfe)
+    exact = cls.variable_cost and runtime_named(runtime).spends_even_heun_budgets
+    spec = SolverSpec(name, eta, nfe if exact else None)
+    steps = spec.solver.steps_for_nfe(nfe)
+    if steps < 1:
+        raise UserError(f"solver {name} cannot run within {nfe} evaluations")
+    return spec, steps
 
 
 def eta_solvers() -> tuple[str, ...]:

@@ -3,9 +3,12 @@
 
 In x̃ = x/α and σ̃ = σ/α the ODE is dx̃/dσ̃ = ε. A step from t to s takes the Euler (= DDIM) predictor
 x̃′ = x̃_t + (σ̃_s − σ̃_t) ε_t, evaluates ε′ at (x′, s) and averages: x̃_s = x̃_t + (σ̃_s − σ̃_t)(ε_t + ε′)/2. The
-step to x̂0 (σ̃ = 0) stays Euler, so K grid steps cost 2K − 1 evaluations. ``--nfe N`` takes K = ⌊N/2⌋ + 1
-grid steps; for even N one more step must stay Euler, and it is the first one, where the trajectory is
-straightest (x_T is nearly all noise).
+step to x̂0 (σ̃ = 0) stays Euler, so K grid steps cost 2K − 1 evaluations, as in k-diffusion, ComfyUI, A1111 and
+diffusers: ``--nfe N`` takes K = ⌈N/2⌉ grid steps and an even N is a ceiling (N − 1 are spent).
+
+The ``legacy`` runtime (this project before 2026-12) spent an even N exactly: K = N/2 + 1 steps with the first one
+left Euler. A spec carries that budget (``SolverSpec.nfe``) only under such a runtime (:func:`spec_for_nfe`); no other
+tool runs that pattern from a σ list, so its export takes two calls (Euler over the first interval, Heun after).
 """
 
 from __future__ import annotations
@@ -40,4 +43,9 @@ class Heun(Solver):
         return 2 * steps - 1 - (0 if self.corrects(0) or steps < 2 else 1)
 
     def steps_for_nfe(self, nfe: int) -> int:
-        return nfe // 2 + 1
+        spends_even = self.spec is not None and self.spec.nfe is not None
+        return nfe // 2 + 1 if spends_even else (nfe + 1) // 2
+
+    def uncorrected_first(self, steps: int) -> bool:
+        """Whether a run over ``steps`` grid steps leaves its first interval uncorrected (the legacy even budget)."""
+        return steps >= 2 and not self.corrects(0)

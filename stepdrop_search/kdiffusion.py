@@ -1,0 +1,103 @@
+"""k-diffusion as a client: an exported σ list run through k-diffusion 0.1.1.post1's own samplers, from our x_T.
+
+What a user of an export runs, so the real-client tests and ``bench/export_fidelity.py`` can compare samples and FID
+with ours. The ComfyUI and A1111 runtimes are emulated here with k-diffusion's samplers (both ship forks of them):
+ComfyUI's nearest-step network time is k-diffusion's ``quantize=True``, and each tool's start noise is applied as
+the runtime says. k-diffusion is an optional extra (``pip install 'stepdrop-search[kdiffusion]'``).
+
+k-diffusion's package ``__init__`` imports CLIP, which needs ``pkg_resources`` (gone from setuptools ≥ 81); its
+``sampling`` and ``external`` modules need neither, so they are imported without running that ``__init__``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+import torch
+
+from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.runtimes import KDIFFUSION_SOLVERS, Runtime
+from stepdrop_search.diffusion.sampler import SampleResult, SampleStreams
+from stepdrop_search.errors import UserError
+from stepdrop_search.generation import initial_noise
+from stepdrop_search.policies import PolicyDocument
+
+
+def kdiffusion_modules() -> tuple[types.ModuleType, types.ModuleType]:
+    """(``k_diffusion.sampling``, ``k_diffusion.external``), imported without the package's ``__init__``."""
+    if "k_diffusion" not in sys.modules:
+        spec = importlib.util.find_spec("k_diffusion")
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError("this needs k-diffusion: pip install 'stepdrop-search[kdiffusion]'")
+        package = types.ModuleType("k_diffusion")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["k_diffusion"] = package
+    return importlib.import_module("k_diffusion.sampling"), importlib.import_module("k_diffusion.external")
+
+
+class CountingNetwork(torch.nn.Module):
+    """Our ε network behind k-diffusion's ``inner_model(x, t)`` call, counting evaluations per sample."""
+
+    def __init__(self, model: torch.nn.Module, batch: int) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = torch.zeros(batch, dtype=torch.long)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x, t)
+
+
+def start_scale(runtime: Runtime, sigma_start: torch.Tensor, sigma_max: torch.Tensor) -> torch.Tensor:
+    """The factor on unit noise at σ₀ in k-diffusion's space (x̃ = x/α) for ``runtime``: √(1 + σ₀²) (our exact x_T),
+    σ₀ (k-diffusion's scripts, A1111), or ComfyUI's choice between the two."""
+    exact = (1 + sigma_start ** 2).sqrt()
+    if runtime.start == "vp":
+        return exact
+    if runtime.start == "sigma":
+        return sigma_start
+    at_max = torch.isclose(sigma_max, sigma_start, rtol=1e-5) or bool(sigma_start > sigma_max)
+    return exact if at_max else sigma_start
+
+
+@torch.no_grad()
+def kdiffusion_sample(loaded: LoadedModel, document: PolicyDocument, *, n: int, seed: int = 0, batch_size: int = 256,
+                      sigmas: torch.Tensor | None = None) -> SampleResult:
+    """Samples of ``document``'s σ list (or ``sigmas``, e.g. as a tool parsed them) by k-diffusion's sampler for its
+    solver, under its runtime's network time and start, from the x_T of ``seed``; a solver that draws noise gets our
+    stream's noise of grid step i through ``noise_sampler``. Runs in the model's dtype."""
+    sampling, external = kdiffusion_modules()
+    runtime, solver = document.runtime, document.solver
+    if solver.name not in KDIFFUSION_SOLVERS:
+        raise UserError(f"k-diffusion has no {solver.name} sampler")
+    param = next(loaded.model.parameters())
+    sigma_list = (document.policy.to_sigmas() if sigmas is None else sigmas).to(param.device, param.dtype)
+    alphas_cumprod = loaded.schedule.alphas_cumprod.to(param.device, param.dtype)
+    sigma_max = ((1 - alphas_cumprod[-1]) / alphas_cumprod[-1]).sqrt()
+    cfg = loaded.model.config
+    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+    outputs, calls = [], []
+    for start in range(0, n, batch_size):
+        x = x_T[start:start + batch_size].to(param.device, param.dtype)
+        network = CountingNetwork(loaded.model, x.shape[0])
+        model = external.DiscreteEpsDDPMDenoiser(network, alphas_cumprod, quantize=runtime.network_time == "nearest")
+        function, kwargs = KDIFFUSION_SOLVERS[solver.name], {}
+        if solver.name == "ddim" and solver.eta:
+            function, kwargs = "sample_euler_ancestral", {"eta": solver.eta}
+        elif solver.name == "ddpm":
+            kwargs = {"eta": 1.0}
+        elif solver.name == "dpmpp-2m-sde":
+            kwargs = {"eta": solver.eta}
+        if kwargs:
+            noise = SampleStreams(seed, range(start, start + x.shape[0])).noise(x.shape[1:], len(sigma_list) - 1, x.device, x.dtype)
+            drawn = iter(range(len(sigma_list) - 1))  # k-diffusion asks once per step into σ > 0, in order
+            kwargs["noise_sampler"] = lambda sigma, sigma_next, noise=noise, drawn=drawn: noise.at(next(drawn))
+        x = x * start_scale(runtime, sigma_list[0], sigma_max)
+        outputs.append(getattr(sampling, function)(model, x, sigma_list, disable=True, **kwargs).cpu())
+        calls.append(network.calls)
+    steps = len(sigma_list) - 1
+    return SampleResult(torch.cat(outputs), torch.cat(calls), torch.ones(n, steps, dtype=torch.bool),
+                        document.policy.timesteps() if sigmas is None else torch.arange(steps))
