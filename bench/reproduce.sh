@@ -25,7 +25,7 @@ done
 if [ "$QUICK" = 1 ]; then
     R=${OUT:-$(mktemp -d /tmp/stepdrop-reproduce.XXXXXX)}
     # the StepDrop suite runs 1000-step rows: its cost is per step, so quick mode gives it 2 samples and 1 seed
-    BIG=16 SEEDS=2 SUITE_SAMPLES=2 SUITE_SEEDS=1 BUDGET=15 SPEED_REPEATS=1
+    BIG=16 SEEDS=2 SUITE_SAMPLES=2 SUITE_SEEDS=1 BUDGET=15 SPEED_REPEATS=1 FIDELITY_SAMPLES=16
     VARIANCE="--samples 64 --seeds 3 --nfe 4 --ddim-nfe 2 --bootstrap 2"
     OPT="--samples 16 --promote-samples 16 --held-out-samples 32 --trial-samples 8 --gradient-samples 8
          --gradient-epochs 1 --dp-grid 20 --dp-samples 4 --dp-oss-samples 2"
@@ -36,7 +36,7 @@ if [ "$QUICK" = 1 ]; then
     export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
 else
     R=${OUT:-bench/results/reproduced}
-    BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=270 SPEED_REPEATS=1 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
+    BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=270 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
 fi
 DEVICE=${DEVICE:-auto}
@@ -143,6 +143,12 @@ kept "$R/optimize-nfe25/evaluate.json" ||
         --metrics fid,kid --out "$R/optimize-nfe25/evaluate"
 to "$R/optimize-nfe25/paired.md" python bench/paired_table.py "solvers=$R/solvers-nfe5-10-25.json" \
     "$R/optimize-nfe25/evaluate.json" --reference best
+
+step "Searching for a tool: optimize --nfe 25 --runtime comfyui, and both exports run through the real clients"
+kept "$R/optimize-nfe25-comfyui/best.json" || opt optimize-nfe25-comfyui 25 --runtime comfyui
+kept "$R/export-fidelity.md" ||
+    to "$R/export-fidelity.md" python bench/export_fidelity.py "${MODEL_FLAG[@]}" "$R/optimize-nfe25-comfyui/best.json" \
+        "$R/optimize-nfe25/best.json" --samples "$FIDELITY_SAMPLES" --seed 0
 
 for nfe in 5 10; do
     step "Learned steps and the published DPs: optimize --nfe $nfe, every pool row at the evaluation size"

@@ -579,6 +579,8 @@ def optimize(
     device: str = "auto",
 ) -> None:
     """Find the best sampler (solver and steps) for an NFE, prove it on held-out noise and export it as a policy file."""
+    from stepdrop_search.policies import load_policy
+    from stepdrop_search.policies.transfer import runs_in
     from stepdrop_search.search.optimize import OptimizeConfig
     from stepdrop_search.search.optimize import optimize as run_optimize
 
@@ -606,7 +608,7 @@ def optimize(
     if result.fallback and not multi_objective:
         console.print("nothing searched beat the best pool candidate significantly on held-out noise; exported that candidate")
     for path in result.exported:
-        console.print(f"exported {path}")
+        console.print(f"exported {path}" + (f": {runs_in(load_policy(path))}" if path.suffix == ".json" else ""))
 
 
 def finalists_table(result, cfg) -> Table:

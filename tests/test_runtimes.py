@@ -177,3 +177,15 @@ def test_evaluate_runs_every_row_under_its_runtime_and_says_so(tiny_checkpoint, 
 def test_spec_for_nfe_is_a_ceiling_in_the_runtimes_pattern():
     assert spec_for_nfe("heun", 10)[1] == 5 and spec_for_nfe("heun", 10, runtime="legacy")[1] == 6
     assert spec_for_nfe("heun", 2)[1] == 1  # one Euler step to x̂0: 1 evaluation
+
+
+def test_runs_in_names_the_tools_that_reproduce_an_export_or_why_none_does():
+    from stepdrop_search.policies.kinds import Karras
+    from stepdrop_search.policies.transfer import runs_in
+
+    everywhere = runs_in(PolicyDocument(Uniform(nfe=13), SolverSpec("heun")))
+    assert all(f"--format {fmt}" in everywhere for fmt in ("sigmas", "comfyui", "a1111", "diffusers"))
+    continuous = runs_in(PolicyDocument(Karras(nfe=8, continuous=True), SolverSpec("dpmpp-2m")))
+    assert "--format sigmas" in continuous and "comfyui" not in continuous  # ComfyUI rounds t
+    assert "project's sampler only" in runs_in(PolicyDocument(Uniform(nfe=8), SolverSpec("ipndm")))
+    assert "clips x̂0" in runs_in(PolicyDocument(Uniform(nfe=8), SolverSpec("ddim"), runtime=RUNTIMES["legacy"]))

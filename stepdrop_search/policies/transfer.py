@@ -135,6 +135,19 @@ def export_problems(document, target: Runtime) -> list[str]:
     return problems
 
 
+def runs_in(document) -> str:
+    """One line for people: the export formats whose tool reproduces ``document``'s samples, or why none does."""
+    if not document.policy.static:
+        return "draws its steps per sample: it runs in this project's sampler only"
+    accepted = [fmt for fmt, target in EXPORT_RUNTIMES.items() if not export_problems(document, RUNTIMES[target])]
+    if accepted:
+        return f"runs as measured in {', '.join(f'{EXPORT_RUNTIMES[f]} (--format {f})' for f in accepted)}"
+    if not any(RUNTIMES[target].has_solver(document.solver.name) for target in EXPORT_RUNTIMES.values()):
+        return (f"runs as measured in this project's sampler only (no other tool runs {document.solver.name} on custom steps); "
+                "optimize --runtime k-diffusion, comfyui, a1111 or diffusers searches only what that tool runs")
+    return f"runs as measured in this project's sampler only ({'; '.join(export_problems(document, RUNTIMES['k-diffusion']))})"
+
+
 def check_export(document, fmt: str, source: str) -> Runtime:
     """The runtime ``fmt`` runs under, after refusing in one line an export whose samples there would differ: what differs
     and the fix (measure the steps under that runtime, which is what ``--runtime`` on the export does)."""
