@@ -141,7 +141,7 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
         network = dataclasses.replace(loaded, model=compile_network(loaded.model, min(cfg.batch_size, cfg.samples), log))
     results = evaluate(network, rows, samples=cfg.samples, seeds=seed_list, metrics=wanted, features=features,
                        teacher=teacher, batch_size=cfg.batch_size, residual_samples=cfg.residual_samples,
-                       inception=inception, progress=log)
+                       inception=inception, runtime=runtime, progress=log)
     meta = {"command": cfg.command, "model": loaded.source, "model_hash": loaded.weights_hash,
             "features": features.source if features else None, "samples": cfg.samples, "seeds": len(seed_list),
             "teacher": teacher.name, "residual_samples": min(cfg.residual_samples, cfg.samples), "device": str(device),

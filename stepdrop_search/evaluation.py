@@ -159,11 +159,12 @@ def _peak_memory_mb(device: torch.device) -> float:
 def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, seeds: int | Iterable[int],
              metrics: Iterable[str], features: FeatureFile | None, teacher: Teacher = Teacher(),
              batch_size: int = 256, residual_samples: int = 256,
-             inception: tuple[str, torch.Tensor] | None = None,
+             inception: tuple[str, torch.Tensor] | None = None, runtime: Runtime = DEFAULT_RUNTIME,
              progress: Callable[[str], None] = lambda message: None) -> list[Result]:
     """Evaluate every candidate on the same seeds; a candidate that produces non-finite samples is
     reported as failed (with the reason), never a crash. ``inception`` = (weights path, real images)
-    enables the real Inception FID metric ``inception-fid``."""
+    enables the real Inception FID metric ``inception-fid``. Each row runs under its document's runtime; ``runtime``
+    is the comparison's, which the residual's teacher runs under."""
     metrics = set(parse_metrics(metrics))
     seed_list = seed_values(samples, seeds)
     if metrics & set(FIDELITY_METRICS) and features is None:
@@ -175,7 +176,7 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
     n_residual = min(residual_samples, samples)
     # Warm-up (allocator, kernels) so the first candidate's throughput is not penalised.
     generate(loaded.model, loaded.schedule, Uniform(nfe=2, schedule=loaded.schedule), SolverSpec(), n=min(samples, batch_size),
-             runtime=candidates[0].document.runtime if candidates and candidates[0].document else DEFAULT_RUNTIME)
+             runtime=runtime)
 
     results = []
     phase(progress, f"evaluate: {len(candidates)} rows × {len(seed_list)} seeds × {samples} samples",
@@ -212,7 +213,7 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
             if "inception-fid" in metrics:
                 values["inception_fid"] = inception_fid(run.x0, inception[1], inception[0], device=device)
             if "residual" in metrics:
-                ref = teacher_outputs(loaded, teacher, n=n_residual, seed=seed, batch_size=batch_size)
+                ref = teacher_outputs(loaded, teacher, n=n_residual, seed=seed, batch_size=batch_size, runtime=runtime)
                 values["residual"] = float(residual(run.x0[:n_residual], ref).mean())
             result.per_seed.append(SeedResult(seed, values))
             advance(progress, f"{cand.name}: seed {seed} done")
