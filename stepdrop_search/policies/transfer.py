@@ -156,7 +156,8 @@ def check_export(document, fmt: str, source: str) -> Runtime:
     if problems:
         heun_recipe = "; k-diffusion reproduces an uncorrected first Heun interval with two calls, x = sample_euler(model, x, " \
                       "sigmas[:2]) then sample_heun(model, x, sigmas[1:])" if any("uncorrected" in p for p in problems) else ""
-        fix = (f"pick a solver {target.name} has ({', '.join(target.solvers)})" if not target.has_solver(document.solver.name)
+        fix = (f"search under it (`stepdrop-search optimize --runtime {target.name}`), which tries only the solvers it has "
+               f"({', '.join(target.solvers)})" if not target.has_solver(document.solver.name)
                else f"re-measure under it (`stepdrop-search evaluate --policy {source} --runtime {target.name}`), or export "
                     f"with `--runtime {target.name}` to accept its conventions (the numbers measured under "
                     f"{document.runtime.name} are then dropped)")
