@@ -405,7 +405,7 @@ def policy_import(
 @user_errors_exit_2
 def policy_resample(
     policy: Annotated[str, typer.Argument(help="a policy file (or a built-in kind)")],
-    nfe: Annotated[int, typer.Option(help="the step count to move the schedule to")],
+    nfe: Annotated[int, typer.Option(help="the NFE to move the schedule to (a ceiling, counted in the file's runtime)")],
     out: Annotated[Path, typer.Option(help="policy file to write")],
     model: ModelOption = None,
 ) -> None:

@@ -67,7 +67,7 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
 
 
 def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int = 64, steps: int = 100,
-                      seed: int = 1234) -> torch.Tensor:
+                      seed: int = 1234, runtime: Runtime = DEFAULT_RUNTIME) -> torch.Tensor:
     """Teacher 5%/95% quantile profile over t for OSS amplitude calibration: (T, 2), linearly interpolated
     in t from the states of a ``steps``-step DDIM teacher run on ``n`` samples."""
     from stepdrop_search.policies.kinds import Uniform
@@ -75,7 +75,7 @@ def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int
     teacher = Uniform(nfe=steps, schedule=schedule)
     cfg = model.config
     x = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed).to(next(model.parameters()).device)
-    run = sample(model, schedule, x, teacher.plan(n), trajectory=True)
+    run = sample(model, schedule, x, teacher.plan(n), trajectory=True, runtime=runtime)
     levels = torch.tensor([0.05, 0.95], device=x.device)
     quantiles = torch.quantile(run.trajectory.flatten(2), levels, dim=2).mean(2).T.cpu().double()  # (L, 2)
     t = run.grid.flip(0).double().numpy()
@@ -87,6 +87,7 @@ def sample_policy(loaded, document, *, n: int, seed: int = 0, batch_size: int = 
                   calibrate: bool = False, log: Callable[[str], None] | None = None) -> SampleResult:
     """What ``stepdrop-search sample`` computes: ``n`` samples of a policy document on a loaded model under the document's
     runtime, optionally with OSS amplitude calibration against a 100-step DDIM teacher's quantile profile."""
-    calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule)) if calibrate else None
+    calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule, runtime=document.runtime)) \
+        if calibrate else None
     return generate(loaded.model, loaded.schedule, document.policy, document.solver, n=n, seed=seed,
                     batch_size=batch_size, runtime=document.runtime, calibration=calibration, log=log)

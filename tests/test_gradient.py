@@ -79,7 +79,7 @@ def test_gradient_steps_on_a_trained_model_never_end_worse_than_they_start(tiny_
 
     loaded = load_model(tiny_checkpoint)
     features = load_features_for_model(str(tiny_features), loaded.config, loaded.dataset, device=torch.device("cpu"))
-    spec = SolverSpec(solver, nfe=5 if solver == "heun" else None)
+    spec = SolverSpec(solver)
     steps = spec.solver.steps_for_nfe(5)
     x = torch.randn(16, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

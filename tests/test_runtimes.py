@@ -189,3 +189,41 @@ def test_runs_in_names_the_tools_that_reproduce_an_export_or_why_none_does():
     assert "--format sigmas" in continuous and "comfyui" not in continuous  # ComfyUI rounds t
     assert "project's sampler only" in runs_in(PolicyDocument(Uniform(nfe=8), SolverSpec("ipndm")))
     assert "clips x̂0" in runs_in(PolicyDocument(Uniform(nfe=8), SolverSpec("ddim"), runtime=RUNTIMES["legacy"]))
+
+
+def test_a_fixed_eta_runtime_refuses_an_eta_search_and_a_stray_heun_budget_is_refused():
+    from stepdrop_search.search.optimize import OptimizeConfig
+
+    with pytest.raises(UserError, match="runtime comfyui runs ddim at η = 0 only; drop --search-eta"):
+        OptimizeConfig(solver="ddim", search_eta=True, runtime="comfyui")
+    from stepdrop_search.diffusion.sampler import sample
+
+    spec, steps = spec_for_nfe("heun", 10, runtime="legacy")
+    with pytest.raises(UserError, match="is the legacy runtime's pattern"):
+        sample(torch.nn.Identity(), Uniform(nfe=steps).schedule, torch.zeros(1, 1, 4, 4), Uniform(nfe=steps).plan(1, solver="heun"),
+               solver=spec)
+
+
+def test_diffusers_is_not_promised_real_timesteps_its_schedulers_cannot_take():
+    from stepdrop_search.policies.kinds import Karras
+    from stepdrop_search.policies.transfer import export_problems, runs_in
+
+    doc = PolicyDocument(Karras(nfe=6, continuous=True), SolverSpec("heun"), runtime=RUNTIMES["diffusers"])
+    assert any("integer timesteps only" in p for p in export_problems(doc, RUNTIMES["diffusers"]))
+    assert "--format diffusers" not in runs_in(doc)
+    euler = PolicyDocument(Karras(nfe=6, continuous=True), SolverSpec("ddim"), runtime=RUNTIMES["diffusers"])
+    assert not export_problems(euler, RUNTIMES["diffusers"])  # Euler takes the σ list
+
+
+def test_studies_export_keeps_the_runtime_a_trial_was_scored_under(tmp_path):
+    import optuna
+
+    from stepdrop_search.search.studies import trial_document
+
+    doc = PolicyDocument(Uniform(nfe=5), SolverSpec("dpmpp-2m"), runtime=RUNTIMES["comfyui"])
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("policy", doc.to_dict())
+    study.tell(trial, 1.0)
+    assert trial_document("s", "best", storage).runtime == RUNTIMES["comfyui"]

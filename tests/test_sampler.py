@@ -153,7 +153,7 @@ def test_no_solver_computes_on_whole_states_in_float64(tiny, solver, policy):
     is promotes the whole product, which made the multistep solvers' arithmetic 4–6× slower."""
     x = initial_noise(4, (1, 16, 16), 0)
     plan = policy.plan(4, solver=solver)
-    spec = SolverSpec(solver, nfe=8) if SOLVERS[solver].variable_cost else SolverSpec(solver)
+    spec = SolverSpec(solver)
     with WholeStatesInFloat64(x.numel()) as watch:
         run = sample(tiny.model, tiny.schedule, x, plan, solver=spec, streams=SampleStreams(0, range(4)))
     assert torch.isfinite(run.x0).all() and run.x0.dtype == torch.float32

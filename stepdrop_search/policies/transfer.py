@@ -128,6 +128,9 @@ def export_problems(document, target: Runtime) -> list[str]:
         problems.append(f"{target.name} has no {solver.name} ({MISSING_SOLVER_REASONS.get(solver.name, 'no such sampler')})")
     elif solver.name in target.fixed_eta and solver.eta != target.fixed_eta[solver.name]:
         problems.append(f"{target.name} runs {solver.name} at η = {target.fixed_eta[solver.name]:g} only, this is η = {solver.eta:g}")
+    elif target.name == "diffusers" and solver.name != "ddim" and steps.is_floating_point():
+        problems.append(f"diffusers' {target.tool_name(solver.name)} takes integer timesteps only and these steps are real "
+                        "(continuous time); build the policy with continuous=false, or use ddim (EulerDiscreteScheduler takes σ)")
     schedule = policy.schedule
     problems += convention_differences(document.runtime, target, steps=steps, abar_start=schedule.alphas_cumprod_at(steps[:1])[0],
                                        abar_max=schedule.alphas_cumprod_at(torch.tensor(schedule.T - 1)),
@@ -197,7 +200,8 @@ def export_hints(document, fmt: str) -> list[str]:
         return ["# k-diffusion: model = k_diffusion.external.DiscreteEpsDDPMDenoiser(unet, alphas_cumprod, quantize=False)",
                 f"# {kdiffusion_call(document)}"
                 + ("  # noise_sampler(σ, σ_next): the step's standard normal" if "noise_sampler" in kdiffusion_call(document) else ""),
-                "# diffusers: EulerDiscreteScheduler.set_timesteps(sigmas=sigmas) (ddim only; --format diffusers for the others); "
+                "# diffusers: --format diffusers (EulerDiscreteScheduler with timestep_spacing='leading' for ddim, whose default "
+                "'linspace' starts at noise·σ₀); "
                 "back: policy import --sigmas '[…]'", assumes]
     if fmt == "comfyui":
         return [f"# ComfyUI: ManualSigmas (this text) → SamplerCustom's sigmas; KSamplerSelect sampler_name: "

@@ -54,6 +54,7 @@ from stepdrop_search.objectives.residual import Teacher, teacher_outputs
 from stepdrop_search.policies import PolicyDocument, save_policy
 from stepdrop_search.policies.io import provenance
 from stepdrop_search.policies.kinds import Explicit, Karras, LogSNR, Quadratic, Uniform
+from stepdrop_search.policies.transfer import export_problems
 from stepdrop_search.progress import advance, phase
 from stepdrop_search.report import plot_pareto_front
 from stepdrop_search.search.dp import GITS_TEACHER, GRID_SPACINGS, gits_schedule, oss_schedule, teacher_trajectory
@@ -158,6 +159,9 @@ class OptimizeConfig:
                             "--kind or --search-eta")
         if self.dp_spacing not in GRID_SPACINGS:
             raise UserError(f"unknown --dp-spacing {self.dp_spacing!r}; choose one of {', '.join(GRID_SPACINGS)}")
+        if self.search_eta and self.solver in self.run_runtime.fixed_eta:
+            raise UserError(f"runtime {self.runtime} runs {self.solver} at η = {self.run_runtime.fixed_eta[self.solver]:g} only; "
+                            "drop --search-eta")
         if self.search_eta and self.solver not in eta_solvers():
             raise UserError(f"--search-eta searches η, which only {', '.join(eta_solvers())} has; drop it or use --solver ddim")
         if self.save_pool and Path(self.save_pool).is_file():
@@ -380,6 +384,18 @@ def dp_pool(cfg: OptimizeConfig, ctx: Context, log: Callable[[str], None]) -> li
             policy = Explicit(steps=tuple(res.steps.tolist()), schedule=ctx.loaded.schedule)
             out += [SearchCandidate(f"{spec.name}/dp-oss", cfg.document(policy, spec), "pool") for spec in members]
     return out
+
+
+def runnable(cfg: OptimizeConfig, candidates: list[SearchCandidate], log: Callable[[str], None]) -> list[SearchCandidate]:
+    """The candidates the run's tool can run as measured: under a tool's runtime (a preset with its own solver set) one
+    whose steps that tool cannot take (diffusers' integer-only schedulers and real-valued DP or learned steps) is dropped,
+    so the export always runs there."""
+    if cfg.run_runtime.solvers is None:
+        return candidates
+    kept = [c for c in candidates if not export_problems(c.document, cfg.run_runtime)]
+    for dropped in (c for c in candidates if c not in kept):
+        log(f"{dropped.name}: {cfg.runtime} cannot run it as measured ({'; '.join(export_problems(dropped.document, cfg.run_runtime))})")
+    return kept
 
 
 def gradient_pool(cfg: OptimizeConfig, ctx: Context, rung1: list[SearchCandidate], seconds: float | None,
@@ -749,7 +765,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
     ctx = Context(cfg, log)
     if cfg.multi_objective:
         return _optimize_pareto(cfg, ctx, log, clock)
-    pool = analytic_pool(cfg, ctx.loaded) + dp_pool(cfg, ctx, log)
+    pool = runnable(cfg, analytic_pool(cfg, ctx.loaded) + dp_pool(cfg, ctx, log), log)
     study, created = open_search_study(cfg, ctx) if "optuna" in cfg.methods else (None, False)
     cfg = resolved(cfg, ctx, study, log)
     rung0 = time.perf_counter()
@@ -774,7 +790,7 @@ def optimize(cfg: OptimizeConfig, log: Callable[[str], None] = lambda m: None) -
             log(f"gradient: {share:.0f} s per solver is less than one epoch (≈ {epoch:.0f} s); skipped "
                 "(raise --budget to learn steps at this NFE)")
         else:
-            learned = gradient_pool(cfg, ctx, rung1, share, log)
+            learned = runnable(cfg, gradient_pool(cfg, ctx, rung1, share, log), log)
             score_rung(ctx, learned, cfg.samples, "rung 0 (gradient)", log, clock)
             score_rung(ctx, learned, cfg.promote_samples, "rung 1 (gradient)", log, clock)
             pool += learned

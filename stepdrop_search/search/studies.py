@@ -126,4 +126,4 @@ def trial_document(name: str, trial: str, storage: str | None = None) -> PolicyD
     model_hash = (study.user_attrs.get("config") or {}).get("model_hash")
     prov = provenance(model_hash=model_hash, objective={"values": chosen.values, "scores": chosen.user_attrs.get("scores")},
                       search={"study": name, "storage": shown(spec), "trial": chosen.number, "state": chosen.state.name.lower()})
-    return PolicyDocument(doc.policy, doc.solver, prov)
+    return PolicyDocument(doc.policy, doc.solver, prov, doc.runtime)  # the runtime the trial was scored under
