@@ -19,7 +19,7 @@ import types
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
-from stepdrop_search.diffusion.runtimes import KDIFFUSION_SOLVERS, Runtime
+from stepdrop_search.diffusion.runtimes import KDIFFUSION_SOLVERS, MAX_DENOISE_RTOL, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult, SampleStreams
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import initial_noise
@@ -53,13 +53,17 @@ class CountingNetwork(torch.nn.Module):
 
 def start_scale(runtime: Runtime, sigma_start: torch.Tensor, sigma_max: torch.Tensor) -> torch.Tensor:
     """The factor on unit noise at σ₀ in k-diffusion's space (x̃ = x/α) for ``runtime``: √(1 + σ₀²) (our exact x_T),
-    σ₀ (k-diffusion's scripts, A1111), or ComfyUI's choice between the two."""
+    σ₀ (k-diffusion's scripts, A1111), or ComfyUI's choice between the two.
+
+    Written again on purpose, in σ as the tools write it (ComfyUI's ``EPS.noise_scaling``), not by calling
+    ``Runtime.start_scale``: this module is the client side of the real-client tests, and a shared helper would let a
+    wrong rule agree with itself. Only the tolerance is shared."""
     exact = (1 + sigma_start ** 2).sqrt()
     if runtime.start == "vp":
         return exact
     if runtime.start == "sigma":
         return sigma_start
-    at_max = torch.isclose(sigma_max, sigma_start, rtol=1e-5) or bool(sigma_start > sigma_max)
+    at_max = torch.isclose(sigma_max, sigma_start, rtol=MAX_DENOISE_RTOL) or bool(sigma_start > sigma_max)
     return exact if at_max else sigma_start
 
 
