@@ -1,80 +1,183 @@
-"""Proxy-FID of a training run's snapshots at fixed samplers: is the model still improving?
+"""Proxy-FID and KID of a training run's snapshots at fixed samplers: is the model still improving?
 
 A run trained with ``--snapshot-every N`` keeps its EMA weights every N steps in ``RUN/snapshots/``. This scores each
 snapshot (and, with ``--start MODEL``, the weights it started from) with DPM-Solver++(2M) on uniform steps at each
-``--nfe``, on the same x_T (evaluation seeds) for every snapshot, and prints one row per snapshot; ``--out`` also
-writes the numbers as JSON (what the model card and README's curve are made from).
+``--nfe``, on the same x_T (evaluation seeds) for every snapshot, and prints one row per snapshot: proxy-FID and KID,
+each the mean ± std over seeds, and the paired change from the row before (same x_T, so the seed's own noise cancels).
+The last line says whether the curve is flat: at every NFE, the last two snapshots differ by no more than twice the
+std of their paired per-seed differences, in proxy-FID and in KID.
 
-    python bench/training_curve.py runs/default-xs-long --start default --nfe 25 100 --samples 1000 --seeds 2
+``--out`` writes the numbers as JSON (what the model card and the docs' curve are made from) and makes the run
+incremental: rows already in that file, for the same weights and settings, are kept, so scoring a run while it trains
+(or after a session ended mid-curve) only scores the new snapshots. ``--plot`` draws the curve.
+
+    python bench/training_curve.py runs/converge --start default --nfe 10 25 --samples 1000 --seeds 3 \\
+        --out curve.json --plot docs/training-curve.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
+from stepdrop_search.diffusion.runtimes import runtime_named
 from stepdrop_search.diffusion.solvers import spec_for_nfe
 from stepdrop_search.files import write_json
 from stepdrop_search.generation import generate
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model
-from stepdrop_search.objectives.metrics import fid_of_features, proxy_features
+from stepdrop_search.objectives.metrics import fid_of_features, kid_of_features, proxy_features
 from stepdrop_search.policies.kinds import Uniform
 
+#: a change smaller than this many std of its paired per-seed differences is read as no change
+FLAT_WITHIN_STD = 2.0
+#: what must match for a row of an earlier --out to be kept instead of scored again
+SETTINGS = ("solver", "samples", "seeds", "runtime", "features")
 
-def score(model_path: str | None, nfes: list[int], samples: int, seeds: int, solver: str,
-          features: str | None) -> tuple[dict, str]:
-    """Proxy-FID per NFE and seed, and the weights' hash (which names the start when it is "the shipped model")."""
+
+def score(model_path: str | None, nfes: list[int], samples: int, seeds: int, solver: str, runtime: str,
+          features: str | None) -> tuple[dict, dict, str]:
+    """Proxy-FID and KID per NFE and seed, and the weights' hash (which names the start when it is "the shipped
+    model")."""
     loaded = load_model(model_path, device=torch.device("cpu"))
     feats = load_features_for_model(features, loaded.config, loaded.dataset, device=torch.device("cpu"))
-    out = {}
+    fid, kid = {}, {}
     for nfe in nfes:
-        spec, steps = spec_for_nfe(solver, nfe)
+        spec, steps = spec_for_nfe(solver, nfe, runtime=runtime)
         policy = Uniform(nfe=steps, schedule=loaded.schedule)
-        values = [fid_of_features(proxy_features(generate(loaded.model, loaded.schedule, policy, spec, n=samples,
-                                                          seed=seed).x0, feats, device=torch.device("cpu"))[0], feats)
-                  for seed in range(seeds)]
-        out[str(nfe)] = values
-    return out, loaded.weights_hash
+        fid[str(nfe)], kid[str(nfe)] = [], []
+        for seed in range(seeds):
+            images = generate(loaded.model, loaded.schedule, policy, spec, n=samples, seed=seed,
+                              runtime=runtime_named(runtime)).x0
+            generated = proxy_features(images, feats, device=torch.device("cpu"))[0]
+            fid[str(nfe)].append(fid_of_features(generated, feats))
+            kid[str(nfe)].append(kid_of_features(generated, feats, seed=seed)[0])
+    return fid, kid, loaded.weights_hash
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_change(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Mean ± std over seeds of after − before, seed by seed (both rows drew the same x_T)."""
+    return mean_std([b - a for a, b in zip(before, after, strict=True)])
+
+
+def is_flat(before: dict, after: dict) -> bool:
+    """No paired change beyond FLAT_WITHIN_STD std at any NFE, in either metric; one seed cannot tell."""
+    for metric in ("fid", "kid"):
+        for nfe in after[metric]:
+            mean, std = paired_change(before[metric][nfe], after[metric][nfe])
+            if len(after[metric][nfe]) < 2 or abs(mean) > FLAT_WITHIN_STD * std:
+                return False
+    return True
+
+
+def kept_rows(path: Path | None, settings: dict, nfes: list[int]) -> dict[tuple[str, str], dict]:
+    """Rows of an earlier --out made with the same settings and every wanted NFE, by (step, weights hash)."""
+    if path is None or not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(key) != settings[key] for key in SETTINGS):
+        return {}
+    return {(row["step"], row["weights_hash"]): row for row in earlier["rows"]
+            if all(str(nfe) in row["fid"] and str(nfe) in row.get("kid", {}) for nfe in nfes)}
+
+
+def plot(rows: list[dict], nfes: list[int], path: Path, title: str) -> None:
+    """Proxy-FID (left) and KID (right) against training step, one line per NFE, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [0 if row["step"] == "start" else int(row["step"]) for row in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, label in zip(axes, ("fid", "kid"), ("proxy-FID", "KID"), strict=True):
+        for nfe in nfes:
+            stats = [mean_std(row[metric][str(nfe)]) for row in rows]
+            ax.errorbar(steps, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                        label=f"NFE {nfe}")
+        ax.set_xlabel("fine-tune step (0 = the weights it started from)")
+        ax.set_ylabel(f"{label} (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part.png")
+    fig.savefig(part, dpi=120)
+    plt.close(fig)
+    part.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a training run's --out folder (with snapshots/)")
     parser.add_argument("--start", default=None, help="also score the weights the run started from ('default': shipped)")
-    parser.add_argument("--nfe", type=int, nargs="+", default=[25, 100])
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 25])
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--solver", default="dpmpp-2m")
+    parser.add_argument("--runtime", default="stepdrop", help="the conventions sampled under (default: stepdrop)")
     parser.add_argument("--features", default=None)
     parser.add_argument("--snapshots", type=int, nargs="+", default=None,
                         help="score only these steps' snapshots (a costly NFE on the ends of a curve)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="JSON of the scores; rows already in it are kept")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the curve")
     args = parser.parse_args(argv)
+    runtime_named(args.runtime)  # a bad name fails here, before any scoring
     snapshots = {int(p.stem.removeprefix("step-")): p for p in sorted((args.run / "snapshots").glob("step-*.pt"))}
     if args.snapshots is not None:
         snapshots = {step: p for step, p in snapshots.items() if step in args.snapshots}
     if not snapshots:
         wanted = f" of steps {args.snapshots}" if args.snapshots else ""
         parser.error(f"no snapshots in {args.run / 'snapshots'}{wanted}; train with --snapshot-every N")
+    settings = {"solver": args.solver, "samples": args.samples, "seeds": args.seeds, "runtime": args.runtime,
+                "features": args.features}
+    kept = kept_rows(args.out, settings, args.nfe)
     rows = [("start", None if args.start == "default" else args.start)] if args.start else []
     rows += [(str(step), str(p)) for step, p in snapshots.items()]
-    print(f"proxy-FID, {args.solver} on uniform steps, {args.samples} samples × evaluation seeds 0..{args.seeds - 1} "
-          "(mean over seeds)")
-    print("step      " + "".join(f"NFE {n:<8d}" for n in args.nfe))
-    results = []
+    print(f"{args.solver} on uniform steps under runtime {args.runtime}, {args.samples} samples × evaluation seeds "
+          f"0..{args.seeds - 1}: mean ± std over seeds, and (Δ) the paired change from the row before")
+    print(f"{'step':<8s}" + "".join(f"{'FID NFE ' + str(n):<30s}{'KID NFE ' + str(n):<34s}" for n in args.nfe))
+    results: list[dict] = []
     for step, path in rows:
-        values, weights_hash = score(path, args.nfe, args.samples, args.seeds, args.solver, args.features)
-        results.append({"step": step, "model": path or "default", "weights_hash": weights_hash, "fid": values})
-        print(f"{step:<10s}" + "".join(f"{sum(v) / len(v):<12.3f}" for v in values.values()), flush=True)
+        weights_hash = load_model(path, device=torch.device("cpu")).weights_hash
+        row = kept.get((step, weights_hash))
+        if row is None:
+            fid, kid, weights_hash = score(path, args.nfe, args.samples, args.seeds, args.solver, args.runtime,
+                                           args.features)
+            row = {"step": step, "model": path or "default", "weights_hash": weights_hash, "fid": fid, "kid": kid}
+        cells = []
+        for nfe in map(str, args.nfe):
+            for metric, fmt in (("fid", ".3f"), ("kid", ".5f")):
+                mean, std = mean_std(row[metric][nfe])
+                change = ""
+                if results:
+                    delta, delta_std = paired_change(results[-1][metric][nfe], row[metric][nfe])
+                    change = f" (Δ {delta:+{fmt}} ± {delta_std:{fmt}})"
+                cells.append(f"{mean:{fmt}} ± {std:{fmt}}{change}".ljust(30 if metric == "fid" else 34))
+        print(f"{step:<8s}" + "".join(cells), flush=True)
+        results.append(row)
+        if args.out:  # after every row: a run killed mid-curve keeps what it scored
+            command = "python bench/training_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
+            write_json(args.out, {"command": command} | settings | {"rows": results})
+    if len(results) > 1:
+        flat = is_flat(results[-2], results[-1])
+        print(f"flat: {'yes' if flat else 'no'} (the last two rows, {results[-2]['step']} and {results[-1]['step']}, "
+              f"{'within' if flat else 'not within'} {FLAT_WITHIN_STD:g} std of their paired change at every NFE, "
+              "in proxy-FID and KID)")
+    if args.plot:
+        plot(results, args.nfe, args.plot, f"{args.run}: {args.solver}, uniform steps, runtime {args.runtime}, "
+             f"{args.samples} samples × {args.seeds} seeds")
     if args.out:
-        command = "python bench/training_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_json(args.out, {"command": command, "solver": args.solver,
-                              "samples": args.samples, "seeds": args.seeds, "rows": results})
         print(json.dumps({"wrote": str(args.out)}))
 
 

@@ -129,16 +129,38 @@ def _check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
                             "resume with the same settings or choose another --out")
 
 
-def initial_weights(path: str, model_config, schedule: NoiseSchedule) -> dict:
-    """Weights to fine-tune from (EMA when the file has them), refused unless they fit this run's model
-    and noise schedule: a fine-tune that silently changed either would compare nothing."""
+def initial_weights(path: str, model_config, schedule: NoiseSchedule) -> tuple[dict, list[dict]]:
+    """Weights to fine-tune from (EMA when the file has them) and the training stages that made them, refused
+    unless they fit this run's model and noise schedule: a fine-tune that silently changed either would compare
+    nothing."""
     start = load_model(None if path == "default" else path)
     if start.config != model_config:
         raise UserError(f"--init-from {path} holds another architecture than --preset/--dataset build here; "
                         "pass the preset and data set it was trained with")
     if start.schedule.hash != schedule.hash:
         raise UserError(f"--init-from {path} was trained with another noise schedule; pass its --schedule/--timesteps")
-    return start.model.state_dict()
+    return start.model.state_dict(), lineage_of(start.card, start.weights_hash, path)
+
+
+def training_stage(card: dict, weights_hash: str) -> dict:
+    """One run of a model's history as its card tells it: what a fine-tune's card keeps of the weights it started
+    from ("default" names another file after every new shipped model, so the weights' hash is what identifies it)."""
+    cfg = card.get("train_config", {})
+    steps, batch = card.get("steps"), cfg.get("batch_size")
+    return {"command": card.get("command", ""), "steps": steps, "batch_size": batch,
+            "images_seen": steps * batch if steps and batch else None, "wall_time_s": card.get("wall_time_s"),
+            "final_loss_ema": card.get("final_loss_ema"), "weights_hash": weights_hash}
+
+
+def lineage_of(card: dict, weights_hash: str, source: str) -> list[dict]:
+    """The training stages behind a model, oldest first, ending with the run that wrote it."""
+    if not card:  # weights from elsewhere (diffusers, a file without a card): all we know is which they are
+        return [{"source": source, "weights_hash": weights_hash}]
+    earlier = card.get("lineage")
+    init_from = card.get("train_config", {}).get("init_from")
+    if earlier is None and init_from is not None:  # a fine-tune whose card predates lineages: say what is unknown
+        earlier = [{"source": f"{init_from} (when that run started; its card does not say more)", "weights_hash": None}]
+    return list(earlier or []) + [training_stage(card, weights_hash)]
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepReport], None] | None = None,
@@ -169,15 +191,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, wall_time, loss_log = 0, 0.0, []
+    step, wall_time, loss_log, lineage = 0, 0.0, [], []
     if saved is not None:
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         gen.set_state(saved["rng"])
         step, wall_time, loss_log = int(saved["step"]), float(saved["wall_time"]), list(saved["loss_log"])
+        lineage = saved.get("lineage", [])
+        if "lineage" not in saved and cfg.init_from is not None:  # a checkpoint from before lineages were kept
+            lineage = initial_weights(cfg.init_from, model_config, schedule)[1]
     elif cfg.init_from is not None:
-        start = initial_weights(cfg.init_from, model_config, schedule)
+        start, lineage = initial_weights(cfg.init_from, model_config, schedule)
         model.load_state_dict(start)
         ema.load_state_dict(start)
 
@@ -195,7 +220,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
             "dataset": {"name": data.name, "image_size": data.image_size, "channels": data.channels},
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "step": step, "rng": gen.get_state(), "wall_time": wall_time, "loss_log": loss_log,
-            "train_config": asdict(cfg), "parameters": count_parameters(model),
+            "train_config": asdict(cfg), "parameters": count_parameters(model), "lineage": lineage,
         }
 
     def checkpoint() -> None:
@@ -281,7 +306,14 @@ def export_state(saved: dict, out: str | Path, extra: dict | None = None) -> dic
         "weights_hash": state_dict_hash(saved["ema"]),
         "train_config": cfg,
         "torch": str(torch.__version__),
-    } | (extra or {})
+    }
+    # a fine-tune's card also tells the runs before it: the model is all of them, not only the last
+    lineage = saved.get("lineage", [])
+    card["lineage"] = lineage
+    stages = lineage + [training_stage(card, card["weights_hash"])]
+    card["total"] = {key: sum(stage[key] for stage in stages) if all(stage.get(key) for stage in stages) else None
+                     for key in ("steps", "images_seen", "wall_time_s")}
+    card |= extra or {}
     out = Path(out)
     save_checkpoint(out, {key: saved[key] for key in ("model_config", "schedule", "schedule_hash", "dataset")}
                     | {"model": saved["ema"], "card": card})

@@ -1,6 +1,7 @@
 """The bench scripts run on any model: bench/sampler_speed.py on a checkpoint with a non-default noise schedule."""
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -122,10 +123,42 @@ def test_training_curve_scores_every_snapshot_and_the_start(tmp_path, tiny_featu
                                          "--seeds", "1", "--features", str(tiny_features), "--out", str(tmp_path / "c.json")])
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines()[2:5]] == ["start", "10", "20"]
-    import json
-
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert len(rows) == 3 and rows[0]["weights_hash"] == rows[1]["weights_hash"] != rows[2]["weights_hash"]
     bench_module("training_curve").main([str(tmp_path / "run"), "--snapshots", "20", "--nfe", "3", "--samples", "8",
                                          "--seeds", "1", "--features", str(tiny_features)])
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["20"]
+
+
+def test_training_curve_keeps_scored_rows_reports_paired_changes_and_plots(tmp_path, tiny_features, capsys, monkeypatch):
+    from stepdrop_search.train import train
+
+    curve = bench_module("training_curve")
+    train(tiny_config(tmp_path / "run", steps=20, snapshot_every=10))
+    args = [str(tmp_path / "run"), "--nfe", "3", "--samples", "8", "--seeds", "2", "--features", str(tiny_features),
+            "--out", str(tmp_path / "c.json"), "--plot", str(tmp_path / "c.png")]
+    curve.main(args)
+    first = capsys.readouterr().out
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == ["10", "20"] and len(rows[1]["kid"]["3"]) == 2
+    change = [b - a for a, b in zip(rows[0]["fid"]["3"], rows[1]["fid"]["3"], strict=True)]
+    assert f"(Δ {sum(change) / 2:+.3f}" in first and re.search(r"^flat: (yes|no) ", first, flags=re.M)
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("a row already in --out was scored again")
+
+    monkeypatch.setattr(curve, "score", never)
+    curve.main(args)  # same settings: every row is kept
+    assert capsys.readouterr().out.splitlines()[2:4] == first.splitlines()[2:4]
+    with pytest.raises(AssertionError, match="scored again"):
+        curve.main(args[:6] + ["3"] + args[7:])  # other seeds: nothing is kept
+
+
+def test_a_curve_is_flat_only_when_every_paired_change_is_within_its_noise():
+    curve = bench_module("training_curve")
+    before = {"fid": {"10": [3.0, 3.2, 3.1]}, "kid": {"10": [0.010, 0.011, 0.012]}}
+    noisy = {"fid": {"10": [2.9, 3.3, 3.1]}, "kid": {"10": [0.011, 0.010, 0.012]}}
+    better = {"fid": {"10": [2.8, 3.0, 2.9]}, "kid": {"10": [0.011, 0.010, 0.012]}}  # −0.2 on every seed
+    assert curve.is_flat(before, noisy) and not curve.is_flat(before, better)
+    assert not curve.is_flat({"fid": {"10": [3.0]}, "kid": {"10": [0.01]}}, {"fid": {"10": [3.0]}, "kid": {"10": [0.01]}})

@@ -122,6 +122,25 @@ def test_fine_tune_starts_from_the_given_weights_with_a_fresh_optimizer(tiny_che
         assert torch.allclose(tuned["model"][name].float(), value.float(), atol=1e-6), name
 
 
+def test_a_fine_tunes_card_tells_every_run_behind_the_model_and_their_totals(tmp_path):
+    first = export_weights(train(tiny_config(tmp_path / "a", steps=4, batch_size=8)), tmp_path / "a.pt")
+    second = export_weights(train(tiny_config(tmp_path / "b", steps=3, batch_size=8, init_from=str(tmp_path / "a.pt"))),
+                            tmp_path / "b.pt")
+    third = export_weights(train(tiny_config(tmp_path / "c", steps=2, batch_size=4, init_from=str(tmp_path / "b.pt"))),
+                           tmp_path / "c.pt")
+    assert first["lineage"] == [] and first["total"]["steps"] == 4
+    assert [stage["weights_hash"] for stage in third["lineage"]] == [first["weights_hash"], second["weights_hash"]]
+    assert third["total"]["steps"] == 4 + 3 + 2 and third["total"]["images_seen"] == 4 * 8 + 3 * 8 + 2 * 4
+    assert load_model(tmp_path / "c.pt").card["lineage"] == third["lineage"]  # the weights file carries it too
+    # a card written before lineages were kept: the runs before it are unknown, and so are the totals
+    old = load_checkpoint(tmp_path / "b.pt")
+    old["card"] = {key: value for key, value in old["card"].items() if key not in ("lineage", "total")}
+    torch.save(old, tmp_path / "old.pt")
+    fourth = export_weights(train(tiny_config(tmp_path / "d", steps=1, init_from=str(tmp_path / "old.pt"))),
+                            tmp_path / "d.pt")
+    assert fourth["lineage"][0]["weights_hash"] is None and fourth["total"]["steps"] is None
+
+
 def test_fine_tune_from_another_architecture_is_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(UserError, match="another architecture"):
         train(tiny_config(tmp_path, preset="xs", init_from=str(tiny_checkpoint)))
