@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The shipped model against the one it replaced (issue 17), one command:  bash bench/model_compare.sh
 #
-# Evaluates both models with the same rows — DDIM on uniform steps at NFE 5, 10, 25, 50 and each NFE's best solver on
-# the replaced model (DPM-Solver++(3M) at 5, Heun at 10, 25 and 50) — on the same x_T per seed, then pairs them row by
-# row (bench/model_compare.py). The replaced model is read from git (revision OLD), so this runs in any clone.
-# Writes $OUT-{old,new}-{ddim,dpmpp-3m,heun}.{json,csv,md,png} and $OUT.md.
+# Evaluates both models with the same rows — by default DDIM on uniform steps at NFE 5, 10, 25, 50 and the solvers that
+# win some NFE under the default runtime (DPM-Solver++(3M) at 5 and 10, Heun at 10 and 25) with DPM-Solver++(2M) at 10
+# and 25, the training curve's sampler — on the same x_T per seed, then pairs them row by row (bench/model_compare.py).
+# The replaced model is read from git (revision OLD), so this runs in any clone.
+# Writes $OUT-{old,new}-SOLVER.{json,csv,md,png} for each solver of ROWS and $OUT.md.
 #
 # Environment knobs (defaults are what README's table used): OLD (git revision that shipped the replaced model),
-# NEW (the new model; default the shipped one), SAMPLES, SEEDS, OUT, DEVICE.
+# NEW (the new model; default the shipped one), SAMPLES, SEEDS, OUT, DEVICE, ROWS (SOLVER:NFE,NFE… words).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=${OLD:-487a72e}
@@ -16,6 +17,7 @@ SAMPLES=${SAMPLES:-2000}
 SEEDS=${SEEDS:-3}
 OUT=${OUT:-bench/results/model-compare}
 DEVICE=${DEVICE:-auto}
+ROWS=${ROWS:-ddim:5,10,25,50 dpmpp-2m:10,25 dpmpp-3m:5,10 heun:10,25}
 mkdir -p "$(dirname "$OUT")"
 old_model=$(mktemp /tmp/stepdrop-old-model.XXXXXX)
 trap 'rm -f "$old_model"' EXIT
@@ -25,7 +27,7 @@ rows() {  # rows NAME MODEL_FLAG…: the compared rows on one model; a report al
     local name=$1; shift
     local ev=(stepdrop-search evaluate "$@" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --device "$DEVICE")
     local solver nfes
-    for solver in ddim:5,10,25,50 dpmpp-3m:5 heun:10,25,50; do
+    for solver in $ROWS; do
         nfes=${solver#*:} solver=${solver%%:*}
         [ "$name" = old ] && [ -f "$OUT-$name-$solver.json" ] && continue  # the revision fixes the old model's rows
         "${ev[@]}" --baselines "$solver" --nfe "$nfes" --out "$OUT-$name-$solver"

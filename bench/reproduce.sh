@@ -31,6 +31,8 @@ if [ "$QUICK" = 1 ]; then
          --gradient-epochs 1 --dp-grid 20 --dp-samples 4 --dp-oss-samples 2"
     LOSSES="--samples 8 --epochs 1 --held-out 16 --teacher ddim-20"
     BIAS="--samples 8 16" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
+    # one row per model in the model comparisons, one learned NFE (its export resampled to the main job's NFE)
+    COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25"
     # the peers' searches and the S2-DM fine-tunes read these from the environment
     export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10,25 STEPS=10
     export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
@@ -38,6 +40,7 @@ else
     R=${OUT:-bench/results/reproduced}
     BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=270 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
+    COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25"
 fi
 DEVICE=${DEVICE:-auto}
 export COLUMNS=160  # rich draws the tables it writes into result files this wide, not cut to 80 columns
@@ -99,7 +102,7 @@ fi
 step "The shipped model against the one it replaced (bench/model_compare.sh)"
 if kept "$R/model-compare.md"; then :
 elif git cat-file -e "${OLD:-487a72e}:stepdrop_search/assets/default-xs-fashion-mnist.pt" 2>/dev/null; then
-    NEW=${MODEL:-} SAMPLES=$BIG OUT="$R/model-compare" bash bench/model_compare.sh > /dev/null
+    NEW=${MODEL:-} SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/model-compare" bash bench/model_compare.sh > /dev/null
 else
     echo "skipped: revision ${OLD:-487a72e} is not in this clone (a shallow clone?); fetch it or set OLD" >&2
 fi
@@ -150,7 +153,7 @@ kept "$R/export-fidelity.md" ||
     to "$R/export-fidelity.md" python bench/export_fidelity.py "${MODEL_FLAG[@]}" "$R/optimize-nfe25-comfyui/best.json" \
         "$R/optimize-nfe25/best.json" --samples "$FIDELITY_SAMPLES" --seed 0
 
-for nfe in 5 10; do
+for nfe in $LEARNED_NFES; do
     step "Learned steps and the published DPs: optimize --nfe $nfe, every pool row at the evaluation size"
     kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe"
     kept "$R/learned-nfe$nfe/evaluate.json" ||
@@ -169,7 +172,7 @@ kept "$R/gradient-losses-unipc-nfe5.txt" || to "$R/gradient-losses-unipc-nfe5.tx
 
 step "Resampled or searched"
 mkdir -p "$R/resample"
-for pair in 5:10:l10:learned-nfe10 10:25:main:optimize-nfe25; do
+for pair in $RESAMPLE; do
     IFS=: read -r from to_nfe label searched <<< "$pair"
     resampled="$R/resample/best-from-nfe$from-to-nfe$to_nfe.json"
     kept "$R/resample/evaluate-nfe$to_nfe.json" || {
@@ -218,7 +221,7 @@ elif [ -f "$s2dm_runs/control/last.pt" ]; then
             if [ -f "$report" ]; then cp "$report" "$R/finetune-compare-old-${report##*/model-compare-new-}"; fi
         done
     fi
-    OLD=HEAD NEW="$s2dm_runs/control/last.pt" SAMPLES=$BIG OUT="$R/finetune-compare" bash bench/model_compare.sh > /dev/null
+    OLD=HEAD NEW="$s2dm_runs/control/last.pt" SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/finetune-compare" bash bench/model_compare.sh > /dev/null
 else
     echo "skipped: no control fine-tune in $s2dm_runs (the S2-DM ablation did not run)" >&2
 fi

@@ -7,6 +7,10 @@ each the mean ± std over seeds, and the paired change from the row before (same
 The last line says whether the curve is flat: at every NFE, the last two snapshots differ by no more than twice the
 std of their paired per-seed differences, in proxy-FID and in KID.
 
+Choosing a snapshot to ship is a selection, so the curve samples the *selection* noise (seeds 2²⁴ + 2²³ + s,
+:mod:`stepdrop_search.seeds`) by default: the evaluation seeds ``evaluate`` reports the chosen model on stay unseen
+(``--noise evaluation`` scores on those instead, as curves made before did).
+
 ``--out`` writes the numbers as JSON (what the model card and the docs' curve are made from) and makes the run
 incremental: rows already in that file, for the same weights and settings, are kept, so scoring a run while it trains
 (or after a session ended mid-curve) only scores the new snapshots. ``--plot`` draws the curve.
@@ -33,14 +37,15 @@ from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model
 from stepdrop_search.objectives.metrics import fid_of_features, kid_of_features, proxy_features
 from stepdrop_search.policies.kinds import Uniform
+from stepdrop_search.seeds import selection_seed
 
 #: a change smaller than this many std of its paired per-seed differences is read as no change
 FLAT_WITHIN_STD = 2.0
 #: what must match for a row of an earlier --out to be kept instead of scored again
-SETTINGS = ("solver", "samples", "seeds", "runtime", "features")
+SETTINGS = ("solver", "samples", "seeds", "noise", "runtime", "features")
 
 
-def score(model_path: str | None, nfes: list[int], samples: int, seeds: int, solver: str, runtime: str,
+def score(model_path: str | None, nfes: list[int], samples: int, seeds: list[int], solver: str, runtime: str,
           features: str | None) -> tuple[dict, dict, str]:
     """Proxy-FID and KID per NFE and seed, and the weights' hash (which names the start when it is "the shipped
     model")."""
@@ -51,7 +56,7 @@ def score(model_path: str | None, nfes: list[int], samples: int, seeds: int, sol
         spec, steps = spec_for_nfe(solver, nfe, runtime=runtime)
         policy = Uniform(nfe=steps, schedule=loaded.schedule)
         fid[str(nfe)], kid[str(nfe)] = [], []
-        for seed in range(seeds):
+        for seed in seeds:
             images = generate(loaded.model, loaded.schedule, policy, spec, n=samples, seed=seed,
                               runtime=runtime_named(runtime)).x0
             generated = proxy_features(images, feats, device=torch.device("cpu"))[0]
@@ -91,7 +96,9 @@ def kept_rows(path: Path | None, settings: dict, nfes: list[int]) -> dict[tuple[
 
 
 def plot(rows: list[dict], nfes: list[int], path: Path, title: str) -> None:
-    """Proxy-FID (left) and KID (right) against training step, one line per NFE, error bars = std over seeds."""
+    """Proxy-FID (left) and KID (right) of each row as its paired change from the first row, one line per NFE, error
+    bars = std over seeds of that paired change: the seeds' own spread (the same for every row) is left out, so what
+    the bars show is what decides whether a change is real."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,14 +107,17 @@ def plot(rows: list[dict], nfes: list[int], path: Path, title: str) -> None:
     steps = [0 if row["step"] == "start" else int(row["step"]) for row in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric, label in zip(axes, ("fid", "kid"), ("proxy-FID", "KID"), strict=True):
-        for nfe in nfes:
-            stats = [mean_std(row[metric][str(nfe)]) for row in rows]
-            ax.errorbar(steps, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
-                        label=f"NFE {nfe}")
-        ax.set_xlabel("fine-tune step (0 = the weights it started from)")
-        ax.set_ylabel(f"{label} (lower is better)")
+        for nfe in map(str, nfes):
+            changes = [paired_change(rows[0][metric][nfe], row[metric][nfe]) for row in rows]
+            ax.errorbar(steps, [m for m, _ in changes], yerr=[s for _, s in changes], marker="o", capsize=3,
+                        label=f"NFE {nfe} (first row {mean_std(rows[0][metric][nfe])[0]:.3g})")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(steps, [f"{step / 1000:g}k" if step >= 1000 else str(step) for step in steps])
+        ax.set_xlabel(f"training step ({steps[0]} = {rows[0]['step']}: the weights the run started from)"
+                      if rows[0]["step"] == "start" else "training step")
+        ax.set_ylabel(f"{label} − first row's (lower is better)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 25])
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--noise", choices=("selection", "evaluation"), default="selection",
+                        help="the seed range sampled (default: selection, which evaluate never uses)")
     parser.add_argument("--solver", default="dpmpp-2m")
     parser.add_argument("--runtime", default="stepdrop", help="the conventions sampled under (default: stepdrop)")
     parser.add_argument("--features", default=None)
@@ -139,20 +151,21 @@ def main(argv: list[str] | None = None) -> None:
     if not snapshots:
         wanted = f" of steps {args.snapshots}" if args.snapshots else ""
         parser.error(f"no snapshots in {args.run / 'snapshots'}{wanted}; train with --snapshot-every N")
-    settings = {"solver": args.solver, "samples": args.samples, "seeds": args.seeds, "runtime": args.runtime,
-                "features": args.features}
+    settings = {"solver": args.solver, "samples": args.samples, "seeds": args.seeds, "noise": args.noise,
+                "runtime": args.runtime, "features": args.features}
+    seeds = [selection_seed(s) if args.noise == "selection" else s for s in range(args.seeds)]
     kept = kept_rows(args.out, settings, args.nfe)
     rows = [("start", None if args.start == "default" else args.start)] if args.start else []
     rows += [(str(step), str(p)) for step, p in snapshots.items()]
-    print(f"{args.solver} on uniform steps under runtime {args.runtime}, {args.samples} samples × evaluation seeds "
-          f"0..{args.seeds - 1}: mean ± std over seeds, and (Δ) the paired change from the row before")
-    print(f"{'step':<8s}" + "".join(f"{'FID NFE ' + str(n):<30s}{'KID NFE ' + str(n):<34s}" for n in args.nfe))
+    print(f"{args.solver} on uniform steps under runtime {args.runtime}, {args.samples} samples × {args.noise} seeds "
+          f"{seeds[0]}..{seeds[-1]}: mean ± std over seeds, and (Δ) the paired change from the row before")
+    print(f"{'step':<8s}" + "".join(f"{'FID NFE ' + str(n):<36s}{'KID NFE ' + str(n):<46s}" for n in args.nfe))
     results: list[dict] = []
     for step, path in rows:
         weights_hash = load_model(path, device=torch.device("cpu")).weights_hash
         row = kept.get((step, weights_hash))
         if row is None:
-            fid, kid, weights_hash = score(path, args.nfe, args.samples, args.seeds, args.solver, args.runtime,
+            fid, kid, weights_hash = score(path, args.nfe, args.samples, seeds, args.solver, args.runtime,
                                            args.features)
             row = {"step": step, "model": path or "default", "weights_hash": weights_hash, "fid": fid, "kid": kid}
         cells = []
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                 if results:
                     delta, delta_std = paired_change(results[-1][metric][nfe], row[metric][nfe])
                     change = f" (Δ {delta:+{fmt}} ± {delta_std:{fmt}})"
-                cells.append(f"{mean:{fmt}} ± {std:{fmt}}{change}".ljust(30 if metric == "fid" else 34))
+                cells.append(f"{mean:{fmt}} ± {std:{fmt}}{change}".ljust(36 if metric == "fid" else 46))
         print(f"{step:<8s}" + "".join(cells), flush=True)
         results.append(row)
         if args.out:  # after every row: a run killed mid-curve keeps what it scored
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
               "in proxy-FID and KID)")
     if args.plot:
         plot(results, args.nfe, args.plot, f"{args.run}: {args.solver}, uniform steps, runtime {args.runtime}, "
-             f"{args.samples} samples × {args.seeds} seeds")
+             f"{args.samples} samples × {args.seeds} {args.noise} seeds")
     if args.out:
         print(json.dumps({"wrote": str(args.out)}))
 

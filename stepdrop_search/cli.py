@@ -120,12 +120,14 @@ class training_progress:
 @app.command()
 @user_errors_exit_2
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="training checkpoint (runs/…/last.pt)")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="training checkpoint (runs/…/last.pt) or one of its snapshots (runs/…/snapshots/step-N.pt)")],
     out: Annotated[Path, typer.Option(help="weights file to write; a JSON card is written beside it")],
     curve: Annotated[list[Path] | None, typer.Option(
         help="training curve (bench/training_curve.py --out) for the card; repeatable")] = None,
 ) -> None:
-    """Export the EMA weights of a training checkpoint as a small model file with a JSON card."""
+    """Export the EMA weights of a training checkpoint (or a snapshot the curve chose) as a small model file with a
+    JSON card."""
     from stepdrop_search.train import export_weights
 
     card = export_weights(checkpoint, out, curve)

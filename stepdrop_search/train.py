@@ -28,6 +28,8 @@ from stepdrop_search.loading import load_model
 from stepdrop_search.model import UNet, count_parameters, preset_config
 
 CHECKPOINT_NAME = "last.pt"
+#: what a model file holds besides its card: what sampling needs, nothing of the optimizer
+WEIGHTS_FILE_KEYS = ("model_config", "schedule", "schedule_hash", "dataset", "model")
 
 
 @dataclass(frozen=True)
@@ -284,9 +286,15 @@ def export_weights(checkpoint_path: str | Path, out: str | Path, curves: list[st
     files (bench/training_curve.py, e.g. one per NFE) the card carries as ``training_curves``."""
     extra = {"training_curves": [read_training_curve(curve) for curve in curves]} if curves else {}
     saved = load_checkpoint(checkpoint_path)
-    if "ema" not in saved:
-        raise UserError(f"{checkpoint_path} holds no EMA weights; export a training checkpoint (runs/…/last.pt)")
-    return export_state(saved, out, extra)
+    if "ema" in saved:
+        return export_state(saved, out, extra)
+    if "card" in saved and "schedule" in saved:  # a snapshot (or an exported model): the weights and card as they are
+        card = dict(saved["card"]) | extra
+        save_checkpoint(out, {key: saved[key] for key in WEIGHTS_FILE_KEYS} | {"card": card})
+        write_json(Path(out).with_suffix(".json"), card)
+        return card
+    raise UserError(f"{checkpoint_path} holds no EMA weights and no model card; export a training checkpoint "
+                    "(runs/…/last.pt) or one of its snapshots (runs/…/snapshots/step-N.pt)")
 
 
 def export_state(saved: dict, out: str | Path, extra: dict | None = None) -> dict:
@@ -315,7 +323,7 @@ def export_state(saved: dict, out: str | Path, extra: dict | None = None) -> dic
                      for key in ("steps", "images_seen", "wall_time_s")}
     card |= extra or {}
     out = Path(out)
-    save_checkpoint(out, {key: saved[key] for key in ("model_config", "schedule", "schedule_hash", "dataset")}
+    save_checkpoint(out, {key: saved[key] for key in WEIGHTS_FILE_KEYS if key != "model"}
                     | {"model": saved["ema"], "card": card})
     write_json(out.with_suffix(".json"), card)
     return card

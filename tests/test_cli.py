@@ -51,6 +51,29 @@ def test_export_carries_a_training_curve_in_the_card_and_refuses_a_bad_one_befor
     assert result.exit_code == 2 and "training_curve.py" in result.output and not refused.exists()
 
 
+def test_export_ships_a_snapshot_the_curve_chose_with_its_weights_and_card_and_refuses_a_file_without_either(
+        tmp_path):
+    from stepdrop_search.checkpoint import load_checkpoint, save_checkpoint
+    from stepdrop_search.loading import load_model
+    from stepdrop_search.train import train
+    from tests.conftest import tiny_config
+
+    train(tiny_config(tmp_path / "run", steps=20, snapshot_every=10))
+    snapshot = tmp_path / "run" / "snapshots" / "step-000010.pt"
+    curve = tmp_path / "curve.json"
+    curve.write_text(json.dumps({"solver": "dpmpp-2m", "rows": [{"step": "10", "fid": {"10": [7.0]}}]}))
+    out = tmp_path / "chosen.pt"
+    result = runner.invoke(app, ["export", str(snapshot), "--out", str(out), "--curve", str(curve)])
+    assert result.exit_code == 0, result.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["steps"] == 10 and card["training_curves"][0]["rows"][0]["step"] == "10"
+    assert load_model(out).weights_hash == load_model(snapshot).weights_hash == card["weights_hash"]
+    bare = {key: value for key, value in load_checkpoint(snapshot).items() if key != "card"}
+    save_checkpoint(tmp_path / "bare.pt", bare)
+    result = runner.invoke(app, ["export", str(tmp_path / "bare.pt"), "--out", str(tmp_path / "no.pt")])
+    assert result.exit_code == 2 and "no model card" in result.output and not (tmp_path / "no.pt").exists()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stepdrop_search", *args], capture_output=True, text=True)
 
