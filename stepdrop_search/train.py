@@ -319,7 +319,7 @@ def export_state(saved: dict, out: str | Path, extra: dict | None = None) -> dic
     lineage = saved.get("lineage", [])
     card["lineage"] = lineage
     stages = lineage + [training_stage(card, card["weights_hash"])]
-    card["total"] = {key: sum(stage[key] for stage in stages) if all(stage.get(key) for stage in stages) else None
+    card["total"] = {key: sum(stage[key] for stage in stages) if all(stage.get(key) is not None for stage in stages) else None
                      for key in ("steps", "images_seen", "wall_time_s")}
     card |= extra or {}
     out = Path(out)
