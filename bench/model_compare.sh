@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The shipped model against the one it replaced (issue 17), one command:  bash bench/model_compare.sh
 #
-# Evaluates both models with the same rows — by default DDIM on uniform steps at NFE 5, 10, 25, 50 and the solvers that
-# win some NFE under the default runtime (DPM-Solver++(3M) at 5 and 10, Heun at 10 and 25) with DPM-Solver++(2M) at 10
-# and 25, the training curve's sampler — on the same x_T per seed, then pairs them row by row (bench/model_compare.py).
+# Evaluates both models with the same rows — by default DDIM on uniform steps at NFE 5, 10, 25, 50, the solvers that
+# win some NFE under the default runtime (DPM-Solver++(3M) at 5 and 10, Heun at 25), Heun at 10 and DPM-Solver++(2M)
+# at 10 and 25 (the training curve's sampler) — on the same x_T per seed, then pairs them row by row (bench/model_compare.py).
 # The replaced model is read from git (revision OLD), so this runs in any clone.
 # Writes $OUT-{old,new}-SOLVER.{json,csv,md,png} for each solver of ROWS and $OUT.md.
 #
-# Environment knobs (defaults are what README's table used): OLD (git revision that shipped the replaced model),
+# Environment knobs: OLD (git revision that shipped the replaced model),
 # NEW (the new model; default the shipped one), SAMPLES, SEEDS, OUT, DEVICE, ROWS (SOLVER:NFE,NFE… words).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +23,19 @@ old_model=$(mktemp /tmp/stepdrop-old-model.XXXXXX)
 trap 'rm -f "$old_model"' EXIT
 git show "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" > "$old_model"
 
+has_rows() {  # has_rows REPORT SOLVER NFES: the report holds the row SOLVER-NFE for each NFE of the list
+    python -c "import json, sys; names = {r['name'] for r in json.load(open(sys.argv[1]))['results']}
+sys.exit(0 if all(f'{sys.argv[2]}-{n}' in names for n in sys.argv[3].split(',')) else 1)" "$@"
+}
 rows() {  # rows NAME MODEL_FLAG…: the compared rows on one model; a report already written for the old model is kept
     local name=$1; shift
     local ev=(stepdrop-search evaluate "$@" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --device "$DEVICE")
     local solver nfes
     for solver in $ROWS; do
         nfes=${solver#*:} solver=${solver%%:*}
-        [ "$name" = old ] && [ -f "$OUT-$name-$solver.json" ] && continue  # the revision fixes the old model's rows
+        # the revision fixes the old model's rows: a report already written is kept when it holds every wanted NFE
+        [ "$name" = old ] && [ -f "$OUT-$name-$solver.json" ] && has_rows "$OUT-$name-$solver.json" "$solver" "$nfes" \
+            && continue
         "${ev[@]}" --baselines "$solver" --nfe "$nfes" --out "$OUT-$name-$solver"
     done
 }

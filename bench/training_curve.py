@@ -13,7 +13,8 @@ Choosing a snapshot to ship is a selection, so the curve samples the *selection*
 
 ``--out`` writes the numbers as JSON (what the model card and the docs' curve are made from) and makes the run
 incremental: rows already in that file, for the same weights and settings, are kept, so scoring a run while it trains
-(or after a session ended mid-curve) only scores the new snapshots. ``--plot`` draws the curve.
+(or after a session ended mid-curve) only scores the new snapshots; rows of steps this run does not score (``--snapshots``)
+stay in the file, and a file made with other settings is refused, never overwritten. ``--plot`` draws the curve.
 
     python bench/training_curve.py runs/converge --start default --nfe 10 25 --samples 1000 --seeds 3 \\
         --out curve.json --plot docs/training-curve.png
@@ -42,7 +43,7 @@ from stepdrop_search.seeds import selection_seed
 #: a change smaller than this many std of its paired per-seed differences is read as no change
 FLAT_WITHIN_STD = 2.0
 #: what must match for a row of an earlier --out to be kept instead of scored again
-SETTINGS = ("solver", "samples", "seeds", "noise", "runtime", "features")
+SETTINGS = ("solver", "nfe", "samples", "seeds", "noise", "runtime", "features")
 
 
 def score(model_path: str | None, nfes: list[int], samples: int, seeds: list[int], solver: str, runtime: str,
@@ -77,22 +78,33 @@ def paired_change(before: list[float], after: list[float]) -> tuple[float, float
 def is_flat(before: dict, after: dict) -> bool:
     """No paired change beyond FLAT_WITHIN_STD std at any NFE, in either metric; one seed cannot tell."""
     for metric in ("fid", "kid"):
-        for nfe in after[metric]:
+        for nfe in before[metric].keys() & after[metric].keys():
             mean, std = paired_change(before[metric][nfe], after[metric][nfe])
             if len(after[metric][nfe]) < 2 or abs(mean) > FLAT_WITHIN_STD * std:
                 return False
     return True
 
 
-def kept_rows(path: Path | None, settings: dict, nfes: list[int]) -> dict[tuple[str, str], dict]:
-    """Rows of an earlier --out made with the same settings and every wanted NFE, by (step, weights hash)."""
+def step_order(row: dict) -> int:
+    """The start first, then the snapshots by step."""
+    return -1 if row["step"] == "start" else int(row["step"])
+
+
+def earlier_rows(path: Path | None, settings: dict) -> list[dict]:
+    """The rows of an earlier --out, refused (one line, exit 2) when it was made with other settings: rows of another
+    solver, NFE or noise are not this curve's, and rewriting the file would lose them."""
     if path is None or not path.is_file():
-        return {}
-    earlier = json.loads(path.read_text())
-    if any(earlier.get(key) != settings[key] for key in SETTINGS):
-        return {}
-    return {(row["step"], row["weights_hash"]): row for row in earlier["rows"]
-            if all(str(nfe) in row["fid"] and str(nfe) in row.get("kid", {}) for nfe in nfes)}
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+        rows = list(earlier["rows"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise SystemExit(f"--out {path} exists but is not a training curve; choose another --out") from None
+    other = {key: earlier.get(key) for key in SETTINGS if earlier.get(key) != settings[key]}
+    if other:
+        raise SystemExit(f"--out {path} was made with other settings ({other}); choose another --out or the same "
+                         "settings")
+    return rows
 
 
 def plot(rows: list[dict], nfes: list[int], path: Path, title: str) -> None:
@@ -151,10 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     if not snapshots:
         wanted = f" of steps {args.snapshots}" if args.snapshots else ""
         parser.error(f"no snapshots in {args.run / 'snapshots'}{wanted}; train with --snapshot-every N")
-    settings = {"solver": args.solver, "samples": args.samples, "seeds": args.seeds, "noise": args.noise,
-                "runtime": args.runtime, "features": args.features}
+    settings = {"solver": args.solver, "nfe": args.nfe, "samples": args.samples, "seeds": args.seeds,
+                "noise": args.noise, "runtime": args.runtime, "features": args.features}
     seeds = [selection_seed(s) if args.noise == "selection" else s for s in range(args.seeds)]
-    kept = kept_rows(args.out, settings, args.nfe)
+    earlier = earlier_rows(args.out, settings)
+    kept = {(row["step"], row["weights_hash"]): row for row in earlier}
     rows = [("start", None if args.start == "default" else args.start)] if args.start else []
     rows += [(str(step), str(p)) for step, p in snapshots.items()]
     print(f"{args.solver} on uniform steps under runtime {args.runtime}, {args.samples} samples × {args.noise} seeds "
@@ -180,8 +193,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{step:<8s}" + "".join(cells), flush=True)
         results.append(row)
         if args.out:  # after every row: a run killed mid-curve keeps what it scored
+            scored = {row["step"] for row in results}
+            others = [row for row in earlier if row["step"] not in scored]  # steps this run does not score stay
             command = "python bench/training_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
-            write_json(args.out, {"command": command} | settings | {"rows": results})
+            write_json(args.out, {"command": command} | settings | {"rows": sorted(results + others, key=step_order)})
     if len(results) > 1:
         flat = is_flat(results[-2], results[-1])
         print(f"flat: {'yes' if flat else 'no'} (the last two rows, {results[-2]['step']} and {results[-1]['step']}, "

@@ -150,7 +150,7 @@ def training_stage(card: dict, weights_hash: str) -> dict:
     cfg = card.get("train_config", {})
     steps, batch = card.get("steps"), cfg.get("batch_size")
     return {"command": card.get("command", ""), "steps": steps, "batch_size": batch,
-            "images_seen": steps * batch if steps and batch else None, "wall_time_s": card.get("wall_time_s"),
+            "images_seen": steps * batch if steps is not None and batch is not None else None, "wall_time_s": card.get("wall_time_s"),
             "final_loss_ema": card.get("final_loss_ema"), "weights_hash": weights_hash}
 
 

@@ -151,8 +151,12 @@ def test_training_curve_keeps_scored_rows_reports_paired_changes_and_plots(tmp_p
     monkeypatch.setattr(curve, "score", never)
     curve.main(args)  # same settings: every row is kept
     assert capsys.readouterr().out.splitlines()[2:4] == first.splitlines()[2:4]
-    with pytest.raises(AssertionError, match="scored again"):
-        curve.main(args[:6] + ["3"] + args[7:])  # other seeds: nothing is kept
+    curve.main(args + ["--snapshots", "20"])  # a part of the curve: the other rows stay in the file
+    assert json.loads((tmp_path / "c.json").read_text())["rows"] == rows
+    made = (tmp_path / "c.json").read_text()
+    with pytest.raises(SystemExit, match="other settings"):
+        curve.main(args[:6] + ["3"] + args[7:])  # other seeds: refused before any scoring, the file untouched
+    assert (tmp_path / "c.json").read_text() == made
 
 
 def test_a_curve_is_flat_only_when_every_paired_change_is_within_its_noise():
