@@ -1,4 +1,4 @@
-"""Every file README names under bench/results/ exists: a figure's source cannot silently go missing."""
+"""Every file README and docs/ name under bench/results/ exists: a figure's source cannot silently go missing."""
 
 import glob
 import itertools
@@ -25,8 +25,17 @@ def exists(name: str) -> bool:
     return (ROOT / name).exists() or any(glob.glob(str(ROOT / name) + sep + "*") for sep in ".-")
 
 
+def named_in(path: Path) -> list[str]:
+    text = path.read_text()
+    return sorted({variant for match in NAMED.findall(text) for variant in expansions(match.rstrip(".,`)"))})
+
+
 def test_every_bench_result_readme_names_exists():
-    text = (ROOT / "README.md").read_text()
-    named = sorted({variant for match in NAMED.findall(text) for variant in expansions(match.rstrip(".,`)"))})
+    named = named_in(ROOT / "README.md")
     missing = [name for name in named if not exists(name)]
     assert len(named) > 40 and not missing, f"README names files that are not there: {missing}"
+
+
+def test_every_bench_result_the_docs_name_exists():
+    missing = {doc.name: [name for name in named_in(doc) if not exists(name)] for doc in (ROOT / "docs").glob("*.md")}
+    assert not any(missing.values()), f"docs name files that are not there: {missing}"
