@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.runtimes import runtime_named
 from stepdrop_search.diffusion.solvers import spec_for_nfe
 from stepdrop_search.files import write_json
@@ -46,11 +47,9 @@ FLAT_WITHIN_STD = 2.0
 SETTINGS = ("solver", "nfe", "samples", "seeds", "noise", "runtime", "features")
 
 
-def score(model_path: str | None, nfes: list[int], samples: int, seeds: list[int], solver: str, runtime: str,
-          features: str | None) -> tuple[dict, dict, str]:
-    """Proxy-FID and KID per NFE and seed, and the weights' hash (which names the start when it is "the shipped
-    model")."""
-    loaded = load_model(model_path, device=torch.device("cpu"))
+def score(loaded: LoadedModel, nfes: list[int], samples: int, seeds: list[int], solver: str, runtime: str,
+          features: str | None) -> tuple[dict, dict]:
+    """Proxy-FID and KID per NFE and seed."""
     feats = load_features_for_model(features, loaded.config, loaded.dataset, device=torch.device("cpu"))
     fid, kid = {}, {}
     for nfe in nfes:
@@ -63,7 +62,7 @@ def score(model_path: str | None, nfes: list[int], samples: int, seeds: list[int
             generated = proxy_features(images, feats, device=torch.device("cpu"))[0]
             fid[str(nfe)].append(fid_of_features(generated, feats))
             kid[str(nfe)].append(kid_of_features(generated, feats, seed=seed)[0])
-    return fid, kid, loaded.weights_hash
+    return fid, kid
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -175,12 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'step':<8s}" + "".join(f"{'FID NFE ' + str(n):<36s}{'KID NFE ' + str(n):<46s}" for n in args.nfe))
     results: list[dict] = []
     for step, path in rows:
-        weights_hash = load_model(path, device=torch.device("cpu")).weights_hash
-        row = kept.get((step, weights_hash))
+        loaded = load_model(path, device=torch.device("cpu"))  # its weights' hash names the start when it is "default"
+        row = kept.get((step, loaded.weights_hash))
         if row is None:
-            fid, kid, weights_hash = score(path, args.nfe, args.samples, seeds, args.solver, args.runtime,
-                                           args.features)
-            row = {"step": step, "model": path or "default", "weights_hash": weights_hash, "fid": fid, "kid": kid}
+            fid, kid = score(loaded, args.nfe, args.samples, seeds, args.solver, args.runtime, args.features)
+            row = {"step": step, "model": path or "default", "weights_hash": loaded.weights_hash, "fid": fid, "kid": kid}
         cells = []
         for nfe in map(str, args.nfe):
             for metric, fmt in (("fid", ".3f"), ("kid", ".5f")):

@@ -289,10 +289,7 @@ def export_weights(checkpoint_path: str | Path, out: str | Path, curves: list[st
     if "ema" in saved:
         return export_state(saved, out, extra)
     if "card" in saved and "schedule" in saved:  # a snapshot (or an exported model): the weights and card as they are
-        card = dict(saved["card"]) | extra
-        save_checkpoint(out, {key: saved[key] for key in WEIGHTS_FILE_KEYS} | {"card": card})
-        write_json(Path(out).with_suffix(".json"), card)
-        return card
+        return write_model_file(out, saved, saved["model"], dict(saved["card"]) | extra)
     raise UserError(f"{checkpoint_path} holds no EMA weights and no model card; export a training checkpoint "
                     "(runs/…/last.pt) or one of its snapshots (runs/…/snapshots/step-N.pt)")
 
@@ -316,14 +313,15 @@ def export_state(saved: dict, out: str | Path, extra: dict | None = None) -> dic
         "torch": str(torch.__version__),
     }
     # a fine-tune's card also tells the runs before it: the model is all of them, not only the last
-    lineage = saved.get("lineage", [])
-    card["lineage"] = lineage
-    stages = lineage + [training_stage(card, card["weights_hash"])]
+    card["lineage"] = saved.get("lineage", [])
+    stages = lineage_of(card, card["weights_hash"], str(out))
     card["total"] = {key: sum(stage[key] for stage in stages) if all(stage.get(key) is not None for stage in stages) else None
                      for key in ("steps", "images_seen", "wall_time_s")}
-    card |= extra or {}
-    out = Path(out)
-    save_checkpoint(out, {key: saved[key] for key in WEIGHTS_FILE_KEYS if key != "model"}
-                    | {"model": saved["ema"], "card": card})
-    write_json(out.with_suffix(".json"), card)
+    return write_model_file(out, saved, saved["ema"], card | (extra or {}))
+
+
+def write_model_file(out: str | Path, saved: dict, weights: dict, card: dict) -> dict:
+    """A model file (what sampling needs, the given weights and card; nothing of the optimizer) and its JSON card."""
+    save_checkpoint(out, {key: saved[key] for key in WEIGHTS_FILE_KEYS if key != "model"} | {"model": weights, "card": card})
+    write_json(Path(out).with_suffix(".json"), card)
     return card

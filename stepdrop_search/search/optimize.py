@@ -392,9 +392,13 @@ def runnable(cfg: OptimizeConfig, candidates: list[SearchCandidate], log: Callab
     so the export always runs there."""
     if cfg.run_runtime.solvers is None:
         return candidates
-    kept = [c for c in candidates if not export_problems(c.document, cfg.run_runtime)]
-    for dropped in (c for c in candidates if c not in kept):
-        log(f"{dropped.name}: {cfg.runtime} cannot run it as measured ({'; '.join(export_problems(dropped.document, cfg.run_runtime))})")
+    kept = []
+    for candidate in candidates:
+        problems = export_problems(candidate.document, cfg.run_runtime)
+        if problems:
+            log(f"{candidate.name}: {cfg.runtime} cannot run it as measured ({'; '.join(problems)})")
+        else:
+            kept.append(candidate)
     return kept
 
 
