@@ -6,8 +6,9 @@ Each argument is an `evaluate` report (``--out OLD`` writes OLD.json), all of th
 of the *new* one after ``--new`` (or one model's rows under two runtimes: reproduce.sh's clamp table). Both were run
 with the same ``--samples`` and ``--seeds``, so seed s of a row starts from the same x_T in both: for every row name in
 both, Δ_s = metric(new, s) − metric(old, s) cancels the seed's class mix, the way `paired_table.py` does within one
-model. Prints each common row with both sides' proxy-FID, the paired Δ (mean ± std and per seed), KID's Δ, and whether
-the new side is better by more than 2 std of Δ.
+model. Prints each common row with both sides' FID on the judge and the coach, the paired Δ on each (mean ± std, per
+seed on the judge), KID's Δ, and the verdict (`paired_table.verdict`: beyond 2 std of the judge's Δ with the coach
+agreeing in sign, else a tie); reports that predate the judge are compared on the coach.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_table import paired, spread  # noqa: E402 (a sibling script, not a package)
+from paired_table import delta_cells, fid_cells, header, headline, markdown_row, verdict  # noqa: E402 (a sibling script, not a package)
 
 
 def rows_of(reports: list[dict]) -> dict:
@@ -47,16 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     runtime = {side: reports[0]["meta"].get("runtime", {}).get("name", "legacy") for side, reports in (("old", old), ("new", new))}
     print(f"old: model {old[0]['meta']['model_hash']}, runtime {runtime['old']}; new: model {new[0]['meta']['model_hash']}, "
           f"runtime {runtime['new']}; {samples} samples × {seeds} seeds; Δ = new − old, paired per seed (same x_T)\n")
-    print("| row | old proxy-FID | new proxy-FID | Δ proxy-FID (mean ± std) | Δ per seed | Δ KID | new better by > 2 std |")
-    print("|---|---|---|---|---|---|---|")
+    fid, _ = headline(rows)
+    columns = ["row", *header(rows, ["old", "new"]), "verdict"]
+    print(markdown_row(columns))
+    print("|" + "---|" * len(columns))
     for name in common:
-        delta = paired(rows, f"new:{name}", f"old:{name}", "fid")
-        mean, std = spread(delta)
-        kid_mean = spread(paired(rows, f"new:{name}", f"old:{name}", "kid"))[0]
-        before, after = old_rows[name]["summary"]["fid"], new_rows[name]["summary"]["fid"]
-        print(f"| {name} | {before['mean']:.3f} ± {before['std']:.3f} | {after['mean']:.3f} ± {after['std']:.3f} | "
-              f"{mean:+.3f} ± {std:.3f} | {', '.join(f'{d:+.2f}' for d in delta)} | {kid_mean:+.4f} | "
-              f"{'yes' if -mean > 2 * std else 'no'} |")
+        print(markdown_row([name, *fid_cells(old_rows[name], fid), *fid_cells(new_rows[name], fid),
+                            *delta_cells(rows, f"new:{name}", f"old:{name}"),
+                            verdict(rows, f"new:{name}", f"old:{name}", better="new better", worse="old better")]))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@
         | tee bench/results/optimize-nfe5/paired.md
 
 For each row and seed s: Δ_s = metric(row, s) − metric(reference, s) (same x_T and noise in both, so the seed's class
-mix cancels). Prints a Markdown table sorted by mean proxy-FID with mean ± std over seeds, the paired Δ's mean ± std
-and per seed, KID's Δ, and whether the reference beats the row by more than 2 std of the paired difference.
+mix cancels). Prints a Markdown table sorted by the judge's mean FID, with the judge's and the coach's FID, the paired
+Δ on each (mean ± std, and per seed on the judge), KID's Δ on the judge, and the verdict: a difference beyond 2 std of
+the judge's paired Δ, or a tie when it is within that or the two networks disagree in sign (docs/judge.md). Reports
+from before the judge existed are compared on the coach alone, and the header says so.
 """
 
 from __future__ import annotations
@@ -23,6 +25,58 @@ def paired(rows: dict, name: str, reference: str, metric: str) -> list[float]:
 
 def spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def judged(rows: dict) -> bool:
+    """Every row measured on the judge (reports written since it shipped)."""
+    return all("judge_fid" in s for row in rows.values() for s in row["per_seed"])
+
+
+def headline(rows: dict) -> tuple[str, str]:
+    """(FID key, KID key) the verdict is taken on: the judge's where every row has it, else the coach's."""
+    return ("judge_fid", "judge_kid") if judged(rows) else ("fid", "kid")
+
+
+def verdict(rows: dict, name: str, reference: str, better: str = "row better", worse: str = "reference better") -> str:
+    """``better``/``worse`` when the headline FID's paired Δ (row − reference) is beyond 2 std and, with a judge, the
+    coach agrees in sign; otherwise a tie, saying why."""
+    fid, _ = headline(rows)
+    mean, std = spread(paired(rows, name, reference, fid))
+    if abs(mean) <= 2 * std:
+        return "tie (within 2 std)"
+    if fid == "judge_fid" and (spread(paired(rows, name, reference, "fid"))[0] > 0) != (mean > 0):
+        return "tie (judge and coach disagree)"
+    return worse if mean > 0 else better
+
+
+def fid_cells(row: dict, fid: str) -> list[str]:
+    """The headline FID (mean ± std) and, under the judge, the coach's FID beside it."""
+    cells = [f"{row['summary'][fid]['mean']:.3f} ± {row['summary'][fid]['std']:.3f}"]
+    return cells + ([f"{row['summary']['fid']['mean']:.3f}"] if fid == "judge_fid" else [])
+
+
+def delta_cells(rows: dict, name: str, reference: str) -> list[str]:
+    """The headline FID's paired Δ (mean ± std, per seed), the coach's Δ under a judge, and KID's Δ."""
+    fid, kid = headline(rows)
+    delta = paired(rows, name, reference, fid)
+    mean, std = spread(delta)
+    cells = [f"{mean:+.3f} ± {std:.3f}", ", ".join(f"{d:+.2f}" for d in delta)]
+    if fid == "judge_fid":
+        cells.append(f"{spread(paired(rows, name, reference, 'fid'))[0]:+.3f}")
+    return cells + [f"{spread(paired(rows, name, reference, kid))[0]:+.4f}"]
+
+
+def header(rows: dict, names: list[str]) -> list[str]:
+    """Column headers for ``names`` (each side's FID) and the Δ columns of :func:`fid_cells` and :func:`delta_cells`."""
+    fid, _ = headline(rows)
+    net = "judge" if fid == "judge_fid" else "coach"
+    sides = [h for n in names for h in ([f"{n} judge FID", f"{n} coach FID"] if net == "judge" else [f"{n} coach FID"])]
+    return sides + [f"Δ {net} FID (mean ± std)", "Δ per seed"] + (["Δ coach FID"] if net == "judge" else []) + \
+        [f"Δ {net} KID"]
+
+
+def markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,18 +101,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.reference not in rows:
         parser.error(f"no row {args.reference!r} in the reports; rows: {', '.join(rows)}")
     meta = reports[0][1]["meta"]
-    print(f"{meta['samples']} samples × {meta['seeds']} seeds; Δ = row − {args.reference}, paired per seed\n")
-    print("| row | NFE (measured) | proxy-FID | KID | Δ proxy-FID (mean ± std) | Δ per seed | Δ KID | reference better by > 2 std |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in sorted(rows, key=lambda n: rows[n]["summary"]["fid"]["mean"]):
-        fid, kid = rows[name]["summary"]["fid"], rows[name]["summary"]["kid"]
-        delta = paired(rows, name, args.reference, "fid")
-        mean, std = spread(delta)
-        kid_mean = spread(paired(rows, name, args.reference, "kid"))[0]
-        verdict = "" if name == args.reference else ("yes" if mean > 2 * std else "no")
+    fid, _ = headline(rows)
+    print(f"{meta['samples']} samples × {meta['seeds']} seeds; Δ = row − {args.reference}, paired per seed; "
+          + ("verdicts on the judge network, the coach beside it\n" if fid == "judge_fid" else
+             "verdicts on the coach network (these reports predate the judge)\n"))
+    columns = ["row", "NFE (measured)"] + header(rows, [""]) + ["verdict"]
+    print(markdown_row([c.strip() for c in columns]))
+    print("|" + "---|" * len(columns))
+    for name in sorted(rows, key=lambda n: rows[n]["summary"][fid]["mean"]):
         nfe = statistics.fmean(s["nfe"] for s in rows[name]["per_seed"])
-        print(f"| {name} | {nfe:g} | {fid['mean']:.3f} ± {fid['std']:.3f} | {kid['mean']:.4f} | {mean:+.3f} ± {std:.3f} | "
-              f"{', '.join(f'{d:+.2f}' for d in delta)} | {kid_mean:+.4f} | {verdict} |")
+        print(markdown_row([name, f"{nfe:g}", *fid_cells(rows[name], fid), *delta_cells(rows, name, args.reference),
+                            "" if name == args.reference else verdict(rows, name, args.reference)]))
 
 
 if __name__ == "__main__":

@@ -90,9 +90,11 @@ kept "$R/ddim-sanity-2000x3.json" ||
 step "Measuring: the metric's floor (real images against the reference statistics)"
 if kept "$R/metric-floor.txt"; then :
 elif [ "$HAVE_DATA" = 1 ]; then
-    floor() {  # real training images at the evaluation size; the full run adds the 10k test images against themselves
-        stepdrop-search features score --split train --samples "$BIG" --device "$DEVICE"
-        [ "$QUICK" = 1 ] || stepdrop-search features score --split test --samples 0 --device "$DEVICE"
+    floor() {  # real training images at the evaluation size on both networks; the full run adds the 10k test images
+        for role in judge coach; do
+            stepdrop-search features score --role "$role" --split train --samples "$BIG" --device "$DEVICE"
+            [ "$QUICK" = 1 ] || stepdrop-search features score --role "$role" --split test --samples 0 --device "$DEVICE"
+        done
     }
     to "$R/metric-floor.txt" floor
 else

@@ -488,7 +488,10 @@ def evaluate(
     residual_samples: Annotated[int, typer.Option(help="samples (per seed) compared with the teacher")] = 256,
     batch_size: int = 256,
     model: ModelOption = None,
-    features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one for the model's data)")] = None,
+    features: Annotated[Path | None, typer.Option(help="the coach feature file, what searches optimise (default: the "
+                                                  "shipped one for the model's data)")] = None,
+    judge: Annotated[Path | None, typer.Option(help="the judge feature file, which no search sees; the report leads "
+                                               "with it (default: the shipped one for the model's data)")] = None,
     inception_weights: Annotated[Path | None, typer.Option(help="torch-fidelity Inception weights, for inception-fid")] = None,
     data: Annotated[str | None, typer.Option(help="real images for inception-fid (the model's data set folder)")] = None,
     out: Annotated[Path, typer.Option(help="results stem: writes OUT.json, .csv, .md and .png")] = Path("results/evaluation"),
@@ -506,7 +509,7 @@ def evaluate(
                         policies=tuple(map(str, policy or ())), solvers=comma_list(solvers or ""), suite=suite,
                         dp_samples=dp_samples, samples=samples, seeds=seeds, metrics=comma_list(metrics), teacher=teacher,
                         residual_samples=residual_samples, batch_size=batch_size, model=str(model) if model else None,
-                        features=str(features) if features else None,
+                        features=str(features) if features else None, judge=str(judge) if judge else None,
                         inception_weights=str(inception_weights) if inception_weights else None, data=data,
                         device=device, compile=compile_mode, command=command_line(), runtime=runtime)
     with reporter(err_console) as log:
@@ -711,15 +714,20 @@ def features_train(
     steps: int = 1200,
     batch_size: int = 128,
     seed: int = 0,
+    family: Annotated[str, typer.Option(help="plain (the coach's) or residual (the judge's)")] = "plain",
+    width: Annotated[int, typer.Option(help="channels of the first block (doubled twice)")] = 16,
+    images: Annotated[str, typer.Option(help="training images: all, half-a (even indices) or half-b (odd)")] = "all",
     out: Annotated[Path, typer.Option(help="feature file to write (a JSON card goes beside it)")] = Path("features.pt"),
     device: str = "auto",
 ) -> None:
-    """Train the classifier, report its held-out accuracy and store the real data's reference statistics."""
+    """Train the classifier, report its held-out accuracy and store the real data's reference statistics.
+
+    The shipped judge: --family residual --width 24 --images half-b --seed 1 --steps 2400."""
     from stepdrop_search.devices import resolve_device
     from stepdrop_search.objectives.features import train_feature_net
 
     card = train_feature_net(dataset, data, out, steps=steps, batch_size=batch_size, seed=seed, image_size=image_size,
-                             command=command_line(), device=resolve_device(device),
+                             family=family, width=width, images=images, command=command_line(), device=resolve_device(device),
                              log=lambda m: err_console.print(m, highlight=False))
     console.print(f"wrote {out}: test accuracy {card['accuracy_test']:.2%} on {card['test_images']} images")
 
@@ -732,7 +740,8 @@ def features_score(
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     samples: Annotated[int, typer.Option(help="real images to score (0 = all)")] = 2000,
     seed: int = 0,
-    features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one)")] = None,
+    features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one of --role)")] = None,
+    role: Annotated[str, typer.Option(help="which shipped network scores: coach or judge")] = "coach",
     device: str = "auto",
 ) -> None:
     """Score *real* images against the reference statistics: the metric's floor for that many samples."""
@@ -740,16 +749,18 @@ def features_score(
 
     from stepdrop_search.data import load_dataset
     from stepdrop_search.devices import resolve_device
-    from stepdrop_search.objectives.features import load_features
+    from stepdrop_search.objectives.features import SHIPPED, load_features
     from stepdrop_search.objectives.metrics import fidelity_metrics
 
     dev = resolve_device(device)
-    feature_file = load_features(features, dataset={"name": dataset}, device=dev)
+    if role not in SHIPPED:
+        raise UserError(f"--role is one of {', '.join(SHIPPED)}")
+    feature_file = load_features(features, dataset={"name": dataset}, role=role, device=dev)
     real = load_dataset(dataset, data, split=split, image_size=feature_file.dataset.get("image_size")).images
     if 0 < samples < len(real):
         real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:samples]]
     values = fidelity_metrics(real, feature_file, {"fid", "kid", "is", "prc"}, device=dev, seed=seed)
-    console.print(f"{len(real)} real {split} images vs the reference: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    console.print(f"{len(real)} real {split} images vs the {role}'s reference: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ from stepdrop_search.devices import machine_description, resolve_device
 from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
-from stepdrop_search.evaluation import Candidate, Result, baseline, evaluate, parse_metrics, seed_values
+from stepdrop_search.evaluation import JUDGED, Candidate, Result, baseline, evaluate, parse_metrics, seed_values
 from stepdrop_search.loading import load_model
-from stepdrop_search.objectives.features import load_features_for_model
+from stepdrop_search.objectives.features import load_features_for_model, load_judge_for_model
 from stepdrop_search.objectives.metrics import FIDELITY_METRICS
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument, load_policy
@@ -53,6 +53,7 @@ class CompareConfig:
     batch_size: int = 256
     model: str | None = None
     features: str | None = None
+    judge: str | None = None
     inception_weights: str | None = None
     data: str | None = None
     device: str = "auto"
@@ -128,6 +129,12 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
     rows += policy_rows(cfg.policies, solvers, loaded, runtime, warn or log)
     features = load_features_for_model(cfg.features, loaded.config, loaded.dataset, device=device) \
         if set(wanted) & set(FIDELITY_METRICS) else None
+    judge = load_judge_for_model(cfg.judge, loaded.config, loaded.dataset, device=device) \
+        if set(wanted) & JUDGED else None
+    if judge is None and set(wanted) & JUDGED:
+        (warn or log)("no judge network for this model's images: FID and KID are the coach's alone, the network "
+                      "searches optimise (train one: `stepdrop-search features train --family residual --images "
+                      "half-b`, then --judge FILE)")
     inception = _inception_inputs(cfg, loaded, device) if "inception-fid" in wanted else None
 
     missing = []
@@ -140,10 +147,11 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
     if should_compile(cfg.compile, cfg.samples * len(seed_list) * sum(row.nominal_nfe for row in rows)):
         network = dataclasses.replace(loaded, model=compile_network(loaded.model, min(cfg.batch_size, cfg.samples), log))
     results = evaluate(network, rows, samples=cfg.samples, seeds=seed_list, metrics=wanted, features=features,
-                       teacher=teacher, batch_size=cfg.batch_size, residual_samples=cfg.residual_samples,
+                       judge=judge, teacher=teacher, batch_size=cfg.batch_size, residual_samples=cfg.residual_samples,
                        inception=inception, runtime=runtime, progress=log)
     meta = {"command": cfg.command, "model": loaded.source, "model_hash": loaded.weights_hash,
-            "features": features.source if features else None, "samples": cfg.samples, "seeds": len(seed_list),
+            "features": features.source if features else None, "judge": judge.source if judge else None,
+            "samples": cfg.samples, "seeds": len(seed_list),
             "teacher": teacher.name, "residual_samples": min(cfg.residual_samples, cfg.samples), "device": str(device),
             "batch_size": cfg.batch_size, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine_description(device),
@@ -170,11 +178,10 @@ def _inception_inputs(cfg: CompareConfig, loaded: LoadedModel, device):
 def write_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
     """``out``.json (everything, per seed), .csv (a summary row per policy), .md (the report) and .png
     (quality against measured NFE, when a quality metric was measured)."""
-    from stepdrop_search.report import plot_quality_vs_nfe, write_markdown, write_results
+    from stepdrop_search.report import headline_metric, plot_quality_vs_nfe, write_markdown, write_results
 
     out = Path(out)
     written = write_results(comparison.results, out, comparison.meta)
     written.append(write_markdown(comparison.results, out.with_suffix(".md"), comparison.meta, comparison.missing))
-    metrics = {key for r in comparison.results for key in r.summary()}
-    plot = plot_quality_vs_nfe(comparison.results, out.with_suffix(".png"), "fid" if "fid" in metrics else "residual")
+    plot = plot_quality_vs_nfe(comparison.results, out.with_suffix(".png"), headline_metric(comparison.results))
     return written + ([plot] if plot else [])

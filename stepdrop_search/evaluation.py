@@ -1,8 +1,9 @@
 """Evaluate policies against each other with common random numbers and error bars.
 
 For every seed, every candidate gets the same x_T (and noise streams), so differences between rows
-are differences between policies. Each row reports mean ± std over seeds of: proxy-FID, KID, IS,
-precision/recall (torch-fidelity in our feature space), the trajectory residual to a cached teacher,
+are differences between policies. Each row reports mean ± std over seeds of: FID and KID on the judge network and
+on the coach (the one searches optimise), IS and precision/recall on the coach (torch-fidelity in our feature
+spaces), the trajectory residual to a cached teacher,
 the measured NFE, GFLOPs per image (flop counter × measured NFE), throughput (warm, stated batch, no
 file I/O) and peak memory (CUDA max allocated on GPU; process RSS high-water on CPU).
 """
@@ -34,6 +35,8 @@ from stepdrop_search.progress import advance, phase
 from stepdrop_search.seeds import evaluation_seeds
 
 METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
+#: The metrics the judge network measures too, when there is one (``judge_fid``, ``judge_kid``).
+JUDGED = {"fid", "kid"}
 
 
 @dataclass(frozen=True)
@@ -157,14 +160,16 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, seeds: int | Iterable[int],
-             metrics: Iterable[str], features: FeatureFile | None, teacher: Teacher = Teacher(),
+             metrics: Iterable[str], features: FeatureFile | None, judge: FeatureFile | None = None,
+             teacher: Teacher = Teacher(),
              batch_size: int = 256, residual_samples: int = 256,
              inception: tuple[str, torch.Tensor] | None = None, runtime: Runtime = DEFAULT_RUNTIME,
              progress: Callable[[str], None] = lambda message: None) -> list[Result]:
     """Evaluate every candidate on the same seeds; a candidate that produces non-finite samples is
     reported as failed (with the reason), never a crash. ``inception`` = (weights path, real images)
-    enables the real Inception FID metric ``inception-fid``. Each row runs under its document's runtime; ``runtime``
-    is the comparison's, which the residual's teacher runs under."""
+    enables the real Inception FID metric ``inception-fid``. With a ``judge``, FID and KID are also measured on it
+    (``judge_fid``, ``judge_kid``). Each row runs under its document's runtime; ``runtime`` is the comparison's, which
+    the residual's teacher runs under."""
     metrics = set(parse_metrics(metrics))
     seed_list = seed_values(samples, seeds)
     if metrics & set(FIDELITY_METRICS) and features is None:
@@ -210,6 +215,9 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
             wanted = metrics & set(FIDELITY_METRICS)
             if wanted:
                 values.update(fidelity_metrics(run.x0, features, wanted, device=device, seed=seed))
+            if judge is not None and wanted & JUDGED:
+                judged = fidelity_metrics(run.x0, judge, wanted & JUDGED, device=device, seed=seed)
+                values.update({f"judge_{key}": value for key, value in judged.items()})
             if "inception-fid" in metrics:
                 values["inception_fid"] = inception_fid(run.x0, inception[1], inception[0], device=device)
             if "residual" in metrics:

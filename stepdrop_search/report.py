@@ -12,7 +12,8 @@ from stepdrop_search.evaluation import Result
 from stepdrop_search.files import atomic_write, write_json, write_text
 
 COLUMNS = [  # (summary key, header, format)
-    ("fid", "proxy-FID", "{:.3f}"), ("inception_fid", "Inception FID", "{:.2f}"), ("kid", "KID", "{:.4f}"), ("is", "IS", "{:.3f}"),
+    ("judge_fid", "judge FID", "{:.3f}"), ("judge_kid", "judge KID", "{:.4f}"), ("fid", "coach FID", "{:.3f}"),
+    ("inception_fid", "Inception FID", "{:.2f}"), ("kid", "coach KID", "{:.4f}"), ("is", "IS", "{:.3f}"),
     ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"), ("residual", "residual", "{:.5f}"),
     ("images_per_s", "img/s", "{:.1f}"), ("gflops", "GFLOPs/img", "{:.2f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
 ]
@@ -29,6 +30,18 @@ def nfe_cell(summary: dict) -> str:
     mean = summary["nfe"][0]
     lo, hi = summary["nfe_min"][0], summary["nfe_max"][0]
     return f"{mean:.0f}" if lo == hi == mean else f"{mean:.1f} [{lo:.0f}–{hi:.0f}]"
+
+
+#: What a report leads with, the first one measured: the judge's FID, else the coach's, else the residual.
+HEADLINE = ("judge_fid", "fid", "residual")
+AXIS_LABELS = {"judge_fid": "FID on the judge network", "fid": "FID on the coach network (proxy-FID)",
+               "residual": "residual to teacher"}
+
+
+def headline_metric(results: list[Result]) -> str:
+    """The metric a report ranks and plots by: see :data:`HEADLINE`."""
+    measured = {key for r in results for key in r.summary()}
+    return next((key for key in HEADLINE if key in measured), "fid")
 
 
 def present_columns(results: list[Result]) -> list[tuple[str, str, str]]:
@@ -109,11 +122,13 @@ def write_markdown(results: list[Result], path: Path, meta: dict, missing: list[
              f"- command: `{meta.get('command', '')}`",
              f"- date: {meta.get('date', '')}; machine: {meta.get('machine', '')}; device: {meta.get('device', '')}; "
              f"network: {'torch.compile' if meta.get('compiled') else 'eager'}",
-             f"- model: {meta.get('model', '')} (weights {meta.get('model_hash', '')}); features: {meta.get('features')}",
+             f"- model: {meta.get('model', '')} (weights {meta.get('model_hash', '')}); judge: {meta.get('judge')}; "
+             f"coach: {meta.get('features')}",
              f"- {meta.get('samples')} samples × {meta.get('seeds')} seeds; every row gets the same x_T per seed; "
              f"values are mean ± std over seeds; residual: {meta.get('residual_samples')} samples against "
              f"{meta.get('teacher')}", ""]
-    metric, header = next(((key, h) for key, h, _ in present if key in ("fid", "residual")), ("fid", "proxy-FID"))
+    metric = headline_metric(results)
+    header = next((h for key, h, _ in COLUMNS if key == metric), metric)
     if len({r.candidate.nominal_nfe for r in results}) > 1:
         lines += [f"## {header} by NFE (best per column in bold)", ""]
         lines += by_nfe_table(results, metric) + [""]
@@ -154,7 +169,7 @@ def plot_quality_vs_nfe(results: list[Result], path: Path, metric: str = "fid") 
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(sorted({r.candidate.nominal_nfe for r in results}))
     ax.set_xlabel("measured NFE")
-    ax.set_ylabel({"fid": "proxy-FID", "residual": "residual to teacher"}.get(metric, metric))
+    ax.set_ylabel(AXIS_LABELS.get(metric, metric))
     ax.grid(alpha=0.3)
     if many:
         ax.set_yscale("log")

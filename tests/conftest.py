@@ -72,6 +72,17 @@ def tiny_features(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory):
+    """A judge for the same images: the residual family, another seed, half of the training images."""
+    from stepdrop_search.objectives.features import train_feature_net
+
+    path = tmp_path_factory.mktemp("judge") / "judge.pt"
+    train_feature_net("synthetic", None, path, steps=60, batch_size=64, family="residual", width=8, images="half-b",
+                      seed=1)
+    return path
+
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 

@@ -53,16 +53,27 @@ def test_small_sample_bias_prints_every_solver_at_every_sample_count(cosine_chec
     assert [r.split()[0] for r in rows] == ["ddim", "heun"] and all(len(r.split()) == 5 for r in rows)
 
 
-def fake_report(path: Path, rows: dict[str, list[float]], model_hash: str = "m") -> str:
-    """An evaluate report with per-seed proxy-FID/KID for each row (3 seeds, 2000 samples)."""
+def fake_report(path: Path, rows: dict[str, list[float]], model_hash: str = "m",
+                judge: dict[str, list[float]] | None = None) -> str:
+    """An evaluate report with per-seed coach FID/KID for each row (3 seeds, 2000 samples), and the judge's where
+    ``judge`` gives them."""
     import json
     import statistics
 
-    results = [{"name": name, "failed": None,
-                "summary": {"fid": {"mean": statistics.fmean(v), "std": statistics.stdev(v)},
-                            "kid": {"mean": statistics.fmean(v) / 10, "std": 0.0}},
-                "per_seed": [{"seed": s, "fid": f, "kid": f / 10, "nfe": 5.0} for s, f in enumerate(v)]}
-               for name, v in rows.items()]
+    def measured(values: list[float], prefix: str = "") -> tuple[dict, list[dict]]:
+        summary = {f"{prefix}fid": {"mean": statistics.fmean(values), "std": statistics.stdev(values)},
+                   f"{prefix}kid": {"mean": statistics.fmean(values) / 10, "std": 0.0}}
+        return summary, [{f"{prefix}fid": f, f"{prefix}kid": f / 10} for f in values]
+
+    results = []
+    for name, v in rows.items():
+        summary, seeds = measured(v)
+        if judge:
+            judged, judged_seeds = measured(judge[name], "judge_")
+            summary |= judged
+            seeds = [a | b for a, b in zip(seeds, judged_seeds, strict=True)]
+        results.append({"name": name, "failed": None, "summary": summary,
+                        "per_seed": [{"seed": i, "nfe": 5.0} | values for i, values in enumerate(seeds)]})
     path.write_text(json.dumps({"meta": {"samples": 2000, "seeds": 3, "model_hash": model_hash}, "results": results}))
     return str(path)
 
@@ -86,10 +97,23 @@ def test_model_compare_pairs_each_common_row_of_two_models_per_seed(tmp_path, ca
     out = capsys.readouterr().out
     # ddim-5: Δ per seed −1, −1.5, −1 → mean −1.167, std 0.289: better by more than 2 std although the seeds' own
     # spreads (2.0 and 2.0) overlap; heun-10's Δ +0.1, −0.3, +0.2 is noise
-    assert "| ddim-5 | 12.000 ± 2.000 | 10.833 ± 2.021 | -1.167 ± 0.289 | -1.00, -1.50, -1.00 | -0.1167 | yes |" in out
-    assert "| heun-10 |" in out and out.rstrip().endswith("| no |") and "only-old" not in out
+    assert "| ddim-5 | 12.000 ± 2.000 | 10.833 ± 2.021 | -1.167 ± 0.289 | -1.00, -1.50, -1.00 | -0.1167 | new better |" in out
+    assert "| heun-10 |" in out and out.rstrip().endswith("| tie (within 2 std) |") and "only-old" not in out
+    assert "coach FID" in out and "judge" not in out  # reports from before the judge: the coach decides
     with pytest.raises(SystemExit):  # two new-model reports of different models are not one new model
         bench_module("model_compare").main(["--old", old, "--new", new, old])
+
+
+def test_a_difference_the_judge_and_the_coach_disagree_on_in_sign_is_a_tie(tmp_path, capsys):
+    coach = {"ref": [5.0, 5.0, 5.0], "learned": [4.0, 4.1, 3.9], "plain": [6.0, 6.1, 5.9]}
+    judge = {"ref": [7.0, 7.0, 7.0], "learned": [7.5, 7.6, 7.4], "plain": [8.0, 8.1, 7.9]}
+    report = fake_report(tmp_path / "r.json", coach, judge=judge)
+    bench_module("paired_table").main([report, "--reference", "ref"])
+    out = capsys.readouterr().out
+    assert "verdicts on the judge network" in out
+    # learned: the coach says −1.0, the judge +0.5 (beyond its noise): the coach was fooled, so no claim either way
+    assert "| learned | 5 | 7.500 ± 0.100 | 4.000 | +0.500 ± 0.100 |" in out and "tie (judge and coach disagree)" in out
+    assert out.rstrip().splitlines()[-1].endswith("| reference better |")  # plain: both nets agree it is worse
 
 
 def test_gradient_losses_reports_each_loss_with_its_cost_and_held_out_score(cosine_checkpoint, tiny_features, capsys,

@@ -41,6 +41,21 @@ def test_feature_file_reports_accuracy_above_chance_and_holds_reference_stats(fe
     assert ref["features"].shape == (2048, 64) and ref["sigma"].shape == (64, 64)
 
 
+def test_the_judge_is_another_family_trained_on_half_of_the_training_images(features, tiny_judge):
+    judge = load_features(tiny_judge)
+    seen = judge.card["training_images"]
+    assert judge.card["family"] == "residual" and features.card["family"] == "plain"
+    assert seen["which"] == "half-b" and seen["count"] == seen["of"] // 2
+    assert judge.card["accuracy_test"] > 0.5 and judge.reference["features"].shape == (2048, 64)
+    assert judge.card["weights_hash"] != features.card["weights_hash"]
+
+
+@pytest.mark.parametrize("flags", [["--family", "wide"], ["--images", "half-c"]])
+def test_an_unknown_feature_family_or_image_half_exits_2_before_training(tmp_path, flags):
+    result = runner.invoke(app, ["features", "train", "--dataset", "synthetic", "--out", str(tmp_path / "f.pt"), *flags])
+    assert result.exit_code == 2 and "choose one of" in result.output and not (tmp_path / "f.pt").exists()
+
+
 def test_fid_of_the_reference_set_against_itself_is_about_zero(features):
     real = load_dataset("synthetic", split="test").images
     assert fidelity_metrics(real, features, {"fid"}, device=CPU)["fid"] == pytest.approx(0, abs=1e-3)
@@ -134,7 +149,25 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_checkpoint, tiny_features, t
     report = out.with_suffix(".md").read_text()
     fid = data["results"][0]["summary"]["fid"]
     assert f"{fid['mean']:.3f} ± {fid['std']:.3f}" in report  # the report prints evaluate's numbers
-    assert "## proxy-FID by NFE" in report and "| importance |" in report
+    assert "## coach FID by NFE" in report and "| importance |" in report
+    assert "judge: None" in report and "judge_fid" not in data["results"][0]["per_seed"][0]  # no judge for these images
+    assert "no judge network for this model's images" in result.output
+
+
+def test_evaluate_leads_with_the_judge_and_reports_the_coach_beside_it(tiny_checkpoint, tiny_features, tiny_judge,
+                                                                        tmp_path):
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--features", str(tiny_features),
+                                 "--judge", str(tiny_judge), "--baselines", "ddim", "--nfe", "3,6", "--samples", "48",
+                                 "--seeds", "2", "--metrics", "fid,kid", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["meta"]["judge"] == str(tiny_judge) and data["meta"]["features"] == str(tiny_features)
+    seed = data["results"][0]["per_seed"][0]
+    assert {"fid", "kid", "judge_fid", "judge_kid"} <= set(seed) and seed["judge_fid"] != seed["fid"]
+    report = out.with_suffix(".md").read_text()
+    assert "## judge FID by NFE" in report
+    assert report.index("judge FID |") < report.index("coach FID |")  # the headline column comes first
 
 
 def test_peers_suite_has_every_peer_at_every_nfe_or_says_why(tiny_checkpoint):
