@@ -586,29 +586,26 @@ def optimize(
     """Find the best sampler (solver and steps) for an NFE, prove it on held-out noise and export it as a policy file."""
     from stepdrop_search.policies import load_policy
     from stepdrop_search.policies.transfer import runs_in
-    from stepdrop_search.search.optimize import OptimizeConfig
     from stepdrop_search.search.optimize import optimize as run_optimize
+    from stepdrop_search.search.settings import OptimizeSettings
 
     span = tuple(parse_int_list(nfe_range, "--nfe-range")) if nfe_range else None
     if span is not None and len(span) != 2:
         raise UserError("--nfe-range takes LO,HI")
-    sampler_name = "nsga2" if multi_objective and sampler == "tpe" else sampler
-    cfg = OptimizeConfig(nfe=nfe, method=method, kind=kind, solver=solver, model=str(model) if model else None,
-                         features=str(features) if features else None, device=device, samples=samples,
-                         trial_samples=trial_samples,
-                         promote=promote, promote_samples=promote_samples, finalists=finalists,
-                         held_out_samples=held_out_samples, seed=seed, residual_weight=residual_weight, teacher=teacher,
-                         trials=trials, timeout=timeout, budget=budget or None, sampler=sampler_name, study=study,
-                         storage=storage, n_jobs=n_jobs, free_boundary=free_boundary, search_eta=search_eta,
-                         dp_grid=dp_grid, dp_spacing=dp_spacing, dp_samples=dp_samples, dp_oss_samples=dp_oss_samples,
-                         dp_teacher=dp_teacher, gits_cost=gits_cost, gits_gamma=gits_gamma, gradient_loss=gradient_loss,
-                         gradient_space=gradient_space, gradient_samples=gradient_samples,
-                         gradient_epochs=gradient_epochs, multi_objective=multi_objective, nfe_range=span,
-                         out=str(out) if out else None, save_pool=str(save_pool) if save_pool else None,
-                         command=command_line(), runtime=runtime)
+    settings = OptimizeSettings.from_flags(
+        nfe=nfe, method=method, kind=kind, solver=solver, model=str(model) if model else None,
+        features=str(features) if features else None, device=device, samples=samples, trial_samples=trial_samples,
+        promote=promote, promote_samples=promote_samples, finalists=finalists, held_out_samples=held_out_samples,
+        seed=seed, residual_weight=residual_weight, teacher=teacher, trials=trials, timeout=timeout, budget=budget,
+        sampler=sampler, study=study, storage=storage, n_jobs=n_jobs, free_boundary=free_boundary, search_eta=search_eta,
+        dp_grid=dp_grid, dp_spacing=dp_spacing, dp_samples=dp_samples, dp_oss_samples=dp_oss_samples,
+        dp_teacher=dp_teacher, gits_cost=gits_cost, gits_gamma=gits_gamma, gradient_loss=gradient_loss,
+        gradient_space=gradient_space, gradient_samples=gradient_samples, gradient_epochs=gradient_epochs,
+        multi_objective=multi_objective, nfe_range=span, out=str(out) if out else None,
+        save_pool=str(save_pool) if save_pool else None, command=command_line(), runtime=runtime)
     with reporter(err_console) as log:
-        result = run_optimize(cfg, log=log)
-    console.print(finalists_table(result, result.config))
+        result = run_optimize(settings, log=log)
+    console.print(finalists_table(result))
     console.print(f"{result.trials} trials in study {result.study_name}; {result.wall_time_s:.0f} s")
     if result.fallback and not multi_objective:
         console.print("nothing searched beat the best pool candidate significantly on held-out noise; exported that candidate")
@@ -616,24 +613,24 @@ def optimize(
         console.print(f"exported {path}" + (f": {runs_in(load_policy(path))}" if path.suffix == ".json" else ""))
 
 
-def finalists_table(result, cfg) -> Table:
+def finalists_table(result) -> Table:
     """Each finalist: its search rungs, and on the held-out seed its proxy-FID, KID and paired difference to the best pool
     finalist with the 95% interval."""
-    title = (f"finalists on {cfg.held_out_samples} held-out samples (selection seed), paired with the best pool candidate"
-             if not cfg.multi_objective else "Pareto set") + f"; runtime {cfg.runtime}"
+    sizes, search = result.sizes, result.settings.search
+    title = (f"finalists on {sizes.held_out} held-out samples (selection seed), paired with the best pool candidate"
+             if not search.multi_objective else "Pareto set") + f"; runtime {result.settings.model.runtime}"
     table = Table(title=title)
-    for column in ("candidate", "NFE", f"rung 0 @{cfg.samples} (trials @{cfg.trial_samples})", f"rung 1 @{cfg.promote_samples}",
-                   "held-out proxy-FID",
-                   "Δ vs best pool [95% CI]", "Δ KID", "exported"):
+    for column in ("candidate", "NFE", f"rung 0 @{sizes.rung0} (trials @{search.trial_samples})", f"rung 1 @{sizes.rung1}",
+                   "held-out proxy-FID", "Δ vs best pool [95% CI]", "Δ KID", "exported"):
         table.add_column(column)
     for c in result.finalists:
-        h = c.held_out or {}
-        delta = f"{h['fid_difference']:+.3f} [{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}]" if "ci95" in h else ""
-        first = c.rungs.get(cfg.samples if c.source == "pool" else cfg.trial_samples)
-        table.add_row(c.name, f"{c.scores.get('nfe') or 0:.0f}", _number(first),
-                      _number(c.rungs.get(cfg.promote_samples)), _number(h.get("fid")), delta,
-                      f"{h['kid_difference']:+.4f}" if "kid_difference" in h else "",
-                      "✓" if c is result.best or (cfg.multi_objective and c.held_out) else "")
+        h = c.held_out
+        delta = f"{h.fid_difference:+.3f} [{h.ci95[0]:+.3f}, {h.ci95[1]:+.3f}]" if h and h.ci95 else ""
+        first = c.rungs.get(sizes.rung0 if not c.searched else search.trial_samples)
+        table.add_row(c.name, f"{c.nfe:.0f}", _number(first.value if first else None),
+                      _number(c.value(sizes.rung1) if sizes.rung1 in c.rungs else None), _number(h.fid if h else None),
+                      delta, f"{h.kid_difference:+.4f}" if h and h.kid_difference is not None else "",
+                      "✓" if c is result.best or (search.multi_objective and h) else "")
     return table
 
 

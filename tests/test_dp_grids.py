@@ -57,9 +57,10 @@ def test_dps_on_a_karras_teacher_return_real_timesteps_from_the_grid(tiny_checkp
 def test_optimize_on_a_karras_teacher_exports_a_real_valued_schedule_that_reloads(tiny_checkpoint, tiny_features,
                                                                                    tmp_path):
     from stepdrop_search.policies import load_policy, save_policy
-    from stepdrop_search.search.optimize import OptimizeConfig, optimize
+    from stepdrop_search.search.optimize import optimize
+    from stepdrop_search.search.settings import OptimizeSettings
 
-    cfg = OptimizeConfig(nfe=4, method="dp-gits", solver="ddim", model=str(tiny_checkpoint), features=str(tiny_features),
+    cfg = OptimizeSettings.from_flags(nfe=4, method="dp-gits", solver="ddim", model=str(tiny_checkpoint), features=str(tiny_features),
                          device="cpu", samples=8, promote_samples=8, held_out_samples=8, teacher="ddim-20", dp_grid=21,
                          dp_samples=4, dp_spacing="karras", out=str(tmp_path / "best.json"))
     result = optimize(cfg)

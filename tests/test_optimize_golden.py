@@ -8,7 +8,8 @@ the pipeline chose, not how a float rounds on this CPU.
 import pytest
 
 from stepdrop_search.diffusion.solvers import SOLVERS
-from stepdrop_search.search.optimize import OptimizeConfig, optimize
+from stepdrop_search.search.optimize import optimize
+from stepdrop_search.search.settings import OptimizeSettings
 
 SETTINGS = dict(nfe=4, method="all", trials=22, budget=None, samples=16, trial_samples=16, promote=2,
                 promote_samples=24, finalists=2, held_out_samples=32, gradient_samples=16, gradient_epochs=1,
@@ -33,11 +34,10 @@ GOLDEN = {
 
 def decisions(result) -> dict:
     """What a run decided, by name."""
-    cfg = result.config
     return {"pool": sorted(c.name for c in result.candidates if c.source == "pool"),
-            "rung1": sorted(c.name for c in result.candidates if cfg.promote_samples in c.rungs),
-            "search_solvers": list(cfg.search_solvers),
-            "gradient_inits": {c.name: c.details["init"] for c in result.candidates if c.details},
+            "rung1": sorted(c.name for c in result.candidates if result.sizes.rung1 in c.rungs),
+            "search_solvers": list(result.search_solvers),
+            "gradient_inits": {c.name: c.made_by["init"] for c in result.candidates if c.made_by},
             "searched": sorted(c.name for c in result.candidates if c.source != "pool"),
             "finalists": sorted(c.name for c in result.finalists), "export": result.best.name, "trials": result.trials}
 
@@ -49,6 +49,6 @@ def private_cache_and_workdir(tmp_path, monkeypatch):
 
 
 def test_optimize_takes_the_golden_decisions_on_the_tiny_model(tiny_checkpoint, tiny_features, tmp_path):
-    cfg = OptimizeConfig(model=str(tiny_checkpoint), features=str(tiny_features), storage=f"sqlite:///{tmp_path}/s.db",
+    cfg = OptimizeSettings.from_flags(model=str(tiny_checkpoint), features=str(tiny_features), storage=f"sqlite:///{tmp_path}/s.db",
                          out=str(tmp_path / "best.json"), **SETTINGS)
     assert decisions(optimize(cfg)) == GOLDEN

@@ -96,12 +96,12 @@ def test_a_runtime_without_the_solver_is_refused_before_sampling(tiny_checkpoint
 
 
 def test_optimize_searches_only_the_runtimes_solvers():
-    from stepdrop_search.search.optimize import OptimizeConfig
+    from stepdrop_search.search.settings import OptimizeSettings
 
-    assert set(OptimizeConfig(runtime="comfyui").pool_solvers()) == {"ddim", "dpmpp-2m", "heun"}
-    assert OptimizeConfig().pool_solvers() == tuple(SOLVERS)
-    assert OptimizeConfig(runtime="comfyui").study_name.endswith("-comfyui")
-    assert OptimizeConfig(runtime="comfyui").study_config("h")["runtime"] == "comfyui"
+    assert set(OptimizeSettings.from_flags(runtime="comfyui").pool_solvers()) == {"ddim", "dpmpp-2m", "heun"}
+    assert OptimizeSettings.from_flags().pool_solvers() == tuple(SOLVERS)
+    assert OptimizeSettings.from_flags(runtime="comfyui").study_name.endswith("-comfyui")
+    assert OptimizeSettings.from_flags(runtime="comfyui").study_config("h")["runtime"] == "comfyui"
 
 
 def export(*args):
@@ -192,10 +192,10 @@ def test_runs_in_names_the_tools_that_reproduce_an_export_or_why_none_does():
 
 
 def test_a_fixed_eta_runtime_refuses_an_eta_search_and_a_stray_heun_budget_is_refused():
-    from stepdrop_search.search.optimize import OptimizeConfig
+    from stepdrop_search.search.settings import OptimizeSettings
 
     with pytest.raises(UserError, match="runtime comfyui runs ddim at η = 0 only; drop --search-eta"):
-        OptimizeConfig(solver="ddim", search_eta=True, runtime="comfyui")
+        OptimizeSettings.from_flags(solver="ddim", search_eta=True, runtime="comfyui")
     from stepdrop_search.diffusion.sampler import sample
 
     spec, steps = spec_for_nfe("heun", 10, runtime="legacy")

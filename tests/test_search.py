@@ -19,7 +19,8 @@ from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies import load_policy
 from stepdrop_search.search.dp import _distance, edge_step, gits_schedule, oss_schedule, teacher_trajectory
-from stepdrop_search.search.optimize import OptimizeConfig, optimize
+from stepdrop_search.search.optimize import optimize
+from stepdrop_search.search.settings import OptimizeSettings
 from stepdrop_search.search.space import gaps_to_steps, steps_to_params
 from stepdrop_search.seeds import search_seed, selection_seed
 
@@ -96,7 +97,7 @@ SMALL = dict(samples=16, trial_samples=16, promote=4, promote_samples=24, finali
 
 def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint, tiny_features, tmp_path):
     out = tmp_path / "best.json"
-    cfg = OptimizeConfig(nfe=5, method="all", model=str(tiny_checkpoint), features=str(tiny_features), trials=6,
+    cfg = OptimizeSettings.from_flags(nfe=5, method="all", model=str(tiny_checkpoint), features=str(tiny_features), trials=6,
                          storage=f"sqlite:///{tmp_path}/s.db", dp_grid=20, dp_samples=4, dp_oss_samples=2, out=str(out),
                          residual_weight=100.0, **SMALL)
     result = optimize(cfg)
@@ -109,10 +110,10 @@ def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint
     assert {f"{s}/{k}" for s in SOLVERS for k in ("uniform", "logsnr", "karras", "quadratic", "dp-gits", "dp-oss")} <= names
     for cand in result.candidates:  # learned steps (when an epoch improved on validation) say how they were made
         if cand.name.endswith("/gradient"):
-            assert cand.details["forward_nfe"] > cand.details["backward_nfe"] > 0 and cand.source == "pool"
+            assert cand.made_by["forward_nfe"] > cand.made_by["backward_nfe"] > 0 and cand.source == "pool"
     assert {c.source for c in result.candidates} >= {"pool"}
     assert result.best is result.finalists[[c.name for c in result.finalists].index(prov["search"]["winner"])]
-    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
     searched = study.user_attrs["search_solvers"]
     assert len(searched) == 3 and set(searched) <= set(SOLVERS)
     sources = [t.user_attrs.get("source") for t in study.trials]
@@ -143,7 +144,7 @@ def test_search_selection_and_evaluation_seeds_never_overlap(tiny_checkpoint):
     with pytest.raises(UserError, match="--seeds"):
         seed_values(2, EVALUATION_SEEDS + 1)
     with pytest.raises(UserError, match="--seed"):
-        OptimizeConfig(seed=SEARCH_SEEDS)
+        OptimizeSettings.from_flags(seed=SEARCH_SEEDS)
     # and the x_T really differ: an evaluation seed never starts from a search seed's noise
     from stepdrop_search.generation import initial_noise
 
@@ -151,14 +152,14 @@ def test_search_selection_and_evaluation_seeds_never_overlap(tiny_checkpoint):
 
 
 def finalist(name, source, diff, low, high, kid):
-    from stepdrop_search.search.optimize import SearchCandidate
+    from stepdrop_search.search.candidates import Candidate, HeldOut
 
-    return SearchCandidate(name, None, source, held_out={"fid": 5 + diff, "fid_difference": diff, "ci95": [low, high],
-                                                         "kid_difference": kid})
+    return Candidate(name, None, source, held_out=HeldOut(0, 8, 5 + diff, fid_difference=diff, ci95=(low, high),
+                                                          kid_difference=kid))
 
 
 def test_export_falls_back_to_the_best_pool_candidate_unless_a_search_result_is_significantly_better():
-    from stepdrop_search.search.optimize import pick_export
+    from stepdrop_search.search.selection import pick_export
 
     pool = finalist("pool", "pool", 0.0, 0.0, 0.0, 0.0)
     unsure = finalist("trial-1", "optuna", -0.8, -1.9, 0.2, -0.01)  # interval crosses zero
@@ -171,11 +172,11 @@ def test_export_falls_back_to_the_best_pool_candidate_unless_a_search_result_is_
 
 def test_a_search_that_finds_nothing_better_exports_the_best_pool_candidate(tiny_checkpoint, tiny_features, tmp_path):
     out = tmp_path / "best.json"
-    result = optimize(OptimizeConfig(nfe=4, method="dp-gits", model=str(tiny_checkpoint), features=str(tiny_features),
+    result = optimize(OptimizeSettings.from_flags(nfe=4, method="dp-gits", model=str(tiny_checkpoint), features=str(tiny_features),
                                      dp_grid=12, dp_samples=4, out=str(out), **SMALL))
     assert result.fallback and result.best.source == "pool"
     pool_finalists = [c for c in result.finalists if c.source == "pool"]
-    assert result.best is min(pool_finalists, key=lambda c: c.held_out["fid"])  # best pool candidate on held-out noise
+    assert result.best is min(pool_finalists, key=lambda c: c.held_out.fid)  # best pool candidate on held-out noise
     doc = load_policy(out)
     assert doc.provenance["search"]["fallback_to_pool"] is True
     assert doc.policy.timesteps().tolist() == result.best.document.policy.timesteps().tolist()
@@ -257,13 +258,18 @@ def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tiny_features,
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("teacher-*")} == teachers
 
 
-def test_search_time_is_what_the_budget_leaves_after_setup_and_export_reserve():
-    from stepdrop_search.search.optimize import search_seconds
+def test_search_time_is_what_the_budget_leaves_after_setup_and_export_reserve(monkeypatch):
+    from stepdrop_search.search.budget import Budget
 
-    assert search_seconds(OptimizeConfig(budget=900), elapsed=300, reserve=100) == 500
-    assert search_seconds(OptimizeConfig(budget=900, timeout=60), elapsed=300, reserve=100) == 60
-    assert search_seconds(OptimizeConfig(budget=900), elapsed=950, reserve=0) < 0
-    assert search_seconds(OptimizeConfig(budget=None), elapsed=950, reserve=0) is None
+    def at(elapsed, seconds, timeout=None):
+        budget = Budget(seconds, timeout)
+        monkeypatch.setattr(budget, "elapsed", lambda: elapsed)
+        return budget
+
+    assert at(300, 900).search_seconds(reserve=100) == 500
+    assert at(300, 900, timeout=60).search_seconds(reserve=100) == 60
+    assert at(950, 900).search_seconds(reserve=0) < 0
+    assert at(950, None).search_seconds(reserve=0) is None
 
 
 def test_optimize_with_its_budget_spent_still_exports_the_best_seed(tiny_checkpoint, tiny_features, tmp_path):
@@ -278,13 +284,13 @@ def test_optimize_with_its_budget_spent_still_exports_the_best_seed(tiny_checkpo
 
 def test_search_eta_with_a_solver_without_eta_is_refused():
     with pytest.raises(UserError, match="--search-eta"):
-        OptimizeConfig(nfe=5, solver="dpmpp-2m", search_eta=True)
+        OptimizeSettings.from_flags(nfe=5, solver="dpmpp-2m", search_eta=True)
 
 
 def test_optimize_refuses_a_feature_network_of_another_image_shape_before_any_work(tiny_checkpoint, tmp_path):
     from stepdrop_search.objectives.features import default_features_path
 
-    cfg = OptimizeConfig(nfe=3, model=str(tiny_checkpoint), features=str(default_features_path("fashion-mnist")),
+    cfg = OptimizeSettings.from_flags(nfe=3, model=str(tiny_checkpoint), features=str(default_features_path("fashion-mnist")),
                          device="cpu", samples=4, teacher="ddim-20", promote_samples=4, held_out_samples=4)
     with pytest.raises(UserError, match="scores 1×28×28 images but the model makes 1×16×16"):
         optimize(cfg)
@@ -292,31 +298,31 @@ def test_optimize_refuses_a_feature_network_of_another_image_shape_before_any_wo
 
 
 def test_rung_sizes_buy_more_samples_when_each_evaluation_is_cheap():
-    from stepdrop_search.search.optimize import rung_sizes
+    from stepdrop_search.search.rungs import RungSizes, rung_sizes
 
-    assert rung_sizes(5) == (256, 1024, 2048)
-    assert rung_sizes(10) == (128, 512, 2048)
-    assert rung_sizes(25) == (64, 256, 2048)
-    assert rung_sizes(1) == (512, 1024, 2048) and rung_sizes(1000) == (64, 256, 2048)
+    assert rung_sizes(5) == RungSizes(256, 1024, 2048)
+    assert rung_sizes(10) == RungSizes(128, 512, 2048)
+    assert rung_sizes(25) == RungSizes(64, 256, 2048)
+    assert rung_sizes(1) == RungSizes(512, 1024, 2048) and rung_sizes(1000) == RungSizes(64, 256, 2048)
 
 
 def test_auto_rung_sizes_are_recorded_and_a_resumed_study_keeps_them(tiny_checkpoint, tiny_features, tmp_path):
     storage = f"sqlite:///{tmp_path}/r.db"
     settings = dict(nfe=3, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features), trials=2, trial_samples=8,
                     storage=storage, study="r", teacher="ddim-20", promote=1, finalists=1, budget=30)
-    optimize(OptimizeConfig(**settings))
+    optimize(OptimizeSettings.from_flags(**settings))
     recorded = optuna.load_study(study_name="r", storage=storage).user_attrs["rung_sizes"]
     assert recorded[0] in (64, 128, 256, 512) and recorded[1] >= recorded[0] and recorded[2] >= 1024
     study = optuna.load_study(study_name="r", storage=storage)
     study.set_user_attr("rung_sizes", [64, 64, 1100])  # as if an older rule had sized them
-    result = optimize(OptimizeConfig(**settings | {"trials": 3}))
-    assert result.finalists[0].held_out["samples"] == 1100
+    result = optimize(OptimizeSettings.from_flags(**settings | {"trials": 3}))
+    assert result.finalists[0].held_out.samples == 1100
 
 
 def test_optimize_with_the_gradient_method_learns_steps_from_the_best_pool_schedule(tiny_checkpoint, tiny_features,
                                                                                       tmp_path):
     lines: list[str] = []
-    result = optimize(OptimizeConfig(nfe=4, method="gradient", solver="dpmpp-2m", model=str(tiny_checkpoint),
+    result = optimize(OptimizeSettings.from_flags(nfe=4, method="gradient", solver="dpmpp-2m", model=str(tiny_checkpoint),
                                      features=str(tiny_features), out=str(tmp_path / "best.json"), budget=None,
                                      save_pool=str(tmp_path / "pool"), gradient_loss="l2", **SMALL), log=lines.append)
     learned = [line for line in lines if line.startswith("gradient: dpmpp-2m validation l2")]
@@ -335,14 +341,14 @@ def test_optimize_with_the_gradient_method_learns_steps_from_the_best_pool_sched
 @pytest.mark.parametrize("method", ["gradient,sgd", "", "dp-gits,,"])
 def test_a_method_list_must_name_known_methods(method):
     if method == "dp-gits,,":
-        assert OptimizeConfig(method=method).methods == ("dp-gits",)
+        assert OptimizeSettings.from_flags(method=method).search.methods == ("dp-gits",)
         return
     with pytest.raises(UserError, match="--method"):
-        OptimizeConfig(method=method)
+        OptimizeSettings.from_flags(method=method)
 
 
 def test_multi_objective_search_exports_its_pareto_set_and_draws_the_front(tiny_checkpoint, tiny_features, tmp_path):
-    result = optimize(OptimizeConfig(nfe=4, method="optuna", solver="ddim", multi_objective=True, nfe_range=(2, 5),
+    result = optimize(OptimizeSettings.from_flags(nfe=4, method="optuna", solver="ddim", multi_objective=True, nfe_range=(2, 5),
                                      model=str(tiny_checkpoint), features=str(tiny_features), trials=8, samples=8,
                                      promote_samples=8, held_out_samples=16, trial_samples=8, prune_samples=8,
                                      budget=None, storage=f"sqlite:///{tmp_path}/mo.db"))

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from stepdrop_search.errors import UserError
-from stepdrop_search.search.optimize import OptimizeConfig, optimize
+from stepdrop_search.search.optimize import optimize
+from stepdrop_search.search.settings import OptimizeSettings
 from stepdrop_search.search.study import make_storage, open_study, shown
 
 
@@ -125,7 +126,7 @@ def test_postgresql_refusing_the_user_or_database_is_one_line_without_the_passwo
 def test_exported_policy_records_the_storage_without_its_password(postgres, tiny_checkpoint, tiny_features, tmp_path):
     storage = postgres.replace("postgres@", "postgres:secret@")  # the test server trusts any password
     out = tmp_path / "best.json"
-    optimize(OptimizeConfig(nfe=5, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features), samples=16,
+    optimize(OptimizeSettings.from_flags(nfe=5, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features), samples=16,
                             promote_samples=16, held_out_samples=16, teacher="ddim-50", trials=1, storage=storage, out=str(out),
                             command=f"stepdrop-search optimize --storage {storage}"))
     exported = out.read_text()

@@ -34,6 +34,11 @@ class Scores:
     def to_dict(self) -> dict:
         return {"value": self.value, "fid": self.fid, "residual": self.residual, "nfe": self.nfe, "failed": self.failed}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> Scores:
+        """Scores as :meth:`to_dict` wrote them (an Optuna trial keeps them as a user attribute)."""
+        return cls(**{k: values.get(k) for k in ("value", "fid", "residual", "nfe", "failed")})
+
 
 @dataclass
 class Objective:

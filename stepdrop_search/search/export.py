@@ -1,0 +1,69 @@
+"""Writing what a run found: the export (atomically, with its provenance) and, on request, every pool row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stepdrop_search.policies import save_policy
+from stepdrop_search.policies.io import provenance
+from stepdrop_search.search.candidates import Candidate
+from stepdrop_search.search.run import Run
+from stepdrop_search.search.study import shown
+from stepdrop_search.seeds import search_seed
+
+
+def public_flags(run: Run) -> dict:
+    """The run's settings as flags, the storage URL without its password."""
+    flags = run.settings.flags() | {"search_solvers": list(run.search_solvers)}
+    storage = run.settings.search.storage
+    if storage:
+        flags |= {"storage": shown(storage), "command": flags["command"].replace(storage, shown(storage))}
+    return flags
+
+
+def export_path(run: Run, cand: Candidate, index: int = 0) -> Path:
+    """``--out``, or ``policies/best-KIND-SOLVER-nfeN[-RUNTIME].json`` (a Pareto set: ``policies/pareto-STUDY-I-nfeN``)."""
+    settings = run.settings
+    nfe = round(cand.document.solver.solver.nfe(cand.document.policy.nfe))
+    if settings.search.multi_objective:
+        return Path(f"policies/pareto-{settings.study_name}-{index}-nfe{nfe}.json")
+    if settings.output.out:
+        return Path(settings.output.out)
+    suffix = "" if settings.model.runtime == "stepdrop" else f"-{settings.model.runtime}"
+    return Path(f"policies/best-{settings.search.kind}-{settings.search.solver}-nfe{nfe}{suffix}.json")
+
+
+def export(run: Run, cand: Candidate, *, fallback: bool = False, index: int = 0) -> Path:
+    """Write ``cand`` atomically with its provenance: the search's objective values, the held-out check and the
+    settings."""
+    settings, flags = run.settings, public_flags(run)
+    prov = provenance(flags["command"], run.loaded.weights_hash, objective={
+        **cand.objective_record(), "search_seed": search_seed(settings.search.seed),
+        "residual_weight": settings.search.residual_weight, "teacher": settings.search.teacher,
+        "held_out": cand.held_out.to_dict() if cand.held_out else None},
+        search={"method": settings.search.method, "winner": cand.name, "source": cand.source, "fallback_to_pool": fallback,
+                **({"made_by": cand.made_by} if cand.made_by else {}),
+                "study": settings.study_name if run.study is not None else None,
+                "storage": flags["storage"] or "sqlite (studies/)", "trials": run.trials,
+                "sampler": settings.search.sampler, "kind": settings.search.kind,
+                "solvers_searched": list(run.search_solvers or settings.pool_solvers()),
+                "wall_time_s": round(run.budget.elapsed(), 1), "config": flags})
+    path = export_path(run, cand, index)
+    saved = save_policy(path, run.document(cand.document.policy, cand.document.solver, prov))
+    run.log(f"exported {cand.name} → {path}")
+    return saved
+
+
+def save_pool(run: Run) -> None:
+    """Every pool row as a policy file in ``--save-pool`` (``SOLVER_SCHEDULE-nfeN.json``), with its search scores:
+    ``evaluate --policy DIR`` then measures the export against the whole pool on evaluation seeds."""
+    settings = run.settings
+    folder = Path(settings.output.save_pool)
+    for cand in run.pool:
+        prov = provenance(public_flags(run)["command"], run.loaded.weights_hash, objective={
+            **cand.objective_record(), "search_seed": search_seed(settings.search.seed)},
+            search={"pool_member": cand.name, "held_out": cand.held_out.to_dict() if cand.held_out else None,
+                    **({"made_by": cand.made_by} if cand.made_by else {})})
+        save_policy(folder / f"{cand.name.replace('/', '_')}-nfe{settings.search.nfe}.json",
+                    run.document(cand.document.policy, cand.document.solver, prov))
+    run.log(f"wrote the {len(run.pool)} pool candidates to {folder}/")

@@ -1,0 +1,46 @@
+"""DP-OSS schedules: dynamic programming over a teacher's trajectories, each edge priced by a real solver step
+(:func:`~stepdrop_search.search.dp.oss_schedule`).
+
+DP-OSS steps with each solver's one-step form (``Solver.one_step_form``), so one schedule per grid size and form; it
+runs on the first ``dp_oss_samples`` teacher trajectories (one NFE per reachable node per level per sample)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.policies.kinds import Explicit
+from stepdrop_search.search.candidates import Candidate
+from stepdrop_search.search.dp import oss_schedule
+from stepdrop_search.search.sources.dp_gits import by_grid_size
+
+if TYPE_CHECKING:
+    from stepdrop_search.search.run import Run
+
+#: A DP-OSS whose one-step form evaluates the network on every edge (Heun's) runs only when that costs at most this
+#: many evaluations (levels × N²/2 edges × samples); otherwise that solver gets DDIM's schedule, and the log says so.
+OSS_EDGE_EVALUATIONS = 20000
+
+
+class DPOss:
+    name = "dp-oss"
+
+    def candidates(self, run: Run, seconds: float | None = None) -> list[Candidate]:
+        dp, out = run.settings.search.dp, []
+        for steps, specs in by_grid_size(run).items():
+            trajectory = run.trajectory().subset(min(dp.oss_samples, dp.samples))
+            forms: dict[str, list[SolverSpec]] = {}
+            for spec in specs:
+                form = spec.solver.one_step_form
+                if form != "ddim" and steps * dp.grid ** 2 // 2 * trajectory.states.shape[1] > OSS_EDGE_EVALUATIONS:
+                    run.log(f"dp-oss: {spec.name}'s one-step form would cost more than {OSS_EDGE_EVALUATIONS} evaluations "
+                            "on this grid; it gets DDIM's schedule (a smaller --dp-grid runs its own)")
+                    form = "ddim"
+                forms.setdefault(form, []).append(spec)
+            for form, members in forms.items():
+                res = oss_schedule(run.loaded, trajectory, steps, solver=form, runtime=run.runtime)
+                run.log(f"dp-oss ({form} steps) on {steps} steps ({res.nfe_spent} NFE): "
+                        f"{[round(float(t), 2) for t in res.steps]}")
+                policy = Explicit(steps=tuple(res.steps.tolist()), schedule=run.loaded.schedule)
+                out += [Candidate(f"{spec.name}/dp-oss", run.document(policy, spec), "pool") for spec in members]
+        return out
