@@ -7,7 +7,6 @@ from anywhere below becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.table import Table
 
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies.io import PolicyDocument
+from stepdrop_search.policies.resolve import default_nfe, resolve_policy
 from stepdrop_search.progress import reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -154,71 +154,6 @@ def models(
     console.print(table)
 
 
-def parse_params(items: list[str] | None) -> dict:
-    """--param key=value (repeatable); values are read as JSON (numbers, lists, true/false), else text."""
-    params = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--param {item!r} is not key=value")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
-
-
-def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
-                   loaded, runtime: str | None = None) -> PolicyDocument:
-    """A policy file (validated against the model's schedule; a warning on stderr if it was made on another model),
-    under its recorded runtime unless ``runtime`` names another, or a built-in KIND built for that schedule under
-    ``runtime`` (default ``stepdrop``)."""
-    from stepdrop_search.diffusion.runtimes import runtime_named
-    from stepdrop_search.policies import POLICIES, load_policy, policy_class
-    from stepdrop_search.policies.io import foreign_model_warning
-
-    wanted = runtime_named(runtime) if runtime is not None else None  # a bad name is refused before anything loads
-    if spec not in POLICIES and (spec.endswith(".json") or Path(spec).exists()):
-        doc = load_policy(spec, loaded.schedule)
-        if warning := foreign_model_warning(doc, loaded.weights_hash, spec):
-            warn(warning)
-        if nfe is not None and nfe != doc.policy.nfe:
-            raise UserError(f"{spec} has nfe {doc.policy.nfe}; drop --nfe or export a new policy")
-        if params:
-            raise UserError("--param applies to a policy KIND, not to a policy file")
-        if wanted is not None and wanted != doc.runtime:
-            warn(f"{spec} was measured under runtime {doc.runtime.name}; running it under {wanted.name}, where its "
-                 "recorded numbers do not apply")
-            doc = doc.under(wanted)
-        if eta is None and solver in (None, doc.solver.name):  # the file's η belongs to the file's solver only
-            return doc
-        return PolicyDocument(doc.policy, solver_spec(solver or doc.solver.name, eta), doc.provenance, doc.runtime)
-    wanted = wanted or runtime_named(None)
-    run_solver = solver_spec(solver or "ddim", eta, nfe, wanted)
-    wanted.check_solver(run_solver.name, run_solver.eta)
-    steps = run_solver.solver.steps_for_nfe(nfe) if nfe is not None else None  # --nfe counts evaluations, not steps
-    policy = policy_class(spec).from_params(parse_params(params), nfe=steps, schedule=loaded.schedule)
-    return PolicyDocument(policy, run_solver, runtime=wanted)
-
-
-def default_nfe(policy: str) -> int | None:
-    """``sample``'s NFE when none is given: 50, except for a policy file or a kind whose step list is its NFE."""
-    from stepdrop_search.policies import POLICIES
-
-    return None if policy not in POLICIES or policy in ("explicit", "sigmas") else 50
-
-
-def solver_spec(name: str, eta: float | None, nfe: int | None = None, runtime=None):
-    """--solver/--eta as a SolverSpec (with the NFE budget for Heun under a runtime that spends even budgets exactly);
-    an --eta given to a solver without η is refused, not ignored, and no --eta means the solver's own default η (0 for
-    ddim, 1 for dpmpp-2m-sde)."""
-    from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
-
-    if eta is not None and name not in eta_solvers():
-        raise UserError(f"--eta applies to {', '.join(eta_solvers())} only; solver {name} has no η (drop --eta)")
-    return spec_for_nfe(name, nfe, eta, runtime)[0] if nfe is not None else SolverSpec(name, eta)
-
-
 PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built-in kind (`policy list`)")]
 NfeOption = Annotated[int | None, typer.Option(help="target NFE (expected NFE for stochastic kinds)")]
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="kind parameter key=value (repeatable)")]
@@ -265,7 +200,8 @@ def sample(
     if save_samples is not None:
         check_npz_path(save_samples)
     loaded = load_model(model, device=resolve_device(device))
-    doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded, runtime)
+    doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded, runtime,
+                         warn=warn)
     with reporter(err_console) as log:
         result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate, log=log)
     written = [save_grid(result.x0, out)]
@@ -305,7 +241,7 @@ def _policy_document(policy: str, nfe, param, solver, eta, model, runtime=None) 
     from stepdrop_search.policies.io import provenance
 
     loaded = load_model(model)
-    doc = resolve_policy(policy, nfe, param, solver, eta, loaded, runtime)
+    doc = resolve_policy(policy, nfe, param, solver, eta, loaded, runtime, warn=warn)
     if not doc.provenance:
         doc = PolicyDocument(doc.policy, doc.solver, provenance(command_line(), loaded.weights_hash), doc.runtime)
     return doc, loaded
@@ -534,8 +470,9 @@ def optimize(
                                         + SOLVER_NAMES)] = "auto",
     trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count); --budget "
                                         "usually stops the search first")] = 10000,
-    budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher and held-out check included "
-                                                 "(0: no limit); the search gets what the other phases leave")] = 270.0,
+    budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher, DPs, search and selection "
+                                                 "(0: no limit); the search gets half of what the pool's rungs "
+                                                 "leave, the selection the rest")] = 480.0,
     timeout: Annotated[float | None, typer.Option(help="seconds each worker may search (within --budget)")] = None,
     sampler: Annotated[str, typer.Option(help="tpe, cmaes, gp or nsga2")] = "tpe",
     study: Annotated[str | None, typer.Option(help="study name (default from kind, solver, NFE)")] = None,
@@ -547,10 +484,9 @@ def optimize(
     promote: Annotated[int, typer.Option(help="study trials promoted to rung 1")] = 8,
     promote_samples: Annotated[int | None, typer.Option(help="rung 1: samples the promoted candidates are scored on "
                                                         "(default: 4 × rung 0, at most 1024)")] = None,
-    finalists: Annotated[int, typer.Option(help="rung-1 best checked on held-out noise (the best pool and searched "
-                                           "candidates are always added)")] = 3,
-    held_out_samples: Annotated[int | None, typer.Option(help="samples of the held-out selection seed per finalist "
-                                                         "(default: 2 × rung 1, at least 2048)")] = None,
+    held_out_samples: Annotated[int | None, typer.Option(help="the selection's largest round: samples of the held-out "
+                                                         "selection seed a finalist can reach (default: 2 × rung 1, "
+                                                         "at least 2048)")] = None,
     seed: Annotated[int, typer.Option(help="search noise: seed s searches on x_T seed 2^24+s and selects on "
                                       "2^24+2^23+s, never an evaluate seed")] = 0,
     residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual to --teacher (0: proxy-FID "
@@ -575,8 +511,12 @@ def optimize(
     gradient_epochs: Annotated[int, typer.Option(help="most epochs per solver (--budget usually stops it first)")] = 10,
     gits_gamma: float = 1.15,
     model: ModelOption = None,
-    features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one)")] = None,
-    out: Annotated[Path | None, typer.Option(help="policy file to write (default policies/best-….json)")] = None,
+    features: Annotated[Path | None, typer.Option(help="the coach feature file the search scores on (default: the "
+                                                  "shipped one)")] = None,
+    judge: Annotated[Path | None, typer.Option(help="the judge feature file the selection decides on, which the search "
+                                               "never sees (default: the shipped one)")] = None,
+    out: Annotated[Path | None, typer.Option(help="policy file to write (default policies/best-….json; the "
+                                             "selection's leaderboard goes beside it)")] = None,
     save_pool: Annotated[Path | None, typer.Option(help="also write every pool candidate as a policy file into this "
                                                    "folder (for evaluate --policy FOLDER)")] = None,
     runtime: Annotated[str, typer.Option(help=f"search, select and export under this tool's conventions ({RUNTIME_NAMES}); "
@@ -594,8 +534,9 @@ def optimize(
         raise UserError("--nfe-range takes LO,HI")
     settings = OptimizeSettings.from_flags(
         nfe=nfe, method=method, kind=kind, solver=solver, model=str(model) if model else None,
-        features=str(features) if features else None, device=device, samples=samples, trial_samples=trial_samples,
-        promote=promote, promote_samples=promote_samples, finalists=finalists, held_out_samples=held_out_samples,
+        features=str(features) if features else None, judge=str(judge) if judge else None, device=device,
+        samples=samples, trial_samples=trial_samples,
+        promote=promote, promote_samples=promote_samples, held_out_samples=held_out_samples,
         seed=seed, residual_weight=residual_weight, teacher=teacher, trials=trials, timeout=timeout, budget=budget,
         sampler=sampler, study=study, storage=storage, n_jobs=n_jobs, free_boundary=free_boundary, search_eta=search_eta,
         dp_grid=dp_grid, dp_spacing=dp_spacing, dp_samples=dp_samples, dp_oss_samples=dp_oss_samples,
@@ -605,32 +546,29 @@ def optimize(
         save_pool=str(save_pool) if save_pool else None, command=command_line(), runtime=runtime)
     with reporter(err_console) as log:
         result = run_optimize(settings, log=log)
-    console.print(finalists_table(result))
+    console.print(leaderboard_table(result))
     console.print(f"{result.trials} trials in study {result.study_name}; {result.wall_time_s:.0f} s")
-    if result.fallback and not multi_objective:
-        console.print("nothing searched beat the best pool candidate significantly on held-out noise; exported that candidate")
+    if result.leaderboard is not None:
+        console.print(result.leaderboard.verdict())
     for path in result.exported:
         console.print(f"exported {path}" + (f": {runs_in(load_policy(path))}" if path.suffix == ".json" else ""))
 
 
-def finalists_table(result) -> Table:
-    """Each finalist: its search rungs, and on the held-out seed its proxy-FID, KID and paired difference to the best pool
-    finalist with the 95% interval."""
-    sizes, search = result.sizes, result.settings.search
-    title = (f"finalists on {sizes.held_out} held-out samples (selection seed), paired with the best pool candidate"
-             if not search.multi_objective else "Pareto set") + f"; runtime {result.settings.model.runtime}"
+def leaderboard_table(result, rows: int = 12) -> Table:
+    """The selection's best rows (the export first among equals), each with its judge FID, its paired difference to
+    the export and the coach beside it; a Pareto set's members with their judge FID."""
+    board = result.leaderboard
+    shown_rows = board.rows[:rows] if board else result.candidates
+    title = (f"selection on the judge: the {len(shown_rows)} best of {len(board.rows)} finalists, Δ paired with the "
+             "export" if board else "Pareto set") + f"; runtime {result.settings.model.runtime}"
     table = Table(title=title)
-    for column in ("candidate", "NFE", f"rung 0 @{sizes.rung0} (trials @{search.trial_samples})", f"rung 1 @{sizes.rung1}",
-                   "held-out proxy-FID", "Δ vs best pool [95% CI]", "Δ KID", "exported"):
+    for column in ("finalist", "NFE", "samples", "judge FID", "Δ judge ± SE", "coach FID", "Δ coach", "status"):
         table.add_column(column)
-    for c in result.finalists:
+    for c in shown_rows:
         h = c.held_out
-        delta = f"{h.fid_difference:+.3f} [{h.ci95[0]:+.3f}, {h.ci95[1]:+.3f}]" if h and h.ci95 else ""
-        first = c.rungs.get(sizes.rung0 if not c.searched else search.trial_samples)
-        table.add_row(c.name, f"{c.nfe:.0f}", _number(first.value if first else None),
-                      _number(c.value(sizes.rung1) if sizes.rung1 in c.rungs else None), _number(h.fid if h else None),
-                      delta, f"{h.kid_difference:+.4f}" if h and h.kid_difference is not None else "",
-                      "✓" if c is result.best or (search.multi_objective and h) else "")
+        delta = f"{h.judge_difference:+.3f} ± {h.judge_se:.3f}" if h.judge_difference is not None else ""
+        table.add_row(c.name, f"{h.nfe:.1f}", str(h.samples), _number(h.judge_fid), delta, _number(h.coach_fid),
+                      f"{h.coach_difference:+.3f}" if h.coach_difference is not None else "", h.status)
     return table
 
 

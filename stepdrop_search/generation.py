@@ -35,10 +35,11 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, solver: SolverSpec, *, n: int,
              seed: int = 0, batch_size: int = 256, runtime: Runtime = DEFAULT_RUNTIME,
              calibration: AmplitudeCalibration | None = None, x_T: torch.Tensor | None = None,
-             log: Callable[[str], None] | None = None) -> SampleResult:
+             log: Callable[[str], None] | None = None, first: int = 0) -> SampleResult:
     """Draw ``n`` samples of ``policy`` in batches; returns the concatenated :class:`SampleResult` (on CPU).
 
-    Sample i uses x_T[i] and the streams of (``seed``, i), whatever ``batch_size`` is; an explicit ``x_T``
+    Sample i uses x_T[i] and the streams of (``seed``, i), whatever ``batch_size`` is; ``first`` starts at sample index
+    ``first`` of the seed (so samples ``first … first+n−1`` are those of a run of ``first + n``); an explicit ``x_T``
     replaces only the starting noise (which lets a study vary x_T and solver noise separately). ``runtime``: the conventions
     sampled under (:mod:`stepdrop_search.diffusion.runtimes`). ``log`` hears a phase of as many items as batches, and each
     batch done (:mod:`stepdrop_search.progress`)."""
@@ -50,13 +51,13 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
     param = next(model.parameters())
     cfg = model.config
     if x_T is None:
-        x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+        x_T = initial_noise(first + n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)[first:]
     parts = []
     if log is not None:
         phase(log, f"sampling {n} images in batches of {batch_size}", -(-n // batch_size))
     for start in range(0, n, batch_size):
         x = x_T[start:start + batch_size].to(param.device, param.dtype)
-        streams = SampleStreams(seed, range(start, start + x.shape[0]))
+        streams = SampleStreams(seed, range(first + start, first + start + x.shape[0]))
         plan = policy.plan(x.shape[0], streams, solver.name)
         parts.append(sample(model, schedule, x, plan, eta=solver.eta, solver=solver, runtime=runtime, streams=streams,
                             calibration=calibration))

@@ -119,11 +119,11 @@ def test_eta_for_a_solver_without_eta_is_refused(tiny_checkpoint, tmp_path):
 
 
 def test_a_policy_files_eta_is_not_carried_to_another_solver(tiny_checkpoint, tmp_path):
-    from stepdrop_search.cli import resolve_policy
     from stepdrop_search.diffusion.solvers import SolverSpec
     from stepdrop_search.loading import load_model
     from stepdrop_search.policies import PolicyDocument, save_policy
     from stepdrop_search.policies.kinds import Uniform
+    from stepdrop_search.policies.resolve import resolve_policy
 
     loaded = load_model(tiny_checkpoint)
     path = save_policy(tmp_path / "p.json", PolicyDocument(Uniform(nfe=4, schedule=loaded.schedule), SolverSpec("ddim", 0.3)))

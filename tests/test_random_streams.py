@@ -48,6 +48,17 @@ def test_a_sample_comes_out_the_same_at_any_batch_size(tiny, policy, solver):
     assert policy.static or len(set(runs[0].nfe.tolist())) > 1  # nor do they all take one path
 
 
+@pytest.mark.parametrize("policy, solver", [(StepDrop(nfe=6, base_steps=12), SolverSpec("ddpm")),
+                                            (Uniform(nfe=6), SolverSpec("ddim", eta=0.7))], ids=["stepdrop-ddpm", "ddim-eta"])
+def test_samples_drawn_in_rounds_are_the_samples_of_one_run(tiny, policy, solver):
+    clamp = RUNTIMES["stepdrop-clamp"]
+    whole = generate(tiny.model, tiny.schedule, policy, solver, n=7, seed=5, batch_size=3, runtime=clamp)
+    rounds = [generate(tiny.model, tiny.schedule, policy, solver, n=n, seed=5, first=first, batch_size=2, runtime=clamp)
+              for first, n in ((0, 2), (2, 5))]
+    assert torch.equal(torch.cat([r.evaluated for r in rounds]), whole.evaluated)
+    assert torch.allclose(torch.cat([r.x0 for r in rounds]), whole.x0, atol=1e-5, rtol=0)
+
+
 def test_a_grid_step_nobody_evaluates_does_not_shift_later_noise(tiny):
     """Sample 0 takes the same path in both runs; in the second, nobody evaluates grid step 2."""
     grid = Uniform(nfe=6).timesteps()

@@ -87,11 +87,11 @@ def test_oss_gives_per_sample_schedules_and_counts_its_nfe(tiny):
 def tiny_args(tiny_checkpoint, tiny_features, storage, extra=()):
     return [sys.executable, "-m", "stepdrop_search", "optimize", "--model", str(tiny_checkpoint), "--features",
             str(tiny_features), "--nfe", "5", "--method", "optuna", "--samples", "16", "--teacher", "ddim-50",
-            "--trial-samples", "16", "--promote", "2", "--promote-samples", "16", "--finalists", "1", "--held-out-samples", "16",
+            "--trial-samples", "16", "--promote", "2", "--promote-samples", "16", "--held-out-samples", "16",
             "--storage", storage, "--study", "s", "--timeout", "300", *extra]
 
 
-SMALL = dict(samples=16, trial_samples=16, promote=4, promote_samples=24, finalists=2, held_out_samples=32, teacher="ddim-50",
+SMALL = dict(samples=16, trial_samples=16, promote=4, promote_samples=24, held_out_samples=32, teacher="ddim-50",
              gradient_samples=16, gradient_epochs=2, gradient_batch=8)
 
 
@@ -102,34 +102,41 @@ def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint
                          residual_weight=100.0, **SMALL)
     result = optimize(cfg)
     doc = load_policy(out, load_model(tiny_checkpoint).schedule)
-    assert doc.solver.solver.nfe(doc.policy.nfe) == 5
+    assert doc.solver.solver.nfe(doc.policy.nfe) <= 5  # NFE is a ceiling: a cheaper row as good may win
     prov = doc.provenance
-    assert prov["search"]["trials"] >= 6 and prov["objective"]["held_out"]["samples"] == 32
+    assert prov["search"]["trials"] >= 6 and prov["objective"]["held_out"]["status"] == "export"
     names = {c.name for c in result.candidates}
-    # the pool: every solver × every analytic schedule and both DPs, each solver on the grid that spends NFE 5
-    assert {f"{s}/{k}" for s in SOLVERS for k in ("uniform", "logsnr", "karras", "quadratic", "dp-gits", "dp-oss")} <= names
+    # the pool: every solver × every analytic schedule and both DPs, each solver on the grid that spends NFE 5 (a
+    # sampler the DP or a cheaper NFE gave again is listed once), and at the cheaper NFEs 3 and 4
+    assert {f"{s}/{k}" for s in SOLVERS for k in ("uniform", "logsnr", "karras", "quadratic", "dp-gits")} <= names
+    assert {f"{s}/uniform@{n}" for s in ("ddim", "dpmpp-2m") for n in (3, 4)} <= names
     for cand in result.candidates:  # learned steps (when an epoch improved on validation) say how they were made
         if cand.name.endswith("/gradient"):
             assert cand.made_by["forward_nfe"] > cand.made_by["backward_nfe"] > 0 and cand.source == "pool"
     assert {c.source for c in result.candidates} >= {"pool"}
-    assert result.best is result.finalists[[c.name for c in result.finalists].index(prov["search"]["winner"])]
+    assert result.best.name == prov["search"]["winner"] and result.best is result.leaderboard.export
+    assert prov["search"]["selection"]["finalists"] == len(result.candidates)  # every pool row and the study's best
+    assert (tmp_path / "best.leaderboard.md").read_text().startswith("# Selection leaderboard: exported")
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
     searched = study.user_attrs["search_solvers"]
     assert len(searched) == 3 and set(searched) <= set(SOLVERS)
     sources = [t.user_attrs.get("source") for t in study.trials]
-    assert f"{searched[0]}/uniform" in sources  # the study was seeded with the pool's step sets
+    # the study was seeded with the pool's step sets of the searched solvers, the best rung-0 row first
+    assert sources[0].split("/")[0] in searched and all(s is None or s.split("/")[0] in searched for s in sources)
 
-    # evaluate on the search seed's noise reproduces the exported objective of its largest rung
+    # evaluate on the search seed's noise reproduces the coach's scores of a rung-1 row (its largest rung)
     from stepdrop_search.evaluation import Candidate, evaluate
     from stepdrop_search.objectives.features import load_features
     from stepdrop_search.objectives.residual import Teacher
 
-    loaded = load_model(tiny_checkpoint)
-    [res] = evaluate(loaded, [Candidate("best", doc)], samples=24, seeds=[search_seed(0)], metrics=["fid", "residual"],
-                     features=load_features(str(tiny_features)), teacher=Teacher.parse("ddim-50"), residual_samples=24)
-    assert prov["objective"]["samples"] == 24
-    assert res.summary()["fid"][0] == pytest.approx(prov["objective"]["fid"], rel=1e-4)
-    assert res.summary()["residual"][0] == pytest.approx(prov["objective"]["residual"], rel=1e-4)
+    row = next(c for c in result.candidates if 24 in c.rungs)
+    [res] = evaluate(load_model(tiny_checkpoint), [Candidate("row", row.document)], samples=24, seeds=[search_seed(0)],
+                     metrics=["fid", "residual"], features=load_features(str(tiny_features)),
+                     teacher=Teacher.parse("ddim-50"), residual_samples=24)
+    record = row.objective_record()
+    assert record["samples"] == 24
+    assert res.summary()["fid"][0] == pytest.approx(record["fid"], rel=1e-4)
+    assert res.summary()["residual"][0] == pytest.approx(record["residual"], rel=1e-4)
 
 
 def test_search_selection_and_evaluation_seeds_never_overlap(tiny_checkpoint):
@@ -149,37 +156,6 @@ def test_search_selection_and_evaluation_seeds_never_overlap(tiny_checkpoint):
     from stepdrop_search.generation import initial_noise
 
     assert not initial_noise(4, (1, 4, 4), 0).equal(initial_noise(4, (1, 4, 4), search_seed(0)))
-
-
-def finalist(name, source, diff, low, high, kid):
-    from stepdrop_search.search.candidates import Candidate, HeldOut
-
-    return Candidate(name, None, source, held_out=HeldOut(0, 8, 5 + diff, fid_difference=diff, ci95=(low, high),
-                                                          kid_difference=kid))
-
-
-def test_export_falls_back_to_the_best_pool_candidate_unless_a_search_result_is_significantly_better():
-    from stepdrop_search.search.selection import pick_export
-
-    pool = finalist("pool", "pool", 0.0, 0.0, 0.0, 0.0)
-    unsure = finalist("trial-1", "optuna", -0.8, -1.9, 0.2, -0.01)  # interval crosses zero
-    kid_disagrees = finalist("trial-2", "optuna", -0.5, -0.9, -0.1, +0.01)
-    assert pick_export([pool, unsure, kid_disagrees], pool) == (pool, True)
-    clear = finalist("trial-3", "optuna", -0.4, -0.7, -0.1, -0.02)
-    clearer = finalist("trial-4", "optuna", -0.6, -0.9, -0.2, -0.03)
-    assert pick_export([pool, unsure, clear, clearer], pool) == (clearer, False)
-
-
-def test_a_search_that_finds_nothing_better_exports_the_best_pool_candidate(tiny_checkpoint, tiny_features, tmp_path):
-    out = tmp_path / "best.json"
-    result = optimize(OptimizeSettings.from_flags(nfe=4, method="dp-gits", model=str(tiny_checkpoint), features=str(tiny_features),
-                                     dp_grid=12, dp_samples=4, out=str(out), **SMALL))
-    assert result.fallback and result.best.source == "pool"
-    pool_finalists = [c for c in result.finalists if c.source == "pool"]
-    assert result.best is min(pool_finalists, key=lambda c: c.held_out.fid)  # best pool candidate on held-out noise
-    doc = load_policy(out)
-    assert doc.provenance["search"]["fallback_to_pool"] is True
-    assert doc.policy.timesteps().tolist() == result.best.document.policy.timesteps().tolist()
 
 
 def finished(db: Path) -> list[tuple[int, str, float]]:
@@ -279,7 +255,7 @@ def test_optimize_with_its_budget_spent_still_exports_the_best_seed(tiny_checkpo
     assert result.returncode == 0, result.stderr
     assert "budget" in result.stderr and out.is_file()
     assert not re.search(r"-\d+ s for it", result.stderr)  # a spent budget is said so, not as negative seconds
-    assert "paired with the best pool candidate" in result.stdout  # the closing table of the held-out check
+    assert "selection on the judge" in result.stdout  # the closing table: the selection's leaderboard
 
 
 def test_search_eta_with_a_solver_without_eta_is_refused():
@@ -309,14 +285,14 @@ def test_rung_sizes_buy_more_samples_when_each_evaluation_is_cheap():
 def test_auto_rung_sizes_are_recorded_and_a_resumed_study_keeps_them(tiny_checkpoint, tiny_features, tmp_path):
     storage = f"sqlite:///{tmp_path}/r.db"
     settings = dict(nfe=3, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features), trials=2, trial_samples=8,
-                    storage=storage, study="r", teacher="ddim-20", promote=1, finalists=1, budget=30)
+                    storage=storage, study="r", teacher="ddim-20", promote=1, budget=30)
     optimize(OptimizeSettings.from_flags(**settings))
     recorded = optuna.load_study(study_name="r", storage=storage).user_attrs["rung_sizes"]
     assert recorded[0] in (64, 128, 256, 512) and recorded[1] >= recorded[0] and recorded[2] >= 1024
     study = optuna.load_study(study_name="r", storage=storage)
     study.set_user_attr("rung_sizes", [64, 64, 1100])  # as if an older rule had sized them
     result = optimize(OptimizeSettings.from_flags(**settings | {"trials": 3}))
-    assert result.finalists[0].held_out.samples == 1100
+    assert result.sizes.held_out == 1100 and result.leaderboard.rounds[-1] <= 1100
 
 
 def test_optimize_with_the_gradient_method_learns_steps_from_the_best_pool_schedule(tiny_checkpoint, tiny_features,
@@ -355,6 +331,35 @@ def test_multi_objective_search_exports_its_pareto_set_and_draws_the_front(tiny_
     policies = [p for p in result.exported if p.suffix == ".json"]
     [figure] = [p for p in result.exported if p.suffix == ".png"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.parent.name == "policies"
-    assert len(policies) == len(result.finalists) >= 1
+    assert len(policies) == len(result.candidates) >= 1
     nfes = [load_policy(p).solver.solver.nfe(load_policy(p).policy.nfe) for p in policies]
     assert all(2 <= n <= 5 for n in nfes)
+
+
+def test_multi_objective_does_the_same_from_python_and_from_the_cli(tiny_checkpoint, tiny_features, tmp_path,
+                                                                     monkeypatch):
+    from typer.testing import CliRunner
+
+    from stepdrop_search.cli import app
+
+    flags = dict(nfe=4, method="optuna", solver="ddim", multi_objective=True, nfe_range=(2, 5), trials=6, samples=8,
+                 promote_samples=8, held_out_samples=16, trial_samples=8, budget=0, model=str(tiny_checkpoint),
+                 features=str(tiny_features))
+    exported = {}
+    for way in ("python", "cli"):
+        (tmp_path / way).mkdir()
+        monkeypatch.chdir(tmp_path / way)
+        storage = f"sqlite:///{tmp_path}/{way}.db"
+        if way == "python":
+            result = optimize(OptimizeSettings.from_flags(**flags, storage=storage))
+            assert result.settings.search.sampler == "nsga2" and result.settings.budget.seconds is None
+        else:
+            args = ["optimize", "--multi-objective", "--nfe-range", "2,5", "--storage", storage, "--budget", "0"]
+            for name, value in flags.items():
+                if name not in ("multi_objective", "nfe_range", "budget"):
+                    args += [f"--{name.replace('_', '-')}", str(value)]
+            outcome = CliRunner().invoke(app, args)
+            assert outcome.exit_code == 0, outcome.output
+        exported[way] = sorted((p.name, load_policy(p).policy.timesteps().tolist())
+                               for p in (tmp_path / way / "policies").glob("*.json"))
+    assert exported["python"] == exported["cli"] and exported["python"]  # NSGA-II, no time limit, the same Pareto set

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from stepdrop_search import interop
-from stepdrop_search.cli import app, resolve_policy
+from stepdrop_search.cli import app
 from stepdrop_search.diffusion.sampler import SampleStreams
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
@@ -18,6 +18,7 @@ from stepdrop_search.generation import generate, initial_noise
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies import PolicyDocument, save_policy
 from stepdrop_search.policies.kinds import Adaptive, Explicit, StepDrop, Uniform
+from stepdrop_search.policies.resolve import resolve_policy
 
 runner = CliRunner()
 UNEVEN = (999, 930, 810, 640, 455, 300, 170, 75, 20)

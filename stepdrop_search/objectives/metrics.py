@@ -171,3 +171,35 @@ def paired_fid_difference(a: torch.Tensor, b: torch.Tensor, features: FeatureFil
         diffs.append(fid_of_features(a[pick], features) - fid_of_features(b[pick], features))
     low, high = np.percentile(diffs, [2.5, 97.5])
     return fid_of_features(a, features) - fid_of_features(b, features), float(low), float(high)
+
+
+def resampled_fids(generated: torch.Tensor, features: FeatureFile, picks: torch.Tensor) -> torch.Tensor:
+    """FID of ``generated`` (N × d features) resampled by each row of ``picks`` (B × N sample indices), all B at once.
+
+    A paired bootstrap draws one set of indices per resample and applies it to every candidate (row i of each comes
+    from the same x_T), so the spread of FID(a)[b] − FID(b)[b] is the paired difference's. With the covariance
+    written as E[xxᵀ] − μμᵀ, the B resampled means and covariances are two matrix products with the resample counts;
+    tr √(Σ_r^½ Σ Σ_r^½) comes from batched symmetric eigenvalues (the same quantity as torch-fidelity's
+    tr √(Σ Σ_r), without a matrix square root per resample)."""
+    x = generated.double()
+    n, d = x.shape
+    counts = torch.zeros(len(picks), n, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones(picks.shape, dtype=torch.float64))
+    mu = counts @ x / n
+    second = (counts @ (x[:, :, None] * x[:, None, :]).reshape(n, d * d)).reshape(-1, d, d) / n
+    sigma = (second - mu[:, :, None] * mu[:, None, :]) * (n / (n - 1))
+    ref_mu, ref_sigma = features.reference["mu"].double(), features.reference["sigma"].double()
+    root = _reference_root(features.source, ref_sigma)
+    inner = torch.linalg.eigvalsh(root @ sigma @ root).clamp(min=0).sqrt().sum(-1)
+    return ((mu - ref_mu) ** 2).sum(-1) + sigma.diagonal(dim1=1, dim2=2).sum(-1) + ref_sigma.trace() - 2 * inner
+
+
+_roots: dict[str, torch.Tensor] = {}
+
+
+def _reference_root(source: str, sigma: torch.Tensor) -> torch.Tensor:
+    """Σ_r^½ of a feature file's reference covariance, computed once per file."""
+    if source not in _roots:
+        values, vectors = torch.linalg.eigh(sigma)
+        _roots[source] = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    return _roots[source]

@@ -1,7 +1,7 @@
 """The run's wall clock against ``--budget``, and the one cost model every phase asks.
 
 The cost model is a single number: seconds per *sample-forward* (one network evaluation of one sample, with the
-metric's share), measured once on the first rung the run scores. A phase turns its work into sample-forwards and asks
+metric's share), measured by a probe when the run starts and again on the pool's first rung. A phase turns its work into sample-forwards and asks
 what that costs, or how much of the budget is left for it after what the later phases need.
 """
 
@@ -31,9 +31,9 @@ class Budget:
         return f"{self.elapsed():.0f} s" + (f", {self.left():.0f} s of the budget left" if self.seconds else "")
 
     def measure(self, forwards: float, seconds: float) -> None:
-        """Record the cost model from a phase that spent ``seconds`` on ``forwards`` sample-forwards (the first only)."""
-        if self.per_forward is None:
-            self.per_forward = seconds / max(1.0, forwards)
+        """Set the cost model from a phase that spent ``seconds`` on ``forwards`` sample-forwards (the latest wins:
+        the run's own first rung measures it better than the start-up probe)."""
+        self.per_forward = seconds / max(1.0, forwards)
 
     def cost(self, forwards: float) -> float:
         """Seconds ``forwards`` sample-forwards take by the cost model (0 before it is measured)."""

@@ -12,22 +12,22 @@ from stepdrop_search.policies import PolicyDocument
 
 @dataclass
 class HeldOut:
-    """A finalist on the selection seed's noise: its proxy-FID and KID there, and its paired proxy-FID difference to
-    the reference (the best pool finalist) with a 95% paired-bootstrap interval and KID's difference."""
+    """A finalist on the selection seed's noise: how many samples it reached, its FID there on the judge and on the
+    coach, its measured NFE, and (once the export is chosen) its paired difference to the export on the samples both
+    have: the judge's with its bootstrap standard error, the coach's beside it. ``status`` says how its race ended."""
 
     seed: int
     samples: int
-    fid: float
-    kid: float | None = None
-    reference: str | None = None
-    fid_difference: float | None = None
-    ci95: tuple[float, float] | None = None
-    kid_difference: float | None = None
+    judge_fid: float
+    coach_fid: float
+    nfe: float
+    judge_difference: float | None = None
+    judge_se: float | None = None
+    coach_difference: float | None = None
+    status: str = ""
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["ci95"] = list(self.ci95) if self.ci95 else None
-        return out
+        return asdict(self)
 
 
 @dataclass
@@ -35,7 +35,8 @@ class Candidate:
     """A policy the search scored: a pool row or a searched one (``source`` names the method that made it).
 
     ``rungs`` maps a sample count to the coach's scores on that many x_T of the search seed; ``made_by`` says how a
-    method made it (the gradient method's losses and costs); ``held_out`` is the selection check of a finalist."""
+    method made it (the gradient method's losses and costs); ``held_out`` is its race in the selection; ``nfe_budget``
+    the NFE it was built to spend (a pool row may be built at an NFE below the run's, which it then competes with)."""
 
     name: str
     document: PolicyDocument
@@ -43,6 +44,7 @@ class Candidate:
     rungs: dict[int, Scores] = field(default_factory=dict)
     made_by: dict = field(default_factory=dict)
     held_out: HeldOut | None = None
+    nfe_budget: int | None = None
 
     @property
     def key(self) -> tuple:
@@ -67,7 +69,9 @@ class Candidate:
 
     @property
     def nfe(self) -> float:
-        """Measured NFE where it was scored, else the one its solver counts for its steps."""
+        """Measured NFE where it was sampled, else the one its solver counts for its steps."""
+        if self.held_out is not None:
+            return self.held_out.nfe
         measured = self.scores.nfe if self.scores is not None else None
         return measured if measured is not None else self.document.solver.solver.nfe(self.document.policy.nfe)
 

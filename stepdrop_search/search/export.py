@@ -1,13 +1,16 @@
-"""Writing what a run found: the export (atomically, with its provenance) and, on request, every pool row."""
+"""Writing what a run found: the export (atomically, with its provenance), the selection's leaderboard beside it and,
+on request, every pool row."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from stepdrop_search.files import write_text
 from stepdrop_search.policies import save_policy
 from stepdrop_search.policies.io import provenance
 from stepdrop_search.search.candidates import Candidate
 from stepdrop_search.search.run import Run
+from stepdrop_search.search.selection import Leaderboard
 from stepdrop_search.search.study import shown
 from stepdrop_search.seeds import search_seed
 
@@ -33,15 +36,23 @@ def export_path(run: Run, cand: Candidate, index: int = 0) -> Path:
     return Path(f"policies/best-{settings.search.kind}-{settings.search.solver}-nfe{nfe}{suffix}.json")
 
 
-def export(run: Run, cand: Candidate, *, fallback: bool = False, index: int = 0) -> Path:
-    """Write ``cand`` atomically with its provenance: the search's objective values, the held-out check and the
-    settings."""
+def selection_record(board: Leaderboard) -> dict:
+    """What a policy file keeps of the selection: how the race went, the leader, the quality-vs-NFE front."""
+    return {"seed": board.seed, "rounds": board.rounds, "stopped": board.stopped, "finalists": len(board.rows),
+            "leader": board.leader.name, "verdict": board.verdict(),
+            "front": [{"name": c.name, "nfe": c.held_out.nfe, "judge_fid": c.held_out.judge_fid} for c in board.front()]}
+
+
+def export(run: Run, cand: Candidate, board: Leaderboard | None = None, *, index: int = 0) -> Path:
+    """Write ``cand`` atomically with its provenance: the coach's scores in the search, its selection on the judge,
+    the settings."""
     settings, flags = run.settings, public_flags(run)
     prov = provenance(flags["command"], run.loaded.weights_hash, objective={
         **cand.objective_record(), "search_seed": search_seed(settings.search.seed),
         "residual_weight": settings.search.residual_weight, "teacher": settings.search.teacher,
         "held_out": cand.held_out.to_dict() if cand.held_out else None},
-        search={"method": settings.search.method, "winner": cand.name, "source": cand.source, "fallback_to_pool": fallback,
+        search={"method": settings.search.method, "winner": cand.name, "source": cand.source,
+                **({"selection": selection_record(board)} if board else {}),
                 **({"made_by": cand.made_by} if cand.made_by else {}),
                 "study": settings.study_name if run.study is not None else None,
                 "storage": flags["storage"] or "sqlite (studies/)", "trials": run.trials,
@@ -54,16 +65,22 @@ def export(run: Run, cand: Candidate, *, fallback: bool = False, index: int = 0)
     return saved
 
 
+def write_leaderboard(run: Run, board: Leaderboard) -> Path:
+    """The selection's leaderboard as Markdown beside the export (``best….leaderboard.md``)."""
+    return write_text(export_path(run, board.export).with_suffix(".leaderboard.md"), board.markdown())
+
+
 def save_pool(run: Run) -> None:
     """Every pool row as a policy file in ``--save-pool`` (``SOLVER_SCHEDULE-nfeN.json``), with its search scores:
     ``evaluate --policy DIR`` then measures the export against the whole pool on evaluation seeds."""
     settings = run.settings
     folder = Path(settings.output.save_pool)
-    for cand in run.pool:
+    for cand in run.pool + run.cheaper:
         prov = provenance(public_flags(run)["command"], run.loaded.weights_hash, objective={
             **cand.objective_record(), "search_seed": search_seed(settings.search.seed)},
             search={"pool_member": cand.name, "held_out": cand.held_out.to_dict() if cand.held_out else None,
                     **({"made_by": cand.made_by} if cand.made_by else {})})
-        save_policy(folder / f"{cand.name.replace('/', '_')}-nfe{settings.search.nfe}.json",
+        stem = cand.name.split("@")[0].replace("/", "_")
+        save_policy(folder / f"{stem}-nfe{cand.nfe_budget or settings.search.nfe}.json",
                     run.document(cand.document.policy, cand.document.solver, prov))
-    run.log(f"wrote the {len(run.pool)} pool candidates to {folder}/")
+    run.log(f"wrote the {len(run.pool) + len(run.cheaper)} pool rows to {folder}/")

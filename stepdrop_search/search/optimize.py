@@ -2,18 +2,19 @@
 
 :func:`optimize` runs these phases (each logs what it does and how much of ``--budget`` is left):
 
-1. **checks** every input — model, feature file, ``--storage`` and a resumed study's settings — before any work
-   (:class:`~stepdrop_search.search.run.Run`);
-2. **pool**: every solver (``--solver auto``) × the analytic schedules, DP-GITS and DP-OSS at the target NFE, each
-   solver on the grid that spends exactly that NFE (:mod:`~stepdrop_search.search.sources`);
-3. **rung 0**: every pool row scored by the coach on the search seed's first x_T (common random numbers: one x_T and
-   one noise stream per sample for every candidate); this also measures the budget's cost model;
-4. **rung 1** of the pool: each solver's best rung-0 row and the best overall on more samples
-   (:mod:`~stepdrop_search.search.rungs`); its best solvers are the ones searched;
-5. **search**: learned steps from each searched solver's best rung-1 schedule, then an Optuna study seeded with the
-   pool, for what the budget leaves after the later phases; what they find is scored on rung 1;
-6. **selection** on the selection seed's noise (:mod:`~stepdrop_search.search.selection`), then the **export** and, on
-   request, every pool row (:mod:`~stepdrop_search.search.export`).
+1. **checks** every input — model, feature files, ``--storage`` and a resumed study's settings — before any work, and
+   times the network once: the budget's cost model (:class:`~stepdrop_search.search.run.Run`). A ``--budget`` that
+   cannot buy one search trial is said so in the first lines, with the smallest one that would, and the run selects
+   among the pool only;
+2. **pool**: every solver (``--solver auto``) × the analytic schedules, DP-GITS and DP-OSS, at the run's NFE and at
+   cheaper ones (:mod:`~stepdrop_search.search.sources`);
+3. **rung 0** and **rung 1** of the pool at the run's NFE, scored by the coach on the search seed (common random
+   numbers); rung 1's best solvers are the ones searched (:mod:`~stepdrop_search.search.rungs`);
+4. **search**: learned steps from each searched solver's best rung-1 schedule, then an Optuna study seeded with the
+   pool, for what the budget leaves after the selection's share;
+5. **selection**: every pool row and the study's best raced on the judge, on the selection seed's noise; NFE is a
+   ceiling (:mod:`~stepdrop_search.search.selection`);
+6. **export** with the leaderboard beside it and, on request, every pool row (:mod:`~stepdrop_search.search.export`).
 
 ``--multi-objective`` runs :func:`optimize_pareto` instead: NSGA-II over (objective, measured NFE), the Pareto set
 exported.
@@ -21,34 +22,38 @@ exported.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 from stepdrop_search.errors import UserError
-from stepdrop_search.generation import generate
-from stepdrop_search.objectives.metrics import fid_of_features, proxy_features
 from stepdrop_search.report import plot_pareto_front
 from stepdrop_search.search import sources
-from stepdrop_search.search.candidates import Candidate, HeldOut
-from stepdrop_search.search.export import export, save_pool
+from stepdrop_search.search.candidates import Candidate
+from stepdrop_search.search.export import export, save_pool, write_leaderboard
 from stepdrop_search.search.run import Run
-from stepdrop_search.search.rungs import RungSizes, best_solvers, choose_finalists, pool_promoted
+from stepdrop_search.search.rungs import POOL_PROMOTED, RungSizes, best_solvers, pool_promoted
 from stepdrop_search.search.scoring import Scorer
-from stepdrop_search.search.selection import held_out_check, pick_export
+from stepdrop_search.search.selection import FIRST_ROUND, OVERHEAD, Leaderboard, Referee, race
 from stepdrop_search.search.settings import OptimizeSettings
 from stepdrop_search.search.sources.optuna_study import finished, open_search_study, study_candidates, work
-from stepdrop_search.seeds import selection_seed
+
+#: Of what the budget leaves after the pool's rungs, the selection's share when a search runs too: the default NFE-10
+#: run took 190 s to reach the selection and its race needed about 200 s more to reach 2048 samples.
+SELECTION_SHARE = 0.5
+#: Seconds kept for writing the export and the leaderboard.
+EXPORT_SECONDS = 2.0
 
 
 @dataclass
 class OptimizeResult:
     best: Candidate | None  # what was exported (single-objective)
-    candidates: list[Candidate]  # the pool and the study's promoted trials
-    finalists: list[Candidate]
+    candidates: list[Candidate]  # every pool row and the study's promoted trials
+    leaderboard: Leaderboard | None  # the selection (single-objective)
     exported: list[Path]
     study_name: str | None
     trials: int
@@ -56,40 +61,96 @@ class OptimizeResult:
     settings: OptimizeSettings
     sizes: RungSizes
     search_solvers: tuple[str, ...] = ()
-    fallback: bool = False  # True when nothing searched beat the best pool candidate on held-out noise
-    leaderboard: list = field(default_factory=list)
 
 
 def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: None, *,
-             scorer: Scorer | None = None) -> OptimizeResult:
-    """Run the pipeline of the module docstring; ``scorer`` replaces the coach (tests pass a fake one)."""
+             scorer: Scorer | None = None, referee: Referee | None = None) -> OptimizeResult:
+    """Run the pipeline of the module docstring; ``scorer`` and ``referee`` replace the coach's scoring and the
+    selection's sampling (tests pass fake ones)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
-    run = Run(settings, log, scorer=scorer)
+    run = Run(settings, log, scorer=scorer, referee=referee)
     if settings.search.multi_objective:
         return optimize_pareto(run)
-    run.pool = build_pool(run)
-    if "optuna" in settings.search.methods:
+    searching = affordable_search(run)
+    rows = build_pool(run)
+    run.pool = [c for c in rows if c.nfe_budget == settings.search.nfe]
+    run.cheaper = [c for c in rows if c.nfe_budget != settings.search.nfe]
+    if searching and "optuna" in settings.search.methods:
         run.study, run.study_created = open_search_study(run)
     run.resolve_sizes(run.study)
-    score_pool(run)
-    search(run)
-    finalists = choose_finalists(run.rung1, run.sizes.rung1, settings.selection.finalists)
-    best, fallback = pick_export(finalists, held_out_check(run, finalists))
-    if best is None:
-        raise UserError("no candidate produced finite samples; nothing to export")
-    if fallback:
-        log(f"nothing searched beat the best pool candidate significantly on held-out noise: exporting {best.name}")
-    exported = [export(run, best, fallback=fallback)]
+    if searching:
+        score_pool(run)
+        search(run)
+    board = select(run)
+    exported = [export(run, board.export, board), write_leaderboard(run, board)]
     if settings.output.save_pool:
         save_pool(run)
-    return OptimizeResult(best, run.pool + run.searched, finalists, exported, settings.study_name if run.study else None,
-                          run.trials, run.budget.elapsed(), settings, run.sizes, run.search_solvers, fallback)
+    return OptimizeResult(board.export, run.pool + run.cheaper + run.searched, board, exported,
+                          settings.study_name if run.study else None, run.trials, run.budget.elapsed(), settings,
+                          run.sizes, run.search_solvers)
+
+
+def affordable_search(run: Run) -> bool:
+    """Whether the budget buys the pool's rungs and at least one search trial besides the pool and its selection (a
+    search method asked for); if not, say so with the smallest budget that would, and select among the pool only."""
+    search = run.settings.search
+    if not set(search.methods) & {"optuna", "gradient"}:
+        return False
+    if run.budget.seconds is None:
+        return True
+    needed = run.budget.elapsed() + run.budget.cost(dp_forwards(run) + selection_forwards(run)) + EXPORT_SECONDS
+    extra = run.budget.cost(rung_forwards(run) + search.trial_samples * search.nfe)
+    if needed + extra <= run.budget.seconds:
+        return True
+    run.log(f"--budget {run.budget.seconds:g} s buys no search trial: the pool and its selection need ≈ {needed:.0f} s, "
+            f"the pool's rungs and a trial {extra:.0f} s more; --budget {math.ceil(needed + extra + 1)} or more would "
+            "search. Selecting among the pool only.")
+    return False
+
+
+def dp_forwards(run: Run) -> float:
+    """Sample-forwards of the DP teacher and DP-OSS at the run's NFE, estimated before they run."""
+    search, dp = run.settings.search, run.settings.search.dp
+    if not set(search.methods) & {"dp-gits", "dp-oss"}:
+        return 0.0
+    return dp.samples * dp.grid + ("dp-oss" in search.methods) * search.nfe * dp.grid * dp.oss_samples
+
+
+def rung_forwards(run: Run) -> float:
+    """Sample-forwards of the pool's rung 0 and rung 1 at the run's NFE."""
+    sizes, nfe = run.planned_sizes(), run.settings.search.nfe
+    rows = sum(1 for *_, level in run.grids() if level == nfe) * 6  # 4 analytic schedules and 2 DPs per solver
+    return rows * nfe * sizes.rung0 + POOL_PROMOTED * 2 * nfe * sizes.rung1
+
+
+def selection_forwards(run: Run) -> float:
+    """Sample-forwards of the selection's shortest race: two rounds of the smallest size for every pool row, its
+    per-finalist overhead counted as forwards too."""
+    rows = len(run.grids()) * 5  # about: 4 analytic schedules and DP-GITS per solver and NFE
+    per_row = sum(nfe for _, _, nfe in run.grids()) * 5 / rows
+    overhead = OVERHEAD / max(run.budget.per_forward or 1.0, 1e-9)
+    return rows * 2 * (FIRST_ROUND[0] * per_row + overhead)
+
+
+def select(run: Run) -> Leaderboard:
+    """Race every pool row (at every pool NFE) and the study's best on the judge, with what the budget leaves."""
+    finalists = [c for c in run.pool + run.cheaper + run.searched]
+    seconds = run.budget.left() - EXPORT_SECONDS if run.budget.seconds is not None else None
+    try:
+        board = race(run.referee, finalists, seed=run.selection_seed, largest=run.sizes.held_out, seconds=seconds,
+                     cost=run.budget.cost, left=lambda: run.budget.left() - EXPORT_SECONDS, log=run.log)
+    except ValueError:
+        raise UserError("no candidate produced finite samples; nothing to export") from None
+    run.log(board.verdict())
+    return board
 
 
 def build_pool(run: Run) -> list[Candidate]:
-    """Every pool source's rows the run's tool can run."""
-    return run.runnable([c for source in sources.chosen(sources.POOL, run.settings.search.methods)
+    """Every pool source's rows the run's tool can run, each sampler once (a cheaper NFE can give a solver the grid
+    it has at the run's NFE: Heun spends 2n − 1)."""
+    rows = run.runnable([c for source in sources.chosen(sources.POOL, run.settings.search.methods)
                          for c in source.candidates(run, None)])
+    return list({c.key: c for c in reversed(rows)}.values())[::-1]
 
 
 def score_pool(run: Run) -> None:
@@ -117,24 +178,22 @@ def searched_solvers(run: Run) -> tuple[str, ...]:
 
 
 def selection_reserve(run: Run) -> float:
-    """Seconds the phases after the search need: rung 1 of its promoted trials and the held-out check (metrics and the
-    bootstrap cost a few seconds per finalist)."""
-    settings, finalists = run.settings, run.settings.selection.finalists + 3
-    forwards = settings.search.nfe * (run.sizes.rung1 * settings.search.promote + run.sizes.held_out * finalists)
-    return run.budget.cost(forwards) + 5 * finalists
+    """Seconds kept from the search for the selection and the export: :data:`SELECTION_SHARE` of what is left after
+    the pool's rungs, and never less than the shortest race."""
+    share = SELECTION_SHARE * max(0.0, run.budget.left()) if run.budget.seconds is not None else 0.0
+    return max(share, run.budget.cost(selection_forwards(run))) + EXPORT_SECONDS
 
 
 def search(run: Run) -> None:
     """The search's sources in turn, each given what the budget leaves after the selection's reserve (the learned
-    steps half of it when a study follows); what they find is scored on rung 1."""
+    steps half of it when a study follows). Learned steps join the pool; the study's best are finalists."""
     chosen = sources.chosen(sources.SEARCH, run.settings.search.methods)
+    reserve = selection_reserve(run)
     for i, source in enumerate(chosen):
-        seconds = run.budget.search_seconds(selection_reserve(run))
+        seconds = run.budget.search_seconds(reserve)
         if seconds is not None and i < len(chosen) - 1:
             seconds = max(0.0, seconds) / (len(chosen) - i)
         found = source.candidates(run, seconds)
-        run.score_rung(found, run.sizes.rung1, f"rung 1 ({source.name})")
-        run.rung1 += found
         if source.name == "optuna":
             run.searched += found
         else:
@@ -142,7 +201,7 @@ def search(run: Run) -> None:
 
 
 def optimize_pareto(run: Run) -> OptimizeResult:
-    """NSGA-II over (objective, measured NFE); every Pareto trial exported with its held-out proxy-FID."""
+    """NSGA-II over (objective, measured NFE); every Pareto trial exported with its judge FID on held-out noise."""
     run.study, run.study_created = open_search_study(run)
     run.resolve_sizes(run.study)
     run.search_solvers = run.settings.pool_solvers()
@@ -151,18 +210,13 @@ def optimize_pareto(run: Run) -> OptimizeResult:
         work(run, run.study, seconds)
     run.trials = finished(run.study)
     pareto = study_candidates(run, run.study, set())
-    seed = selection_seed(run.settings.search.seed)
     for cand in pareto:
-        sampled = generate(run.loaded.model, run.loaded.schedule, cand.document.policy, cand.document.solver,
-                           n=run.sizes.held_out, seed=seed, runtime=cand.document.runtime)
-        fid = fid_of_features(proxy_features(sampled.x0, run.coach, device=run.device)[0], run.coach) \
-            if sampled.x0.isfinite().all() else float("inf")
-        cand.held_out = HeldOut(seed, run.sizes.held_out, fid)
+        run.held_out(cand)
     exported = [export(run, cand, index=i) for i, cand in enumerate(pareto)]
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     figure = plot_pareto_front([(t.values[1], t.values[0]) for t in complete],
-                               [(c.nfe, c.value(), c.held_out.fid) for c in pareto],
+                               [(c.nfe, c.value(), c.held_out.judge_fid) for c in pareto],
                                Path(f"policies/pareto-{run.settings.study_name}.png"))
     run.log(f"Pareto front: {figure}")
-    return OptimizeResult(None, pareto, pareto, exported + [figure], run.settings.study_name, run.trials,
+    return OptimizeResult(None, pareto, None, exported + [figure], run.settings.study_name, run.trials,
                           run.budget.elapsed(), run.settings, run.sizes, run.search_solvers)

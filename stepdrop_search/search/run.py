@@ -9,6 +9,7 @@ known, and the DP and scoring come later still.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 from stepdrop_search.checkpoint import LoadedModel
@@ -16,27 +17,32 @@ from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.runtimes import Runtime
 from stepdrop_search.diffusion.solvers import SolverSpec, spec_for_nfe
 from stepdrop_search.errors import UserError
+from stepdrop_search.generation import generate
 from stepdrop_search.loading import load_model
-from stepdrop_search.objectives.features import load_features_for_model
+from stepdrop_search.objectives.features import load_features_for_model, load_judge_for_model
+from stepdrop_search.objectives.metrics import fid_of_features, proxy_features
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument
+from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.policies.transfer import export_problems
 from stepdrop_search.progress import advance, phase
 from stepdrop_search.search.budget import Budget
-from stepdrop_search.search.candidates import Candidate
+from stepdrop_search.search.candidates import Candidate, HeldOut
 from stepdrop_search.search.dp import TeacherTrajectory, teacher_trajectory
-from stepdrop_search.search.rungs import RungSizes, rung_sizes, sizes_as_asked
+from stepdrop_search.search.rungs import RungSizes, pool_nfes, rung_sizes, sizes_as_asked
 from stepdrop_search.search.scoring import CoachScorer, Scorer
+from stepdrop_search.search.selection import Referee, SamplingReferee
 from stepdrop_search.search.settings import OptimizeSettings
 from stepdrop_search.search.study import check_resumable, make_storage
-from stepdrop_search.seeds import search_seed
+from stepdrop_search.seeds import search_seed, selection_seed
 
 
 class Run:
-    """See the module docstring. ``scorer`` replaces the coach scorer (tests pass a fake one)."""
+    """See the module docstring. ``scorer`` and ``referee`` replace the coach's scoring and the selection's sampling
+    (tests pass fake ones; the cost model is then not measured)."""
 
     def __init__(self, settings: OptimizeSettings, log: Callable[[str], None] = lambda m: None, *,
-                 scorer: Scorer | None = None) -> None:
+                 scorer: Scorer | None = None, referee: Referee | None = None) -> None:
         self.settings, self.log = settings, log
         self.budget = Budget(settings.budget.seconds, settings.budget.timeout)
         self.device = resolve_device(settings.model.device)
@@ -48,13 +54,23 @@ class Run:
             self.storage = make_storage(settings.search.storage, settings.study_name)
             check_resumable(settings.study_name, self.storage, directions=settings.directions,
                             config=settings.study_config(self.loaded.weights_hash))
+        self.judge = load_judge_for_model(settings.model.judge, self.loaded.config, self.loaded.dataset, device=self.device)
+        if self.judge is None:
+            log("no judge network for this model's images: the selection is judged by the coach, the network the search "
+                "optimises (train one: `stepdrop-search features train --family residual --images half-b`, then --judge)")
+        self.selection_seed = selection_seed(settings.search.seed)
+        self.referee = referee or SamplingReferee(self.loaded, self.judge or self.coach, self.coach, self.selection_seed,
+                                                  self.device)
         self.scorer = scorer
         self._trajectory: TeacherTrajectory | None = None
+        if scorer is None:
+            self.calibrate()
         # what the run decides as it goes
         self.sizes: RungSizes | None = None
         self.study, self.study_created, self.trials = None, False, 0
         self.search_solvers: tuple[str, ...] = ()
-        self.pool: list[Candidate] = []  # every pool row (analytic, DP, learned)
+        self.pool: list[Candidate] = []  # every pool row at the run's NFE (analytic, DP, learned)
+        self.cheaper: list[Candidate] = []  # the pool's rows at the cheaper NFEs
         self.rung1: list[Candidate] = []  # what rung 1 scored: the pool's promoted rows and every searched one
         self.searched: list[Candidate] = []  # the study's promoted trials
 
@@ -66,16 +82,38 @@ class Run:
         """A candidate of this run: ``policy`` with ``spec`` under the run's runtime."""
         return PolicyDocument(policy, spec, provenance or {}, self.runtime)
 
+    def calibrate(self) -> None:
+        """The budget's cost model: the seconds one sample-forward takes here, metric included (a warm-up run first)."""
+        policy = Uniform(nfe=4, schedule=self.loaded.schedule)
+        for _ in range(2):
+            started = time.perf_counter()
+            run = generate(self.loaded.model, self.loaded.schedule, policy, SolverSpec("ddim"), n=64, runtime=self.runtime)
+            for network in {id(n): n for n in (self.coach, self.referee.judge)}.values():
+                proxy_features(run.x0, network, device=self.device)
+            self.budget.measure(float(run.nfe.sum()), time.perf_counter() - started)
+
+    def planned_sizes(self) -> RungSizes:
+        """The rung sizes the settings ask for (before a resumed study's recorded ones are known)."""
+        search = self.settings.search
+        return sizes_as_asked(rung_sizes(search.largest_nfe), search.samples, search.promote_samples,
+                              self.settings.selection.held_out_samples)
+
+    def held_out(self, cand: Candidate) -> None:
+        """``cand`` on the selection seed's ``held_out`` samples, on both networks (a Pareto set's check)."""
+        got = self.referee.features(cand.document, 0, self.sizes.held_out)
+        fids = (fid_of_features(got[0], self.referee.judge), fid_of_features(got[1], self.coach), got[2]) if got else \
+            (math.inf, math.inf, math.nan)
+        cand.held_out = HeldOut(self.selection_seed, self.sizes.held_out, *fids, status="" if got else "failed")
+
     def resolve_sizes(self, study=None) -> RungSizes:
         """The rung sizes, fixed: as given, as a resumed study recorded them, or by :func:`rung_sizes` (recorded, so
         every worker and every resume scores trials on the same samples even if the rule changes); then the scorer."""
-        search, selection = self.settings.search, self.settings.selection
+        search = self.settings.search
         recorded = study.user_attrs.get("rung_sizes") if study is not None else None
         if search.samples is None and recorded:
             self.sizes = RungSizes(*recorded)
         else:
-            self.sizes = sizes_as_asked(rung_sizes(search.largest_nfe), search.samples, search.promote_samples,
-                                        selection.held_out_samples)
+            self.sizes = self.planned_sizes()
             if study is not None:
                 study.set_user_attr("rung_sizes", [self.sizes.rung0, self.sizes.rung1, self.sizes.held_out])
         self.log(f"rungs: {self.sizes.rung0} samples for rung 0 and the search, {self.sizes.rung1} for rung 1, "
@@ -87,16 +125,22 @@ class Run:
                                       runtime=self.runtime, log=self.log)
         return self.sizes
 
-    def grids(self) -> list[tuple[SolverSpec, int]]:
-        """(solver spec, grid size) of every pool solver, on the largest grid that runs within the NFE under the
+    def grids(self) -> list[tuple[SolverSpec, int, int]]:
+        """(solver spec, grid size, NFE) of every pool solver at every NFE the pool is built at
+        (:func:`~stepdrop_search.search.rungs.pool_nfes`), on the largest grid that runs within that NFE under the
         run's runtime."""
         out = []
-        for name in self.settings.pool_solvers():
-            try:
-                out.append(spec_for_nfe(name, self.settings.search.nfe, runtime=self.runtime))
-            except UserError:
-                continue
+        for nfe in pool_nfes(self.settings.search.nfe):
+            for name in self.settings.pool_solvers():
+                try:
+                    out.append((*spec_for_nfe(name, nfe, runtime=self.runtime), nfe))
+                except UserError:
+                    continue
         return out
+
+    def row_name(self, solver: str, schedule: str, nfe: int) -> str:
+        """A pool row's name: ``solver/schedule``, with ``@NFE`` when built below the run's NFE."""
+        return f"{solver}/{schedule}" + ("" if nfe == self.settings.search.nfe else f"@{nfe}")
 
     def trajectory(self) -> TeacherTrajectory:
         """The DP methods' teacher trajectories on the search seed (computed once, shared by DP-GITS and DP-OSS)."""

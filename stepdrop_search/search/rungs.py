@@ -7,24 +7,31 @@ from dataclasses import dataclass
 
 from stepdrop_search.search.candidates import Candidate, ranked
 
-#: The held-out check's smallest sample count. At 1024 the NFE-10 check once exported DPM-Solver++(2M) SDE on DP-OSS
-#: steps (held-out 3.27), which the first 2048 samples of the same seed put 1.04 behind Heun on learned steps and the
-#: evaluation seeds 1.12 ± 0.47 behind: a stochastic sampler's difference to a deterministic one does not cancel under
-#: common x_T, and 1024 samples left the class mix to decide (README, "Learned steps and the published DPs").
+#: The selection's largest round, at least. At 1024 samples the NFE-10 check once exported DPM-Solver++(2M) SDE on
+#: DP-OSS steps (held-out 3.27), which the first 2048 samples of the same seed put 1.04 behind Heun on learned steps and
+#: the evaluation seeds 1.12 ± 0.47 behind: a stochastic sampler's difference to a deterministic one does not cancel
+#: under common x_T, and 1024 samples left the class mix to decide (README, "Learned steps and the published DPs").
 HELD_OUT_MIN = 2048
 #: Network evaluations per sample that rung 0 spends on each candidate, about: rung 0 takes 1280/NFE samples.
 RUNG0_FORWARDS = 1280
-#: Pool candidates promoted to rung 1 besides each solver's best, and pool candidates always among the finalists: the
-#: reference a searched candidate must beat is the best pool candidate on held-out noise, so the pool's best must not
-#: be lost to rung 0's noise.
-POOL_PROMOTED, POOL_FINALISTS = 6, 2
+#: Pool rows promoted to rung 1 besides each solver's best.
+POOL_PROMOTED = 6
 #: How many of the pool's rung-1 best solvers the study searches over when ``--solver auto``.
 SEARCHED_SOLVERS = 3
 
 
+#: The pool is also built at these fractions of the run's NFE (NFE is a ceiling: a cheaper row as good wins).
+CHEAPER = (0.4, 0.6, 0.8)
+
+
+def pool_nfes(nfe: int) -> tuple[int, ...]:
+    """The NFEs the pool is built at: the run's, then the cheaper ones (:data:`CHEAPER`, at least 3), largest first."""
+    return (nfe, *sorted({round(nfe * f) for f in CHEAPER} - {nfe} - set(range(3)), reverse=True))
+
+
 @dataclass(frozen=True)
 class RungSizes:
-    """Samples of rung 0 (the pool, and each trial's comparison), rung 1, and the held-out check."""
+    """Samples of rung 0 (the pool, and each trial's comparison), rung 1, and the selection's largest round."""
 
     rung0: int
     rung1: int
@@ -72,12 +79,3 @@ def best_solvers(rung1: list[Candidate], samples: int) -> tuple[str, ...]:
     """The ``SEARCHED_SOLVERS`` solvers with the best rung-1 rows, best first."""
     names = (c.document.solver.name for c in ranked(rung1, samples) if math.isfinite(c.value()))
     return tuple(dict.fromkeys(names))[:SEARCHED_SOLVERS]
-
-
-def choose_finalists(rung1: list[Candidate], samples: int, count: int) -> list[Candidate]:
-    """The held-out check's candidates: rung 1's ``count`` best, the best pool candidates and the best searched one."""
-    order = finite(rung1, samples)
-    chosen = order[:count]
-    pool = [c for c in order if not c.searched][:POOL_FINALISTS]
-    searched = [c for c in order if c.searched][:1]
-    return chosen + [c for c in pool + searched if c not in chosen]

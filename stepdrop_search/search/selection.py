@@ -1,61 +1,258 @@
-"""Choosing the export on noise the search never saw.
+"""Choosing the export: every finalist raced on the judge, on noise the search never saw.
 
-Every finalist is sampled on the *selection* seed's x_T (disjoint from the search seed and from every ``evaluate``
-seed, :mod:`stepdrop_search.seeds`). Each finalist's paired proxy-FID difference to the best pool finalist gets a 95%
-paired-bootstrap interval; a searched finalist is exported only when its interval lies below zero and KID agrees in
-sign; otherwise the best pool finalist is exported and the log says so.
+The finalists are every pool row (each solver × each analytic and DP schedule, at the run's NFE and at cheaper ones)
+and the search's best. They are sampled on the *selection* seed's x_T (disjoint from the search seed and from every
+``evaluate`` seed, :mod:`stepdrop_search.seeds`), sample i of every finalist from the same x_T and noise. Samples are
+added in rounds (doubling) to the finalists still in the race; after each round a finalist whose judge FID is worse
+than the leader's by more than 2 paired standard errors (a paired bootstrap: one set of resampled indices for all)
+leaves the race. The race ends when the leader is separated from the runner-up, when the largest round is reached, or
+when the budget is spent — the log and the leaderboard say which.
+
+**NFE is a ceiling**: when the race reaches its largest round, of the finalists still in it (none worse than the leader
+by 2 standard errors there) the one with the fewest NFE is exported, the judge's FID breaking ties. A race the budget
+ends earlier exports its leader: a few hundred samples cannot tell a cheaper row from one the FID's small-sample bias
+flatters (the run that taught this exported DPM-Solver++(3M) at 6 NFE for a 10-NFE budget on 256 samples). Only the
+judge decides; the coach's FID on the same samples is reported beside it, never used.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
 import torch
 
 from stepdrop_search.generation import generate
-from stepdrop_search.objectives.metrics import fid_of_features, kid_of_features, paired_fid_difference, proxy_features
+from stepdrop_search.objectives.features import FeatureFile
+from stepdrop_search.objectives.metrics import fid_of_features, proxy_features, resampled_fids
+from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.progress import advance, phase
 from stepdrop_search.search.candidates import Candidate, HeldOut
-from stepdrop_search.search.run import Run
-from stepdrop_search.seeds import selection_seed
+
+#: A finalist leaves the race when its judge FID exceeds the leader's by more than this many paired standard errors.
+SEPARATION = 2.0
+#: Paired-bootstrap resamples per round.
+BOOTSTRAP = 100
+#: Seconds a finalist costs per round besides its network evaluations (features, bootstrap), until round 1 measures it.
+OVERHEAD = 0.05
+#: The first round's sample count lies in this range (a power of two the budget affords for every finalist).
+FIRST_ROUND = (16, 256)
 
 
-def held_out_check(run: Run, finalists: list[Candidate]) -> Candidate | None:
-    """Sample every finalist on the selection seed's x_T; fill each one's ``held_out`` with its proxy-FID, KID and
-    paired difference (95% bootstrap interval) to the best pool finalist there. Returns that reference."""
-    seed, samples = selection_seed(run.settings.search.seed), run.sizes.held_out
-    feats = {}
-    phase(run.log, f"held-out check: {len(finalists)} finalists on {samples} samples ({run.budget.describe()})", len(finalists))
-    for i, cand in enumerate(finalists, 1):
-        advance(run.log, f"held-out check [{i}/{len(finalists)}] {cand.name}: {samples} samples of seed {seed} "
-                f"({run.budget.describe()})")
-        sampled = generate(run.loaded.model, run.loaded.schedule, cand.document.policy, cand.document.solver, n=samples,
-                           seed=seed, runtime=cand.document.runtime)
-        if not torch.isfinite(sampled.x0).all():
+class Referee(Protocol):
+    """What the race asks of the model: a finalist's samples ``first … first+n−1`` of the selection seed, as features
+    on the judge and on the coach (None when a sample is not finite), and their mean NFE."""
+
+    judge: FeatureFile
+    coach: FeatureFile
+
+    def features(self, document: PolicyDocument, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        ...
+
+
+@dataclass
+class SamplingReferee:
+    """The real referee: samples with the model and extracts features with both networks."""
+
+    loaded: object
+    judge: FeatureFile
+    coach: FeatureFile
+    seed: int
+    device: torch.device
+
+    def features(self, document: PolicyDocument, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        run = generate(self.loaded.model, self.loaded.schedule, document.policy, document.solver, n=n, seed=self.seed,
+                       runtime=document.runtime, first=first)
+        if not torch.isfinite(run.x0).all():
+            return None
+        return (proxy_features(run.x0, self.judge, device=self.device)[0],
+                proxy_features(run.x0, self.coach, device=self.device)[0], float(run.nfe.float().mean()))
+
+
+@dataclass
+class Entrant:
+    """A finalist in the race: its features so far on both networks, and how its race went."""
+
+    candidate: Candidate
+    judge: list[torch.Tensor] = field(default_factory=list)
+    coach: list[torch.Tensor] = field(default_factory=list)
+    nfe: float = math.nan
+    out_in_round: int | None = None  # the round it left the race in
+    failed: str | None = None
+
+    @property
+    def samples(self) -> int:
+        return sum(len(f) for f in self.judge)
+
+    def judge_features(self, n: int | None = None) -> torch.Tensor:
+        return torch.cat(self.judge)[:n]
+
+    def coach_features(self, n: int | None = None) -> torch.Tensor:
+        return torch.cat(self.coach)[:n]
+
+
+@dataclass
+class Leaderboard:
+    """The race's outcome: every finalist with its :class:`HeldOut` (best first), the export, why the race ended."""
+
+    rows: list[Candidate]
+    export: Candidate
+    leader: Candidate
+    stopped: str
+    rounds: list[int]
+    seed: int
+
+    def front(self) -> list[Candidate]:
+        """The quality-vs-NFE front: each NFE's best row, kept when it beats every cheaper one on the judge."""
+        best: dict[int, Candidate] = {}
+        for row in self.rows:
+            nfe = round(row.held_out.nfe)
+            if row.held_out.status != "failed" and (nfe not in best or row.held_out.judge_fid < best[nfe].held_out.judge_fid):
+                best[nfe] = row
+        front, floor = [], math.inf
+        for nfe in sorted(best):
+            if best[nfe].held_out.judge_fid < floor:
+                front.append(best[nfe])
+                floor = best[nfe].held_out.judge_fid
+        return front
+
+    def verdict(self) -> str:
+        """One line: what was exported and why (the NFE ceiling at work, or the leader)."""
+        export, leader = self.export, self.leader
+        if export is leader:
+            cheaper = [c for c in self.rows if c.held_out.status.startswith("within") and c.held_out.nfe < export.held_out.nfe]
+            note = "" if not cheaper else (f"; {min(cheaper, key=lambda c: c.held_out.nfe).name} at fewer NFE was still "
+                                           "within 2 standard errors when the race ended")
+            return f"exported {export.name} ({export.held_out.nfe:.0f} NFE), the judge's best ({self.stopped}){note}"
+        return (f"exported {export.name}: {export.held_out.nfe:.0f} NFE matches the best, {leader.name} at "
+                f"{leader.held_out.nfe:.0f} NFE, within {SEPARATION:g} paired standard errors ({self.stopped})")
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "rounds": self.rounds, "stopped": self.stopped, "export": self.export.name,
+                "leader": self.leader.name, "rows": [{"name": c.name, "source": c.source, **c.held_out.to_dict()}
+                                                     for c in self.rows]}
+
+    def markdown(self) -> str:
+        lines = [f"# Selection leaderboard: {self.verdict()}", "",
+                 f"Selection seed {self.seed}, rounds of {', '.join(map(str, self.rounds))} samples; Δ = row − export, "
+                 "paired on the samples both have (± one paired bootstrap standard error); the judge decides, the coach is "
+                 "shown beside it.", "",
+                 "| row | source | NFE | samples | judge FID | Δ judge | coach FID | Δ coach | status |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for c in self.rows:
+            h = c.held_out
+            delta = "" if h.judge_difference is None else f"{h.judge_difference:+.3f} ± {h.judge_se:.3f}"
+            coach = "" if h.coach_difference is None else f"{h.coach_difference:+.3f}"
+            lines.append(f"| {c.name} | {c.source} | {h.nfe:.1f} | {h.samples} | {h.judge_fid:.3f} | {delta} | "
+                         f"{h.coach_fid:.3f} | {coach} | {h.status} |")
+        front = ", ".join(f"{c.name} {c.held_out.judge_fid:.3f} at {c.held_out.nfe:.0f} NFE" for c in self.front())
+        return "\n".join(lines + ["", f"Quality-vs-NFE front (judge FID): {front}", ""])
+
+
+def round_sizes(first: int, largest: int) -> list[int]:
+    """Cumulative samples per round: ``first``, doubling, ending at ``largest``."""
+    sizes = [min(first, largest)]
+    while sizes[-1] < largest:
+        sizes.append(min(2 * sizes[-1], largest))
+    return sizes
+
+
+def first_round(finalists: list[Candidate], largest: int, seconds: float | None, cost: Callable[[float], float]) -> int:
+    """The first round's samples: a 32nd of the largest round, within :data:`FIRST_ROUND`, halved (to no less than
+    its floor) until the round takes at most a third of ``seconds``."""
+    n = 1 << max(0, (largest // 32).bit_length() - 1)
+    n = min(max(n, FIRST_ROUND[0]), FIRST_ROUND[1])
+    nfe = sum(c.nfe for c in finalists)
+    while n > FIRST_ROUND[0] and seconds is not None and cost(nfe * n) + OVERHEAD * len(finalists) > seconds / 3:
+        n //= 2
+    return min(n, largest)
+
+
+def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: int, seconds: float | None,
+         cost: Callable[[float], float], left: Callable[[], float], log: Callable[[str], None]) -> Leaderboard:
+    """Race ``finalists`` on the judge (module docstring); fills each one's ``held_out``. ``seconds``: the race's
+    share of the budget; ``cost`` turns sample-forwards into seconds; ``left`` is the run's budget left (a round
+    that would overrun it is not started)."""
+    entrants = [Entrant(c) for c in finalists]
+    sizes = round_sizes(first_round(finalists, largest, seconds, cost), largest)
+    generator, stopped, done, rounds, overhead = torch.Generator().manual_seed(seed), "", 0, [], OVERHEAD
+    for r, size in enumerate(sizes, 1):
+        running = [e for e in entrants if e.out_in_round is None and e.failed is None]
+        forwards = sum(e.nfe if not math.isnan(e.nfe) else e.candidate.nfe for e in running) * (size - done)
+        if r > 1 and cost(forwards) + overhead * len(running) > left():
+            stopped = f"the budget ended before round {r} ({size} samples)"
+            break
+        started = time.perf_counter()
+        phase(log, f"selection round {r}: {len(running)} finalists, samples {done}…{size - 1} of seed {seed}", len(running))
+        for e in running:
+            got = referee.features(e.candidate.document, done, size - done)
+            if got is None:
+                e.failed = "non-finite samples"
+            else:
+                e.judge.append(got[0])
+                e.coach.append(got[1])
+                e.nfe = got[2] if math.isnan(e.nfe) else e.nfe
+            advance(log, f"  {e.candidate.name}: {'failed' if e.failed else f'{size} samples'}")
+        done = size
+        rounds.append(size)
+        running = [e for e in running if e.failed is None]
+        if not running:
+            break
+        fids = {id(e): fid_of_features(e.judge_features(), referee.judge) for e in running}
+        leader = min(running, key=lambda e: fids[id(e)])
+        picks = torch.randint(size, (BOOTSTRAP, size), generator=generator)
+        boot = {id(e): resampled_fids(e.judge_features(), referee.judge, picks) for e in running}
+        for e in running:
+            gap = fids[id(e)] - fids[id(leader)]
+            if e is not leader and gap > SEPARATION * float((boot[id(e)] - boot[id(leader)]).std()):
+                e.out_in_round = r
+        left_in = [e for e in running if e.out_in_round is None]
+        runner_up = min((e for e in left_in if e is not leader), key=lambda e: fids[id(e)], default=None)
+        # what a finalist costs a round beyond its network evaluations (features, bootstrap), as this round measured it
+        overhead = max(0.0, (time.perf_counter() - started - cost(forwards)) / len(running))
+        log(f"round {r}: {size} samples, {len(left_in)} of {len(running)} still in; leader {leader.candidate.name} "
+            f"(judge FID {fids[id(leader)]:.3f})" + (f", runner-up {runner_up.candidate.name} "
+                                                      f"{fids[id(runner_up)] - fids[id(leader)]:+.3f}" if runner_up else ""))
+        if runner_up is None:
+            stopped = f"the leader separated from every other finalist in round {r}"
+            break
+    else:
+        stopped = f"the largest round ({largest} samples) left {len(left_in)} finalists within {SEPARATION:g} standard errors"
+    return standings(entrants, referee, rounds, seed, stopped, ceiling=bool(rounds) and rounds[-1] == largest)
+
+
+def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed: int, stopped: str, *,
+              ceiling: bool) -> Leaderboard:
+    """The leaderboard: the export — with ``ceiling`` the cheapest finalist left in the race, else the leader — and
+    every row's paired difference to it on the samples both have."""
+    scored = [e for e in entrants if e.failed is None and e.judge]
+    if not scored:
+        raise ValueError("no finalist produced finite samples")
+    fids = {id(e): fid_of_features(e.judge_features(), referee.judge) for e in scored}
+    still = [e for e in scored if e.out_in_round is None]
+    leader = min(still, key=lambda e: fids[id(e)])
+    export = min(still, key=lambda e: (round(e.nfe), fids[id(e)])) if ceiling else leader
+    generator, references = torch.Generator().manual_seed(seed + 1), {}
+    for e in entrants:
+        if e.failed is not None or not e.judge:
+            e.candidate.held_out = HeldOut(seed, e.samples, math.inf, math.inf, e.nfe, status=f"failed: {e.failed}")
             continue
-        feats[cand.name] = proxy_features(sampled.x0, run.coach, device=run.device)[0]
-        cand.held_out = HeldOut(seed, samples, fid_of_features(feats[cand.name], run.coach),
-                                kid_of_features(feats[cand.name], run.coach, seed=seed)[0])
-    scored = [c for c in finalists if c.held_out is not None]
-    pool = [c for c in scored if not c.searched]
-    if not pool:
-        return None
-    reference = min(pool, key=lambda c: c.held_out.fid)
-    for cand in scored:
-        diff, low, high = paired_fid_difference(feats[cand.name], feats[reference.name], run.coach, seed=seed)
-        cand.held_out.reference, cand.held_out.fid_difference, cand.held_out.ci95 = reference.name, diff, (low, high)
-        cand.held_out.kid_difference = cand.held_out.kid - reference.held_out.kid
-    return reference
-
-
-def significantly_better(cand: Candidate) -> bool:
-    """Its whole 95% interval of the paired proxy-FID difference lies below zero and KID agrees in sign."""
-    h = cand.held_out
-    return h is not None and h.ci95 is not None and h.ci95[1] < 0 and h.kid_difference < 0
-
-
-def pick_export(finalists: list[Candidate], reference: Candidate | None) -> tuple[Candidate | None, bool]:
-    """(what to export, whether it is the fallback): the searched finalist that beats the best pool finalist by the
-    most, among those that beat it significantly; else that pool finalist."""
-    winners = [c for c in finalists if c.searched and significantly_better(c)]
-    if winners:
-        return min(winners, key=lambda c: c.held_out.fid_difference), False
-    return reference, True
+        n = min(e.samples, export.samples)
+        if n not in references:  # the export on its first n samples: one set of resampled indices per n
+            picks = torch.randint(n, (BOOTSTRAP, n), generator=generator)
+            references[n] = (picks, fid_of_features(export.judge_features(n), referee.judge),
+                             resampled_fids(export.judge_features(n), referee.judge, picks),
+                             fid_of_features(export.coach_features(n), referee.coach))
+        picks, export_fid, export_boot, export_coach = references[n]
+        diff = (fids[id(e)] if n == e.samples else fid_of_features(e.judge_features(n), referee.judge)) - export_fid
+        se = float((resampled_fids(e.judge_features(n), referee.judge, picks) - export_boot).std())
+        coach = fid_of_features(e.coach_features(n), referee.coach) - export_coach
+        status = "export" if e is export else (f"out in round {e.out_in_round}" if e.out_in_round else
+                                                f"within {SEPARATION:g} SE")
+        e.candidate.held_out = HeldOut(seed, e.samples, fids[id(e)], fid_of_features(e.coach_features(), referee.coach),
+                                       e.nfe, diff, se, coach, status)
+    rows = sorted((e.candidate for e in entrants), key=lambda c: (-c.held_out.samples, c.held_out.judge_fid))
+    return Leaderboard(rows, export.candidate, leader.candidate, stopped, rounds, seed)

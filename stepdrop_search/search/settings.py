@@ -32,6 +32,7 @@ class ModelSettings:
 
     model: str | None = None
     features: str | None = None  # the coach (default: the shipped one for the model's data)
+    judge: str | None = None  # the judge (default: the shipped one; without one the coach judges, and the log says so)
     device: str = "auto"
     runtime: str = "stepdrop"  # the conventions every candidate is sampled, scored and exported under
 
@@ -48,7 +49,7 @@ class BudgetSettings:
     """How long the run may take: ``seconds`` for all of it (None: no limit), the study's trial count, each worker's
     ``timeout`` and the number of local workers."""
 
-    seconds: float | None = 270.0
+    seconds: float | None = 480.0
     trials: int = 10000
     timeout: float | None = None
     n_jobs: int = 1
@@ -163,14 +164,11 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class SelectionSettings:
-    """How the export is chosen on held-out noise."""
+    """How the export is chosen on held-out noise: the selection's largest round (None: by the NFE)."""
 
-    finalists: int = 3
     held_out_samples: int | None = None
 
     def __post_init__(self) -> None:
-        if self.finalists < 1:
-            raise UserError("--finalists must be ≥ 1")
         if self.held_out_samples is not None and self.held_out_samples < 2:
             raise UserError("--held-out-samples must be ≥ 2")
 

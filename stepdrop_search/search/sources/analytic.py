@@ -1,5 +1,5 @@
-"""The pool's analytic schedules: every solver × {uniform trailing, log-SNR, Karras, quadratic}, each solver on the
-grid that spends the target NFE."""
+"""The pool's analytic schedules: every solver × {uniform trailing, log-SNR, Karras, quadratic} at every pool NFE,
+each solver on the grid that spends that NFE."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ class AnalyticSchedules:
 
     def candidates(self, run: Run, seconds: float | None = None) -> list[Candidate]:
         out = []
-        for spec, steps in run.grids():
+        for spec, steps, nfe in run.grids():
             for label, kind in SCHEDULES.items():
                 try:
                     policy = kind(nfe=steps, schedule=run.loaded.schedule)
                 except UserError:
                     continue  # the schedule cannot place that many distinct steps
-                out.append(Candidate(f"{spec.name}/{label}", run.document(policy, spec), "pool"))
+                out.append(Candidate(run.row_name(spec.name, label, nfe), run.document(policy, spec), "pool", nfe_budget=nfe))
         return out

@@ -17,12 +17,13 @@ if TYPE_CHECKING:
     from stepdrop_search.search.run import Run
 
 
-def by_grid_size(run: Run) -> dict[int, list[SolverSpec]]:
-    """Pool solvers by the grid size they need, for the sizes the DP teacher's grid can hold."""
-    sizes: dict[int, list[SolverSpec]] = {}
-    for spec, steps in run.grids():
-        if steps <= run.settings.search.dp.grid:
-            sizes.setdefault(steps, []).append(spec)
+def by_grid_size(run: Run, cheaper: bool = True) -> dict[int, list[tuple[SolverSpec, int]]]:
+    """(pool solver, NFE) pairs by the grid size they need, for the sizes the DP teacher's grid can hold (at the run's
+    NFE only, without ``cheaper``)."""
+    sizes: dict[int, list[tuple[SolverSpec, int]]] = {}
+    for spec, steps, nfe in run.grids():
+        if steps <= run.settings.search.dp.grid and (cheaper or nfe == run.settings.search.nfe):
+            sizes.setdefault(steps, []).append((spec, nfe))
     return dict(sorted(sizes.items()))
 
 
@@ -35,5 +36,6 @@ class DPGits:
             res = gits_schedule(run.trajectory(), steps, cost=dp.gits_cost, gamma=dp.gits_gamma)
             run.log(f"dp-gits on {steps} steps ({res.nfe_spent} NFE): {[round(float(t), 2) for t in res.steps]}")
             policy = Explicit(steps=tuple(res.steps.tolist()), schedule=run.loaded.schedule)
-            out += [Candidate(f"{spec.name}/dp-gits", run.document(policy, spec), "pool") for spec in specs]
+            out += [Candidate(run.row_name(spec.name, "dp-gits", nfe), run.document(policy, spec), "pool", nfe_budget=nfe)
+                    for spec, nfe in specs]
         return out

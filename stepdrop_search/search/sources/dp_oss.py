@@ -2,7 +2,9 @@
 (:func:`~stepdrop_search.search.dp.oss_schedule`).
 
 DP-OSS steps with each solver's one-step form (``Solver.one_step_form``), so one schedule per grid size and form; it
-runs on the first ``dp_oss_samples`` teacher trajectories (one NFE per reachable node per level per sample)."""
+runs on the first ``dp_oss_samples`` teacher trajectories (one NFE per reachable node per level per sample). Each
+size costs thousands of evaluations, so it is built at the run's NFE only (the cheaper NFEs get DP-GITS, whose
+schedules all come from one cost matrix)."""
 
 from __future__ import annotations
 
@@ -27,20 +29,21 @@ class DPOss:
 
     def candidates(self, run: Run, seconds: float | None = None) -> list[Candidate]:
         dp, out = run.settings.search.dp, []
-        for steps, specs in by_grid_size(run).items():
+        for steps, specs in by_grid_size(run, cheaper=False).items():
             trajectory = run.trajectory().subset(min(dp.oss_samples, dp.samples))
-            forms: dict[str, list[SolverSpec]] = {}
-            for spec in specs:
+            forms: dict[str, list[tuple[SolverSpec, int]]] = {}
+            for spec, nfe in specs:
                 form = spec.solver.one_step_form
                 if form != "ddim" and steps * dp.grid ** 2 // 2 * trajectory.states.shape[1] > OSS_EDGE_EVALUATIONS:
                     run.log(f"dp-oss: {spec.name}'s one-step form would cost more than {OSS_EDGE_EVALUATIONS} evaluations "
                             "on this grid; it gets DDIM's schedule (a smaller --dp-grid runs its own)")
                     form = "ddim"
-                forms.setdefault(form, []).append(spec)
+                forms.setdefault(form, []).append((spec, nfe))
             for form, members in forms.items():
                 res = oss_schedule(run.loaded, trajectory, steps, solver=form, runtime=run.runtime)
                 run.log(f"dp-oss ({form} steps) on {steps} steps ({res.nfe_spent} NFE): "
                         f"{[round(float(t), 2) for t in res.steps]}")
                 policy = Explicit(steps=tuple(res.steps.tolist()), schedule=run.loaded.schedule)
-                out += [Candidate(f"{spec.name}/dp-oss", run.document(policy, spec), "pool") for spec in members]
+                out += [Candidate(run.row_name(spec.name, "dp-oss", nfe), run.document(policy, spec), "pool",
+                                  nfe_budget=nfe) for spec, nfe in members]
         return out

@@ -64,7 +64,7 @@ class LearnedSteps:
             if candidate_key(document) == start.key:
                 run.log(f"gradient: {name} kept its start (no epoch improved on validation)")
                 continue
-            out.append(Candidate(f"{name}/gradient", document, "pool", made_by={
+            out.append(Candidate(f"{name}/gradient", document, "pool", nfe_budget=search.nfe, made_by={
                 "method": "gradient", "init": start.name, "loss": settings.loss, "space": settings.space,
                 "validation_loss": [res.initial_validation_loss, res.validation_loss], "epochs": res.epochs,
                 "seconds": round(res.seconds, 1), "forward_nfe": res.forward_nfe, "backward_nfe": res.backward_nfe}))

@@ -21,7 +21,7 @@ from stepdrop_search.errors import UserError
 from stepdrop_search.objectives.objective import Scores
 from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.progress import advance, phase
-from stepdrop_search.search.candidates import Candidate, candidate_key
+from stepdrop_search.search.candidates import Candidate, candidate_key, ranked
 from stepdrop_search.search.space import steps_to_params, suggest_document
 from stepdrop_search.search.study import open_study
 
@@ -115,14 +115,18 @@ def progress_callback(run: Run):
     return report
 
 
-def work(run: Run, study: optuna.Study, timeout: float | None) -> int:
-    """Run trials until the study holds ``trials`` finished (complete or pruned) trials or ``timeout`` passes. Returns
-    the trials this worker finished."""
+def work(run: Run, study: optuna.Study, timeout: float | None, seeded: list[tuple[dict, dict]] = ()) -> int:
+    """Run trials until the study holds ``trials`` finished (complete or pruned) trials or ``timeout`` passes, the
+    ``seeded`` parameters first (each enqueued just before it runs, so a budget that ends leaves none waiting).
+    Returns the trials this worker finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    before = finished(study)
+    before, queue = finished(study), list(seeded)
     objective, callbacks = trial_function(run), [progress_callback(run)]
     deadline = time.monotonic() + timeout if timeout else math.inf
     while finished(study) < run.settings.budget.trials and time.monotonic() < deadline:
+        if queue:
+            params, attrs = queue.pop(0)
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         try:
             study.optimize(objective, n_trials=1, gc_after_trial=False, callbacks=callbacks)
         except ValueError as exc:
@@ -146,13 +150,15 @@ def worker_process(settings: OptimizeSettings, sizes: RungSizes, solvers: tuple[
     return work(run, study, timeout)
 
 
-def seed_study(run: Run, study: optuna.Study, seeds: list[Candidate]) -> None:
-    """Enqueue the pool's step sets of the searched solvers as the first trials (explicit kind only)."""
+def seeds(run: Run, pool: list[Candidate]) -> list[tuple[dict, dict]]:
+    """The pool's step sets of the searched solvers as trial parameters (explicit kind only), best rung-0 row first,
+    each with the user attributes naming its pool row: the study's first trials, no more than ``--trials`` leaves
+    room for."""
     search = run.settings.search
     if search.kind != "explicit" or search.multi_objective:
-        return
-    solvers = run.search_solvers
-    for cand in seeds:
+        return []
+    solvers, out = run.search_solvers, []
+    for cand in ranked(pool, run.sizes.rung0):
         name = cand.document.solver.name
         if name not in solvers or not cand.document.policy.static:
             continue
@@ -161,8 +167,8 @@ def seed_study(run: Run, study: optuna.Study, seeds: list[Candidate]) -> None:
         if len(steps) != spec_for_nfe(name, search.nfe, runtime=run.runtime)[1] or not (search.free_boundary or fits_fixed_ends):
             continue
         params = steps_to_params(steps, search.free_boundary, f"k{len(steps)}_" if len(solvers) > 1 else "")
-        study.enqueue_trial(params | ({"solver": name} if len(solvers) > 1 else {}), user_attrs={"source": cand.name},
-                            skip_if_exists=True)
+        out.append((params | ({"solver": name} if len(solvers) > 1 else {}), {"source": cand.name}))
+    return out[:max(0, run.settings.budget.trials - finished(run.study))]
 
 
 def study_candidates(run: Run, study: optuna.Study, known: set[tuple]) -> list[Candidate]:
@@ -192,19 +198,20 @@ class OptunaStudy:
     def candidates(self, run: Run, seconds: float | None) -> list[Candidate]:
         """Seed the study with the pool (when this run created it), search for ``seconds``, return its best new trials."""
         study = run.study
-        if run.study_created:
-            seed_study(run, study, run.pool)
+        first = seeds(run, run.pool) if run.study_created else []
         phase(run.log, f"search: study {run.settings.study_name} over {', '.join(run.search_solvers)}, {finished(study)} "
-              "finished trials so far" + (f", {seconds:.0f} s for it (the rest of the budget is kept for rung 1 and the "
-                                          "held-out check)" if seconds is not None and seconds > 0 else ""))
+              "finished trials so far" + (f", {seconds:.0f} s for it (the rest of the budget is kept for the selection)"
+                                          if seconds is not None and seconds > 0 else ""))
         if seconds is not None and seconds <= 0:
             run.log(f"the --budget of {run.settings.budget.seconds:.0f} s is spent before the search; going on with the "
                     "pool (raise --budget, or re-run: the teacher is cached now)")
         elif run.settings.budget.n_jobs == 1:
-            work(run, study, seconds)
+            work(run, study, seconds, first)
         else:
             from joblib import Parallel, delayed
 
+            for params, attrs in first:  # the workers share them; a budget that ends first may leave some waiting
+                study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
             Parallel(n_jobs=run.settings.budget.n_jobs, backend="loky")(
                 delayed(worker_process)(run.settings, run.sizes, run.search_solvers, seconds, i)
                 for i in range(run.settings.budget.n_jobs))

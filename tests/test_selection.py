@@ -1,0 +1,132 @@
+"""The selection race and the whole optimize pipeline, with a fake scorer and a fake referee: no network runs.
+
+The fake referee's features are a shared per-sample noise (common random numbers: sample i is the same draw for every
+finalist) plus an offset that grows with the finalist's badness, so FID orders finalists by badness and paired
+differences cancel the noise."""
+
+import math
+
+import optuna
+import pytest
+import torch
+
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.objectives.features import FeatureFile
+from stepdrop_search.objectives.objective import Scores
+from stepdrop_search.policies import PolicyDocument
+from stepdrop_search.policies.kinds import Uniform
+from stepdrop_search.search.candidates import Candidate
+from stepdrop_search.search.optimize import optimize
+from stepdrop_search.search.selection import race, round_sizes
+from stepdrop_search.search.settings import OptimizeSettings
+
+DIM = 8
+
+
+def network(name: str) -> FeatureFile:
+    return FeatureFile(None, {}, {"mu": torch.zeros(DIM, dtype=torch.float64), "sigma": torch.eye(DIM, dtype=torch.float64),
+                                  "features": torch.randn(64, DIM)}, {}, name)
+
+
+class FakeReferee:
+    """Features of sample i: the same N(0, I) draw for every document, shifted by ``badness(document)``."""
+
+    def __init__(self, badness, coach_badness=None) -> None:
+        self.judge, self.coach = network("fake-judge"), network("fake-coach")
+        self.badness, self.coach_badness = badness, coach_badness or badness
+        self.asked: list[tuple[str, int, int]] = []
+
+    def features(self, document, first, n):
+        self.asked.append((document.solver.name, first, n))
+        base = torch.randn(first + n, DIM, generator=torch.Generator().manual_seed(7), dtype=torch.float64)[first:]
+        shift = torch.zeros(DIM, dtype=torch.float64)
+        nfe = float(document.solver.solver.nfe(document.policy.nfe))
+        return (base + shift.fill_(self.badness(document)), base + shift.fill_(self.coach_badness(document)), nfe)
+
+
+def finalist(solver: str, steps: int) -> Candidate:
+    return Candidate(f"{solver}/uniform@{steps}", PolicyDocument(Uniform(nfe=steps), SolverSpec(solver)), "pool")
+
+
+def run_race(referee, finalists, *, left=lambda: math.inf, largest=256):
+    return race(referee, finalists, seed=3, largest=largest, seconds=None, cost=lambda forwards: forwards * 1e-3,
+                left=left, log=lambda m: None)
+
+
+def test_clearly_worse_finalists_leave_early_and_the_leader_separates():
+    badness = {"ddim": 0.0, "ddpm": 1.0, "unipc": 0.15}
+    referee = FakeReferee(lambda doc: badness[doc.solver.name])
+    board = run_race(referee, [finalist("ddpm", 10), finalist("ddim", 10), finalist("unipc", 10)])
+    assert board.export.name == board.leader.name == "ddim/uniform@10"
+    statuses = {c.name: c.held_out.status for c in board.rows}
+    assert statuses["ddpm/uniform@10"] == "out in round 1"  # far worse: gone after the first 16 samples
+    assert statuses["unipc/uniform@10"].startswith("out in round")  # slightly worse: it takes more samples
+    assert "separated" in board.stopped and board.rounds == round_sizes(16, 256)[:len(board.rounds)]
+    ddpm_samples = sum(n for solver, _, n in referee.asked if solver == "ddpm")
+    assert ddpm_samples == board.rounds[0] < board.rows[0].held_out.samples  # an out finalist is sampled no more
+
+
+def test_nfe_is_a_ceiling_a_cheaper_finalist_as_good_is_exported():
+    referee = FakeReferee(lambda doc: 0.0 if doc.policy.nfe >= 5 else 3.0)  # 5 steps are as good as 25; 3 are not
+    board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5), finalist("ddim", 3)], largest=64)
+    assert board.export.name == "ddim/uniform@5" and board.leader.name in ("ddim/uniform@25", "ddim/uniform@5")
+    assert "within 2 standard errors" in board.stopped
+    assert [c.name for c in board.front()][-1] in ("ddim/uniform@5", "ddim/uniform@25")
+    assert board.export.held_out.judge_difference == 0 and board.export.held_out.status == "export"
+
+
+def test_only_the_judge_decides_the_coach_is_reported_beside_it():
+    judge = {"ddim": 0.0, "unipc": 1.0}
+    coach = {"ddim": 1.0, "unipc": 0.0}  # a schedule that learned the coach's quirks
+    board = run_race(FakeReferee(lambda doc: judge[doc.solver.name], lambda doc: coach[doc.solver.name]),
+                     [finalist("unipc", 10), finalist("ddim", 10)])
+    assert board.export.name == "ddim/uniform@10"
+    [unipc] = [c for c in board.rows if c.name.startswith("unipc")]
+    assert unipc.held_out.judge_difference > 0 > unipc.held_out.coach_difference
+
+
+def test_a_round_the_budget_cannot_pay_for_is_not_started():
+    board = run_race(FakeReferee(lambda doc: 0.0), [finalist("ddim", 10), finalist("unipc", 10)],
+                     left=lambda: 0.0)  # nothing left: round 1 runs all the same (an export needs one), then it stops
+    assert board.rounds == [16] and "budget ended before round 2" in board.stopped
+
+
+def fake_scorer_badness(doc: PolicyDocument) -> float:
+    """Better with more steps, and DPM-Solver++(2M) best of the solvers."""
+    return 1.0 / doc.policy.nfe + (0.0 if doc.solver.name == "dpmpp-2m" else 0.3)
+
+
+class FakeScorer:
+    def score(self, document, samples):
+        return Scores(fake_scorer_badness(document), fake_scorer_badness(document), None,
+                      float(document.solver.solver.nfe(document.policy.nfe)))
+
+    def cheap(self, document, samples):
+        return self.score(document, samples)
+
+    def seen(self, document, samples):
+        return False
+
+
+@pytest.fixture(autouse=True)
+def private_workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_the_whole_pipeline_runs_with_a_fake_scorer_and_exports_the_best_pool_row(tiny_checkpoint, tiny_features,
+                                                                                   tmp_path):
+    settings = OptimizeSettings.from_flags(nfe=10, method="optuna", model=str(tiny_checkpoint),
+                                           features=str(tiny_features), trials=12, budget=None, samples=16,
+                                           promote_samples=32, held_out_samples=128, trial_samples=16,
+                                           storage=f"sqlite:///{tmp_path}/s.db", out=str(tmp_path / "best.json"))
+    referee = FakeReferee(lambda doc: 4 * fake_scorer_badness(doc))
+    result = optimize(settings, scorer=FakeScorer(), referee=referee)
+    pool = [c for c in result.candidates if c.source == "pool"]
+    assert {c.nfe_budget for c in pool} == {10, 8, 6, 4}  # the run's NFE and the cheaper ones
+    best_pool = min(pool, key=lambda c: fake_scorer_badness(c.document))
+    export = result.leaderboard.export
+    assert fake_scorer_badness(export.document) <= fake_scorer_badness(best_pool.document)  # never worse than the pool
+    assert export.document.solver.name == "dpmpp-2m" and (tmp_path / "best.leaderboard.md").exists()
+    study = optuna.load_study(study_name=settings.study_name, storage=settings.search.storage)
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # no seed left waiting
