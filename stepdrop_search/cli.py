@@ -555,12 +555,12 @@ def optimize(
 
 
 def leaderboard_table(result, rows: int = 12) -> Table:
-    """The selection's best rows (the export first among equals), each with its judge FID, its paired difference to
-    the export and the coach beside it; a Pareto set's members with their judge FID."""
+    """The selection's first ``rows`` rows (those that reached the most samples, best judge FID first), each with its
+    paired difference to the export and the coach beside it; a Pareto set's members with their judge FID."""
     board = result.leaderboard
     shown_rows = board.rows[:rows] if board else result.candidates
-    title = (f"selection on the judge: the {len(shown_rows)} best of {len(board.rows)} finalists, Δ paired with the "
-             "export" if board else "Pareto set") + f"; runtime {result.settings.model.runtime}"
+    title = (f"selection on the judge: {len(shown_rows)} of {len(board.rows)} finalists, those that went furthest, "
+             "Δ paired with the export" if board else "Pareto set") + f"; runtime {result.settings.model.runtime}"
     table = Table(title=title)
     for column in ("finalist", "NFE", "samples", "judge FID", "Δ judge ± SE", "coach FID", "Δ coach", "status"):
         table.add_column(column)
@@ -607,7 +607,8 @@ def studies_show(
     from stepdrop_search.search.studies import study_trials
 
     rows = study_trials(name, storage)
-    table = Table(title=f"{name}: {len(rows)} trials")
+    states = {state: sum(row.state == state for row in rows) for state in dict.fromkeys(row.state for row in rows)}
+    table = Table(title=f"{name}: {len(rows)} trials (" + ", ".join(f"{n} {state}" for state, n in states.items()) + ")")
     for column in ("trial", "state", "value", "solver", "steps", "seeded from"):
         table.add_column(column)
     for row in rows[:top or None]:

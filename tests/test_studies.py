@@ -59,6 +59,7 @@ def test_studies_show_lists_trials_best_first_with_their_steps(workdir):
     body = [line for line in result.output.splitlines() if line.startswith("│")]
     assert body[0].split("│")[1].strip() == "1" and "999, 700, 350, 90" in body[0]
     assert "pruned" in body[-1] and "unipc/uniform" in result.output
+    assert "a: 4 trials (3 complete, 1 pruned)" in result.output.replace("\n", " ")  # counts by state in the title
 
 
 def test_studies_export_writes_the_chosen_trials_policy(workdir):

@@ -156,23 +156,6 @@ def inception_fid(images: torch.Tensor, real_images: torch.Tensor, weights: str 
     return float(result[KEY_METRIC_FID])
 
 
-def paired_fid_difference(a: torch.Tensor, b: torch.Tensor, features: FeatureFile, *, resamples: int = 200,
-                          seed: int = 0) -> tuple[float, float, float]:
-    """FID(a) − FID(b) for features of the *same* samples (row i of both from one x_T and noise), with a 95%
-    paired-bootstrap interval: each resample draws one set of sample indices for both, so the class mix that
-    dominates FID at small N moves both sides together and only the policies' difference remains.
-    Returns (difference, low, high)."""
-    if a.shape != b.shape:
-        raise ValueError("paired features must come from the same samples")
-    generator = torch.Generator().manual_seed(seed)
-    diffs = []
-    for _ in range(resamples):
-        pick = torch.randint(len(a), (len(a),), generator=generator)
-        diffs.append(fid_of_features(a[pick], features) - fid_of_features(b[pick], features))
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return fid_of_features(a, features) - fid_of_features(b, features), float(low), float(high)
-
-
 def resampled_fids(generated: torch.Tensor, features: FeatureFile, picks: torch.Tensor) -> torch.Tensor:
     """FID of ``generated`` (N × d features) resampled by each row of ``picks`` (B × N sample indices), all B at once.
 
@@ -189,17 +172,18 @@ def resampled_fids(generated: torch.Tensor, features: FeatureFile, picks: torch.
     second = (counts @ (x[:, :, None] * x[:, None, :]).reshape(n, d * d)).reshape(-1, d, d) / n
     sigma = (second - mu[:, :, None] * mu[:, None, :]) * (n / (n - 1))
     ref_mu, ref_sigma = features.reference["mu"].double(), features.reference["sigma"].double()
-    root = _reference_root(features.source, ref_sigma)
+    root = _reference_root((features.source, features.card.get("weights_hash"), float(ref_sigma.trace())), ref_sigma)
     inner = torch.linalg.eigvalsh(root @ sigma @ root).clamp(min=0).sqrt().sum(-1)
     return ((mu - ref_mu) ** 2).sum(-1) + sigma.diagonal(dim1=1, dim2=2).sum(-1) + ref_sigma.trace() - 2 * inner
 
 
-_roots: dict[str, torch.Tensor] = {}
+_roots: dict[tuple, torch.Tensor] = {}
 
 
-def _reference_root(source: str, sigma: torch.Tensor) -> torch.Tensor:
-    """Σ_r^½ of a feature file's reference covariance, computed once per file."""
-    if source not in _roots:
+def _reference_root(key: tuple, sigma: torch.Tensor) -> torch.Tensor:
+    """Σ_r^½ of a feature file's reference covariance, computed once per file (keyed by its path, weights and Σ_r's
+    trace, so a file rewritten in place is not served a stale root)."""
+    if key not in _roots:
         values, vectors = torch.linalg.eigh(sigma)
-        _roots[source] = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-    return _roots[source]
+        _roots[key] = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    return _roots[key]

@@ -1,4 +1,4 @@
-"""What a search scores: a :class:`Candidate` (a policy, where it came from, its scores by rung, its held-out check)."""
+"""What a search scores: a :class:`Candidate` (a policy, where it came from, its scores by rung, its selection race)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,6 @@ class Candidate:
     def key(self) -> tuple:
         """What makes two candidates the same sampler: solver, η, its NFE budget (Heun), steps (one run has one runtime)."""
         return candidate_key(self.document)
-
-    @property
-    def searched(self) -> bool:
-        return self.source != "pool"
 
     def value(self, samples: int | None = None) -> float:
         """The objective at rung ``samples`` (default: the largest rung it reached)."""

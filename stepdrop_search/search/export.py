@@ -25,11 +25,13 @@ def public_flags(run: Run) -> dict:
 
 
 def export_path(run: Run, cand: Candidate, index: int = 0) -> Path:
-    """``--out``, or ``policies/best-KIND-SOLVER-nfeN[-RUNTIME].json`` (a Pareto set: ``policies/pareto-STUDY-I-nfeN``)."""
+    """``--out``, or ``policies/best-KIND-SOLVER-nfeN[-RUNTIME].json`` for the run's NFE N, whatever the export spends
+    below it (a Pareto set: ``policies/pareto-STUDY-I-nfeN`` for each member's N)."""
     settings = run.settings
-    nfe = round(cand.document.solver.solver.nfe(cand.document.policy.nfe))
     if settings.search.multi_objective:
+        nfe = round(cand.document.solver.solver.nfe(cand.document.policy.nfe))
         return Path(f"policies/pareto-{settings.study_name}-{index}-nfe{nfe}.json")
+    nfe = settings.search.nfe
     if settings.output.out:
         return Path(settings.output.out)
     suffix = "" if settings.model.runtime == "stepdrop" else f"-{settings.model.runtime}"

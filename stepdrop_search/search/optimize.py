@@ -127,14 +127,14 @@ def selection_forwards(run: Run) -> float:
     """Sample-forwards of the selection's shortest race: two rounds of the smallest size for every pool row, its
     per-finalist overhead counted as forwards too."""
     rows = len(run.grids()) * 5  # about: 4 analytic schedules and DP-GITS per solver and NFE
-    per_row = sum(nfe for _, _, nfe in run.grids()) * 5 / rows
+    per_row = sum(nfe for _, _, nfe in run.grids()) * 5 / max(1, rows)
     overhead = OVERHEAD / max(run.budget.per_forward or 1.0, 1e-9)
     return rows * 2 * (FIRST_ROUND[0] * per_row + overhead)
 
 
 def select(run: Run) -> Leaderboard:
     """Race every pool row (at every pool NFE) and the study's best on the judge, with what the budget leaves."""
-    finalists = [c for c in run.pool + run.cheaper + run.searched]
+    finalists = run.pool + run.cheaper + run.searched
     seconds = run.budget.left() - EXPORT_SECONDS if run.budget.seconds is not None else None
     try:
         board = race(run.referee, finalists, seed=run.selection_seed, largest=run.sizes.held_out, seconds=seconds,

@@ -117,7 +117,7 @@ class Run:
             if study is not None:
                 study.set_user_attr("rung_sizes", [self.sizes.rung0, self.sizes.rung1, self.sizes.held_out])
         self.log(f"rungs: {self.sizes.rung0} samples for rung 0 and the search, {self.sizes.rung1} for rung 1, "
-                 f"{self.sizes.held_out} for the held-out check")
+                 f"{self.sizes.held_out} for the selection's largest round")
         if self.scorer is None:
             largest = max(search.trial_samples, self.sizes.rung0 if search.multi_objective else self.sizes.rung1)
             self.scorer = CoachScorer(self.loaded, self.coach, largest=largest, seed=search_seed(search.seed),

@@ -41,7 +41,7 @@ class RungSizes:
 def rung_sizes(nfe: int) -> RungSizes:
     """The sample counts for a search at ``nfe``: rung 0 the power of two nearest below 1280/NFE, within 64..512
     (proxy-FID at 64 samples ranks near-equal samplers poorly, so a cheap NFE buys more samples, not only more
-    trials), rung 1 four times that (at most 1024), the held-out check twice rung 1 and at least 2048. They depend on
+    trials), rung 1 four times that (at most 1024), the selection's largest round twice rung 1 and at least 2048. They depend on
     the NFE only, so a search gives the same result on any machine."""
     rung0 = 64
     while rung0 * 2 <= min(512, RUNG0_FORWARDS / nfe):

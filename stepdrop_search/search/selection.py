@@ -25,6 +25,7 @@ from typing import Protocol
 
 import torch
 
+from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.generation import generate
 from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import fid_of_features, proxy_features, resampled_fids
@@ -57,7 +58,7 @@ class Referee(Protocol):
 class SamplingReferee:
     """The real referee: samples with the model and extracts features with both networks."""
 
-    loaded: object
+    loaded: LoadedModel
     judge: FeatureFile
     coach: FeatureFile
     seed: int
@@ -109,8 +110,10 @@ class Leaderboard:
         """The quality-vs-NFE front: each NFE's best row, kept when it beats every cheaper one on the judge."""
         best: dict[int, Candidate] = {}
         for row in self.rows:
+            if row.held_out.status.startswith("failed") or not math.isfinite(row.held_out.nfe):
+                continue
             nfe = round(row.held_out.nfe)
-            if row.held_out.status != "failed" and (nfe not in best or row.held_out.judge_fid < best[nfe].held_out.judge_fid):
+            if nfe not in best or row.held_out.judge_fid < best[nfe].held_out.judge_fid:
                 best[nfe] = row
         front, floor = [], math.inf
         for nfe in sorted(best):
@@ -200,6 +203,7 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
         rounds.append(size)
         running = [e for e in running if e.failed is None]
         if not running:
+            stopped = f"every finalist still in failed in round {r}"
             break
         fids = {id(e): fid_of_features(e.judge_features(), referee.judge) for e in running}
         leader = min(running, key=lambda e: fids[id(e)])
@@ -232,7 +236,7 @@ def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed
     if not scored:
         raise ValueError("no finalist produced finite samples")
     fids = {id(e): fid_of_features(e.judge_features(), referee.judge) for e in scored}
-    still = [e for e in scored if e.out_in_round is None]
+    still = [e for e in scored if e.out_in_round is None] or scored  # all in the race failed: the best that did not
     leader = min(still, key=lambda e: fids[id(e)])
     export = min(still, key=lambda e: (round(e.nfe), fids[id(e)])) if ceiling else leader
     generator, references = torch.Generator().manual_seed(seed + 1), {}

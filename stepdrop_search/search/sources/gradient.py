@@ -7,6 +7,7 @@ judge); the other losses use the residual's teacher."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from stepdrop_search.diffusion.solvers import SolverSpec
@@ -48,7 +49,12 @@ class LearnedSteps:
             log=run.log)[offset:].to(run.device)
         out = []
         for name in solvers:
-            start = ranked([c for c in run.rung1 if c.document.solver.name == name], run.sizes.rung1)[0]
+            starts = [c for c in ranked(run.rung1, run.sizes.rung1) if c.document.solver.name == name
+                      and math.isfinite(c.value(run.sizes.rung1))]
+            if not starts:
+                run.log(f"gradient: {name} has no finite rung-1 row to start from; skipped")
+                continue
+            start = starts[0]
             spec, steps = start.document.solver, len(start.document.policy.timesteps())
             phase(run.log, f"gradient: {name} from {start.name}, {settings.loss} loss on {n} + {n} samples"
                   + (f", {share:.0f} s" if share is not None else ""), settings.epochs)

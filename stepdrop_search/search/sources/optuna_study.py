@@ -115,14 +115,14 @@ def progress_callback(run: Run):
     return report
 
 
-def work(run: Run, study: optuna.Study, timeout: float | None, seeded: list[tuple[dict, dict]] = ()) -> int:
+def work(run: Run, study: optuna.Study, timeout: float | None, seeded: tuple[tuple[dict, dict], ...] = ()) -> int:
     """Run trials until the study holds ``trials`` finished (complete or pruned) trials or ``timeout`` passes, the
     ``seeded`` parameters first (each enqueued just before it runs, so a budget that ends leaves none waiting).
     Returns the trials this worker finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     before, queue = finished(study), list(seeded)
     objective, callbacks = trial_function(run), [progress_callback(run)]
-    deadline = time.monotonic() + timeout if timeout else math.inf
+    deadline = time.monotonic() + timeout if timeout is not None else math.inf
     while finished(study) < run.settings.budget.trials and time.monotonic() < deadline:
         if queue:
             params, attrs = queue.pop(0)
@@ -138,8 +138,9 @@ def work(run: Run, study: optuna.Study, timeout: float | None, seeded: list[tupl
 
 
 def worker_process(settings: OptimizeSettings, sizes: RungSizes, solvers: tuple[str, ...], timeout: float | None,
-                   index: int) -> int:
-    """One of ``--n-jobs`` local workers: its own model and scorer on one core, the shared study."""
+                   index: int, seeded: tuple[tuple[dict, dict], ...] = ()) -> int:
+    """One of ``--n-jobs`` local workers: its own model and scorer on one core, the shared study (worker 0 runs the
+    seeds, each enqueued just before it runs)."""
     from stepdrop_search.search.run import Run
 
     torch.set_num_threads(1)  # n_jobs processes share the cores
@@ -147,7 +148,7 @@ def worker_process(settings: OptimizeSettings, sizes: RungSizes, solvers: tuple[
     study, _ = open_search_study(run)
     run.resolve_sizes(study)
     run.search_solvers = solvers
-    return work(run, study, timeout)
+    return work(run, study, timeout, seeded)
 
 
 def seeds(run: Run, pool: list[Candidate]) -> list[tuple[dict, dict]]:
@@ -197,6 +198,9 @@ class OptunaStudy:
 
     def candidates(self, run: Run, seconds: float | None) -> list[Candidate]:
         """Seed the study with the pool (when this run created it), search for ``seconds``, return its best new trials."""
+        if not run.search_solvers:
+            run.log("search: no solver scored a finite rung-1 row; nothing to search")
+            return []
         study = run.study
         first = seeds(run, run.pool) if run.study_created else []
         phase(run.log, f"search: study {run.settings.study_name} over {', '.join(run.search_solvers)}, {finished(study)} "
@@ -206,14 +210,12 @@ class OptunaStudy:
             run.log(f"the --budget of {run.settings.budget.seconds:.0f} s is spent before the search; going on with the "
                     "pool (raise --budget, or re-run: the teacher is cached now)")
         elif run.settings.budget.n_jobs == 1:
-            work(run, study, seconds, first)
+            work(run, study, seconds, tuple(first))
         else:
             from joblib import Parallel, delayed
 
-            for params, attrs in first:  # the workers share them; a budget that ends first may leave some waiting
-                study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
             Parallel(n_jobs=run.settings.budget.n_jobs, backend="loky")(
-                delayed(worker_process)(run.settings, run.sizes, run.search_solvers, seconds, i)
+                delayed(worker_process)(run.settings, run.sizes, run.search_solvers, seconds, i, first if i == 0 else ())
                 for i in range(run.settings.budget.n_jobs))
         run.trials = finished(study)
         return study_candidates(run, study, {c.key for c in run.pool})
