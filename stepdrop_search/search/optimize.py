@@ -40,7 +40,7 @@ from stepdrop_search.search.rungs import POOL_PROMOTED, RungSizes, best_solvers,
 from stepdrop_search.search.scoring import Scorer
 from stepdrop_search.search.selection import FIRST_ROUND, OVERHEAD, Leaderboard, Referee, race
 from stepdrop_search.search.settings import OptimizeSettings
-from stepdrop_search.search.sources.optuna_study import finished, open_search_study, study_candidates, work
+from stepdrop_search.search.sources.optuna_study import finished, open_search_study, recorded_study, study_candidates, work
 
 #: Of what the budget leaves after the pool's rungs, the selection's share when a search runs too: the default NFE-10
 #: run took 190 s to reach the selection and its race needed about 200 s more to reach 2048 samples.
@@ -77,7 +77,8 @@ def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: 
     run.cheaper = [c for c in rows if c.nfe_budget != settings.search.nfe]
     if searching and "optuna" in settings.search.methods:
         run.study, run.study_created = open_search_study(run)
-    run.resolve_sizes(run.study)
+    # a pool-only run of a study that exists keeps the sizes it recorded (the selection's largest round among them)
+    run.resolve_sizes(run.study or (recorded_study(run) if "optuna" in settings.search.methods else None))
     if searching:
         score_pool(run)
         search(run)
@@ -91,20 +92,25 @@ def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: 
 
 
 def affordable_search(run: Run) -> bool:
-    """Whether the budget buys the pool's rungs and at least one search trial besides the pool and its selection (a
-    search method asked for); if not, say so with the smallest budget that would, and select among the pool only."""
-    search = run.settings.search
+    """Whether the budget buys the pool's rungs and at least one search trial (or one epoch of learned steps, without
+    a study) besides the pool and its selection; if not, say so with the smallest budget that would, and select among
+    the pool only. The search gets what the rungs leave less the selection's reserve, max(share × left, its shortest
+    race) + export, so the smallest budget leaves max(first / (1 − share), race + first) after the rungs."""
+    search, budget = run.settings.search, run.budget
     if not set(search.methods) & {"optuna", "gradient"}:
         return False
-    if run.budget.seconds is None:
+    if budget.seconds is None:
         return True
-    needed = run.budget.elapsed() + run.budget.cost(dp_forwards(run) + selection_forwards(run)) + EXPORT_SECONDS
-    extra = run.budget.cost(rung_forwards(run) + search.trial_samples * search.nfe)
-    if needed + extra <= run.budget.seconds:
+    race = budget.cost(selection_forwards(run))
+    first = budget.cost(search.trial_samples * search.nfe if "optuna" in search.methods
+                        else 4 * search.nfe * search.gradient.samples) + EXPORT_SECONDS
+    smallest = budget.elapsed() + budget.cost(dp_forwards(run) + rung_forwards(run)) + \
+        max(first / (1 - SELECTION_SHARE), race + first)
+    if smallest <= budget.seconds:
         return True
-    run.log(f"--budget {run.budget.seconds:g} s buys no search trial: the pool and its selection need ≈ {needed:.0f} s, "
-            f"the pool's rungs and a trial {extra:.0f} s more; --budget {math.ceil(needed + extra + 1)} or more would "
-            "search. Selecting among the pool only.")
+    pool_only = budget.elapsed() + budget.cost(dp_forwards(run)) + race + EXPORT_SECONDS
+    run.log(f"--budget {budget.seconds:g} s buys no search trial: the pool and its selection need ≈ {pool_only:.0f} s; "
+            f"--budget {math.ceil(smallest)} or more would search. Selecting among the pool only.")
     return False
 
 

@@ -53,6 +53,14 @@ def open_search_study(run: Run) -> tuple[optuna.Study, bool]:
                       config=settings.study_config(run.loaded.weights_hash))
 
 
+def recorded_study(run: Run) -> optuna.Study | None:
+    """The run's study when the storage already holds it (loaded, never created), else None."""
+    try:
+        return optuna.load_study(study_name=run.settings.study_name, storage=run.storage)
+    except KeyError:
+        return None
+
+
 def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
