@@ -71,7 +71,7 @@ class Run:
         self.search_solvers: tuple[str, ...] = ()
         self.pool: list[Candidate] = []  # every pool row at the run's NFE (analytic, DP, learned)
         self.cheaper: list[Candidate] = []  # the pool's rows at the cheaper NFEs
-        self.rung1: list[Candidate] = []  # what rung 1 scored: the pool's promoted rows and every searched one
+        self.rung1: list[Candidate] = []  # the pool's rows rung 1 scored (the searched solvers' starts)
         self.searched: list[Candidate] = []  # the study's promoted trials
 
     @property

@@ -81,6 +81,7 @@ class Entrant:
     judge: list[torch.Tensor] = field(default_factory=list)
     coach: list[torch.Tensor] = field(default_factory=list)
     nfe: float = math.nan
+    judge_fid: float = math.inf  # on every sample it has, as of its last round
     out_in_round: int | None = None  # the round it left the race in
     failed: str | None = None
 
@@ -205,21 +206,22 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
         if not running:
             stopped = f"every finalist still in failed in round {r}"
             break
-        fids = {id(e): fid_of_features(e.judge_features(), referee.judge) for e in running}
-        leader = min(running, key=lambda e: fids[id(e)])
+        for e in running:
+            e.judge_fid = fid_of_features(e.judge_features(), referee.judge)
+        leader = min(running, key=lambda e: e.judge_fid)
         picks = torch.randint(size, (BOOTSTRAP, size), generator=generator)
         boot = {id(e): resampled_fids(e.judge_features(), referee.judge, picks) for e in running}
         for e in running:
-            gap = fids[id(e)] - fids[id(leader)]
+            gap = e.judge_fid - leader.judge_fid
             if e is not leader and gap > SEPARATION * float((boot[id(e)] - boot[id(leader)]).std()):
                 e.out_in_round = r
         left_in = [e for e in running if e.out_in_round is None]
-        runner_up = min((e for e in left_in if e is not leader), key=lambda e: fids[id(e)], default=None)
+        runner_up = min((e for e in left_in if e is not leader), key=lambda e: e.judge_fid, default=None)
         # what a finalist costs a round beyond its network evaluations (features, bootstrap), as this round measured it
         overhead = max(0.0, (time.perf_counter() - started - cost(forwards)) / len(running))
         log(f"round {r}: {size} samples, {len(left_in)} of {len(running)} still in; leader {leader.candidate.name} "
-            f"(judge FID {fids[id(leader)]:.3f})" + (f", runner-up {runner_up.candidate.name} "
-                                                      f"{fids[id(runner_up)] - fids[id(leader)]:+.3f}" if runner_up else ""))
+            f"(judge FID {leader.judge_fid:.3f})" + (f", runner-up {runner_up.candidate.name} "
+                                                      f"{runner_up.judge_fid - leader.judge_fid:+.3f}" if runner_up else ""))
         if runner_up is None:
             stopped = f"the leader separated from every other finalist in round {r}"
             break
@@ -235,10 +237,9 @@ def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed
     scored = [e for e in entrants if e.failed is None and e.judge]
     if not scored:
         raise ValueError("no finalist produced finite samples")
-    fids = {id(e): fid_of_features(e.judge_features(), referee.judge) for e in scored}
     still = [e for e in scored if e.out_in_round is None] or scored  # all in the race failed: the best that did not
-    leader = min(still, key=lambda e: fids[id(e)])
-    export = min(still, key=lambda e: (round(e.nfe), fids[id(e)])) if ceiling else leader
+    leader = min(still, key=lambda e: e.judge_fid)
+    export = min(still, key=lambda e: (round(e.nfe), e.judge_fid)) if ceiling else leader
     generator, references = torch.Generator().manual_seed(seed + 1), {}
     for e in entrants:
         if e.failed is not None or not e.judge:
@@ -251,12 +252,12 @@ def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed
                              resampled_fids(export.judge_features(n), referee.judge, picks),
                              fid_of_features(export.coach_features(n), referee.coach))
         picks, export_fid, export_boot, export_coach = references[n]
-        diff = (fids[id(e)] if n == e.samples else fid_of_features(e.judge_features(n), referee.judge)) - export_fid
+        coach_fid = fid_of_features(e.coach_features(), referee.coach)
+        diff = (e.judge_fid if n == e.samples else fid_of_features(e.judge_features(n), referee.judge)) - export_fid
         se = float((resampled_fids(e.judge_features(n), referee.judge, picks) - export_boot).std())
-        coach = fid_of_features(e.coach_features(n), referee.coach) - export_coach
+        coach = (coach_fid if n == e.samples else fid_of_features(e.coach_features(n), referee.coach)) - export_coach
         status = "export" if e is export else (f"out in round {e.out_in_round}" if e.out_in_round else
                                                 f"within {SEPARATION:g} SE")
-        e.candidate.held_out = HeldOut(seed, e.samples, fids[id(e)], fid_of_features(e.coach_features(), referee.coach),
-                                       e.nfe, diff, se, coach, status)
+        e.candidate.held_out = HeldOut(seed, e.samples, e.judge_fid, coach_fid, e.nfe, diff, se, coach, status)
     rows = sorted((e.candidate for e in entrants), key=lambda c: (-c.held_out.samples, c.held_out.judge_fid))
     return Leaderboard(rows, export.candidate, leader.candidate, stopped, rounds, seed)
