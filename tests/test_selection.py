@@ -15,6 +15,7 @@ from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.objective import Scores
 from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.policies.kinds import Uniform
+from stepdrop_search.search.budget import Budget
 from stepdrop_search.search.candidates import Candidate
 from stepdrop_search.search.optimize import optimize
 from stepdrop_search.search.selection import race, round_sizes
@@ -150,3 +151,68 @@ def test_the_whole_pipeline_runs_with_a_fake_scorer_and_exports_the_best_pool_ro
     assert export.document.solver.name == "dpmpp-2m" and (tmp_path / "best.leaderboard.md").exists()
     study = optuna.load_study(study_name=settings.study_name, storage=settings.search.storage)
     assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # no seed left waiting
+
+
+class FakeClock:
+    """Seconds that pass only when the fake scorer or referee works: one per thousand sample-forwards."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedScorer(FakeScorer):
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def score(self, document, samples):
+        scores = super().score(document, samples)
+        self.clock.now += scores.nfe * samples / 1000
+        return scores
+
+
+class ClockedReferee(FakeReferee):
+    def __init__(self, clock: FakeClock, badness) -> None:
+        super().__init__(badness)
+        self.clock = clock
+
+    def features(self, document, first, n):
+        got = super().features(document, first, n)
+        self.clock.now += got[2] * n / 1000
+        return got
+
+
+def test_a_budget_that_ends_among_the_seeded_trials_leaves_none_waiting_and_holds_the_run(tiny_checkpoint,
+                                                                                         tiny_features, tmp_path):
+    clock = FakeClock()
+    settings = OptimizeSettings.from_flags(nfe=10, method="optuna", model=str(tiny_checkpoint), features=str(tiny_features),
+                                           trials=200, budget=70, samples=16, promote_samples=32, held_out_samples=256,
+                                           trial_samples=128, prune_samples=128, storage=f"sqlite:///{tmp_path}/s.db",
+                                           out=str(tmp_path / "best.json"))
+    result = optimize(settings, scorer=ClockedScorer(clock), referee=ClockedReferee(clock, fake_scorer_badness),
+                      budget=Budget(70, clock=clock))
+    study = optuna.load_study(study_name=settings.study_name, storage=settings.search.storage)
+    seeded = [t for t in study.trials if "source" in t.user_attrs]
+    pool_seeds = sum(1 for c in result.candidates if c.source == "pool" and c.nfe_budget == 10
+                     and c.document.solver.name in result.search_solvers)
+    assert 0 < len(seeded) < pool_seeds  # the budget ended while the pool's seeds were still running
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert clock.now <= 70 * 1.1 and result.leaderboard.export is not None
+
+
+def test_a_pareto_search_is_held_to_its_budget_and_checks_its_set_on_what_is_left(tiny_checkpoint, tiny_features,
+                                                                                 tmp_path):
+    clock = FakeClock()
+    settings = OptimizeSettings.from_flags(nfe=4, method="optuna", solver="ddim", multi_objective=True, nfe_range=(2, 5),
+                                           model=str(tiny_checkpoint), features=str(tiny_features), trials=60,
+                                           budget=40, samples=8, promote_samples=8, held_out_samples=4096,
+                                           trial_samples=256, storage=f"sqlite:///{tmp_path}/mo.db")
+    budget = Budget(40, clock=clock)
+    budget.per_forward = 1e-3  # the referee's fake cost, which the check's size is fitted to
+    result = optimize(settings, scorer=ClockedScorer(clock), referee=ClockedReferee(clock, fake_scorer_badness),
+                      budget=budget)
+    checked = {c.held_out.samples for c in result.candidates}
+    assert len(checked) == 1 and 256 <= checked.pop() < 4096  # one size for the set, cut to fit the reserve it kept
+    assert result.trials < 60 and clock.now <= 40 * 1.1

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 
 class Budget:
-    """``seconds`` for the whole run (None: no limit); ``timeout`` caps each search worker's share."""
+    """``seconds`` for the whole run (None: no limit); ``timeout`` caps each search worker's share. ``clock`` reads
+    the time (tests pass a fake one that their fake scorer advances)."""
 
-    def __init__(self, seconds: float | None, timeout: float | None = None) -> None:
-        self.seconds, self.timeout = seconds, timeout
-        self.start = time.perf_counter()
+    def __init__(self, seconds: float | None, timeout: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.seconds, self.timeout, self.clock = seconds, timeout, clock
+        self.start = clock()
         self.per_forward: float | None = None  # seconds per sample-forward, once measured
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.clock() - self.start
 
     def left(self) -> float:
         """Seconds left of the budget (infinite without one)."""

@@ -23,7 +23,6 @@ exported.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import optuna
 from stepdrop_search.errors import UserError
 from stepdrop_search.report import plot_pareto_front
 from stepdrop_search.search import sources
+from stepdrop_search.search.budget import Budget
 from stepdrop_search.search.candidates import Candidate
 from stepdrop_search.search.export import export, save_pool, write_leaderboard
 from stepdrop_search.search.run import Run
@@ -40,6 +40,7 @@ from stepdrop_search.search.rungs import POOL_PROMOTED, RungSizes, best_solvers,
 from stepdrop_search.search.scoring import Scorer
 from stepdrop_search.search.selection import FIRST_ROUND, OVERHEAD, Leaderboard, Referee, race
 from stepdrop_search.search.settings import OptimizeSettings
+from stepdrop_search.search.sources import dp_oss
 from stepdrop_search.search.sources.optuna_study import finished, open_search_study, recorded_study, study_candidates, work
 
 #: Of what the budget leaves after the pool's rungs, the selection's share when a search runs too: the default NFE-10
@@ -64,11 +65,13 @@ class OptimizeResult:
 
 
 def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: None, *,
-             scorer: Scorer | None = None, referee: Referee | None = None) -> OptimizeResult:
-    """Run the pipeline of the module docstring; ``scorer`` and ``referee`` replace the coach's scoring and the
-    selection's sampling (tests pass fake ones)."""
+             scorer: Scorer | None = None, referee: Referee | None = None, budget: Budget | None = None) -> OptimizeResult:
+    """Run the pipeline of the module docstring; ``scorer``, ``referee`` and ``budget`` replace the coach's scoring,
+    the selection's sampling and the wall clock (tests pass fake ones)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes from our own log
-    run = Run(settings, log, scorer=scorer, referee=referee)
+    run = Run(settings, log, scorer=scorer, referee=referee, budget=budget)
+    if scorer is None:
+        run.calibrate()
     if settings.search.multi_objective:
         return optimize_pareto(run)
     searching = affordable_search(run)
@@ -119,7 +122,7 @@ def dp_forwards(run: Run) -> float:
     search, dp = run.settings.search, run.settings.search.dp
     if not set(search.methods) & {"dp-gits", "dp-oss"}:
         return 0.0
-    return dp.samples * dp.grid + ("dp-oss" in search.methods) * search.nfe * dp.grid * dp.oss_samples
+    return dp.samples * dp.grid + (dp_oss.forwards(run) if "dp-oss" in search.methods else 0.0)
 
 
 def rung_forwards(run: Run) -> float:
@@ -161,9 +164,9 @@ def build_pool(run: Run) -> list[Candidate]:
 
 def score_pool(run: Run) -> None:
     """Rung 0 (which measures the cost model) and rung 1 of the pool; then the solvers the search works on."""
-    started = time.perf_counter()
+    started = run.budget.elapsed()
     run.score_rung(run.pool, run.sizes.rung0, "rung 0 (pool)")
-    run.budget.measure(run.forwards(run.pool, run.sizes.rung0), time.perf_counter() - started)
+    run.budget.measure(run.forwards(run.pool, run.sizes.rung0), run.budget.elapsed() - started)
     run.rung1 = pool_promoted(run.pool, run.sizes.rung0)
     run.score_rung(run.rung1, run.sizes.rung1, "rung 1 (pool: each solver's best and the best overall)")
     run.search_solvers = searched_solvers(run)
@@ -207,17 +210,22 @@ def search(run: Run) -> None:
 
 
 def optimize_pareto(run: Run) -> OptimizeResult:
-    """NSGA-II over (objective, measured NFE); every Pareto trial exported with its judge FID on held-out noise."""
+    """NSGA-II over (objective, measured NFE); every Pareto trial exported with its judge FID on held-out noise. The
+    study gets what the budget leaves after :data:`SELECTION_SHARE` of it, kept for that check."""
     run.study, run.study_created = open_search_study(run)
     run.resolve_sizes(run.study)
     run.search_solvers = run.settings.pool_solvers()
-    seconds = run.budget.search_seconds(0.0)
+    reserve = SELECTION_SHARE * run.budget.left() + EXPORT_SECONDS if run.budget.seconds is not None else 0.0
+    seconds = run.budget.search_seconds(reserve)
     if seconds is None or seconds > 0:
         work(run, run.study, seconds)
     run.trials = finished(run.study)
     pareto = study_candidates(run, run.study, set())
+    samples = pareto_check_samples(run, pareto)
+    run.log(f"the Pareto set's {len(pareto)} trials on {samples} samples of the selection seed "
+            f"({run.budget.describe()})")
     for cand in pareto:
-        run.held_out(cand)
+        run.held_out(cand, samples)
     exported = [export(run, cand, index=i) for i, cand in enumerate(pareto)]
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     figure = plot_pareto_front([(t.values[1], t.values[0]) for t in complete],
@@ -226,3 +234,12 @@ def optimize_pareto(run: Run) -> OptimizeResult:
     run.log(f"Pareto front: {figure}")
     return OptimizeResult(None, pareto, None, exported + [figure], run.settings.study_name, run.trials,
                           run.budget.elapsed(), run.settings, run.sizes, run.search_solvers)
+
+
+def pareto_check_samples(run: Run, pareto: list[Candidate]) -> int:
+    """Samples each Pareto trial is checked on: the selection's largest round, halved (to no less than the race's
+    first-round floor) until checking them all fits in what the budget leaves."""
+    n, nfe = run.sizes.held_out, sum(c.nfe for c in pareto if math.isfinite(c.nfe))
+    while n > FIRST_ROUND[0] and run.budget.cost(nfe * n) > run.budget.left() - EXPORT_SECONDS:
+        n //= 2
+    return n

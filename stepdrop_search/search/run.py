@@ -39,12 +39,13 @@ from stepdrop_search.seeds import search_seed, selection_seed
 
 class Run:
     """See the module docstring. ``scorer`` and ``referee`` replace the coach's scoring and the selection's sampling
-    (tests pass fake ones; the cost model is then not measured)."""
+    (tests pass fake ones), ``budget`` the wall clock (a fake clock's). The cost model is measured by
+    :meth:`calibrate`, which ``optimize`` calls with the real scorer (a search worker does not need it)."""
 
     def __init__(self, settings: OptimizeSettings, log: Callable[[str], None] = lambda m: None, *,
-                 scorer: Scorer | None = None, referee: Referee | None = None) -> None:
+                 scorer: Scorer | None = None, referee: Referee | None = None, budget: Budget | None = None) -> None:
         self.settings, self.log = settings, log
-        self.budget = Budget(settings.budget.seconds, settings.budget.timeout)
+        self.budget = budget or Budget(settings.budget.seconds, settings.budget.timeout)
         self.device = resolve_device(settings.model.device)
         self.loaded: LoadedModel = load_model(settings.model.model, device=self.device)
         self.coach = load_features_for_model(settings.model.features, self.loaded.config, self.loaded.dataset,
@@ -63,8 +64,6 @@ class Run:
                                                   self.device)
         self.scorer = scorer
         self._trajectory: TeacherTrajectory | None = None
-        if scorer is None:
-            self.calibrate()
         # what the run decides as it goes
         self.sizes: RungSizes | None = None
         self.study, self.study_created, self.trials = None, False, 0
@@ -98,12 +97,12 @@ class Run:
         return sizes_as_asked(rung_sizes(search.largest_nfe), search.samples, search.promote_samples,
                               self.settings.selection.held_out_samples)
 
-    def held_out(self, cand: Candidate) -> None:
-        """``cand`` on the selection seed's ``held_out`` samples, on both networks (a Pareto set's check)."""
-        got = self.referee.features(cand.document, 0, self.sizes.held_out)
-        fids = (fid_of_features(got[0], self.referee.judge), fid_of_features(got[1], self.coach), got[2]) if got else \
+    def held_out(self, cand: Candidate, samples: int) -> None:
+        """``cand`` on the selection seed's first ``samples``, on both networks (a Pareto set's check)."""
+        got = self.referee.features(cand.document, 0, samples)
+        fids = (fid_of_features(got[0], self.referee.judge), fid_of_features(got[1], self.referee.coach), got[2]) if got else \
             (math.inf, math.inf, math.nan)
-        cand.held_out = HeldOut(self.selection_seed, self.sizes.held_out, *fids, status="" if got else "failed")
+        cand.held_out = HeldOut(self.selection_seed, samples, *fids, status="" if got else "failed")
 
     def resolve_sizes(self, study=None) -> RungSizes:
         """The rung sizes, fixed: as given, as a resumed study recorded them, or by :func:`rung_sizes` (recorded, so

@@ -37,7 +37,8 @@ from stepdrop_search.search.candidates import Candidate, HeldOut
 SEPARATION = 2.0
 #: Paired-bootstrap resamples per round.
 BOOTSTRAP = 100
-#: Seconds a finalist costs per round besides its network evaluations (features, bootstrap), until round 1 measures it.
+#: Seconds a finalist costs per round besides its network evaluations (features, bootstrap), until round 1 measures
+#: it; from then on that cost per sample of the round (it grows with the samples: every round doubles them).
 OVERHEAD = 0.05
 #: The first round's sample count lies in this range (a power of two the budget affords for every finalist).
 FIRST_ROUND = (16, 256)
@@ -182,10 +183,12 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
     that would overrun it is not started)."""
     entrants = [Entrant(c) for c in finalists]
     sizes = round_sizes(first_round(finalists, largest, seconds, cost), largest)
-    generator, stopped, done, rounds, overhead = torch.Generator().manual_seed(seed), "", 0, [], OVERHEAD
+    generator, stopped, done, rounds = torch.Generator().manual_seed(seed), "", 0, []
+    per_sample: float | None = None  # seconds a finalist's round costs per sample beyond the network, once measured
     for r, size in enumerate(sizes, 1):
         running = [e for e in entrants if e.out_in_round is None and e.failed is None]
         forwards = sum(e.nfe if not math.isnan(e.nfe) else e.candidate.nfe for e in running) * (size - done)
+        overhead = OVERHEAD if per_sample is None else per_sample * size
         if r > 1 and cost(forwards) + overhead * len(running) > left():
             stopped = f"the budget ended before round {r} ({size} samples)"
             break
@@ -217,8 +220,8 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
                 e.out_in_round = r
         left_in = [e for e in running if e.out_in_round is None]
         runner_up = min((e for e in left_in if e is not leader), key=lambda e: e.judge_fid, default=None)
-        # what a finalist costs a round beyond its network evaluations (features, bootstrap), as this round measured it
-        overhead = max(0.0, (time.perf_counter() - started - cost(forwards)) / len(running))
+        # what a finalist costs a round beyond its network evaluations (features, bootstrap) per sample, as measured
+        per_sample = max(0.0, (time.perf_counter() - started - cost(forwards)) / (len(running) * size))
         log(f"round {r}: {size} samples, {len(left_in)} of {len(running)} still in; leader {leader.candidate.name} "
             f"(judge FID {leader.judge_fid:.3f})" + (f", runner-up {runner_up.candidate.name} "
                                                       f"{runner_up.judge_fid - leader.judge_fid:+.3f}" if runner_up else ""))

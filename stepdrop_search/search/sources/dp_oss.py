@@ -24,26 +24,43 @@ if TYPE_CHECKING:
 OSS_EDGE_EVALUATIONS = 20000
 
 
+def plan(run: Run) -> dict[tuple[int, str], list[tuple[SolverSpec, int]]]:
+    """The DP-OSS runs the run needs: (grid size, one-step form) → the (pool solver, NFE) pairs its schedule serves.
+    A form that would cost more than :data:`OSS_EDGE_EVALUATIONS` falls back to DDIM's."""
+    dp, runs = run.settings.search.dp, {}
+    samples = min(dp.oss_samples, dp.samples)
+    for steps, specs in by_grid_size(run, cheaper=False).items():
+        for spec, nfe in specs:
+            form = spec.solver.one_step_form
+            if form != "ddim" and steps * dp.grid ** 2 // 2 * samples > OSS_EDGE_EVALUATIONS:
+                form = "ddim"
+            runs.setdefault((steps, form), []).append((spec, nfe))
+    return runs
+
+
+def forwards(run: Run) -> float:
+    """Sample-forwards DP-OSS will take, estimated before it runs: per level, every reachable grid node for each
+    sample with DDIM's one-step form (one evaluation per node), every edge with a form that evaluates per edge."""
+    dp = run.settings.search.dp
+    samples = min(dp.oss_samples, dp.samples)
+    return sum(steps * dp.grid * (1 if form == "ddim" else dp.grid // 2) * samples for steps, form in plan(run))
+
+
 class DPOss:
     name = "dp-oss"
 
     def candidates(self, run: Run, seconds: float | None = None) -> list[Candidate]:
-        dp, out = run.settings.search.dp, []
-        for steps, specs in by_grid_size(run, cheaper=False).items():
-            trajectory = run.trajectory().subset(min(dp.oss_samples, dp.samples))
-            forms: dict[str, list[tuple[SolverSpec, int]]] = {}
-            for spec, nfe in specs:
-                form = spec.solver.one_step_form
-                if form != "ddim" and steps * dp.grid ** 2 // 2 * trajectory.states.shape[1] > OSS_EDGE_EVALUATIONS:
-                    run.log(f"dp-oss: {spec.name}'s one-step form would cost more than {OSS_EDGE_EVALUATIONS} evaluations "
-                            "on this grid; it gets DDIM's schedule (a smaller --dp-grid runs its own)")
-                    form = "ddim"
-                forms.setdefault(form, []).append((spec, nfe))
-            for form, members in forms.items():
-                res = oss_schedule(run.loaded, trajectory, steps, solver=form, runtime=run.runtime)
-                run.log(f"dp-oss ({form} steps) on {steps} steps ({res.nfe_spent} NFE): "
-                        f"{[round(float(t), 2) for t in res.steps]}")
-                policy = Explicit(steps=tuple(res.steps.tolist()), schedule=run.loaded.schedule)
-                out += [Candidate(run.row_name(spec.name, "dp-oss", nfe), run.document(policy, spec), "pool",
-                                  nfe_budget=nfe) for spec, nfe in members]
+        dp, out, runs = run.settings.search.dp, [], plan(run)
+        trajectory = run.trajectory().subset(min(dp.oss_samples, dp.samples)) if runs else None
+        for (steps, form), members in runs.items():
+            fallback = [spec.name for spec, _ in members if spec.solver.one_step_form != form]
+            if fallback:
+                run.log(f"dp-oss: {', '.join(fallback)}'s one-step form would cost more than {OSS_EDGE_EVALUATIONS} "
+                        "evaluations on this grid; it gets DDIM's schedule (a smaller --dp-grid runs its own)")
+            res = oss_schedule(run.loaded, trajectory, steps, solver=form, runtime=run.runtime)
+            run.log(f"dp-oss ({form} steps) on {steps} steps ({res.nfe_spent} NFE): "
+                    f"{[round(float(t), 2) for t in res.steps]}")
+            policy = Explicit(steps=tuple(res.steps.tolist()), schedule=run.loaded.schedule)
+            out += [Candidate(run.row_name(spec.name, "dp-oss", nfe), run.document(policy, spec), "pool",
+                              nfe_budget=nfe) for spec, nfe in members]
         return out

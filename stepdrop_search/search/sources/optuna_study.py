@@ -124,14 +124,14 @@ def progress_callback(run: Run):
 
 
 def work(run: Run, study: optuna.Study, timeout: float | None, seeded: tuple[tuple[dict, dict], ...] = ()) -> int:
-    """Run trials until the study holds ``trials`` finished (complete or pruned) trials or ``timeout`` passes, the
-    ``seeded`` parameters first (each enqueued just before it runs, so a budget that ends leaves none waiting).
-    Returns the trials this worker finished."""
+    """Run trials until the study holds ``trials`` finished (complete or pruned) trials or ``timeout`` seconds of the
+    run's clock pass, the ``seeded`` parameters first (each enqueued just before it runs, so a budget that ends leaves
+    none waiting). Returns the trials this worker finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     before, queue = finished(study), list(seeded)
     objective, callbacks = trial_function(run), [progress_callback(run)]
-    deadline = time.monotonic() + timeout if timeout is not None else math.inf
-    while finished(study) < run.settings.budget.trials and time.monotonic() < deadline:
+    deadline = run.budget.elapsed() + timeout if timeout is not None else math.inf
+    while finished(study) < run.settings.budget.trials and run.budget.elapsed() < deadline:
         if queue:
             params, attrs = queue.pop(0)
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
@@ -145,10 +145,11 @@ def work(run: Run, study: optuna.Study, timeout: float | None, seeded: tuple[tup
     return finished(study) - before
 
 
-def worker_process(settings: OptimizeSettings, sizes: RungSizes, solvers: tuple[str, ...], timeout: float | None,
+def worker_process(settings: OptimizeSettings, sizes: RungSizes, solvers: tuple[str, ...], deadline: float | None,
                    index: int, seeded: tuple[tuple[dict, dict], ...] = ()) -> int:
     """One of ``--n-jobs`` local workers: its own model and scorer on one core, the shared study (worker 0 runs the
-    seeds, each enqueued just before it runs)."""
+    seeds, each enqueued just before it runs), until ``deadline`` (``time.time()``; the seconds a worker spends
+    starting — imports, loading the model — are the search's, not extra)."""
     from stepdrop_search.search.run import Run
 
     torch.set_num_threads(1)  # n_jobs processes share the cores
@@ -156,7 +157,7 @@ def worker_process(settings: OptimizeSettings, sizes: RungSizes, solvers: tuple[
     study, _ = open_search_study(run)
     run.resolve_sizes(study)
     run.search_solvers = solvers
-    return work(run, study, timeout, seeded)
+    return work(run, study, None if deadline is None else max(0.0, deadline - time.time()), seeded)
 
 
 def seeds(run: Run, pool: list[Candidate]) -> list[tuple[dict, dict]]:
@@ -222,8 +223,9 @@ class OptunaStudy:
         else:
             from joblib import Parallel, delayed
 
+            deadline = None if seconds is None else time.time() + seconds
             Parallel(n_jobs=run.settings.budget.n_jobs, backend="loky")(
-                delayed(worker_process)(run.settings, run.sizes, run.search_solvers, seconds, i, first if i == 0 else ())
+                delayed(worker_process)(run.settings, run.sizes, run.search_solvers, deadline, i, first if i == 0 else ())
                 for i in range(run.settings.budget.n_jobs))
         run.trials = finished(study)
         return study_candidates(run, study, {c.key for c in run.pool})
