@@ -32,7 +32,7 @@ if [ "$QUICK" = 1 ]; then
     LOSSES="--samples 8 --epochs 1 --held-out 16 --teacher ddim-20"
     BIAS="--samples 8 16" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
     # one row per model in the model comparisons, one learned NFE (its export resampled to the main job's NFE)
-    COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25"
+    COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 TOP=2
     # the peers' searches and the S2-DM fine-tunes read these from the environment
     export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10,25 STEPS=10
     export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
@@ -41,6 +41,7 @@ else
     BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=480 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
     COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25"
+    SCREEN_FORWARDS=2560 TOP=8
 fi
 DEVICE=${DEVICE:-auto}
 export COLUMNS=160  # rich draws the tables it writes into result files this wide, not cut to 80 columns
@@ -82,6 +83,24 @@ opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its l
         --out "$R/$name/best.json" --save-pool "$R/$name/pool" --study "$name" --storage "sqlite:///$STUDIES/$name.db" \
         "$@" > "$R/$name/optimize.txt" 2> "$R/$name/optimize.log"
 }
+against_pool() {  # against_pool NAME NFE [evaluate flags]: NAME's export against every row of its pool, on evaluation seeds
+    # every pool row screened at SCREEN_FORWARDS/NFE samples (8 in quick mode), then the export against the TOP best of
+    # the screen (and what the flags add) at the evaluation size (bench/screen_pool.py says why)
+    local dir=$R/$1 nfe=$2; shift 2
+    local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8
+    kept "$dir/screen.json" ||
+        ev --policy "$dir/best.json" --policy "$dir/pool" --samples "$screen" --seeds "$SEEDS" --metrics fid \
+            --out "$dir/screen"
+    kept "$dir/evaluate.json" || {
+        local rows=() path
+        while read -r path; do rows+=(--policy "$path"); done \
+            < <(python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP")
+        ev --policy "$dir/best.json" "${rows[@]}" --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid "$@" \
+            --out "$dir/evaluate"
+    }
+    to "$dir/paired.md" python bench/paired_table.py "$dir/evaluate.json" --reference best
+    to "$dir/rung-correlation.txt" python bench/rung_correlation.py "$dir/screen.json"
+}
 
 step "Measuring: the DDIM sanity table"
 kept "$R/ddim-sanity-2000x3.json" ||
@@ -113,6 +132,23 @@ step "Measuring: StepDrop's tables (--suite stepdrop)"
 kept "$R/suite-stepdrop.json" ||
     ev --suite stepdrop --samples "$SUITE_SAMPLES" --seeds "$SUITE_SEEDS" --metrics fid,kid,gflops --out "$R/suite-stepdrop"
 
+# The searches come first: what they export decides whether the rest is worth its hours
+step "Searching: the main job, optimize --nfe 25, and its export against its pool"
+kept "$R/optimize-nfe25/best.json" || opt optimize-nfe25 25
+against_pool optimize-nfe25 25
+
+step "Searching for a tool: optimize --nfe 25 --runtime comfyui, and both exports run through the real clients"
+kept "$R/optimize-nfe25-comfyui/best.json" || opt optimize-nfe25-comfyui 25 --runtime comfyui
+kept "$R/export-fidelity.md" ||
+    to "$R/export-fidelity.md" python bench/export_fidelity.py "${MODEL_FLAG[@]}" "$R/optimize-nfe25-comfyui/best.json" \
+        "$R/optimize-nfe25/best.json" --samples "$FIDELITY_SAMPLES" --seed 0
+
+for nfe in $LEARNED_NFES; do
+    step "Learned steps and the published DPs: optimize --nfe $nfe, its export against its pool and DPM-Solver++(2M)-50"
+    kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe"
+    against_pool "learned-nfe$nfe" "$nfe" --baselines dpmpp-2m --nfe 50
+done
+
 step "Every solver at NFE 5, 10 and 25, under the default runtime and with the x̂0 clamp (stepdrop-clamp)"
 SOLVERS=ddim,ddpm,dpmpp-2m,dpmpp-3m,dpmpp-2m-sde,ipndm,unipc,heun
 kept "$R/solvers-nfe5-10-25.json" ||
@@ -123,6 +159,9 @@ kept "$R/solvers-nfe5-10-25-clamp.json" ||
         --out "$R/solvers-nfe5-10-25-clamp"
 # README's clamp table: each row without the clamp against itself with it, paired per seed (same x_T and noise)
 to "$R/runtime-clamp.md" python bench/model_compare.py --old "$R/solvers-nfe5-10-25-clamp.json" --new "$R/solvers-nfe5-10-25.json"
+# README's main-job table: the export against every solver's uniform row at NFE 5, 10 and 25, on the same seeds
+to "$R/optimize-nfe25/paired-solvers.md" python bench/paired_table.py "solvers=$R/solvers-nfe5-10-25.json" \
+    "$R/optimize-nfe25/evaluate.json" --reference best
 
 step "The sampler loop's time outside the network"
 # shellcheck disable=SC2086
@@ -140,30 +179,6 @@ kept "$R/teacher-accuracy.txt" || to "$R/teacher-accuracy.txt" python bench/teac
 # shellcheck disable=SC2086
 kept "$R/small-sample-bias-nfe10.txt" ||
     to "$R/small-sample-bias-nfe10.txt" python bench/small_sample_bias.py "${MODEL_FLAG[@]}" --nfe 10 $BIAS
-
-step "Searching: the main job, optimize --nfe 25, and its export against the solvers"
-kept "$R/optimize-nfe25/best.json" || opt optimize-nfe25 25
-kept "$R/optimize-nfe25/evaluate.json" ||
-    ev --policy "$R/optimize-nfe25/best.json" --baselines heun,ipndm --nfe 25 --samples "$BIG" --seeds "$SEEDS" \
-        --metrics fid,kid --out "$R/optimize-nfe25/evaluate"
-to "$R/optimize-nfe25/paired.md" python bench/paired_table.py "solvers=$R/solvers-nfe5-10-25.json" \
-    "$R/optimize-nfe25/evaluate.json" --reference best
-
-step "Searching for a tool: optimize --nfe 25 --runtime comfyui, and both exports run through the real clients"
-kept "$R/optimize-nfe25-comfyui/best.json" || opt optimize-nfe25-comfyui 25 --runtime comfyui
-kept "$R/export-fidelity.md" ||
-    to "$R/export-fidelity.md" python bench/export_fidelity.py "${MODEL_FLAG[@]}" "$R/optimize-nfe25-comfyui/best.json" \
-        "$R/optimize-nfe25/best.json" --samples "$FIDELITY_SAMPLES" --seed 0
-
-for nfe in $LEARNED_NFES; do
-    step "Learned steps and the published DPs: optimize --nfe $nfe, every pool row at the evaluation size"
-    kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe"
-    kept "$R/learned-nfe$nfe/evaluate.json" ||
-        ev --policy "$R/learned-nfe$nfe/best.json" --policy "$R/learned-nfe$nfe/pool" --baselines dpmpp-2m --nfe 50 \
-            --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid --out "$R/learned-nfe$nfe/evaluate"
-    to "$R/learned-nfe$nfe/paired.md" python bench/paired_table.py "$R/learned-nfe$nfe/evaluate.json" --reference best
-    to "$R/learned-nfe$nfe/rung-correlation.txt" python bench/rung_correlation.py "$R/learned-nfe$nfe/evaluate.json"
-done
 
 step "Which loss the gradient method descends"
 init=$(python -c "import json,sys; print(','.join(str(t) for t in json.load(open(sys.argv[1]))['timesteps']))" \
