@@ -7,6 +7,7 @@ from anywhere below becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -23,8 +24,45 @@ from stepdrop_search.progress import reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the best way to sample a diffusion model with few network evaluations.")
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+#: Columns a table may take when the output is piped (| tee, > file): the whole table, never cut at 80 ("candida…").
+PIPED_WIDTH = 400
+
+
+def terminal_console(stderr: bool = False, **kwargs) -> Console:
+    """A rich console that draws for the terminal's width, and for :data:`PIPED_WIDTH` when piped (unless COLUMNS
+    says otherwise)."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None, **kwargs)
+
+
+console = terminal_console(soft_wrap=True)
+err_console = terminal_console(stderr=True)
+
+
+# help panels of the long commands' options
+BASICS, SEARCH, SELECTION, WORKERS, METHODS = "Basics", "Search", "Selection", "Storage and workers", "DP and learned steps"
+MEASURED, ADVANCED = "What is measured", "Advanced"
+DeviceOption = Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda or cuda:N")]
+
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: example command lines, one per paragraph (typer's rich help joins single lines)."""
+    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from stepdrop_search import __version__
+
+        console.print(f"stepdrop-search {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def about(version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """Find the best way to sample a diffusion model with few network evaluations."""
 
 
 def user_errors_exit_2(command):
@@ -50,7 +88,9 @@ def command_line() -> str:
     return shlex.join(["stepdrop-search", *sys.argv[1:]])
 
 
-@app.command()
+@app.command(epilog=examples("stepdrop-search train --preset xs --steps 6000 --out runs/xs",
+                             "stepdrop-search train --resume --out runs/xs     # continue a killed run",
+                             "stepdrop-search train --init-from default --skip-loss-every 10 --steps 4000 --out runs/s2dm"))
 @user_errors_exit_2
 def train(
     preset: Annotated[str, typer.Option(help="model size: tiny, xs, s, paper")] = "xs",
@@ -58,19 +98,19 @@ def train(
     data: Annotated[str | None, typer.Option(help="data folder (default: the data set's standard place or $STEPDROP_DATA)")] = None,
     image_size: Annotated[int | None, typer.Option(help="resize images to this size (default: native)")] = None,
     steps: Annotated[int, typer.Option(help="total optimizer steps of the run")] = 6000,
-    batch_size: int = 128,
+    batch_size: Annotated[int, typer.Option(help="images per optimizer step")] = 128,
     lr: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 5e-4,
     warmup_steps: Annotated[int | None, typer.Option(help="linear warm-up steps (default: min(200, steps/10))")] = None,
-    ema_decay: float = 0.999,
-    grad_clip: float = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="decay of the weights' exponential moving average (what is sampled)")] = 0.999,
+    grad_clip: Annotated[float, typer.Option(help="clip the gradient's norm to this")] = 1.0,
     flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="random horizontal flips (default: where it makes sense)")] = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="initialisation, data order and noise")] = 0,
     schedule: Annotated[str, typer.Option(help="noise schedule: linear or cosine")] = "linear",
     timesteps: Annotated[int, typer.Option("--timesteps", help="T, the number of diffusion steps")] = 1000,
     skip_loss_every: Annotated[int, typer.Option(help="S2-DM skip K (e.g. 10); 0 = plain DDPM loss")] = 0,
     skip_loss_tau: Annotated[float, typer.Option(help="S2-DM weight τ of the plain loss")] = 0.99,
     init_from: Annotated[str | None, typer.Option(help="fine-tune from these weights (EMA if present); 'default': the shipped model")] = None,
-    checkpoint_every: int = 250,
+    checkpoint_every: Annotated[int, typer.Option(help="save OUT/last.pt every N steps (what --resume continues from)")] = 250,
     snapshot_every: Annotated[int, typer.Option(help="also keep the EMA weights every N steps in OUT/snapshots/ "
                                                 "(a training curve; 0: off)")] = 0,
     out: Annotated[str, typer.Option(help="run folder; the checkpoint is OUT/last.pt")] = "runs/default",
@@ -137,8 +177,8 @@ def export(
 @app.command()
 @user_errors_exit_2
 def models(
-    channels: int = 1,
-    image_size: int = 28,
+    channels: Annotated[int, typer.Option(help="image channels (1: grey, 3: colour)")] = 1,
+    image_size: Annotated[int, typer.Option(help="image side in pixels")] = 28,
 ) -> None:
     """List the model presets with their parameter count and forward GFLOPs per image."""
     from stepdrop_search.model import PRESETS, UNet, count_parameters, forward_gflops, preset_config
@@ -170,7 +210,8 @@ RuntimeOption = Annotated[str | None, typer.Option(help=f"the conventions to sam
                                                    "stepdrop: no x̂0 clamp, real t, as k-diffusion)")]
 
 
-@app.command()
+@app.command(epilog=examples("stepdrop-search sample --policy policies/best.json --n 64 --out grid.png",
+                             "stepdrop-search sample --policy karras --nfe 10 --solver dpmpp-2m --save-samples x.npz"))
 @user_errors_exit_2
 def sample(
     policy: PolicyOption = "uniform",
@@ -180,15 +221,15 @@ def sample(
     eta: EtaOption = None,
     model: ModelOption = None,
     n: Annotated[int, typer.Option(help="number of images")] = 64,
-    seed: int = 0,
-    batch_size: int = 256,
+    seed: Annotated[int, typer.Option(help="x_T and solver noise (the same seed gives the same images)")] = 0,
+    batch_size: Annotated[int, typer.Option(help="images per network call")] = 256,
     calibrate: Annotated[bool, typer.Option(help="OSS amplitude calibration against a 100-step DDIM teacher")] = False,
     out: Annotated[Path, typer.Option(help="PNG grid to write")] = Path("samples.png"),
     barcode: Annotated[Path | None, typer.Option(help="also write the barcode PNG of evaluated timesteps")] = None,
     save_samples: Annotated[Path | None, typer.Option(help="also write the samples as FILE.npz: `samples` float32 "
                                                       "(N, C, H, W) in [-1, 1], `nfe` per sample, `policy` JSON")] = None,
     runtime: RuntimeOption = None,
-    device: str = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Sample a grid of images with any policy and solver; prints the measured NFE."""
     from stepdrop_search.devices import resolve_device
@@ -259,7 +300,10 @@ def policy_show(
     typer.echo(doc.to_json(), nl=False)
 
 
-@policy_app.command("export")
+@policy_app.command("export", epilog=examples(
+    "stepdrop-search policy export policies/best.json --format comfyui     # a SIGMAS string",
+    "stepdrop-search policy export policies/best.json --format diffusers",
+    "stepdrop-search policy export karras --nfe 10 --solver dpmpp-2m --out karras10.json"))
 @user_errors_exit_2
 def policy_export(
     policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
@@ -405,37 +449,46 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-@app.command()
+@app.command(epilog=examples(
+    "stepdrop-search evaluate --policy policies/best.json --baselines ddim,dpmpp-2m,heun --nfe 10,25",
+    "stepdrop-search evaluate --policy pool/ --samples 500 --metrics fid     # every file in a folder",
+    "stepdrop-search evaluate --suite stepdrop --samples 100 --seeds 2"))
 @user_errors_exit_2
 def evaluate(
     policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file, or a folder of them "
-                                                      "(optimize --save-pool), to evaluate (repeatable)")] = None,
+                                                      "(optimize --save-pool), to evaluate (repeatable)", rich_help_panel=BASICS)] = None,
     baselines: Annotated[str, typer.Option(help=f"comma-separated: a solver on uniform steps ({SOLVER_NAMES}) or any "
-                                           "policy kind (with DDIM)")] = "",
-    nfe: Annotated[str, typer.Option(help="comma-separated NFE values for the baselines")] = "10,25,50",
-    suite: Annotated[str | None, typer.Option(help="'stepdrop': StepDrop's Tables 1-3; 'peers': every peer schedule at each --nfe")] = None,
-    solvers: Annotated[str | None, typer.Option(help="also run each --policy with these solvers (schedule transfer)")] = None,
-    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for the DP rows of --suite peers")] = 32,
-    samples: Annotated[int, typer.Option(help="samples per policy and seed")] = 2000,
-    seeds: Annotated[int, typer.Option(help="seeds 0..S-1; every policy gets the same x_T per seed")] = 3,
-    metrics: Annotated[str, typer.Option(help="comma-separated from fid,kid,is,prc,residual,throughput,gflops,memory")] =
+                                           "policy kind (with DDIM)", rich_help_panel=BASICS)] = "",
+    nfe: Annotated[str, typer.Option(help="comma-separated NFE values for the baselines", rich_help_panel=BASICS)] = "10,25,50",
+    suite: Annotated[str | None, typer.Option(help="'stepdrop': StepDrop's Tables 1-3; 'peers': every peer schedule at each --nfe",
+                                              rich_help_panel=MEASURED)] = None,
+    solvers: Annotated[str | None, typer.Option(help="also run each --policy with these solvers (schedule transfer)",
+                                                rich_help_panel=MEASURED)] = None,
+    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for the DP rows of --suite peers", rich_help_panel=MEASURED)] = 32,
+    samples: Annotated[int, typer.Option(help="samples per policy and seed", rich_help_panel=BASICS)] = 2000,
+    seeds: Annotated[int, typer.Option(help="seeds 0..S-1; every policy gets the same x_T per seed", rich_help_panel=BASICS)] = 3,
+    metrics: Annotated[str, typer.Option(help="comma-separated from fid,kid,is,prc,residual,throughput,gflops,memory",
+                                         rich_help_panel=MEASURED)] =
     ",".join(("fid", "kid", "throughput", "gflops")),
-    teacher: Annotated[str, typer.Option(help="teacher of the residual, <solver>-<steps>")] = "ddim-1000",
-    residual_samples: Annotated[int, typer.Option(help="samples (per seed) compared with the teacher")] = 256,
-    batch_size: int = 256,
-    model: ModelOption = None,
+    teacher: Annotated[str, typer.Option(help="teacher of the residual, <solver>-<steps>", rich_help_panel=MEASURED)] = "ddim-1000",
+    residual_samples: Annotated[int, typer.Option(help="samples (per seed) compared with the teacher", rich_help_panel=MEASURED)] = 256,
+    batch_size: Annotated[int, typer.Option(help="images per network call", rich_help_panel=ADVANCED)] = 256,
+    model: Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)", rich_help_panel=BASICS)] = None,
     features: Annotated[Path | None, typer.Option(help="the coach feature file, what searches optimise (default: the "
-                                                  "shipped one for the model's data)")] = None,
+                                                  "shipped one for the model's data)", rich_help_panel=MEASURED)] = None,
     judge: Annotated[Path | None, typer.Option(help="the judge feature file, which no search sees; the report leads "
-                                               "with it (default: the shipped one for the model's data)")] = None,
-    inception_weights: Annotated[Path | None, typer.Option(help="torch-fidelity Inception weights, for inception-fid")] = None,
-    data: Annotated[str | None, typer.Option(help="real images for inception-fid (the model's data set folder)")] = None,
-    out: Annotated[Path, typer.Option(help="results stem: writes OUT.json, .csv, .md and .png")] = Path("results/evaluation"),
-    device: str = "auto",
+                                               "with it (default: the shipped one for the model's data)", rich_help_panel=MEASURED)] = None,
+    inception_weights: Annotated[Path | None, typer.Option(help="torch-fidelity Inception weights, for inception-fid",
+                                                           rich_help_panel=ADVANCED)] = None,
+    data: Annotated[str | None, typer.Option(help="real images for inception-fid (the model's data set folder)",
+                                             rich_help_panel=ADVANCED)] = None,
+    out: Annotated[Path, typer.Option(help="results stem: writes OUT.json, .csv, .md and .png",
+                                      rich_help_panel=BASICS)] = Path("results/evaluation"),
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda or cuda:N", rich_help_panel=BASICS)] = "auto",
     compile_mode: Annotated[str, typer.Option("--compile", help="torch.compile the network: on, off, or auto "
-                                              "(when the run makes ≥ 250k sample-forwards)")] = "auto",
+                                              "(when the run makes ≥ 250k sample-forwards)", rich_help_panel=ADVANCED)] = "auto",
     runtime: Annotated[str, typer.Option(help=f"the conventions every row is sampled under: {RUNTIME_NAMES}; a policy "
-                                         "file measured under another is re-run under this one")] = "stepdrop",
+                                         "file measured under another is re-run under this one", rich_help_panel=MEASURED)] = "stepdrop",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
     from stepdrop_search.compare import CompareConfig, run_comparison, write_comparison
@@ -450,8 +503,9 @@ def evaluate(
                         device=device, compile=compile_mode, command=command_line(), runtime=runtime)
     with reporter(err_console) as log:
         comparison = run_comparison(cfg, log=log, warn=warn)
-    console.print(results_table(comparison.results, f"{samples} samples × {seeds} seeds, same x_T per seed "
-                                                    f"(mean ± std over seeds), runtime {runtime}"))
+    spread = "(mean ± std over seeds)" if seeds > 1 else "(one seed: no spread; --seeds 3 gives error bars)"
+    console.print(results_table(comparison.results, f"{samples} samples × {seeds} seeds, same x_T per seed {spread}, "
+                                                    f"runtime {runtime}"))
     console.print("wrote " + ", ".join(str(p) for p in write_comparison(comparison, out)))
 
 
@@ -459,69 +513,76 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-@app.command()
+@app.command(epilog=examples(
+    "stepdrop-search optimize --nfe 10     # the shipped model, the whole search in --budget 480 s",
+    "stepdrop-search optimize --nfe 25 --runtime comfyui --out my-sigmas.json     # for ComfyUI's samplers",
+    "stepdrop-search optimize --model diffusers:path/to/unet --nfe 10 --budget 3600 --n-jobs 4"))
 @user_errors_exit_2
 def optimize(
-    nfe: Annotated[int, typer.Option(help="NFE of the sampler to find (network evaluations, counted)")] = 25,
+    nfe: Annotated[int, typer.Option(help="NFE of the sampler to find (network evaluations, counted)", rich_help_panel=BASICS)] = 25,
     method: Annotated[str, typer.Option(help="all, or a comma-separated subset of gradient, dp-gits, dp-oss, optuna "
-                                        "(the pool's analytic schedules are always scored)")] = "all",
-    kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)")] = "explicit",
+                                        "(the pool's analytic schedules are always scored)", rich_help_panel=SEARCH)] = "all",
+    kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)", rich_help_panel=SEARCH)] = "explicit",
     solver: Annotated[str, typer.Option(help="auto (every solver in the pool, the best ones searched) or one of: "
-                                        + SOLVER_NAMES)] = "auto",
+                                        + SOLVER_NAMES, rich_help_panel=SEARCH)] = "auto",
     trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count); --budget "
-                                        "usually stops the search first")] = 10000,
+                                        "usually stops the search first", rich_help_panel=SEARCH)] = 10000,
     budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher, DPs, search and selection "
                                                  "(0: no limit); the search gets half of what the pool's rungs "
-                                                 "leave, the selection the rest")] = 480.0,
-    timeout: Annotated[float | None, typer.Option(help="seconds each worker may search (within --budget)")] = None,
-    sampler: Annotated[str, typer.Option(help="tpe, cmaes, gp or nsga2")] = "tpe",
-    study: Annotated[str | None, typer.Option(help="study name (default from kind, solver, NFE)")] = None,
-    storage: Annotated[str | None, typer.Option(help="database URL or journal:PATH (default sqlite in studies/)")] = None,
-    n_jobs: Annotated[int, typer.Option(help="local worker processes sharing the study")] = 1,
+                                                 "leave, the selection the rest", rich_help_panel=BASICS)] = 480.0,
+    timeout: Annotated[float | None, typer.Option(help="seconds each worker may search (within --budget)", rich_help_panel=WORKERS)] = None,
+    sampler: Annotated[str, typer.Option(help="tpe, cmaes, gp or nsga2", rich_help_panel=SEARCH)] = "tpe",
+    study: Annotated[str | None, typer.Option(help="study name (default from kind, solver, NFE)", rich_help_panel=WORKERS)] = None,
+    storage: Annotated[str | None, typer.Option(help="database URL or journal:PATH (default sqlite in studies/)",
+                                                rich_help_panel=WORKERS)] = None,
+    n_jobs: Annotated[int, typer.Option(help="local worker processes sharing the study", rich_help_panel=WORKERS)] = 1,
     samples: Annotated[int | None, typer.Option(help="rung 0: samples every pool candidate and every trial is scored on "
-                                                "(default: about 1280/NFE, 64..512)")] = None,
-    trial_samples: Annotated[int, typer.Option(help="samples each study trial is scored on (its best go to rung 1)")] = 64,
-    promote: Annotated[int, typer.Option(help="study trials promoted to rung 1")] = 8,
+                                                "(default: about 1280/NFE, 64..512)", rich_help_panel=SEARCH)] = None,
+    trial_samples: Annotated[int, typer.Option(help="samples each study trial is scored on (its best go to rung 1)",
+                                               rich_help_panel=SEARCH)] = 64,
+    promote: Annotated[int, typer.Option(help="study trials promoted to rung 1", rich_help_panel=SEARCH)] = 8,
     promote_samples: Annotated[int | None, typer.Option(help="rung 1: samples the promoted candidates are scored on "
-                                                        "(default: 4 × rung 0, at most 1024)")] = None,
+                                                        "(default: 4 × rung 0, at most 1024)", rich_help_panel=SEARCH)] = None,
     held_out_samples: Annotated[int | None, typer.Option(help="the selection's largest round: samples of the held-out "
                                                          "selection seed a finalist can reach (default: 2 × rung 1, "
-                                                         "at least 2048)")] = None,
+                                                         "at least 2048)", rich_help_panel=SELECTION)] = None,
     seed: Annotated[int, typer.Option(help="search noise: seed s searches on x_T seed 2^24+s and selects on "
-                                      "2^24+2^23+s, never an evaluate seed")] = 0,
+                                      "2^24+2^23+s, never an evaluate seed", rich_help_panel=SEARCH)] = 0,
     residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual to --teacher (0: proxy-FID "
-                                                   "alone, no teacher)")] = 0.0,
-    teacher: Annotated[str, typer.Option(help="residual teacher <solver>-<steps>")] = "dpmpp-2m-200",
-    free_boundary: Annotated[bool, typer.Option(help="search the first and last step too")] = True,
-    search_eta: Annotated[bool, typer.Option(help="also search η (with a --solver that has one)")] = False,
-    multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set")] = False,
-    nfe_range: Annotated[str | None, typer.Option(help="LO,HI for --multi-objective")] = None,
-    dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches (GITS: 61)")] = 61,
+                                                   "alone, no teacher)", rich_help_panel=SEARCH)] = 0.0,
+    teacher: Annotated[str, typer.Option(help="residual teacher <solver>-<steps>", rich_help_panel=SEARCH)] = "dpmpp-2m-200",
+    free_boundary: Annotated[bool, typer.Option(help="search the first and last step too", rich_help_panel=SEARCH)] = True,
+    search_eta: Annotated[bool, typer.Option(help="also search η (with a --solver that has one)", rich_help_panel=SEARCH)] = False,
+    multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set", rich_help_panel=SEARCH)] = False,
+    nfe_range: Annotated[str | None, typer.Option(help="LO,HI for --multi-objective", rich_help_panel=SEARCH)] = None,
+    dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches (GITS: 61)", rich_help_panel=METHODS)] = 61,
     dp_spacing: Annotated[str, typer.Option(help="DP teacher grid: karras (ρ = 7 in σ, as GITS), uniform (integer steps) "
-                                            "or logsnr (real-valued t)")] = "karras",
-    dp_teacher: Annotated[str, typer.Option(help="deterministic solver of the DP teacher run (GITS: ipndm)")] = "ipndm",
-    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for DP-GITS")] = 64,
-    dp_oss_samples: Annotated[int, typer.Option(help="of those, the ones DP-OSS runs on (≈ N·K NFE each)")] = 8,
+                                            "or logsnr (real-valued t)", rich_help_panel=METHODS)] = "karras",
+    dp_teacher: Annotated[str, typer.Option(help="deterministic solver of the DP teacher run (GITS: ipndm)", rich_help_panel=METHODS)] = "ipndm",
+    dp_samples: Annotated[int, typer.Option(help="teacher trajectories for DP-GITS", rich_help_panel=METHODS)] = 64,
+    dp_oss_samples: Annotated[int, typer.Option(help="of those, the ones DP-OSS runs on (≈ N·K NFE each)", rich_help_panel=METHODS)] = 8,
     gits_cost: Annotated[str, typer.Option(help="dev (GITS: signed distance from each trajectory's line), "
-                                           "l2-endpoint, l1 or l2")] = "dev",
+                                           "l2-endpoint, l1 or l2", rich_help_panel=METHODS)] = "dev",
     gradient_loss: Annotated[str, typer.Option(help="gradient method's loss: fid (batch proxy-FID, no teacher), l2 or "
-                                               "features (to --teacher's outputs)")] = "fid",
-    gradient_space: Annotated[str, typer.Option(help="learned steps are spaced in logsnr or sigma")] = "logsnr",
-    gradient_samples: Annotated[int, typer.Option(help="x_T the gradient method trains on (as many again validate)")] = 256,
-    gradient_epochs: Annotated[int, typer.Option(help="most epochs per solver (--budget usually stops it first)")] = 10,
-    gits_gamma: float = 1.15,
-    model: ModelOption = None,
+                                               "features (to --teacher's outputs)", rich_help_panel=METHODS)] = "fid",
+    gradient_space: Annotated[str, typer.Option(help="learned steps are spaced in logsnr or sigma", rich_help_panel=METHODS)] = "logsnr",
+    gradient_samples: Annotated[int, typer.Option(help="x_T the gradient method trains on (as many again validate)",
+                                                  rich_help_panel=METHODS)] = 256,
+    gradient_epochs: Annotated[int, typer.Option(help="most epochs per solver (--budget usually stops it first)", rich_help_panel=METHODS)] = 10,
+    gits_gamma: Annotated[float, typer.Option(help="GITS's discount γ: the cost of the rest of the path counts γ "
+                                              "times (γ > 1 weighs the later steps' errors more)", rich_help_panel=METHODS)] = 1.15,
+    model: Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)", rich_help_panel=BASICS)] = None,
     features: Annotated[Path | None, typer.Option(help="the coach feature file the search scores on (default: the "
-                                                  "shipped one)")] = None,
+                                                  "shipped one)", rich_help_panel=SELECTION)] = None,
     judge: Annotated[Path | None, typer.Option(help="the judge feature file the selection decides on, which the search "
-                                               "never sees (default: the shipped one)")] = None,
+                                               "never sees (default: the shipped one)", rich_help_panel=SELECTION)] = None,
     out: Annotated[Path | None, typer.Option(help="policy file to write (default policies/best-….json; the "
-                                             "selection's leaderboard goes beside it)")] = None,
+                                             "selection's leaderboard goes beside it)", rich_help_panel=BASICS)] = None,
     save_pool: Annotated[Path | None, typer.Option(help="also write every pool candidate as a policy file into this "
-                                                   "folder (for evaluate --policy FOLDER)")] = None,
+                                                   "folder (for evaluate --policy FOLDER)", rich_help_panel=SELECTION)] = None,
     runtime: Annotated[str, typer.Option(help=f"search, select and export under this tool's conventions ({RUNTIME_NAMES}); "
-                                         "only its solvers are searched")] = "stepdrop",
-    device: str = "auto",
+                                         "only its solvers are searched", rich_help_panel=SELECTION)] = "stepdrop",
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda or cuda:N", rich_help_panel=BASICS)] = "auto",
 ) -> None:
     """Find the best sampler (solver and steps) for an NFE, prove it on held-out noise and export it as a policy file."""
     from stepdrop_search.policies import load_policy
@@ -647,14 +708,14 @@ def features_train(
                                          "(--data DIR with one subfolder of images per class)")] = "fashion-mnist",
     data: Annotated[str | None, typer.Option(help="data folder (default: the data set's standard place)")] = None,
     image_size: Annotated[int | None, typer.Option(help="resize to the diffusion model's resolution")] = None,
-    steps: int = 1200,
-    batch_size: int = 128,
-    seed: int = 0,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 1200,
+    batch_size: Annotated[int, typer.Option(help="images per optimizer step")] = 128,
+    seed: Annotated[int, typer.Option(help="initialisation and data order")] = 0,
     family: Annotated[str, typer.Option(help="plain (the coach's) or residual (the judge's)")] = "plain",
     width: Annotated[int, typer.Option(help="channels of the first block (doubled twice)")] = 16,
     images: Annotated[str, typer.Option(help="training images: all, half-a (even indices) or half-b (odd)")] = "all",
     out: Annotated[Path, typer.Option(help="feature file to write (a JSON card goes beside it)")] = Path("features.pt"),
-    device: str = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Train the classifier, report its held-out accuracy and store the real data's reference statistics.
 
@@ -671,14 +732,14 @@ def features_train(
 @features_app.command("score")
 @user_errors_exit_2
 def features_score(
-    dataset: str = "fashion-mnist",
+    dataset: Annotated[str, typer.Option(help="the data set whose real images are scored")] = "fashion-mnist",
     data: Annotated[str | None, typer.Option(help="data folder (default: the data set's standard place)")] = None,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     samples: Annotated[int, typer.Option(help="real images to score (0 = all)")] = 2000,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="which images are drawn, and KID's subsets")] = 0,
     features: Annotated[Path | None, typer.Option(help="feature file (default: the shipped one of --role)")] = None,
     role: Annotated[str, typer.Option(help="which shipped network scores: coach or judge")] = "coach",
-    device: str = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Score *real* images against the reference statistics: the metric's floor for that many samples."""
     import torch

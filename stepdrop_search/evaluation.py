@@ -23,13 +23,13 @@ from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, spec_for_nfe
-from stepdrop_search.errors import UserError
+from stepdrop_search.errors import UserError, unknown_name
 from stepdrop_search.generation import generate
 from stepdrop_search.model import forward_gflops
 from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import FIDELITY_METRICS, fidelity_metrics, inception_fid
 from stepdrop_search.objectives.residual import Teacher, residual, teacher_outputs
-from stepdrop_search.policies import PolicyDocument, policy_class
+from stepdrop_search.policies import POLICIES, PolicyDocument, policy_class
 from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.progress import advance, phase
 from stepdrop_search.seeds import evaluation_seeds
@@ -91,6 +91,8 @@ class Candidate:
 def baseline(name: str, nfe: int, schedule: NoiseSchedule, runtime: Runtime = DEFAULT_RUNTIME) -> Candidate:
     """A baseline by name under ``runtime``: a solver on uniform (trailing) steps, or any policy kind with its defaults
     and DDIM; refused in one line when the runtime has no such solver."""
+    if name not in SOLVERS and name not in POLICIES:
+        raise unknown_name("baseline", name, [*SOLVERS, *sorted(POLICIES)])
     if name in SOLVERS:
         runtime.check_solver(name)
         spec, steps = spec_for_nfe(name, nfe, runtime=runtime)  # the largest grid whose run spends at most nfe evaluations
@@ -117,6 +119,11 @@ class Result:
     def failed(self) -> str | None:
         return next((r.failed for r in self.per_seed if r.failed), None)
 
+    @property
+    def spread(self) -> bool:
+        """Whether the row has a spread to report: two or more seeds that ran (one seed's std would be a fake 0)."""
+        return sum(1 for r in self.per_seed if not r.failed) > 1
+
     def summary(self) -> dict[str, tuple[float, float]]:
         """metric → (mean, std over seeds); std is the sample std (0 for one seed)."""
         ok = [r.values for r in self.per_seed if not r.failed]
@@ -140,7 +147,7 @@ def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown:
-        raise UserError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+        raise unknown_name("metric", unknown[0], METRICS)
     return tuple(names)
 
 

@@ -18,7 +18,7 @@ import torch
 from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
 from stepdrop_search.diffusion.sampler import SampleResult, stream_seed
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.errors import UserError
+from stepdrop_search.errors import UserError, unknown_name
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.policies import PolicyDocument
 
@@ -260,7 +260,7 @@ def make_scheduler(name: str, loaded: LoadedModel):
     our noise schedule."""
     diffusers = require_diffusers()
     if name not in SCHEDULERS:
-        raise UserError(f"unknown diffusers scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        raise unknown_name("diffusers scheduler", name, SCHEDULERS)
     config = loaded.card.get("scheduler_config") or scheduler_config_from_schedule(loaded.schedule)
     # our model wrapper always returns ε (DiffusersEpsilon converts v and x0), so the scheduler must read ε
     return getattr(diffusers, SCHEDULERS[name][0]).from_config({**config, "prediction_type": "epsilon"})

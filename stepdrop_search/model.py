@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stepdrop_search.errors import UserError
+from stepdrop_search.errors import UserError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ PRESETS: dict[str, dict] = {
 
 def preset_config(name: str, in_channels: int = 1, image_size: int = 28) -> UNetConfig:
     if name not in PRESETS:
-        raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise unknown_name("model preset", name, PRESETS)
     return UNetConfig(in_channels=in_channels, image_size=image_size, **PRESETS[name])
 
 

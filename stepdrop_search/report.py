@@ -26,6 +26,11 @@ def _cell(summary: dict, key: str, fmt: str, with_std: bool = True) -> str:
     return fmt.format(mean) + (f" ± {fmt.format(std)}" if with_std else "")
 
 
+def spread_words(meta: dict) -> str:
+    """What a report's values are: a mean ± std over seeds, or one seed's (no spread to show)."""
+    return "mean ± std over seeds" if (meta.get("seeds") or 0) > 1 else "one seed's values (no spread)"
+
+
 def nfe_cell(summary: dict) -> str:
     mean = summary["nfe"][0]
     lo, hi = summary["nfe_min"][0], summary["nfe_max"][0]
@@ -67,7 +72,7 @@ def row_cells(r: Result, present: list[tuple[str, str, str]]) -> list[str]:
         return [r.candidate.name, r.candidate.solver_label, "", f"failed: {r.failed}"] + [""] * (len(present) - 1)
     s = r.summary()
     return [r.candidate.name, r.candidate.solver_label, nfe_cell(s)] + [
-        _cell(s, key, fmt, key not in ("gflops", "peak_memory_mb")) for key, _, fmt in present]
+        _cell(s, key, fmt, r.spread and key not in ("gflops", "peak_memory_mb")) for key, _, fmt in present]
 
 
 def write_results(results: list[Result], out: Path, meta: dict) -> list[Path]:
@@ -97,10 +102,13 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def by_nfe_table(results: list[Result], metric: str = "fid") -> list[str]:
     """Families × nominal NFE, ``metric`` mean ± std; the best mean of each column in bold."""
     cells: dict[str, dict[int, dict]] = {}
+    spread: dict[tuple[str, int], bool] = {}
     for r in results:
         s = r.summary()
         if not r.failed and metric in s:
-            cells.setdefault(r.candidate.family or r.candidate.name, {})[r.candidate.nominal_nfe] = s
+            family = r.candidate.family or r.candidate.name
+            cells.setdefault(family, {})[r.candidate.nominal_nfe] = s
+            spread[family, r.candidate.nominal_nfe] = r.spread
     nfes = sorted({n for row in cells.values() for n in row})
     best = {n: min(row[n][metric][0] for row in cells.values() if n in row) for n in nfes}
     fmt = next((f for key, _, f in COLUMNS if key == metric), "{:.4g}")
@@ -108,7 +116,7 @@ def by_nfe_table(results: list[Result], metric: str = "fid") -> list[str]:
     for family, row in cells.items():
         line = [family]
         for n in nfes:
-            text = _cell(row.get(n, {}), metric, fmt)
+            text = _cell(row.get(n, {}), metric, fmt, spread.get((family, n), False))
             line.append(f"**{text}**" if text and row[n][metric][0] == best[n] else text)
         rows.append(line)
     return _markdown_table(["family"] + [f"NFE {n}" for n in nfes], rows)
@@ -125,7 +133,7 @@ def write_markdown(results: list[Result], path: Path, meta: dict, missing: list[
              f"- model: {meta.get('model', '')} (weights {meta.get('model_hash', '')}); judge: {meta.get('judge')}; "
              f"coach: {meta.get('features')}",
              f"- {meta.get('samples')} samples × {meta.get('seeds')} seeds; every row gets the same x_T per seed; "
-             f"values are mean ± std over seeds; residual: {meta.get('residual_samples')} samples against "
+             f"values are {spread_words(meta)}; residual: {meta.get('residual_samples')} samples against "
              f"{meta.get('teacher')}", ""]
     metric = headline_metric(results)
     header = next((h for key, h, _ in COLUMNS if key == metric), metric)

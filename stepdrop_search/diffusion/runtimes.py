@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stepdrop_search.errors import UserError
+from stepdrop_search.errors import UserError, unknown_name
 
 #: network time: the real t of a continuous-time step, or the nearest integer step (in log σ, which for our log-σ
 #: interpolation is the same as rounding t)
@@ -186,7 +186,7 @@ def runtime_named(name: str | Runtime | None, default: Runtime = DEFAULT_RUNTIME
     if name is None:
         return default
     if name not in RUNTIMES:
-        raise UserError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+        raise unknown_name("runtime", name, RUNTIMES)
     return RUNTIMES[name]
 
 

@@ -16,7 +16,7 @@ import torch
 
 from stepdrop_search.diffusion.sampler import Plan, SampleStreams
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.errors import UserError
+from stepdrop_search.errors import UserError, unknown_name
 
 POLICIES: dict[str, type[Policy]] = {}
 
@@ -35,7 +35,7 @@ def register(cls: type[Policy]) -> type[Policy]:
 
 def policy_class(kind: str) -> type[Policy]:
     if kind not in POLICIES:
-        raise UserError(f"unknown policy kind {kind!r}; choose one of {', '.join(sorted(POLICIES))}")
+        raise unknown_name("policy kind", kind, sorted(POLICIES))
     return POLICIES[kind]
 
 

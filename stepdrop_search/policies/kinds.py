@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from stepdrop_search.diffusion.sampler import Plan, SampleStreams, batch_streams
-from stepdrop_search.errors import UserError
+from stepdrop_search.errors import UserError, unknown_name
 from stepdrop_search.policies.base import (
     Policy,
     distinct_decreasing,
@@ -320,7 +320,7 @@ def skip_profile(name: str, u: torch.Tensor) -> torch.Tensor:
         return 16 * u**2 * (1 - u) ** 2
     if name == "cosine2":
         return torch.sin(math.pi * u) ** 2
-    raise UserError(f"unknown skip profile {name!r}; choose one of {', '.join(PROFILES)}")
+    raise unknown_name("skip profile", name, PROFILES)
 
 
 @policy_dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stepdrop_search.files import write_text
+from stepdrop_search.files import write_json, write_text
 from stepdrop_search.policies import save_policy
 from stepdrop_search.policies.io import provenance
 from stepdrop_search.search.candidates import Candidate
@@ -67,9 +67,11 @@ def export(run: Run, cand: Candidate, board: Leaderboard | None = None, *, index
     return saved
 
 
-def write_leaderboard(run: Run, board: Leaderboard) -> Path:
-    """The selection's leaderboard as Markdown beside the export (``best….leaderboard.md``)."""
-    return write_text(export_path(run, board.export).with_suffix(".leaderboard.md"), board.markdown())
+def write_leaderboard(run: Run, board: Leaderboard) -> list[Path]:
+    """The selection's leaderboard beside the export, as Markdown and JSON (``best….leaderboard.md``, ``.json``)."""
+    stem = export_path(run, board.export)
+    return [write_text(stem.with_suffix(".leaderboard.md"), board.markdown()),
+            write_json(stem.with_suffix(".leaderboard.json"), board.to_dict())]
 
 
 def save_pool(run: Run) -> None:

@@ -86,7 +86,7 @@ def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: 
         score_pool(run)
         search(run)
     board = select(run)
-    exported = [export(run, board.export, board), write_leaderboard(run, board)]
+    exported = [export(run, board.export, board), *write_leaderboard(run, board)]
     if settings.output.save_pool:
         save_pool(run)
     return OptimizeResult(board.export, run.pool + run.cheaper + run.searched, board, exported,

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 
 from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
-from stepdrop_search.errors import UserError
+from stepdrop_search.errors import UserError, unknown_name
 
 Tensor = torch.Tensor
 State = dict[str, Tensor]
@@ -40,7 +40,7 @@ def register_solver(cls: type[Solver]) -> type[Solver]:
 
 def solver_class(name: str) -> type[Solver]:
     if name not in SOLVERS:
-        raise UserError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+        raise unknown_name("solver", name, SOLVERS)
     return SOLVERS[name]
 
 

@@ -1,0 +1,56 @@
+"""The command line explains itself: help on every option, grouped help for the long commands, examples, --version,
+"did you mean" for misspelt names, no fake error bars from one seed, and tables that survive a pipe."""
+
+import click
+import typer
+from typer.testing import CliRunner
+
+from stepdrop_search import __version__
+from stepdrop_search.cli import app
+
+runner = CliRunner()
+
+
+def commands(group: click.Group, path=()):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_option_and_argument_of_every_command_says_what_it_is_for():
+    missing = [f"{' '.join(path)} {param.name}" for path, command in commands(typer.main.get_command(app))
+               for param in command.params if not getattr(param, "help", None)]
+    assert missing == []
+
+
+def test_version_prints_the_package_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"stepdrop-search {__version__}"
+
+
+def test_optimize_help_groups_its_options_and_shows_examples():
+    text = runner.invoke(app, ["optimize", "--help"], terminal_width=200).output
+    for panel in ("Basics", "Search", "Selection", "Storage and workers", "DP and learned steps", "Examples"):
+        assert panel in text
+    assert text.index("--budget") < text.index("--sampler") < text.index("--held-out-samples") < text.index("--gits-gamma")
+    assert "stepdrop-search optimize --nfe 10" in text
+
+
+def test_a_misspelt_solver_gets_a_did_you_mean_from_the_solvers():
+    result = runner.invoke(app, ["evaluate", "--baselines", "ddim,dpmpp2m", "--samples", "2"])
+    assert result.exit_code == 2 and "did you mean dpmpp-2m?" in result.output and "Traceback" not in result.output
+
+
+def test_one_seed_shows_no_error_bars_and_a_piped_table_is_not_cut(tiny_checkpoint, tiny_features, tiny_judge,
+                                                                    tmp_path):
+    model = ["--model", str(tiny_checkpoint)]
+    name = "a-policy-file-whose-name-is-longer-than-eighty-columns-would-leave-room-for-in-any-table-at-all"
+    assert runner.invoke(app, ["policy", "export", "uniform", "--nfe", "3", *model, "--out", f"{name}.json"]).exit_code == 0
+    result = runner.invoke(app, ["evaluate", "--policy", f"{name}.json", "--samples", "8", "--seeds", "1", "--metrics",
+                                 "fid", *model, "--features", str(tiny_features), "--judge", str(tiny_judge),
+                                 "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert name in result.output and "±" not in result.output.split("runtime stepdrop")[-1]
+    assert "one seed's values (no spread)" in (tmp_path / "report.md").read_text()
