@@ -202,7 +202,8 @@ SOLVER_NAMES = "ddim, ddpm, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, ipndm, unipc, heun
 SolverOption = Annotated[str | None, typer.Option(help=f"{SOLVER_NAMES} (default: the file's, else ddim)")]
 EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1] (0 = deterministic; default 0 for ddim, 1 for "
                                                   "dpmpp-2m-sde); refused for solvers without η")]
-ModelOption = Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)")]
+ModelOption = Annotated[Path | None, typer.Option(help="checkpoint, weights file or diffusers UNet2DModel folder "
+                                                  "(default: the shipped model)")]
 #: The runtime names for help texts (the registry in diffusion.runtimes is the truth; a test keeps the two equal).
 RUNTIME_NAMES = "stepdrop, stepdrop-clamp, legacy, k-diffusion, comfyui, a1111, diffusers"
 RuntimeOption = Annotated[str | None, typer.Option(help=f"the conventions to sample under, those of the tool that will run "
@@ -473,7 +474,8 @@ def evaluate(
     teacher: Annotated[str, typer.Option(help="teacher of the residual, <solver>-<steps>", rich_help_panel=MEASURED)] = "ddim-1000",
     residual_samples: Annotated[int, typer.Option(help="samples (per seed) compared with the teacher", rich_help_panel=MEASURED)] = 256,
     batch_size: Annotated[int, typer.Option(help="images per network call", rich_help_panel=ADVANCED)] = 256,
-    model: Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)", rich_help_panel=BASICS)] = None,
+    model: Annotated[Path | None, typer.Option(help="checkpoint, weights file or diffusers UNet2DModel folder (default: "
+                                                          "the shipped model)", rich_help_panel=BASICS)] = None,
     features: Annotated[Path | None, typer.Option(help="the coach feature file, what searches optimise (default: the "
                                                   "shipped one for the model's data)", rich_help_panel=MEASURED)] = None,
     judge: Annotated[Path | None, typer.Option(help="the judge feature file, which no search sees; the report leads "
@@ -571,7 +573,8 @@ def optimize(
     gradient_epochs: Annotated[int, typer.Option(help="most epochs per solver (--budget usually stops it first)", rich_help_panel=METHODS)] = 10,
     gits_gamma: Annotated[float, typer.Option(help="GITS's discount γ: the cost of the rest of the path counts γ "
                                               "times (γ > 1 weighs the later steps' errors more)", rich_help_panel=METHODS)] = 1.15,
-    model: Annotated[Path | None, typer.Option(help="checkpoint or weights file (default: the shipped model)", rich_help_panel=BASICS)] = None,
+    model: Annotated[Path | None, typer.Option(help="checkpoint, weights file or diffusers UNet2DModel folder (default: "
+                                                          "the shipped model)", rich_help_panel=BASICS)] = None,
     features: Annotated[Path | None, typer.Option(help="the coach feature file the search scores on (default: the "
                                                   "shipped one)", rich_help_panel=SELECTION)] = None,
     judge: Annotated[Path | None, typer.Option(help="the judge feature file the selection decides on, which the search "
@@ -612,7 +615,8 @@ def optimize(
     if result.leaderboard is not None:
         console.print(result.leaderboard.verdict())
     for path in result.exported:
-        console.print(f"exported {path}" + (f": {runs_in(load_policy(path))}" if path.suffix == ".json" else ""))
+        console.print(f"exported {path}: {runs_in(load_policy(path))}")
+    console.print("wrote " + ", ".join(map(str, result.reports)))
 
 
 def leaderboard_table(result, rows: int = 12) -> Table:

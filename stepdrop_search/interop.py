@@ -152,13 +152,49 @@ def _read_scheduler_config(directory: Path) -> tuple[dict, Path]:
                     "the pipeline with save_pretrained or the scheduler with scheduler.save_pretrained(DIR)")
 
 
+def is_diffusers_folder(directory: Path) -> bool:
+    """A folder diffusers saved: a pipeline (``model_index.json``) or a model (``config.json``, here or in ``unet/``)."""
+    return any((directory / name).is_file() for name in ("model_index.json", "config.json", "unet/config.json"))
+
+
+#: What the refusal of an unsupported diffusers folder says is supported.
+UNSUPPORTED = "stepdrop-search samples unconditional pixel-space UNet2DModels (DDPM-style pipelines)"
+
+
+def check_supported_folder(directory: Path) -> None:
+    """Refuse, from the configs alone (no weights read, no diffusers import), a pipeline or UNet this sampler cannot
+    run: text- or class-conditional UNets (Stable Diffusion's UNet2DConditionModel) and latent pipelines (a VAE)."""
+    index = _json_or_empty(directory / "model_index.json")
+    if "vae" in index or "text_encoder" in index:
+        what = "a latent, text-conditional pipeline" if "text_encoder" in index else "a latent pipeline (it has a VAE)"
+        raise UserError(f"{directory}: {what} ({index.get('_class_name', 'diffusers')}) is not supported; {UNSUPPORTED}")
+    for path in (directory / "unet" / "config.json", directory / "config.json"):
+        config = _json_or_empty(path)
+        name = config.get("_class_name", "")
+        if name and name != "UNet2DModel":
+            raise UserError(f"{path.parent}: a {name} is not supported"
+                            + (" (text-conditional, as in Stable Diffusion)" if "Condition" in name else "")
+                            + f"; {UNSUPPORTED}")
+        if name:
+            return
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def load_diffusers_model(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """A diffusers ``UNet2DModel`` (pipeline layout ``DIR/unet`` or a bare model directory) with its
     scheduler config, offline."""
-    diffusers = require_diffusers()
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"diffusers model directory {directory} does not exist")
+    check_supported_folder(directory)
+    diffusers = require_diffusers()
     config, config_path = _read_scheduler_config(directory)
     schedule = schedule_from_scheduler_config(config, str(config_path))
     unet_dir = directory / "unet" if (directory / "unet").is_dir() else directory

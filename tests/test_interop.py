@@ -233,3 +233,30 @@ def load_policy_for(path, loaded):
     from stepdrop_search.policies import load_policy
 
     return load_policy(path, loaded.schedule)
+
+
+def test_a_diffusers_folder_passed_without_the_prefix_is_loaded_as_one(pipeline_dir, tmp_path):
+    result = runner.invoke(app, ["sample", "--model", str(pipeline_dir), "--nfe", "3", "--n", "2",
+                                 "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output
+    assert load_model(pipeline_dir).source == f"diffusers:{pipeline_dir}"
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"unet/config.json": {"_class_name": "UNet2DConditionModel", "cross_attention_dim": 768}},
+     "a UNet2DConditionModel is not supported (text-conditional, as in Stable Diffusion)"),
+    ({"model_index.json": {"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
+                           "text_encoder": ["transformers", "CLIPTextModel"]}},
+     "a latent, text-conditional pipeline (StableDiffusionPipeline) is not supported"),
+    ({"model_index.json": {"_class_name": "LDMPipeline", "vae": ["diffusers", "VQModel"]}},
+     "a latent pipeline (it has a VAE) (LDMPipeline) is not supported"),
+    ({"notes.txt": "not a model"}, "is a folder but not a diffusers model"),
+])
+def test_a_folder_of_a_model_this_sampler_cannot_run_is_refused_in_one_line(files, message, tmp_path):
+    folder = tmp_path / "model"
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content) if isinstance(content, dict) else content)
+    result = runner.invoke(app, ["sample", "--model", str(folder), "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "g.png").exists()

@@ -330,8 +330,8 @@ def test_multi_objective_search_exports_its_pareto_set_and_draws_the_front(tiny_
                                      model=str(tiny_checkpoint), features=str(tiny_features), trials=8, samples=8,
                                      promote_samples=8, held_out_samples=16, trial_samples=8, prune_samples=8,
                                      budget=None, storage=f"sqlite:///{tmp_path}/mo.db"))
-    policies = [p for p in result.exported if p.suffix == ".json"]
-    [figure] = [p for p in result.exported if p.suffix == ".png"]
+    policies = result.exported
+    [figure] = result.reports
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.parent.name == "policies"
     assert len(policies) == len(result.candidates) >= 1
     nfes = [load_policy(p).solver.solver.nfe(load_policy(p).policy.nfe) for p in policies]

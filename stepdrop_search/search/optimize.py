@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -55,13 +55,14 @@ class OptimizeResult:
     best: Candidate | None  # what was exported (single-objective)
     candidates: list[Candidate]  # every pool row and the study's promoted trials
     leaderboard: Leaderboard | None  # the selection (single-objective)
-    exported: list[Path]
+    exported: list[Path]  # the policy files
     study_name: str | None
     trials: int
     wall_time_s: float
     settings: OptimizeSettings
     sizes: RungSizes
     search_solvers: tuple[str, ...] = ()
+    reports: list[Path] = field(default_factory=list)  # the leaderboard (Markdown, JSON) or the Pareto front's plot
 
 
 def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: None, *,
@@ -86,12 +87,13 @@ def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: 
         score_pool(run)
         search(run)
     board = select(run)
-    exported = [export(run, board.export, board), *write_leaderboard(run, board)]
+    exported = [export(run, board.export, board)]
+    reports = write_leaderboard(run, board)
     if settings.output.save_pool:
         save_pool(run)
     return OptimizeResult(board.export, run.pool + run.cheaper + run.searched, board, exported,
                           settings.study_name if run.study else None, run.trials, run.budget.elapsed(), settings,
-                          run.sizes, run.search_solvers)
+                          run.sizes, run.search_solvers, reports)
 
 
 def affordable_search(run: Run) -> bool:
@@ -232,8 +234,8 @@ def optimize_pareto(run: Run) -> OptimizeResult:
                                [(c.nfe, c.value(), c.held_out.judge_fid) for c in pareto],
                                Path(f"policies/pareto-{run.settings.study_name}.png"))
     run.log(f"Pareto front: {figure}")
-    return OptimizeResult(None, pareto, None, exported + [figure], run.settings.study_name, run.trials,
-                          run.budget.elapsed(), run.settings, run.sizes, run.search_solvers)
+    return OptimizeResult(None, pareto, None, exported, run.settings.study_name, run.trials,
+                          run.budget.elapsed(), run.settings, run.sizes, run.search_solvers, [figure])
 
 
 def pareto_check_samples(run: Run, pareto: list[Candidate]) -> int:
