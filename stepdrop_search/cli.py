@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import check_writable
 from stepdrop_search.policies.io import PolicyDocument
 from stepdrop_search.policies.resolve import default_nfe, resolve_policy
 from stepdrop_search.progress import reporter
@@ -118,6 +119,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Train a U-Net with the DDPM ε-objective (optionally with the S2-DM skip-step loss)."""
+    check_writable(out, "--out", folder=True)
     from stepdrop_search.train import TrainConfig
     from stepdrop_search.train import train as run_training
 
@@ -168,6 +170,7 @@ def export(
 ) -> None:
     """Export the EMA weights of a training checkpoint (or a snapshot the curve chose) as a small model file with a
     JSON card."""
+    check_writable(out, "--out")
     from stepdrop_search.train import export_weights
 
     card = export_weights(checkpoint, out, curve)
@@ -233,6 +236,8 @@ def sample(
     device: DeviceOption = "auto",
 ) -> None:
     """Sample a grid of images with any policy and solver; prints the measured NFE."""
+    for path, flag in ((out, "--out"), (barcode, "--barcode"), (save_samples, "--save-samples")):
+        check_writable(path, flag)
     from stepdrop_search.devices import resolve_device
     from stepdrop_search.generation import sample_policy
     from stepdrop_search.images import check_npz_path, save_barcode, save_grid
@@ -318,6 +323,7 @@ def policy_export(
     model: ModelOption = None, runtime: RuntimeOption = None,
 ) -> None:
     """Write a policy file for the model's noise schedule (atomically), or its steps in another tool's form."""
+    check_writable(out, "--out")
     from stepdrop_search.files import write_text
     from stepdrop_search.policies import save_policy
     from stepdrop_search.policies.transfer import FORMATS, a1111_text, check_export, comfyui_text, export_hints
@@ -359,6 +365,7 @@ def policy_import(
     solver: SolverOption = None, eta: EtaOption = None, model: ModelOption = None, runtime: RuntimeOption = None,
 ) -> None:
     """Turn any published σ or timestep list into an explicit policy for the model's noise schedule (σ → t in log σ)."""
+    check_writable(out, "--out")
     from stepdrop_search.diffusion.runtimes import runtime_named
     from stepdrop_search.diffusion.solvers import SolverSpec
     from stepdrop_search.loading import load_model
@@ -393,6 +400,7 @@ def policy_resample(
     model: ModelOption = None,
 ) -> None:
     """Move a schedule to another number of steps by log-linear interpolation in σ (as AYS does); the solver is kept."""
+    check_writable(out, "--out")
     from stepdrop_search.diffusion.solvers import spec_for_nfe
     from stepdrop_search.policies import save_policy
     from stepdrop_search.policies.io import provenance
@@ -493,6 +501,7 @@ def evaluate(
                                          "file measured under another is re-run under this one", rich_help_panel=MEASURED)] = "stepdrop",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
+    check_writable(out.with_suffix(".json"), "--out")
     from stepdrop_search.compare import CompareConfig, run_comparison, write_comparison
     from stepdrop_search.report import results_table
 
@@ -692,6 +701,7 @@ def studies_export(
     storage: StorageOption = None,
 ) -> None:
     """A chosen trial's policy as a policy file (what `evaluate --policy` and `sample --policy` read)."""
+    check_writable(out, "--out")
     from stepdrop_search.policies import save_policy
     from stepdrop_search.search.studies import trial_document
 
@@ -724,6 +734,7 @@ def features_train(
     """Train the classifier, report its held-out accuracy and store the real data's reference statistics.
 
     The shipped judge: --family residual --width 24 --images half-b --seed 1 --steps 2400."""
+    check_writable(out, "--out")
     from stepdrop_search.devices import resolve_device
     from stepdrop_search.objectives.features import train_feature_net
 

@@ -40,3 +40,27 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, payload) -> Path:
     """``payload`` as indented JSON with a final newline, atomically."""
     return write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def check_writable(path: str | os.PathLike | None, flag: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output the run could not write at its end: a file path that is a folder (or a
+    ``folder`` path that is a file), or one under a folder that cannot be created or written. A probe file is made
+    and removed in the deepest folder that exists, so nothing is left behind (folders are made when the output is)."""
+    from stepdrop_search.errors import UserError
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir() != folder and path.exists():
+        raise UserError(f"{flag} {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, so no folder can be made there")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".stepdrop-probe.", dir=existing)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({exc.strerror or exc}); choose another path") from None
+    os.close(fd)
+    os.unlink(probe)

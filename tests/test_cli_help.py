@@ -1,7 +1,10 @@
 """The command line explains itself: help on every option, grouped help for the long commands, examples, --version,
 "did you mean" for misspelt names, no fake error bars from one seed, and tables that survive a pipe."""
 
+import time
+
 import click
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -54,3 +57,25 @@ def test_one_seed_shows_no_error_bars_and_a_piped_table_is_not_cut(tiny_checkpoi
     assert result.exit_code == 0, result.output
     assert name in result.output and "±" not in result.output.split("runtime stepdrop")[-1]
     assert "one seed's values (no spread)" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("command", [
+    ["sample", "--out", "{bad}/grid.png"],
+    ["sample", "--save-samples", "{bad}/x.npz"],
+    ["evaluate", "--out", "{bad}/report"],
+    ["optimize", "--out", "{bad}/best.json"],
+    ["optimize", "--save-pool", "{bad}/pool"],
+    ["train", "--out", "{bad}/run"],
+    ["policy", "export", "uniform", "--nfe", "5", "--out", "{bad}/p.json"],
+    ["features", "train", "--out", "{bad}/f.pt"],
+])
+@pytest.mark.parametrize("bad", ["/proc/nope", "{tmp}/a-file/below"])
+def test_an_output_that_cannot_be_written_exits_2_in_one_line_before_any_work(command, bad, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    bad = bad.format(tmp=tmp_path)
+    started = time.perf_counter()
+    result = runner.invoke(app, [part.format(bad=bad) for part in command])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert time.perf_counter() - started < 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

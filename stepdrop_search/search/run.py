@@ -1,8 +1,8 @@
 """One ``optimize`` run's shared state: the loaded model and coach, the study storage, the budget, the scorer, and
 what the run has decided so far (its rung sizes, the solvers it searches).
 
-Building a :class:`Run` checks every input in this order — the model, the feature file, ``--storage`` and a resumed
-study's settings — before any expensive work: the scorer's teacher (if any) is computed only once the rung sizes are
+Building a :class:`Run` checks every input in this order — the output paths, the model, the feature file,
+``--storage`` and a resumed study's settings — before any expensive work: the scorer's teacher (if any) is computed only once the rung sizes are
 known, and the DP and scoring come later still.
 """
 
@@ -45,6 +45,7 @@ class Run:
     def __init__(self, settings: OptimizeSettings, log: Callable[[str], None] = lambda m: None, *,
                  scorer: Scorer | None = None, referee: Referee | None = None, budget: Budget | None = None) -> None:
         self.settings, self.log = settings, log
+        settings.output.check_writable()
         self.budget = budget or Budget(settings.budget.seconds, settings.budget.timeout)
         self.device = resolve_device(settings.model.device)
         self.loaded: LoadedModel = load_model(settings.model.model, device=self.device)

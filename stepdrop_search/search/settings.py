@@ -9,11 +9,11 @@ words. Nothing here changes while a run goes on; what a run decides (rung sizes,
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
+from stepdrop_search.files import check_writable
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.search.dp import GITS_TEACHER, GRID_SPACINGS
 from stepdrop_search.search.gradient import LOSSES, SPACES
@@ -181,9 +181,10 @@ class OutputSettings:
     save_pool: str | None = None
     command: str = ""
 
-    def __post_init__(self) -> None:
-        if self.save_pool and Path(self.save_pool).is_file():
-            raise UserError(f"--save-pool {self.save_pool} is a file; name a folder (it is created if missing)")
+    def check_writable(self) -> None:
+        """Refuse, before any work, an export or pool folder the run could not write at its end."""
+        check_writable(self.out or "policies/best.json", "--out")
+        check_writable(self.save_pool, "--save-pool", folder=True)
 
 
 #: Flags routed to a nested part by their prefix: ``dp_grid`` → ``search.dp.grid``, ``gradient_lr`` → …``.lr``.
