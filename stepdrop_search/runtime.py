@@ -9,9 +9,12 @@ each forward is memory-bound GroupNorm / SiLU / add / cat passes that ``torch.co
 from __future__ import annotations
 
 import ctypes
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -60,9 +63,44 @@ class CompiledNetwork(nn.Module):
         return self.eager(x, t) if x.shape[0] < 2 else self.graph(x, t)
 
 
+def compile_cache() -> tuple[Path, bool]:
+    """The folder torch.compile keeps its artefacts in, and whether it is ours: ``TORCHINDUCTOR_CACHE_DIR`` when the
+    user set it, else ``inductor/`` in the project's cache (``$STEPDROP_CACHE``), set here for the whole process."""
+    from stepdrop_search.objectives.residual import cache_dir
+
+    users = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if users is not None and os.environ.get("STEPDROP_OWNS_INDUCTOR_CACHE") != users:
+        return Path(users), False
+    ours = str(cache_dir() / "inductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["STEPDROP_OWNS_INDUCTOR_CACHE"] = ours
+    return Path(ours), True
+
+
 def compile_network(model: nn.Module, batch_size: int, log: Callable[[str], None] = lambda m: None) -> nn.Module:
     """``model`` wrapped in a :class:`CompiledNetwork`, compiled now on one batch of ``batch_size`` (so a broken
-    compiler shows here, not mid-run); on any compile failure, ``model`` itself, and one line saying why."""
+    compiler shows here, not mid-run); on any compile failure, ``model`` itself, and one line saying why.
+
+    A compile killed midway (Ctrl-C) can leave a truncated artefact in the cache that every later compile trips
+    on; so when compiling fails with the project's cache in use, the cache is emptied and the compile tried once
+    more, and the log says so. A cache the user chose (``TORCHINDUCTOR_CACHE_DIR``) is never deleted."""
+    cache, owned = compile_cache()
+    tick = time.perf_counter()
+    network, reason = _try_compile(model, batch_size)
+    if reason is not None and owned and cache.is_dir() and any(cache.iterdir()):
+        shutil.rmtree(cache, ignore_errors=True)
+        torch._dynamo.reset()  # the failed attempt's graphs and in-memory caches go too
+        log(f"torch.compile failed with its cache in {cache} ({reason[:160]}); emptied the cache and compiling again")
+        network, reason = _try_compile(model, batch_size)
+    if network is None:
+        hint = "" if owned else f"; if a compile was interrupted, its cache {cache} (TORCHINDUCTOR_CACHE_DIR) may be corrupt"
+        log(f"torch.compile is not available here ({reason[:160]}){hint}; running the network eagerly")
+        return model
+    log(f"compiled the network with torch.compile in {time.perf_counter() - tick:.0f} s")
+    return network
+
+
+def _try_compile(model: nn.Module, batch_size: int) -> tuple[CompiledNetwork | None, str | None]:
+    """``model`` compiled on one batch of ``batch_size``, or None and the first line of why not."""
     cfg = model.config
     device = next(model.parameters()).device
     n = max(batch_size, 2)
@@ -71,16 +109,13 @@ def compile_network(model: nn.Module, batch_size: int, log: Callable[[str], None
     torch._dynamo.mark_dynamic(x, 0)
     torch._dynamo.mark_dynamic(t, 0)
     network = CompiledNetwork(model)
-    tick = time.perf_counter()
     try:
         with torch.no_grad():
             network(x, t)
-    except Exception as error:  # no C++ compiler, no triton, an unsupported op…: run as before
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log(f"torch.compile is not available here ({reason[:160]}); running the network eagerly")
-        return model
-    log(f"compiled the network with torch.compile in {time.perf_counter() - tick:.0f} s")
-    return network
+    except Exception as error:  # no C++ compiler, no triton, an unsupported op, a broken cache…
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        return None, " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:" + why
+    return network, None
 
 
 def check_compile_mode(mode: str) -> str:

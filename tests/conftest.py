@@ -43,6 +43,20 @@ def repo_outputs_untouched():
                     "under tmp_path", pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The project's cache (teachers, torch.compile's artefacts) in a session temp folder, never in ~/.cache; a test
+    that needs its own sets STEPDROP_CACHE itself."""
+    saved = {key: os.environ.get(key) for key in ("STEPDROP_CACHE", "TORCHINDUCTOR_CACHE_DIR")}
+    os.environ["STEPDROP_CACHE"] = str(tmp_path_factory.mktemp("stepdrop-cache"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def run_in_tmp_path(tmp_path, monkeypatch):
     """Each test runs with its tmp_path as the working directory, so default outputs (policies/…, studies/…,

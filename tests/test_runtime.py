@@ -1,8 +1,11 @@
 """Running the network fast: torch.compile with a symbolic batch, its fallback, and the allocator setting."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -32,18 +35,59 @@ def test_compiled_network_matches_eager_at_every_batch_size_with_one_compile():
             torch.testing.assert_close(network(x, t), model(x, t), rtol=1e-4, atol=1e-4)
 
 
-def test_a_failed_compile_runs_the_network_eagerly_and_says_why(monkeypatch):
+def test_a_failed_compile_runs_the_network_eagerly_and_says_why(monkeypatch, tmp_path):
     def broken(model):
         def call(*args):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setenv("STEPDROP_CACHE", str(tmp_path))
     model = UNet(preset_config("tiny", image_size=16)).eval()
     said = []
     assert compile_network(model, batch_size=4, log=said.append) is model
     assert said == ["torch.compile is not available here (InvalidCxxCompiler: No working C++ compiler found); "
                     "running the network eagerly"]
+    (tmp_path / "inductor").mkdir(exist_ok=True)
+    (tmp_path / "inductor" / "stale.so").write_bytes(b"")  # with something in the cache, it is emptied and tried again
+    said.clear()
+    assert compile_network(model, batch_size=4, log=said.append) is model
+    assert len(said) == 2 and "emptied the cache and compiling again" in said[0] and "eagerly" in said[1]
+    assert not (tmp_path / "inductor").exists()
+
+
+COMPILE = """
+from stepdrop_search.model import UNet, preset_config
+from stepdrop_search.runtime import compile_network
+compile_network(UNet(preset_config("tiny", image_size=16)).eval(), batch_size=4, log=print)
+"""
+
+
+def compile_in_a_new_process(cache, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "STEPDROP_CACHE": str(cache)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    return subprocess.Popen([sys.executable, "-c", COMPILE], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
+def test_a_compile_killed_midway_or_a_truncated_artefact_is_rebuilt_by_the_next_run(tmp_path):
+    """What a Ctrl-C during the first compile did: a 0-byte artefact in the cache, and every later run eager."""
+    cache = tmp_path / "cache"
+    killed = compile_in_a_new_process(cache)
+    deadline = time.monotonic() + 120
+    while not list((cache / "inductor").rglob("*.py")) and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.05)  # until the compiler has started writing its artefacts
+    killed.send_signal(signal.SIGINT)
+    killed.communicate(timeout=120)
+    assert (cache / "inductor").is_dir()
+    said = compile_in_a_new_process(cache).communicate(timeout=300)[0]
+    assert "compiled the network with torch.compile" in said, said
+    artefacts = [p for p in (cache / "inductor").rglob("*") if p.is_file() and p.suffix in (".so", ".py")]
+    assert artefacts
+    for path in artefacts:
+        path.write_bytes(b"")  # truncated, as a kill between create and write leaves it
+    said = compile_in_a_new_process(cache).communicate(timeout=300)[0]
+    assert "compiled the network with torch.compile" in said and "not available" not in said, said
 
 
 def test_auto_compiles_only_runs_big_enough_to_pay_for_it():

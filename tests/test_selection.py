@@ -216,3 +216,15 @@ def test_a_pareto_search_is_held_to_its_budget_and_checks_its_set_on_what_is_lef
     checked = {c.held_out.samples for c in result.candidates}
     assert len(checked) == 1 and 256 <= checked.pop() < 4096  # one size for the set, cut to fit the reserve it kept
     assert result.trials < 60 and clock.now <= 40 * 1.1
+
+
+def test_a_field_too_large_for_the_budget_carries_its_best_rows_further_instead_of_stopping_early():
+    clock = FakeClock()
+    referee = ClockedReferee(clock, lambda doc: doc.policy.nfe / 200)  # close rows: few leave on 2 standard errors
+    finalists = [finalist("ddim", steps) for steps in range(2, 42, 2)]  # 20 rows, 2 to 40 NFE
+    board = race(referee, finalists, seed=3, largest=1024, seconds=20, cost=lambda forwards: forwards * 1e-3,
+                 left=lambda: 20 - clock.now, log=lambda m: None, clock=clock)
+    cut = [c for c in board.rows if c.held_out.status.startswith("cut after round")]
+    assert cut and board.rounds[-1] >= 128  # without the cut, 20 rows × 21 NFE each fit 32 samples in 20 s
+    assert clock.now <= 20 and not board.export.held_out.status.startswith("cut")
+    assert all(c.held_out.samples < board.export.held_out.samples for c in cut)

@@ -149,7 +149,8 @@ def select(run: Run) -> Leaderboard:
     seconds = run.budget.left() - EXPORT_SECONDS if run.budget.seconds is not None else None
     try:
         board = race(run.referee, finalists, seed=run.selection_seed, largest=run.sizes.held_out, seconds=seconds,
-                     cost=run.budget.cost, left=lambda: run.budget.left() - EXPORT_SECONDS, log=run.log)
+                     cost=run.budget.cost, left=lambda: run.budget.left() - EXPORT_SECONDS, log=run.log,
+                     clock=run.budget.clock)
     except ValueError:
         raise UserError("no candidate produced finite samples; nothing to export") from None
     run.log(board.verdict())

@@ -5,8 +5,11 @@ and the search's best. They are sampled on the *selection* seed's x_T (disjoint 
 ``evaluate`` seed, :mod:`stepdrop_search.seeds`), sample i of every finalist from the same x_T and noise. Samples are
 added in rounds (doubling) to the finalists still in the race; after each round a finalist whose judge FID is worse
 than the leader's by more than 2 paired standard errors (a paired bootstrap: one set of resampled indices for all)
-leaves the race. The race ends when the leader is separated from the runner-up, when the largest round is reached, or
-when the budget is spent — the log and the leaderboard say which.
+leaves the race. Before each round the budget is asked too: the finalists still in are carried best first (on the
+judge) as far as half of what is left pays for, the rest *cut* — a field too large for the budget (170 pool rows at
+NFE 25 in 480 s on two CPU cores) then spends its samples on its best rows instead of leaving all of them at 32
+samples. The race ends when the leader is separated from the runner-up, when the largest round is reached, or when
+the budget cannot carry two finalists further — the log and the leaderboard say which, and which rows were cut.
 
 **NFE is a ceiling**: when the race reaches its largest round, of the finalists still in it (none worse than the leader
 by 2 standard errors there) the one with the fewest NFE is exported, the judge's FID breaking ties. A race the budget
@@ -37,8 +40,7 @@ from stepdrop_search.search.candidates import Candidate, HeldOut
 SEPARATION = 2.0
 #: Paired-bootstrap resamples per round.
 BOOTSTRAP = 100
-#: Seconds a finalist costs per round besides its network evaluations (features, bootstrap), until round 1 measures
-#: it; from then on that cost per sample of the round (it grows with the samples: every round doubles them).
+#: Seconds a finalist costs per round besides its network evaluations (features, bootstrap), until round 1 is timed.
 OVERHEAD = 0.05
 #: The first round's sample count lies in this range (a power of two the budget affords for every finalist).
 FIRST_ROUND = (16, 256)
@@ -84,6 +86,7 @@ class Entrant:
     nfe: float = math.nan
     judge_fid: float = math.inf  # on every sample it has, as of its last round
     out_in_round: int | None = None  # the round it left the race in
+    cut: bool = False  # left because the budget could not carry it further (not 2 standard errors behind)
     failed: str | None = None
 
     @property
@@ -176,24 +179,52 @@ def first_round(finalists: list[Candidate], largest: int, seconds: float | None,
     return min(n, largest)
 
 
+def round_seconds(entrant: Entrant, new_samples: int, rate: float | None, cost: Callable[[float], float]) -> float:
+    """What ``new_samples`` more samples of ``entrant`` cost: at the race's own measured ``rate`` once it has one."""
+    forwards = (entrant.nfe if not math.isnan(entrant.nfe) else entrant.candidate.nfe) * new_samples
+    return rate * forwards if rate is not None else cost(forwards) + OVERHEAD
+
+
+def carry(seconds_each: list[float], affordable: float) -> int:
+    """How many of the finalists (best first, each costing ``seconds_each``) the next round can take in
+    ``affordable`` seconds."""
+    spent = 0.0
+    for i, seconds in enumerate(seconds_each):
+        spent += seconds
+        if spent > affordable:
+            return i
+    return len(seconds_each)
+
+
 def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: int, seconds: float | None,
-         cost: Callable[[float], float], left: Callable[[], float], log: Callable[[str], None]) -> Leaderboard:
+         cost: Callable[[float], float], left: Callable[[], float], log: Callable[[str], None],
+         clock: Callable[[], float] = time.perf_counter) -> Leaderboard:
     """Race ``finalists`` on the judge (module docstring); fills each one's ``held_out``. ``seconds``: the race's
-    share of the budget; ``cost`` turns sample-forwards into seconds; ``left`` is the run's budget left (a round
-    that would overrun it is not started)."""
+    share of the budget; ``cost`` turns sample-forwards into seconds until the race has timed a round of its own;
+    ``left`` is the run's budget left, ``clock`` what the rounds are timed by. Before each round, the finalists still
+    in are carried, best judge FID first, as far as half of what is left pays for (all of it for the largest round);
+    the rest are cut — so a budget too small for the whole field spends its samples on the best rows instead of
+    stopping with every row at a few."""
     entrants = [Entrant(c) for c in finalists]
     sizes = round_sizes(first_round(finalists, largest, seconds, cost), largest)
     generator, stopped, done, rounds = torch.Generator().manual_seed(seed), "", 0, []
-    per_sample: float | None = None  # seconds a finalist's round costs per sample beyond the network, once measured
+    rate: float | None = None  # seconds per sample-forward of a round, features and bootstrap included, once timed
     for r, size in enumerate(sizes, 1):
-        running = [e for e in entrants if e.out_in_round is None and e.failed is None]
-        forwards = sum(e.nfe if not math.isnan(e.nfe) else e.candidate.nfe for e in running) * (size - done)
-        overhead = OVERHEAD if per_sample is None else per_sample * size
-        if r > 1 and cost(forwards) + overhead * len(running) > left():
-            stopped = f"the budget ended before round {r} ({size} samples)"
-            break
-        started = time.perf_counter()
+        running = sorted((e for e in entrants if e.out_in_round is None and e.failed is None), key=lambda e: e.judge_fid)
+        if r > 1:
+            seconds_each = [round_seconds(e, size - done, rate, cost) for e in running]
+            carried = running[:carry(seconds_each, left() / (1 if size == largest else 2))]
+            if len(carried) < 2:
+                stopped = f"the budget ended before round {r} ({size} samples)"
+                break
+            for e in running[len(carried):]:
+                e.out_in_round, e.cut = r - 1, True
+            if len(carried) < len(running):
+                log(f"the budget carries the {len(carried)} best of {len(running)} finalists to {size} samples")
+            running = carried
+        started = clock()
         phase(log, f"selection round {r}: {len(running)} finalists, samples {done}…{size - 1} of seed {seed}", len(running))
+        forwards = 0.0
         for e in running:
             got = referee.features(e.candidate.document, done, size - done)
             if got is None:
@@ -202,6 +233,7 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
                 e.judge.append(got[0])
                 e.coach.append(got[1])
                 e.nfe = got[2] if math.isnan(e.nfe) else e.nfe
+                forwards += e.nfe * (size - done)
             advance(log, f"  {e.candidate.name}: {'failed' if e.failed else f'{size} samples'}")
         done = size
         rounds.append(size)
@@ -220,8 +252,8 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
                 e.out_in_round = r
         left_in = [e for e in running if e.out_in_round is None]
         runner_up = min((e for e in left_in if e is not leader), key=lambda e: e.judge_fid, default=None)
-        # what a finalist costs a round beyond its network evaluations (features, bootstrap) per sample, as measured
-        per_sample = max(0.0, (time.perf_counter() - started - cost(forwards)) / (len(running) * size))
+        # the next round's cost as this one measured it: its new samples and its bootstrap both double each round
+        rate = (clock() - started) / max(forwards, 1.0)
         log(f"round {r}: {size} samples, {len(left_in)} of {len(running)} still in; leader {leader.candidate.name} "
             f"(judge FID {leader.judge_fid:.3f})" + (f", runner-up {runner_up.candidate.name} "
                                                       f"{runner_up.judge_fid - leader.judge_fid:+.3f}" if runner_up else ""))
@@ -259,7 +291,8 @@ def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed
         diff = (e.judge_fid if n == e.samples else fid_of_features(e.judge_features(n), referee.judge)) - export_fid
         se = float((resampled_fids(e.judge_features(n), referee.judge, picks) - export_boot).std())
         coach = (coach_fid if n == e.samples else fid_of_features(e.coach_features(n), referee.coach)) - export_coach
-        status = "export" if e is export else (f"out in round {e.out_in_round}" if e.out_in_round else
+        status = "export" if e is export else (f"cut after round {e.out_in_round} (budget)" if e.cut else
+                                                f"out in round {e.out_in_round}" if e.out_in_round else
                                                 f"within {SEPARATION:g} SE")
         e.candidate.held_out = HeldOut(seed, e.samples, e.judge_fid, coach_fid, e.nfe, diff, se, coach, status)
     rows = sorted((e.candidate for e in entrants), key=lambda c: (-c.held_out.samples, c.held_out.judge_fid))
