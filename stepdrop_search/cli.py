@@ -711,6 +711,27 @@ def studies_export(
                   f"{doc.policy.nfe} steps)", highlight=False)
 
 
+@studies_app.command("dashboard")
+@user_errors_exit_2
+def studies_dashboard(
+    name: Annotated[str, typer.Argument(help="the study")],
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option(help="address to serve on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to serve on (0: a free one)")] = 0,
+) -> None:
+    """Open a study in optuna-dashboard (its trials, history, parameter importances) until Ctrl-C."""
+    from stepdrop_search.search.studies import dashboard
+
+    server, url = dashboard(name, storage, host, port)
+    console.print(f"optuna-dashboard for {name}: {url} (Ctrl-C stops it)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 features_app = typer.Typer(no_args_is_help=True, help="The proxy feature network behind proxy-FID/KID/IS/PR.")
 app.add_typer(features_app, name="features")
 

@@ -21,7 +21,16 @@ from stepdrop_search.devices import machine_description, resolve_device
 from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
-from stepdrop_search.evaluation import JUDGED, Candidate, Result, baseline, evaluate, parse_metrics, seed_values
+from stepdrop_search.evaluation import (
+    JUDGED,
+    Candidate,
+    Result,
+    baseline,
+    evaluate,
+    parse_metrics,
+    seconds_per_sample_forward,
+    seed_values,
+)
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model, load_judge_for_model
 from stepdrop_search.objectives.metrics import FIDELITY_METRICS
@@ -60,6 +69,16 @@ class CompareConfig:
     compile: str = "auto"
     command: str = ""
     runtime: str = "stepdrop"
+
+
+#: A comparison planned to take at least this many sample-forwards (about 30 s on two CPU cores) says first how long
+#: it will take, from a timed probe.
+ESTIMATE_FROM_FORWARDS = 50_000
+
+
+def duration(seconds: float) -> str:
+    """"40 s", "12 min", "2.3 h": a time the way a plan line says it."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -146,6 +165,11 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
     network = loaded
     if should_compile(cfg.compile, cfg.samples * len(seed_list) * sum(row.nominal_nfe for row in rows)):
         network = dataclasses.replace(loaded, model=compile_network(loaded.model, min(cfg.batch_size, cfg.samples), log))
+    planned = cfg.samples * len(seed_list) * sum(row.nominal_nfe for row in rows)
+    if planned >= ESTIMATE_FROM_FORWARDS:
+        per_forward = seconds_per_sample_forward(network, [n for n in (judge, features) if n is not None], runtime, device)
+        log(f"plan: {len(rows)} rows × {len(seed_list)} seeds × {cfg.samples} samples = {planned:,} sample-forwards; "
+            f"about {duration(per_forward * planned)} here (timed on a 512-forward probe)")
     results = evaluate(network, rows, samples=cfg.samples, seeds=seed_list, metrics=wanted, features=features,
                        judge=judge, teacher=teacher, batch_size=cfg.batch_size, residual_samples=cfg.residual_samples,
                        inception=inception, runtime=runtime, progress=log)

@@ -53,10 +53,11 @@ class PlainReporter(Reporter):
 
     def __init__(self, console: Console) -> None:
         super().__init__(console)
-        self.name, self.total, self.done, self.last = "", None, 0, 0.0
+        self.name, self.total, self.done, self.last, self.began = "", None, 0, 0.0, 0.0
 
     def phase(self, name: str, total: int | None = None) -> None:
         self.name, self.total, self.done, self.last = name, total, 0, time.perf_counter()
+        self.began = self.last
         self(name)
 
     def advance(self, detail: str = "") -> None:
@@ -64,7 +65,11 @@ class PlainReporter(Reporter):
         if time.perf_counter() - self.last >= PLAIN_EVERY_S:
             self.last = time.perf_counter()
             count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
-            self(f"{self.name}: {count} done" + (f"; last: {detail}" if detail else ""))
+            left = ""
+            if self.total:
+                per_item = (time.perf_counter() - self.began) / self.done
+                left = f", about {per_item * (self.total - self.done) / 60:.0f} min left"
+            self(f"{self.name}: {count} done{left}" + (f"; last: {detail}" if detail else ""))
 
 
 class RichReporter(Reporter):

@@ -1,6 +1,7 @@
 """The command line explains itself: help on every option, grouped help for the long commands, examples, --version,
 "did you mean" for misspelt names, no fake error bars from one seed, and tables that survive a pipe."""
 
+import re
 import time
 
 import click
@@ -79,3 +80,16 @@ def test_an_output_that_cannot_be_written_exits_2_in_one_line_before_any_work(co
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert time.perf_counter() - started < 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_long_evaluation_says_first_how_long_it_will_take(tiny_checkpoint, tiny_features, tiny_judge, tmp_path,
+                                                             monkeypatch):
+    from stepdrop_search import compare
+
+    monkeypatch.setattr(compare, "ESTIMATE_FROM_FORWARDS", 0)
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--features", str(tiny_features),
+                                 "--judge", str(tiny_judge), "--baselines", "ddim", "--nfe", "2", "--samples", "4",
+                                 "--seeds", "1", "--metrics", "fid", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"plan: 1 rows × 1 seeds × 4 samples = 8 sample-forwards; about \d+ s here", result.output)
+    assert [compare.duration(s) for s in (40, 720, 8280)] == ["40 s", "12 min", "2.3 h"]

@@ -142,7 +142,10 @@ def test_the_whole_pipeline_runs_with_a_fake_scorer_and_exports_the_best_pool_ro
                                            promote_samples=32, held_out_samples=128, trial_samples=16,
                                            storage=f"sqlite:///{tmp_path}/s.db", out=str(tmp_path / "best.json"))
     referee = FakeReferee(lambda doc: 4 * fake_scorer_badness(doc))
-    result = optimize(settings, scorer=FakeScorer(), referee=referee)
+    said = []
+    result = optimize(settings, said.append, scorer=FakeScorer(), referee=referee)
+    assert said[1] == ("plan: a pool of every solver × 4 analytic schedules at NFE 10, 8, 6, 4; a search (optuna) on the "
+                       "coach; a race on the judge picks the export; no time limit (the study stops at 12 trials)")
     pool = [c for c in result.candidates if c.source == "pool"]
     assert {c.nfe_budget for c in pool} == {10, 8, 6, 4}  # the run's NFE and the cheaper ones
     best_pool = min(pool, key=lambda c: fake_scorer_badness(c.document))

@@ -31,7 +31,7 @@ import optuna
 
 from stepdrop_search.errors import UserError
 from stepdrop_search.report import plot_pareto_front
-from stepdrop_search.search import sources
+from stepdrop_search.search import rungs, sources
 from stepdrop_search.search.budget import Budget
 from stepdrop_search.search.candidates import Candidate
 from stepdrop_search.search.export import export, save_pool, write_leaderboard
@@ -76,6 +76,7 @@ def optimize(settings: OptimizeSettings, log: Callable[[str], None] = lambda m: 
     if settings.search.multi_objective:
         return optimize_pareto(run)
     searching = affordable_search(run)
+    log(plan(run, searching))
     rows = build_pool(run)
     run.pool = [c for c in rows if c.nfe_budget == settings.search.nfe]
     run.cheaper = [c for c in rows if c.nfe_budget != settings.search.nfe]
@@ -117,6 +118,19 @@ def affordable_search(run: Run) -> bool:
     run.log(f"--budget {budget.seconds:g} s buys no search trial: the pool and its selection need ≈ {pool_only:.0f} s; "
             f"--budget {math.ceil(smallest)} or more would search. Selecting among the pool only.")
     return False
+
+
+def plan(run: Run, searching: bool) -> str:
+    """The run in one line, before it starts: what it builds, what it searches, what decides, and how long."""
+    search, seconds = run.settings.search, run.settings.budget.seconds
+    methods = [m for m in search.methods if m in ("dp-gits", "dp-oss")]
+    steps = [f"a pool of every solver × 4 analytic schedules{''.join(', ' + m.upper() for m in methods)} at NFE "
+             f"{', '.join(map(str, rungs.pool_nfes(search.nfe)))}"]
+    if searching:
+        steps.append(f"a search ({', '.join(m for m in search.methods if m in ('gradient', 'optuna'))}) on the coach")
+    steps.append("a race on the judge picks the export")
+    ends = f"within --budget {seconds:g} s" if seconds is not None else f"no time limit (the study stops at {run.settings.budget.trials} trials)"
+    return f"plan: {'; '.join(steps)}; {ends}"
 
 
 def dp_forwards(run: Run) -> float:

@@ -9,7 +9,6 @@ known, and the DP and scoring come later still.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 from stepdrop_search.checkpoint import LoadedModel
@@ -17,13 +16,12 @@ from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.runtimes import Runtime
 from stepdrop_search.diffusion.solvers import SolverSpec, spec_for_nfe
 from stepdrop_search.errors import UserError
-from stepdrop_search.generation import generate
+from stepdrop_search.evaluation import seconds_per_sample_forward
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_features_for_model, load_judge_for_model
-from stepdrop_search.objectives.metrics import fid_of_features, proxy_features
+from stepdrop_search.objectives.metrics import fid_of_features
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument
-from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.policies.transfer import export_problems
 from stepdrop_search.progress import advance, phase
 from stepdrop_search.search.budget import Budget
@@ -83,14 +81,9 @@ class Run:
         return PolicyDocument(policy, spec, provenance or {}, self.runtime)
 
     def calibrate(self) -> None:
-        """The budget's cost model: the seconds one sample-forward takes here, metric included (a warm-up run first)."""
-        policy = Uniform(nfe=4, schedule=self.loaded.schedule)
-        for _ in range(2):
-            started = time.perf_counter()
-            run = generate(self.loaded.model, self.loaded.schedule, policy, SolverSpec("ddim"), n=64, runtime=self.runtime)
-            for network in {id(n): n for n in (self.coach, self.referee.judge)}.values():
-                proxy_features(run.x0, network, device=self.device)
-            self.budget.measure(float(run.nfe.sum()), time.perf_counter() - started)
+        """The budget's cost model: the seconds one sample-forward takes here, metric included."""
+        self.budget.measure(1.0, seconds_per_sample_forward(self.loaded, (self.coach, self.referee.judge), self.runtime,
+                                                            self.device))
 
     def planned_sizes(self) -> RungSizes:
         """The rung sizes the settings ask for (before a resumed study's recorded ones are known)."""

@@ -127,3 +127,28 @@ def trial_document(name: str, trial: str, storage: str | None = None) -> PolicyD
     prov = provenance(model_hash=model_hash, objective={"values": chosen.values, "scores": chosen.user_attrs.get("scores")},
                       search={"study": name, "storage": shown(spec), "trial": chosen.number, "state": chosen.state.name.lower()})
     return PolicyDocument(doc.policy, doc.solver, prov, doc.runtime)  # the runtime the trial was scored under
+
+
+def dashboard(name: str, storage: str | None = None, host: str = "127.0.0.1", port: int = 0):
+    """optuna-dashboard for study ``name``, served on ``host``:``port`` (0: a free port) from a WSGI server the caller
+    runs (``serve_forever``) and closes; returns (server, the study's URL). Checked before it binds: the study exists
+    and optuna-dashboard is installed (``pip install 'stepdrop-search[dashboard]'``)."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    _, spec = load_existing_study(name, storage)
+    store = open_existing(spec, name)
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise UserError("the dashboard needs optuna-dashboard: pip install optuna-dashboard "
+                        "(or the project's [dashboard] extra)") from None
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # one line per request would bury the URL
+            pass
+
+    try:
+        server = make_server(host, port, optuna_dashboard.wsgi(store), handler_class=QuietHandler)
+    except OSError as exc:
+        raise UserError(f"cannot serve the dashboard on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
+    return server, f"http://{host}:{server.server_port}/dashboard/studies/{store.get_study_id_from_name(name)}"
