@@ -49,7 +49,7 @@ DeviceOption = Annotated[str, typer.Option(help="auto (the GPU when there is one
 
 def examples(*lines: str) -> str:
     """A command's help epilog: example command lines, one per paragraph (typer's rich help joins single lines)."""
-    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
 
 
 def show_version(value: bool) -> None:

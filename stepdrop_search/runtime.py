@@ -69,11 +69,21 @@ def compile_cache() -> tuple[Path, bool]:
     from stepdrop_search.objectives.residual import cache_dir
 
     users = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if users is not None and os.environ.get("STEPDROP_OWNS_INDUCTOR_CACHE") != users:
+    if users is not None and users not in (os.environ.get("STEPDROP_OWNS_INDUCTOR_CACHE"), _torch_default_cache()):
         return Path(users), False
     ours = str(cache_dir() / "inductor")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["STEPDROP_OWNS_INDUCTOR_CACHE"] = ours
     return Path(ours), True
+
+
+def _torch_default_cache() -> str | None:
+    """The folder torch picks when nobody chose one (it writes it into TORCHINDUCTOR_CACHE_DIR on first use, which
+    must not pass for a user's choice)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 def compile_network(model: nn.Module, batch_size: int, log: Callable[[str], None] = lambda m: None) -> nn.Module:

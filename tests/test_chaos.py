@@ -2,12 +2,14 @@
 and the study then resumes to its end (bench/chaos_study.py, small)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 spec = importlib.util.spec_from_file_location("chaos_study", Path(__file__).parent.parent / "bench" / "chaos_study.py")
 chaos_study = importlib.util.module_from_spec(spec)
+sys.modules["chaos_study"] = chaos_study  # its dataclass looks its module up there
 spec.loader.exec_module(chaos_study)
 
 
@@ -19,5 +21,6 @@ def test_workers_killed_at_random_lose_no_trial_and_the_study_resumes_to_its_end
     flags = ["--model", str(tiny_checkpoint), "--features", str(tiny_features), "--judge", str(tiny_judge)]
     outcome = chaos_study.chaos(storage, workers=workers, trials=30, kill_every=2.0, flags=flags, folder=tmp_path,
                                 timeout=240)
+    print(f"{backend}, {workers} workers: {outcome.line()}")  # pytest -s tests/test_chaos.py shows the figures
     assert outcome.kills >= 3, outcome.line()
     assert outcome.lost == 0 and outcome.duplicated == 0 and outcome.resumed, outcome.line()

@@ -2,7 +2,10 @@
 "did you mean" for misspelt names, no fake error bars from one seed, and tables that survive a pipe."""
 
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import click
 import pytest
@@ -93,3 +96,15 @@ def test_a_long_evaluation_says_first_how_long_it_will_take(tiny_checkpoint, tin
     assert result.exit_code == 0, result.output
     assert re.search(r"plan: 1 rows × 1 seeds × 4 samples = 8 sample-forwards; about \d+ s here", result.output)
     assert [compare.duration(s) for s in (40, 720, 8280)] == ["40 s", "12 min", "2.3 h"]
+
+
+DOCS_COMMAND = ["-m", "typer", "stepdrop_search.cli", "utils", "docs", "--name", "stepdrop-search",
+                "--title", "stepdrop-search command reference"]
+
+
+def test_the_cli_reference_in_docs_is_the_app_as_it_is(tmp_path):
+    """docs/cli.md is generated, never edited: python -m typer stepdrop_search.cli utils docs --name stepdrop-search
+    --title "stepdrop-search command reference" --output docs/cli.md"""
+    subprocess.run([sys.executable, *DOCS_COMMAND, "--output", str(tmp_path / "cli.md")], check=True, capture_output=True)
+    docs = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert (tmp_path / "cli.md").read_text() == docs.read_text(), "docs/cli.md is stale: regenerate it (docstring above)"

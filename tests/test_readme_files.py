@@ -1,4 +1,5 @@
-"""Every file README and docs/ name under bench/results/ exists: a figure's source cannot silently go missing."""
+"""Every file README and docs/ name under bench/results/ exists: a figure's source cannot silently go missing; README
+stays a front door (at most 250 lines) whose links to docs/ resolve."""
 
 import glob
 import itertools
@@ -33,9 +34,17 @@ def named_in(path: Path) -> list[str]:
 def test_every_bench_result_readme_names_exists():
     named = named_in(ROOT / "README.md")
     missing = [name for name in named if not exists(name)]
-    assert len(named) > 40 and not missing, f"README names files that are not there: {missing}"
+    assert named and not missing, f"README names files that are not there: {missing}"
+
+
+def test_readme_is_a_front_door_and_names_only_docs_that_exist():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    docs = set(re.findall(r"docs/[a-z-]+\.md", text))
+    assert len(docs) >= 8 and all((ROOT / doc).is_file() for doc in docs)
 
 
 def test_every_bench_result_the_docs_name_exists():
     missing = {doc.name: [name for name in named_in(doc) if not exists(name)] for doc in (ROOT / "docs").glob("*.md")}
+    assert sum(len(named_in(doc)) for doc in (ROOT / "docs").glob("*.md")) > 40
     assert not any(missing.values()), f"docs name files that are not there: {missing}"

@@ -1,4 +1,4 @@
-"""README's "adding a solver" example runs, registers, and is the iPNDM update capped at order 2."""
+"""docs/methods.md's "adding a solver" example runs, registers, and is the iPNDM update capped at order 2."""
 
 import re
 from pathlib import Path
@@ -10,13 +10,13 @@ from stepdrop_search.generation import generate
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies.kinds import Explicit
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "methods.md"
 
 
 def test_readme_solver_example_registers_a_working_solver(tiny_checkpoint):
     block = re.search(r"<!-- solver-example -->\n```python\n(.*?)```", README.read_text(), re.S).group(1)
     try:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "docs/methods.md", "exec"), {})
         assert "ab2" in SOLVERS
         loaded = load_model(tiny_checkpoint)
         # three evaluated steps: Euler, then AB2, then x̂0 — iPNDM does exactly that on a 3-step grid

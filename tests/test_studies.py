@@ -1,10 +1,7 @@
 """`studies list|show|export` over the storages optimize writes, and optuna-dashboard reading the same storage."""
 
 import json
-import shutil
-import socket
-import subprocess
-import time
+import threading
 import urllib.request
 
 import optuna
@@ -15,6 +12,7 @@ from stepdrop_search.cli import app
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.policies import PolicyDocument, load_policy
 from stepdrop_search.policies.kinds import Explicit
+from stepdrop_search.search.studies import dashboard
 
 runner = CliRunner()
 STEPS = [(999, 600, 300, 50), (999, 700, 350, 90), (999, 500, 200, 10)]
@@ -87,32 +85,27 @@ def test_studies_refuse_a_missing_study_or_trial_in_one_line_and_create_nothing(
     assert sorted(p.name for p in workdir.rglob("*")) == before
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_optuna_dashboard_reads_the_study_storage(workdir):
-    pytest.importorskip("optuna_dashboard")
-    executable = shutil.which("optuna-dashboard") or pytest.skip("optuna-dashboard is not on PATH")
-    port = free_port()
-    server = subprocess.Popen([executable, "sqlite:///studies/a.db", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_the_dashboard_serves_the_study_with_its_trials_over_http(workdir):
+    server, url = dashboard("a", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=1) as response:
-                    studies = json.loads(response.read())["study_summaries"]
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("optuna-dashboard did not answer")
-        assert [s["study_name"] for s in studies] == ["a"]
+        base = url.split("/dashboard/")[0]
+        study_id = int(url.rsplit("/", 1)[1])
+        with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as response:
+            assert [s["study_name"] for s in json.loads(response.read())["study_summaries"]] == ["a"]
+        with urllib.request.urlopen(f"{base}/api/studies/{study_id}?after=0", timeout=10) as response:
+            assert len(json.loads(response.read())["trials"]) == 4
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200  # the page itself
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_dashboard_command_refuses_a_missing_study_before_it_binds(workdir):
+    result = runner.invoke(app, ["studies", "dashboard", "nope"])
+    assert result.exit_code == 2 and "no such file" in result.output
 
 
 def test_studies_list_without_a_studies_folder_says_where_to_run(tmp_path, monkeypatch):
