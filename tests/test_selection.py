@@ -231,3 +231,11 @@ def test_a_field_too_large_for_the_budget_carries_its_best_rows_further_instead_
     assert cut and board.rounds[-1] >= 128  # without the cut, 20 rows × 21 NFE each fit 32 samples in 20 s
     assert clock.now <= 20 and not board.export.held_out.status.startswith("cut")
     assert all(c.held_out.samples < board.export.held_out.samples for c in cut)
+
+
+def test_a_race_that_reaches_half_its_largest_round_exports_the_cheapest_finalist_still_level():
+    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.1}[doc.policy.nfe])  # 5 steps behind, within 2 SE at 128
+    spent = iter([math.inf] * 3 + [0.0] * 10)  # the budget pays for rounds 2, 3 and 4 (32, 64, 128 samples), not 5
+    board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5)], left=lambda: next(spent), largest=256)
+    assert board.rounds[-1] == 128 and "budget ended" in board.stopped
+    assert board.leader.name == "ddim/uniform@25" and board.export.name == "ddim/uniform@5"

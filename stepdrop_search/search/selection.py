@@ -11,11 +11,14 @@ NFE 25 in 480 s on two CPU cores) then spends its samples on its best rows inste
 samples. The race ends when the leader is separated from the runner-up, when the largest round is reached, or when
 the budget cannot carry two finalists further — the log and the leaderboard say which, and which rows were cut.
 
-**NFE is a ceiling**: when the race reaches its largest round, of the finalists still in it (none worse than the leader
-by 2 standard errors there) the one with the fewest NFE is exported, the judge's FID breaking ties. A race the budget
-ends earlier exports its leader: a few hundred samples cannot tell a cheaper row from one the FID's small-sample bias
-flatters (the run that taught this exported DPM-Solver++(3M) at 6 NFE for a 10-NFE budget on 256 samples). Only the
-judge decides; the coach's FID on the same samples is reported beside it, never used.
+**NFE is a ceiling**: when the race has reached at least half its largest round (1024 of 2048 samples by default), of
+the finalists still in it (none worse than the leader by 2 standard errors there) the one with the fewest NFE is
+exported, the judge's FID breaking ties. A race the budget ends earlier exports its leader: a few hundred samples
+cannot tell a cheaper row from one the FID's small-sample bias flatters (the run that taught this exported
+DPM-Solver++(3M) at 6 NFE for a 10-NFE budget on 256 samples). Requiring the full largest round was too strict: the
+regeneration's NFE-25 run ended at 1024 samples with an Optuna trial (DPM-Solver++(2M) SDE, 25 NFE) 0.33 ± 1.33 ahead
+of the same solver on uniform steps at 15 NFE, exported the trial, and on 2000 × 3 evaluation samples the 15-NFE row
+was better by 0.58 ± 0.23 on every seed. Only the judge decides; the coach's FID is reported beside it, never used.
 """
 
 from __future__ import annotations
@@ -262,7 +265,7 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
             break
     else:
         stopped = f"the largest round ({largest} samples) left {len(left_in)} finalists within {SEPARATION:g} standard errors"
-    return standings(entrants, referee, rounds, seed, stopped, ceiling=bool(rounds) and rounds[-1] == largest)
+    return standings(entrants, referee, rounds, seed, stopped, ceiling=bool(rounds) and 2 * rounds[-1] >= largest)
 
 
 def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed: int, stopped: str, *,
