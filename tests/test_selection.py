@@ -5,6 +5,7 @@ finalist) plus an offset that grows with the finalist's badness, so FID orders f
 differences cancel the noise."""
 
 import math
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -17,8 +18,8 @@ from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.search.budget import Budget
 from stepdrop_search.search.candidates import Candidate
-from stepdrop_search.search.optimize import optimize
-from stepdrop_search.search.selection import race, round_sizes
+from stepdrop_search.search.optimize import optimize, prior_order
+from stepdrop_search.search.selection import INFORMATIVE, race, round_sizes
 from stepdrop_search.search.settings import OptimizeSettings
 
 DIM = 8
@@ -228,7 +229,8 @@ def test_a_field_too_large_for_the_budget_carries_its_best_rows_further_instead_
     board = race(referee, finalists, seed=3, largest=1024, seconds=20, cost=lambda forwards: forwards * 1e-3,
                  left=lambda: 20 - clock.now, log=lambda m: None, clock=clock)
     cut = [c for c in board.rows if c.held_out.status.startswith("cut after round")]
-    assert cut and board.rounds[-1] >= 128  # without the cut, 20 rows × 21 NFE each fit 32 samples in 20 s
+    # without the cut, 20 rows × 21 NFE each fit 32 samples in 20 s; with half of what is left for every round, 256
+    assert cut and board.rounds[-1] == 1024
     assert clock.now <= 20 and not board.export.held_out.status.startswith("cut")
     assert all(c.held_out.samples < board.export.held_out.samples for c in cut)
 
@@ -239,3 +241,38 @@ def test_a_race_that_reaches_half_its_largest_round_exports_the_cheapest_finalis
     board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5)], left=lambda: next(spent), largest=256)
     assert board.rounds[-1] == 128 and "budget ended" in board.stopped
     assert board.leader.name == "ddim/uniform@25" and board.export.name == "ddim/uniform@5"
+
+
+def test_a_field_the_budget_cannot_carry_to_informative_samples_races_only_its_head_in_the_order_given():
+    clock = FakeClock()
+    referee = ClockedReferee(clock, lambda doc: 0.0 if doc.solver.name == "ddpm" else 0.5)  # the tail's ddpm is best
+    finalists = [finalist("ddim", 10) for _ in range(9)] + [finalist("ddpm", 10)]
+    for i, c in enumerate(finalists):
+        c.name = f"row-{i}"
+    said = []
+    # each finalist costs 10 × 128 × 1e-3 s + overhead to reach 128 samples: 5 s carry 3 of the 10
+    board = race(referee, finalists, seed=3, largest=256, seconds=5, cost=lambda forwards: forwards * 1e-3,
+                 left=lambda: 5 - clock.now, log=said.append, clock=clock)
+    raced = {c.name for c in board.rows if c.held_out.samples}
+    assert raced == {"row-0", "row-1", "row-2"} and {solver for solver, *_ in referee.asked} == {"ddim"}
+    assert {c.held_out.status for c in board.rows if c.name not in raced} == {"not raced (budget)"}
+    assert board.rounds[-1] >= INFORMATIVE and any("carries 3 of 10 finalists" in m for m in said)
+    assert "not raced" in board.markdown() and board.export.name in raced
+
+
+def test_the_prior_order_takes_every_solvers_best_known_row_at_every_nfe_before_any_second_row():
+    run = SimpleNamespace(sizes=SimpleNamespace(rung0=64), settings=SimpleNamespace(search=SimpleNamespace(nfe=10)))
+
+    def row(solver, steps, nfe_budget, score=None):
+        c = finalist(solver, steps)
+        c.name += f"~{nfe_budget}"
+        c.nfe_budget = nfe_budget
+        if score is not None:
+            c.rungs[64] = Scores(score, score, None, float(steps))
+        return c
+
+    rows = [row("ddim", 8, 8), row("ddim", 7, 8), row("ddim", 10, 10), row("ddim", 9, 10, score=3.0),
+            row("unipc", 10, 10, score=2.0), row("unipc", 9, 10, score=1.0)]
+    order = [c.name for c in prior_order(run, rows)]
+    assert order == ["ddim/uniform@9~10", "unipc/uniform@9~10", "ddim/uniform@8~8",  # each group's best known row
+                     "ddim/uniform@10~10", "unipc/uniform@10~10", "ddim/uniform@7~8"]  # then each group's second

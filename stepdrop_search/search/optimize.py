@@ -124,7 +124,7 @@ def plan(run: Run, searching: bool) -> str:
     """The run in one line, before it starts: what it builds, what it searches, what decides, and how long."""
     search, seconds = run.settings.search, run.settings.budget.seconds
     methods = [m for m in search.methods if m in ("dp-gits", "dp-oss")]
-    steps = [f"a pool of every solver × 4 analytic schedules{''.join(', ' + m.upper() for m in methods)} at NFE "
+    steps = [f"a pool of every solver × {len(sources.analytic.SCHEDULES)} analytic schedules{''.join(', ' + m.upper() for m in methods)} at NFE "
              f"{', '.join(map(str, rungs.pool_nfes(search.nfe)))}"]
     if searching:
         steps.append(f"a search ({', '.join(m for m in search.methods if m in ('gradient', 'optuna'))}) on the coach")
@@ -158,8 +158,9 @@ def selection_forwards(run: Run) -> float:
 
 
 def select(run: Run) -> Leaderboard:
-    """Race every pool row (at every pool NFE) and the study's best on the judge, with what the budget leaves."""
-    finalists = run.pool + run.cheaper + run.searched
+    """Race every pool row (at every pool NFE) and the study's best on the judge, with what the budget leaves; a
+    budget too small for them all races the head of :func:`prior_order`."""
+    finalists = prior_order(run, run.pool + run.cheaper + run.searched)
     seconds = run.budget.left() - EXPORT_SECONDS if run.budget.seconds is not None else None
     try:
         board = race(run.referee, finalists, seed=run.selection_seed, largest=run.sizes.held_out, seconds=seconds,
@@ -169,6 +170,20 @@ def select(run: Run) -> Leaderboard:
         raise UserError("no candidate produced finite samples; nothing to export") from None
     run.log(board.verdict())
     return board
+
+
+def prior_order(run: Run, finalists: list[Candidate]) -> list[Candidate]:
+    """The finalists most promising first, by what is known before the race (never the judge), so that a field cut
+    short still has every solver at every NFE: each (solver, NFE) group's first row, then each one's second, …; within
+    a group the rows the coach scored at rung 0 by that score, then the others in pool order (uniform, log-SNR, Karras,
+    quadratic, DP-GITS, DP-OSS); the run's NFE before cheaper ones at each turn."""
+    nfe = run.settings.search.nfe
+    groups: dict[tuple[str, int], list[Candidate]] = {}
+    for c in finalists:
+        groups.setdefault((c.document.solver.name, c.nfe_budget or nfe), []).append(c)
+    turns = {id(c): (turn, -group_nfe) for (_, group_nfe), rows in groups.items()
+             for turn, c in enumerate(sorted(rows, key=lambda c: c.value(run.sizes.rung0)))}
+    return sorted(finalists, key=lambda c: turns[id(c)])
 
 
 def build_pool(run: Run) -> list[Candidate]:

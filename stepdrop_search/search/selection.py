@@ -6,10 +6,12 @@ and the search's best. They are sampled on the *selection* seed's x_T (disjoint 
 added in rounds (doubling) to the finalists still in the race; after each round a finalist whose judge FID is worse
 than the leader's by more than 2 paired standard errors (a paired bootstrap: one set of resampled indices for all)
 leaves the race. Before each round the budget is asked too: the finalists still in are carried best first (on the
-judge) as far as half of what is left pays for, the rest *cut* — a field too large for the budget (170 pool rows at
-NFE 25 in 480 s on two CPU cores) then spends its samples on its best rows instead of leaving all of them at 32
-samples. The race ends when the leader is separated from the runner-up, when the largest round is reached, or when
-the budget cannot carry two finalists further — the log and the leaderboard say which, and which rows were cut.
+judge) as far as their round's share of what is left pays for (an equal share for each round still to go), the rest
+*cut*: a field too large for the budget (178 pool rows at NFE 25 in 480 s on two CPU cores) then spends its samples on
+its best rows and reaches the largest rounds instead of leaving all of them at 32 samples. A field the race cannot
+carry to 128 samples at all races the head of the order it is given. The race ends when the leader is separated from
+the runner-up, when the largest round is reached, or when the budget cannot carry two finalists further — the log and
+the leaderboard say which, and which rows were cut.
 
 **NFE is a ceiling**: when the race has reached at least half its largest round (1024 of 2048 samples by default), of
 the finalists still in it (none worse than the leader by 2 standard errors there) the one with the fewest NFE is
@@ -47,6 +49,11 @@ BOOTSTRAP = 100
 OVERHEAD = 0.05
 #: The first round's sample count lies in this range (a power of two the budget affords for every finalist).
 FIRST_ROUND = (16, 256)
+#: The fewest samples the race carries its field to before the judge's FID may rank it: below this FID's small-sample
+#: bias ranks rows, not their quality (a pool-only ``--nfe 5 --budget 60`` run raced all 121 rows at 16 samples,
+#: stopped there and exported DDPM on quadratic steps). A field the race's share cannot carry this far, no row leaving
+#: early, is cut to the finalists first in the order given (the caller's prior), before any sampling.
+INFORMATIVE = 128
 
 
 class Referee(Protocol):
@@ -199,24 +206,44 @@ def carry(seconds_each: list[float], affordable: float) -> int:
     return len(seconds_each)
 
 
+def fielded(finalists: list[Candidate], seconds: float | None, cost: Callable[[float], float]) -> int:
+    """How many of ``finalists`` (in the order given) the race's ``seconds`` carry to :data:`INFORMATIVE` samples if
+    none leaves early (at least 2; all without a limit): a round's overhead per finalist for each round up to it."""
+    if seconds is None:
+        return len(finalists)
+    rounds = len(round_sizes(FIRST_ROUND[0], INFORMATIVE))
+    return max(2, carry([cost(c.nfe * INFORMATIVE) + OVERHEAD * rounds for c in finalists], seconds))
+
+
 def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: int, seconds: float | None,
          cost: Callable[[float], float], left: Callable[[], float], log: Callable[[str], None],
          clock: Callable[[], float] = time.perf_counter) -> Leaderboard:
     """Race ``finalists`` on the judge (module docstring); fills each one's ``held_out``. ``seconds``: the race's
     share of the budget; ``cost`` turns sample-forwards into seconds until the race has timed a round of its own;
     ``left`` is the run's budget left, ``clock`` what the rounds are timed by. Before each round, the finalists still
-    in are carried, best judge FID first, as far as half of what is left pays for (all of it for the largest round);
+    in are carried, best judge FID first, as far as the round's share of what is left pays for (equal shares for the
+    rounds still to go);
     the rest are cut — so a budget too small for the whole field spends its samples on the best rows instead of
-    stopping with every row at a few."""
+    stopping with every row at a few. A field ``seconds`` cannot carry to :data:`INFORMATIVE` samples is first cut to
+    its head: ``finalists`` come most promising first."""
     entrants = [Entrant(c) for c in finalists]
-    sizes = round_sizes(first_round(finalists, largest, seconds, cost), largest)
+    field = fielded(finalists, seconds, cost)
+    for e in entrants[field:]:
+        e.out_in_round, e.cut = 0, True
+    if field < len(entrants):
+        log(f"the budget carries {field} of {len(entrants)} finalists to {INFORMATIVE} samples, where the judge starts to "
+            f"rank them: the first {field} race, the others are not sampled")
+    sizes = round_sizes(first_round(finalists[:field], largest, seconds, cost), largest)
     generator, stopped, done, rounds = torch.Generator().manual_seed(seed), "", 0, []
     rate: float | None = None  # seconds per sample-forward of a round, features and bootstrap included, once timed
     for r, size in enumerate(sizes, 1):
         running = sorted((e for e in entrants if e.out_in_round is None and e.failed is None), key=lambda e: e.judge_fid)
         if r > 1:
             seconds_each = [round_seconds(e, size - done, rate, cost) for e in running]
-            carried = running[:carry(seconds_each, left() / (1 if size == largest else 2))]
+            # an equal share of what is left for each round still to go: the field halving while its new samples
+            # double, the rounds cost about the same; half of what is left, every round, spent the NFE-25 run's race
+            # on 178 rows at 32 and 64 samples and ended it at 512
+            carried = running[:carry(seconds_each, left() / (len(sizes) - r + 1))]
             if len(carried) < 2:
                 stopped = f"the budget ended before round {r} ({size} samples)"
                 break
@@ -280,6 +307,9 @@ def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed
     export = min(still, key=lambda e: (round(e.nfe), e.judge_fid)) if ceiling else leader
     generator, references = torch.Generator().manual_seed(seed + 1), {}
     for e in entrants:
+        if e.failed is None and e.out_in_round == 0:
+            e.candidate.held_out = HeldOut(seed, 0, math.inf, math.inf, e.candidate.nfe, status="not raced (budget)")
+            continue
         if e.failed is not None or not e.judge:
             e.candidate.held_out = HeldOut(seed, e.samples, math.inf, math.inf, e.nfe, status=f"failed: {e.failed}")
             continue

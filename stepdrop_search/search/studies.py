@@ -78,12 +78,13 @@ def list_studies(storage: str | None = None) -> list[StudyRow]:
     return rows
 
 
-def load_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, str]:
-    """Study ``name`` from ``storage`` (default: ``studies/<name>.db``), refused in one line when it is not there."""
+def load_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, str, optuna.storages.BaseStorage]:
+    """Study ``name`` from ``storage`` (default: ``studies/<name>.db``), with the storage's spec and the storage it
+    opened; refused in one line when it is not there."""
     spec = storage or f"sqlite:///studies/{name}.db"
     store = open_existing(spec, name)
     try:
-        return optuna.load_study(study_name=name, storage=store), spec
+        return optuna.load_study(study_name=name, storage=store), spec, store
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
         raise UserError(f"no study {name!r} in {shown(spec)}; it holds {', '.join(names) or 'none'}") from None
@@ -91,7 +92,7 @@ def load_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, s
 
 def study_trials(name: str, storage: str | None = None) -> list[TrialRow]:
     """Every trial of the study, best first (complete ones by value, then the others by number)."""
-    study, _ = load_existing_study(name, storage)
+    study, *_ = load_existing_study(name, storage)
     rows = []
     for t in study.get_trials(deepcopy=False):
         policy = t.user_attrs.get("policy") or {}
@@ -104,7 +105,7 @@ def trial_document(name: str, trial: str, storage: str | None = None) -> PolicyD
     """The policy trial ``trial`` (a number, or ``best``) proposed, with where it came from in its provenance."""
     from stepdrop_search.policies.io import provenance
 
-    study, spec = load_existing_study(name, storage)
+    study, spec, _ = load_existing_study(name, storage)
     if trial == "best":
         if len(study.directions) > 1:
             raise UserError(f"study {name!r} has several objectives; name a trial of its Pareto set (studies show)")
@@ -135,8 +136,7 @@ def dashboard(name: str, storage: str | None = None, host: str = "127.0.0.1", po
     and optuna-dashboard is installed (``pip install 'stepdrop-search[dashboard]'``)."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    _, spec = load_existing_study(name, storage)
-    store = open_existing(spec, name)
+    study, _, store = load_existing_study(name, storage)
     try:
         import optuna_dashboard
     except ImportError:
