@@ -175,14 +175,15 @@ def select(run: Run) -> Leaderboard:
 def prior_order(run: Run, finalists: list[Candidate]) -> list[Candidate]:
     """The finalists most promising first, by what is known before the race (never the judge), so that a field cut
     short still has every solver at every NFE: each (solver, NFE) group's first row, then each one's second, …; within
-    a group the rows the coach scored at rung 0 by that score, then the others in pool order (uniform, log-SNR, Karras,
-    quadratic, DP-GITS, DP-OSS); the run's NFE before cheaper ones at each turn."""
+    a group the learned steps first (made from the group's best rung-1 row, and better than it on the coach's
+    validation), then the rows the coach scored at rung 0 by that score, then the others in pool order (uniform,
+    log-SNR, Karras, quadratic, DP-GITS, DP-OSS); the run's NFE before cheaper ones at each turn."""
     nfe = run.settings.search.nfe
     groups: dict[tuple[str, int], list[Candidate]] = {}
     for c in finalists:
         groups.setdefault((c.document.solver.name, c.nfe_budget or nfe), []).append(c)
     turns = {id(c): (turn, -group_nfe) for (_, group_nfe), rows in groups.items()
-             for turn, c in enumerate(sorted(rows, key=lambda c: c.value(run.sizes.rung0)))}
+             for turn, c in enumerate(sorted(rows, key=lambda c: (c.made_by.get("method") != "gradient", c.value(run.sizes.rung0))))}
     return sorted(finalists, key=lambda c: turns[id(c)])
 
 
