@@ -273,9 +273,13 @@ def test_the_prior_order_takes_every_solvers_best_known_row_at_every_nfe_before_
 
     learned = row("unipc", 6, 10)
     learned.made_by = {"method": "gradient"}  # learned steps: no rung-0 score, better than their start on validation
+    trials = [row("unipc", steps, 10, score=0.5) for steps in (4, 5)]  # the study's best: flattered by their selection
+    for trial in trials:
+        trial.source, trial.nfe_budget = "optuna", None
     rows = [row("ddim", 8, 8), row("ddim", 7, 8), row("ddim", 10, 10), row("ddim", 9, 10, score=3.0),
-            row("unipc", 10, 10, score=2.0), row("unipc", 9, 10, score=1.0), learned]
+            row("unipc", 10, 10, score=2.0), row("unipc", 9, 10, score=1.0), learned, *trials]
     order = [c.name for c in prior_order(run, rows)]
-    assert order == ["ddim/uniform@9~10", "unipc/uniform@6~10", "ddim/uniform@8~8",  # each group's best known row
-                     "ddim/uniform@10~10", "unipc/uniform@9~10", "ddim/uniform@7~8",  # then each group's second
-                     "unipc/uniform@10~10"]
+    assert order == ["ddim/uniform@9~10", "unipc/uniform@6~10", "unipc/uniform@4~10",  # each group's best known row
+                     "ddim/uniform@8~8",
+                     "ddim/uniform@10~10", "unipc/uniform@9~10", "unipc/uniform@5~10",  # then each group's second
+                     "ddim/uniform@7~8", "unipc/uniform@10~10"]

@@ -177,12 +177,15 @@ def prior_order(run: Run, finalists: list[Candidate]) -> list[Candidate]:
     short still has every solver at every NFE: each (solver, NFE) group's first row, then each one's second, …; within
     a group the learned steps first (made from the group's best rung-1 row, and better than it on the coach's
     validation), then the rows the coach scored at rung 0 by that score, then the others in pool order (uniform,
-    log-SNR, Karras, quadratic, DP-GITS, DP-OSS); the run's NFE before cheaper ones at each turn."""
+    log-SNR, Karras, quadratic, DP-GITS, DP-OSS); the run's NFE before cheaper ones at each turn. A solver's study
+    trials are a group of their own: they were picked as the best of many on those very samples, so their scores
+    flatter them against the pool's (the regeneration's NFE-25 run, ranking them together, left out every iPNDM pool
+    row at 25 NFE behind six iPNDM trials)."""
     nfe = run.settings.search.nfe
-    groups: dict[tuple[str, int], list[Candidate]] = {}
+    groups: dict[tuple[str, int, str], list[Candidate]] = {}
     for c in finalists:
-        groups.setdefault((c.document.solver.name, c.nfe_budget or nfe), []).append(c)
-    turns = {id(c): (turn, -group_nfe) for (_, group_nfe), rows in groups.items()
+        groups.setdefault((c.document.solver.name, c.nfe_budget or nfe, c.source), []).append(c)
+    turns = {id(c): (turn, -group_nfe) for (_, group_nfe, _), rows in groups.items()
              for turn, c in enumerate(sorted(rows, key=lambda c: (c.made_by.get("method") != "gradient", c.value(run.sizes.rung0))))}
     return sorted(finalists, key=lambda c: turns[id(c)])
 
