@@ -39,7 +39,8 @@ def sample_rows(exports: dict[int, Path], model: str | None, n: int = 8) -> tupl
         doc = load_policy(folder / "best.json", loaded.schedule)
         for label, policy, solver, runtime in (
                 (f"DDIM, uniform, {nfe} NFE", Uniform(nfe=nfe, schedule=loaded.schedule), SolverSpec("ddim"), doc.runtime),
-                (f"export, {nfe} NFE: {doc.solver.name}", doc.policy, doc.solver, doc.runtime)):
+                (f"--nfe {nfe} export: {doc.solver.name}, {doc.solver.solver.nfe(doc.policy.nfe)} NFE", doc.policy,
+                 doc.solver, doc.runtime)):
             run = generate(loaded.model, loaded.schedule, policy, solver, n=n, seed=0, runtime=runtime)
             rows.append(run.x0.clamp(-1, 1))
             labels.append(label)
@@ -74,6 +75,7 @@ def draw_quality(exports: dict[int, Path], solvers: Path, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ddim = [point(r) for r in json.loads(solvers.read_text())["results"] if r["name"].startswith("ddim-") and not r["failed"]]
     ax.errorbar(*zip(*sorted(ddim), strict=True), marker="o", label="DDIM, uniform steps", capsize=3)
+    names: dict[tuple[float, float], list[str]] = {}  # one label per point: two jobs may export the same policy
     for i, (nfe, folder) in enumerate(sorted(exports.items())):
         rows = [r for r in json.loads((folder / "evaluate.json").read_text())["results"] if not r["failed"]]
         best = next(r for r in rows if r["name"] == "best")
@@ -83,7 +85,9 @@ def draw_quality(exports: dict[int, Path], solvers: Path, path: Path) -> Path:
                         label="best pool rows (evaluated beside each export)" if i == j == 0 else None)
         ax.errorbar(*point(best), marker="*", markersize=12, color="C3", capsize=3,
                     label="the export (optimize --nfe N)" if i == 0 else None)
-        ax.annotate(f"--nfe {nfe}", point(best)[:2], textcoords="offset points", xytext=(6, 6), fontsize=8)
+        names.setdefault(point(best)[:2], []).append(f"--nfe {nfe}")
+    for xy, jobs in names.items():
+        ax.annotate(", ".join(jobs), xy, textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xlabel("measured NFE")
     ax.set_ylabel("FID on the judge network (mean ± std, 3 × 2000)")
     ax.legend(fontsize=8)
