@@ -162,6 +162,13 @@ to "$R/runtime-clamp.md" python bench/model_compare.py --old "$R/solvers-nfe5-10
 # README's main-job table: the export against every solver's uniform row at NFE 5, 10 and 25, on the same seeds
 to "$R/optimize-nfe25/paired-solvers.md" python bench/paired_table.py "solvers=$R/solvers-nfe5-10-25.json" \
     "$R/optimize-nfe25/evaluate.json" --reference best
+# README's two figures: each export's samples beside DDIM's from the same x_T, and judge FID against NFE (the full
+# run writes README's own, docs/figures)
+exports=("25=$R/optimize-nfe25")
+for nfe in $LEARNED_NFES; do exports+=("$nfe=$R/learned-nfe$nfe"); done
+figures=docs/figures; [ "$QUICK" = 1 ] && figures=$R/figures
+python bench/readme_figures.py "${MODEL_FLAG[@]}" --exports "${exports[@]}" --solvers "$R/solvers-nfe5-10-25.json" \
+    --out "$figures" > /dev/null
 
 step "The sampler loop's time outside the network"
 # shellcheck disable=SC2086
