@@ -41,7 +41,7 @@ def test_every_command_runs_on_cuda(tmp_path, tiny_features):
            "--teacher", "ddim-50", "--trials", "4", "--dp-grid", "20", "--dp-samples", "4", "--device", "cuda",
            "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(best))
     doc = load_policy(best, load_model(model).schedule)
-    assert doc.solver.solver.nfe(doc.policy.nfe) == 5  # whichever solver won spends NFE 5
+    assert doc.solver.solver.nfe(doc.policy.nfe) <= 5  # NFE is a ceiling: a cheaper row as good may win
 
 
 def test_cuda_sampling_matches_cpu_sampling(tiny_checkpoint):

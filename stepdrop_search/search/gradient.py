@@ -138,10 +138,11 @@ def batch_loss(kind: str, features: FeatureFile | None) -> Callable[[Tensor, Ten
                 target = net(y)[0]
             return (net(x)[0] - target).pow(2).mean()
         return feature_loss
-    sigma = features.reference["sigma"].double()
+    device = next(net.parameters()).device  # the reference statistics load on the CPU; the features come from the net's
+    sigma = features.reference["sigma"].double().to(device)
     values, vectors = torch.linalg.eigh(sigma)
     sqrt_sigma = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
-    mu, trace = features.reference["mu"].double(), sigma.trace()
+    mu, trace = features.reference["mu"].double().to(device), sigma.trace()
     return lambda x, y: batch_fid(net(x)[0], mu, sqrt_sigma, trace)
 
 
