@@ -201,7 +201,7 @@ PolicyOption = Annotated[str, typer.Option(help="a policy file (JSON) or a built
 NfeOption = Annotated[int | None, typer.Option(help="target NFE (expected NFE for stochastic kinds)")]
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="kind parameter key=value (repeatable)")]
 #: The solver names for help texts (the registry in diffusion.solvers is the truth; a test keeps the two equal).
-SOLVER_NAMES = "ddim, ddpm, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, ipndm, unipc, heun"
+SOLVER_NAMES = "ddim, ddpm, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, ipndm, unipc, heun, learned-3m"
 SolverOption = Annotated[str | None, typer.Option(help=f"{SOLVER_NAMES} (default: the file's, else ddim)")]
 EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1] (0 = deterministic; default 0 for ddim, 1 for "
                                                   "dpmpp-2m-sde); refused for solvers without η")]
@@ -316,8 +316,9 @@ def policy_export(
     out: Annotated[Path | None, typer.Option(help="file to write (required for --format json)")] = None,
     format: Annotated[str, typer.Option(help="json (our policy file), diffusers (the scheduler, config and set_timesteps "
                                            "call that reproduce it), sigmas (k-diffusion σ list with a trailing 0), "
-                                           "comfyui (a SIGMAS string) or a1111 (the \"[…]\" list of the Forge/reForge "
-                                           "custom-scheduler extensions); refused where that tool would sample "
+                                           "comfyui (a SIGMAS string), a1111 (the \"[…]\" list of the Forge/reForge "
+                                           "custom-scheduler extensions) or python (a torch-only sampler file for learned "
+                                           "solvers); refused where that tool would sample "
                                            "something else than was measured")] = "json",
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
     model: ModelOption = None, runtime: RuntimeOption = None,
@@ -326,7 +327,7 @@ def policy_export(
     check_writable(out, "--out")
     from stepdrop_search.files import write_text
     from stepdrop_search.policies import save_policy
-    from stepdrop_search.policies.transfer import FORMATS, a1111_text, check_export, comfyui_text, export_hints
+    from stepdrop_search.policies.transfer import FORMATS, a1111_text, check_export, comfyui_text, export_hints, python_text
 
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}; choose {', '.join(FORMATS)}")
@@ -338,6 +339,15 @@ def policy_export(
         return
     if format == "sigmas":
         _export_sigmas(doc, out)
+        return
+    if format == "python":
+        text = python_text(doc, policy)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            write_text(out, text)
+            err_console.print(f"wrote {out}: x0 = sample(model, noise * (1 + SIGMAS[0] ** 2) ** 0.5, SIGMAS, COEFFICIENTS) "
+                              "with a k-diffusion denoiser", highlight=False)
         return
     if format in ("comfyui", "a1111"):
         text = comfyui_text(doc.policy) if format == "comfyui" else a1111_text(doc.policy)
@@ -531,8 +541,9 @@ def comma_list(text: str) -> tuple[str, ...]:
 @user_errors_exit_2
 def optimize(
     nfe: Annotated[int, typer.Option(help="NFE of the sampler to find (network evaluations, counted)", rich_help_panel=BASICS)] = 25,
-    method: Annotated[str, typer.Option(help="all, or a comma-separated subset of gradient, dp-gits, dp-oss, optuna "
-                                        "(the pool's analytic schedules are always scored)", rich_help_panel=SEARCH)] = "all",
+    method: Annotated[str, typer.Option(help="all, or a comma-separated subset of gradient, learned-solver (steps and "
+                                        "solver coefficients; by default at NFE ≤ 6), dp-gits, dp-oss, optuna (the pool's "
+                                        "analytic schedules are always scored)", rich_help_panel=SEARCH)] = "all",
     kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)", rich_help_panel=SEARCH)] = "explicit",
     solver: Annotated[str, typer.Option(help="auto (every solver in the pool, the best ones searched) or one of: "
                                         + SOLVER_NAMES, rich_help_panel=SEARCH)] = "auto",

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from stepdrop_search.cli import RUNTIME_NAMES, app
 from stepdrop_search.diffusion.runtimes import RUNTIMES, runtime_named
-from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, spec_for_nfe
+from stepdrop_search.diffusion.solvers import SolverSpec, fixed_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.generation import generate
 from stepdrop_search.loading import load_model
@@ -99,7 +99,7 @@ def test_optimize_searches_only_the_runtimes_solvers():
     from stepdrop_search.search.settings import OptimizeSettings
 
     assert set(OptimizeSettings.from_flags(runtime="comfyui").pool_solvers()) == {"ddim", "dpmpp-2m", "heun"}
-    assert OptimizeSettings.from_flags().pool_solvers() == tuple(SOLVERS)
+    assert OptimizeSettings.from_flags().pool_solvers() == fixed_solvers() and "learned-3m" not in fixed_solvers()
     assert OptimizeSettings.from_flags(runtime="comfyui").study_name.endswith("-comfyui")
     assert OptimizeSettings.from_flags(runtime="comfyui").study_config("h")["runtime"] == "comfyui"
 

@@ -7,6 +7,7 @@ from torch.overrides import TorchFunctionMode
 from stepdrop_search.diffusion.runtimes import RUNTIMES
 from stepdrop_search.diffusion.sampler import AmplitudeCalibration, Plan, SampleStreams, sample
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec
+from stepdrop_search.errors import UserError
 from stepdrop_search.generation import amplitude_profile, generate, initial_noise
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies.kinds import Adaptive, StepDrop, Uniform
@@ -154,6 +155,10 @@ def test_no_solver_computes_on_whole_states_in_float64(tiny, solver, policy):
     x = initial_noise(4, (1, 16, 16), 0)
     plan = policy.plan(4, solver=solver)
     spec = SolverSpec(solver)
+    if spec.solver.learned and not plan.dense:  # its coefficients belong to grid steps: refused before any evaluation
+        with pytest.raises(UserError, match="static policies only"):
+            sample(tiny.model, tiny.schedule, x, plan, solver=spec, streams=SampleStreams(0, range(4)))
+        return
     with WholeStatesInFloat64(x.numel()) as watch:
         run = sample(tiny.model, tiny.schedule, x, plan, solver=spec, streams=SampleStreams(0, range(4)))
     assert torch.isfinite(run.x0).all() and run.x0.dtype == torch.float32

@@ -14,7 +14,7 @@ import optuna
 import pytest
 import torch
 
-from stepdrop_search.diffusion.solvers import SOLVERS
+from stepdrop_search.diffusion.solvers import fixed_solvers
 from stepdrop_search.errors import UserError
 from stepdrop_search.loading import load_model
 from stepdrop_search.policies import load_policy
@@ -92,7 +92,7 @@ def tiny_args(tiny_checkpoint, tiny_features, storage, extra=()):
 
 
 SMALL = dict(samples=16, trial_samples=16, promote=4, promote_samples=24, held_out_samples=32, teacher="ddim-50",
-             gradient_samples=16, gradient_epochs=2, gradient_batch=8)
+             gradient_samples=16, gradient_epochs=2, gradient_batch=8, gradient_solver_epochs=2)
 
 
 def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint, tiny_features, tmp_path):
@@ -108,7 +108,7 @@ def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint
     names = {c.name for c in result.candidates}
     # the pool: every solver × every analytic schedule and both DPs, each solver on the grid that spends NFE 5 (a
     # sampler the DP or a cheaper NFE gave again is listed once), and at the cheaper NFEs 3 and 4
-    assert {f"{s}/{k}" for s in SOLVERS for k in ("uniform", "logsnr", "karras", "quadratic", "dp-gits")} <= names
+    assert {f"{s}/{k}" for s in fixed_solvers() for k in ("uniform", "logsnr", "karras", "quadratic", "dp-gits")} <= names
     assert {f"{s}/uniform@{n}" for s in ("ddim", "dpmpp-2m") for n in (3, 4)} <= names
     for cand in result.candidates:  # learned steps (when an epoch improved on validation) say how they were made
         if cand.name.endswith("/gradient"):
@@ -119,7 +119,7 @@ def test_optimize_exports_a_loadable_best_policy_with_provenance(tiny_checkpoint
     assert (tmp_path / "best.leaderboard.md").read_text().startswith("# Selection leaderboard: exported")
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
     searched = study.user_attrs["search_solvers"]
-    assert len(searched) == 3 and set(searched) <= set(SOLVERS)
+    assert len(searched) == 3 and set(searched) <= set(fixed_solvers())
     sources = [t.user_attrs.get("source") for t in study.trials]
     # the study was seeded with the pool's step sets of the searched solvers, the best rung-0 row first
     assert sources[0].split("/")[0] in searched and all(s is None or s.split("/")[0] in searched for s in sources)

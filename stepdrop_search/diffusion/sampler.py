@@ -269,6 +269,8 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
     specs = {name: solver if solver is not None and solver.name == name else SolverSpec(name, eta if solver_class(name).has_eta else 0.0)
              for name in dict.fromkeys(plan.solvers)}
     strategies = {name: spec.solver for name, spec in specs.items()}
+    for strategy in strategies.values():
+        strategy.check_plan(length, plan.dense)
     memory = {name: strategy.init_state(x) for name, strategy in strategies.items()}
 
     # Who is active at each grid step, prepared before the loop.
@@ -343,7 +345,8 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
         final = a_s == 1
         if calibration is not None:
             x_next = calibration(x_next, t_s if idx is not None else t_s.view(1))
-        x_next = torch.where(final, x0, x_next) if idx is not None else (x0 if target == length else x_next)
+        if not strategies[name].owns_last_step:
+            x_next = torch.where(final, x0, x_next) if idx is not None else (x0 if target == length else x_next)
         if idx is None:
             x = x_next
             evaluated[:, i] = True

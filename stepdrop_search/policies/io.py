@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ class PolicyDocument:
             return self
         solver = self.solver
         if solver.nfe is not None and not runtime.spends_even_heun_budgets:
-            solver = SolverSpec(solver.name, solver.eta)
+            solver = replace(solver, nfe=None)
         provenance = {k: v for k, v in self.provenance.items() if k != "objective"}
         if "objective" in self.provenance:
             provenance["measured_under"] = {"runtime": self.runtime.name, "objective": self.provenance["objective"]}
@@ -113,7 +113,8 @@ class PolicyDocument:
             raise UserError(f"{source}: solver must be an object like {{\"name\": \"ddim\", \"eta\": 0.0}} "
                             "(Heun adds its NFE budget, \"nfe\": 10)")
         # A Heun file's NFE budget decides whether its first step is Euler: without it, 6 steps spend 11, not 10.
-        solver = SolverSpec(solver_doc["name"], float(solver_doc["eta"]) if "eta" in solver_doc else None, solver_nfe)
+        solver = SolverSpec(solver_doc["name"], float(solver_doc["eta"]) if "eta" in solver_doc else None, solver_nfe,
+                            solver_doc.get("coefficients"))
         provenance = doc.get("provenance", {})
         if not isinstance(provenance, dict):
             raise UserError(f"{source}: provenance must be a JSON object")
@@ -132,6 +133,9 @@ class PolicyDocument:
                                 "\"schema\": 2")
             if nfe is not None and nfe != len(stored):
                 raise UserError(f"{source}: nfe {nfe} does not match the {len(stored)} timesteps")
+            if solver.coefficients is not None and len(solver.coefficients) != len(stored):
+                raise UserError(f"{source}: {len(solver.coefficients)} solver coefficient rows for {len(stored)} timesteps "
+                                "(one row per timestep)")
         params = doc["params"]
         if doc["kind"] == "explicit":
             if params not in ({}, None):

@@ -14,18 +14,37 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from stepdrop_search.diffusion.runtimes import EXPORT_RUNTIMES, KDIFFUSION_SOLVERS, RUNTIMES, Runtime, convention_differences
+from stepdrop_search.diffusion.runtimes import (
+    DEFAULT_RUNTIME,
+    EXPORT_RUNTIMES,
+    KDIFFUSION_SOLVERS,
+    RUNTIMES,
+    Runtime,
+    convention_differences,
+)
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies.base import Policy, validate_timesteps
 from stepdrop_search.policies.kinds import Explicit, Sigmas
 
 #: what ``policy export --format`` writes
-FORMATS = ("json", "diffusers", "sigmas", "comfyui", "a1111")
+FORMATS = ("json", "diffusers", "sigmas", "comfyui", "a1111", "python")
+#: ``--format python``: the sampler file of :mod:`.learned_sampler` with the policy's σ list and coefficients, run on a
+#: k-diffusion denoiser. Its conventions are k-diffusion's; its solvers the learned one and its base (all-zero rows).
+PYTHON_RUNTIME = replace(RUNTIMES["k-diffusion"], name="python",
+                         description="the sampler file `policy export --format python` writes, on a k-diffusion denoiser",
+                         solvers={"learned-3m": "sample", "dpmpp-3m": "sample"}, source="stepdrop_search/policies/learned_sampler.py")
+
+
+def export_target(fmt: str) -> Runtime:
+    """The runtime whose conventions the tool of export format ``fmt`` (not json) samples under."""
+    return PYTHON_RUNTIME if fmt == "python" else RUNTIMES[EXPORT_RUNTIMES[fmt]]
 
 
 def number_text(value: float) -> str:
@@ -111,6 +130,7 @@ MISSING_SOLVER_REASONS = {
             "k-diffusion's sample_euler_ancestral takes a noise_sampler (--format sigmas)",
     "dpmpp-2m-sde": "the tool draws the SDE noise itself (a Brownian tree), so no export can reproduce samples measured here; "
                     "k-diffusion's sample_dpmpp_2m_sde takes a noise_sampler (--format sigmas)",
+    "learned-3m": "learned per-step solver coefficients, which no σ-list tool runs; --format python writes a sampler that does",
 }
 
 
@@ -142,10 +162,11 @@ def runs_in(document) -> str:
     """One line for people: the export formats whose tool reproduces ``document``'s samples, or why none does."""
     if not document.policy.static:
         return "draws its steps per sample: it runs in this project's sampler only"
-    accepted = [fmt for fmt, target in EXPORT_RUNTIMES.items() if not export_problems(document, RUNTIMES[target])]
+    formats = [fmt for fmt in FORMATS if fmt != "json"]
+    accepted = [fmt for fmt in formats if not export_problems(document, export_target(fmt))]
     if accepted:
-        return f"runs as measured in {', '.join(f'{EXPORT_RUNTIMES[f]} (--format {f})' for f in accepted)}"
-    if not any(RUNTIMES[target].has_solver(document.solver.name) for target in EXPORT_RUNTIMES.values()):
+        return f"runs as measured in {', '.join(f'{export_target(f).name} (--format {f})' for f in accepted)}"
+    if not any(export_target(fmt).has_solver(document.solver.name) for fmt in formats):
         return (f"runs as measured in this project's sampler only (no other tool runs {document.solver.name} on custom steps); "
                 "optimize --runtime k-diffusion, comfyui, a1111 or diffusers searches only what that tool runs")
     return f"runs as measured in this project's sampler only ({'; '.join(export_problems(document, RUNTIMES['k-diffusion']))})"
@@ -154,19 +175,30 @@ def runs_in(document) -> str:
 def check_export(document, fmt: str, source: str) -> Runtime:
     """The runtime ``fmt`` runs under, after refusing in one line an export whose samples there would differ: what differs
     and the fix (measure the steps under that runtime, which is what ``--runtime`` on the export does)."""
-    target = RUNTIMES[EXPORT_RUNTIMES[fmt]]
+    target = export_target(fmt)
     problems = export_problems(document, target)
     if problems:
         heun_recipe = "; k-diffusion reproduces an uncorrected first Heun interval with two calls, x = sample_euler(model, x, " \
                       "sigmas[:2]) then sample_heun(model, x, sigmas[1:])" if any("uncorrected" in p for p in problems) else ""
-        fix = (f"search under it (`stepdrop-search optimize --runtime {target.name}`), which tries only the solvers it has "
-               f"({', '.join(target.solvers)})" if not target.has_solver(document.solver.name)
-               else f"re-measure under it (`stepdrop-search evaluate --policy {source} --runtime {target.name}`), or export "
-                    f"with `--runtime {target.name}` to accept its conventions (the numbers measured under "
-                    f"{document.runtime.name} are then dropped)")
+        fix = export_fix(document, fmt, target, source)
         raise UserError(f"{source} cannot be exported for {target.name} as it was measured: {'; '.join(problems)}. "
                         f"Fix: {fix}{heun_recipe}")
     return target
+
+
+def export_fix(document, fmt: str, target: Runtime, source: str) -> str:
+    """How to get an export that ``fmt``'s tool samples as measured."""
+    if not target.has_solver(document.solver.name):
+        if fmt == "python":
+            return "--format python runs a learned-3m or dpmpp-3m policy (`optimize --nfe 5` learns one)"
+        if document.solver.solver.learned:
+            return "export it with --format python"
+        return (f"search under it (`stepdrop-search optimize --runtime {target.name}`), which tries only the solvers it has "
+                f"({', '.join(target.solvers)})")
+    # the python sampler's conventions are our default runtime's, which has every solver
+    runtime = DEFAULT_RUNTIME.name if fmt == "python" else target.name
+    return (f"re-measure under it (`stepdrop-search evaluate --policy {source} --runtime {runtime}`), or export with "
+            f"`--runtime {runtime}` to accept its conventions (the numbers measured under {document.runtime.name} are then dropped)")
 
 
 def run_cost(document) -> int:
@@ -191,7 +223,7 @@ def kdiffusion_call(document) -> str:
 def export_hints(document, fmt: str) -> list[str]:
     """Comment lines that say how to run a text export in its tool: the sampler to pick, the start, the NFE it costs
     there and what the numbers assume."""
-    target = RUNTIMES[EXPORT_RUNTIMES[fmt]]
+    target = export_target(fmt)
     nfe = run_cost(document)
     rt = document.runtime
     assumes = (f"# runtime {rt.name}: {'x̂0 clamp' if rt.clamp else 'no x̂0 clamp'}, {rt.network_time} t, {rt.start} start; "
@@ -208,3 +240,16 @@ def export_hints(document, fmt: str) -> list[str]:
                 f"{target.tool_name(document.solver.name)}; add_noise on", assumes]
     return [f"# A1111/Forge: a custom-scheduler extension's σ list (this text); sampler: {target.tool_name(document.solver.name)}",
             assumes]
+
+
+def python_text(document, source: str) -> str:
+    """What ``--format python`` writes: the sampler of :mod:`.learned_sampler` (torch only) with this policy's ``SIGMAS``
+    and ``COEFFICIENTS`` (one row per evaluation; rows of zeros for a plain dpmpp-3m policy) and how to call it."""
+    steps = document.policy.timesteps()
+    rows = document.solver.coefficient_rows() or ((0.0, 0.0),) * len(steps)
+    sampler = (Path(__file__).parent / "learned_sampler.py").read_text()
+    return (f"{sampler}\n\n# {source}: {document.solver.name} on {len(steps)} steps, {run_cost(document)} network evaluations "
+            f"per sample, measured under runtime {document.runtime.name} (no x̂0 clamp, real t, exact start)\n"
+            f"# x0 = sample(model, noise * (1 + SIGMAS[0] ** 2) ** 0.5, SIGMAS, COEFFICIENTS)\n"
+            f"SIGMAS = [{', '.join(number_text(v) for v in sigma_list(document.policy))}]\n"
+            f"COEFFICIENTS = [{', '.join('[' + ', '.join(repr(float(v)) for v in row) + ']' for row in rows)}]\n")

@@ -48,7 +48,8 @@ class Candidate:
 
     @property
     def key(self) -> tuple:
-        """What makes two candidates the same sampler: solver, η, its NFE budget (Heun), steps (one run has one runtime)."""
+        """What makes two candidates the same sampler: solver, η, its NFE budget (Heun), a learned solver's coefficients,
+        steps (one run has one runtime)."""
         return candidate_key(self.document)
 
     def value(self, samples: int | None = None) -> float:
@@ -81,7 +82,7 @@ class Candidate:
 def candidate_key(doc: PolicyDocument) -> tuple:
     steps = tuple(round(float(t), 6) for t in doc.policy.timesteps().tolist()) if doc.policy.static else \
         json.dumps(doc.policy.params(), sort_keys=True)
-    return (doc.solver.name, doc.solver.eta, doc.solver.nfe, doc.policy.kind if not doc.policy.static else "steps", steps)
+    return (*doc.solver.key, doc.policy.kind if not doc.policy.static else "steps", steps)
 
 
 def ranked(candidates: list[Candidate], samples: int | None = None) -> list[Candidate]:

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -90,6 +90,7 @@ class StepLogits:
 @dataclass
 class GradientResult:
     steps: Tensor  # (K,) float64 timesteps, the best on validation
+    solver: SolverSpec  # the solver they were learned for; a learned solver's with its coefficients of the best epoch
     validation_loss: float
     initial_validation_loss: float
     epochs: int
@@ -109,6 +110,11 @@ def frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
+
+
+def frozen_solver(solver: SolverSpec) -> SolverSpec:
+    """The spec as it is now, for keeping: a learned solver's coefficient tensor read into rows of floats."""
+    return replace(solver, coefficients=solver.coefficient_rows()) if isinstance(solver.coefficients, Tensor) else solver
 
 
 def batch_fid(features: torch.Tensor, mu: Tensor, sqrt_sigma: Tensor, trace_sigma: Tensor) -> Tensor:
@@ -151,8 +157,10 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
                    space: str = "logsnr", loss: str = "l2", features: FeatureFile | None = None,
                    epochs: int = 20, batch_size: int = 16, lr: float = 5e-3, patience: int = 5,
                    forcing: bool = True, seconds: float | None = None, seed: int = 0, runtime: Runtime = DEFAULT_RUNTIME,
-                   log: Callable[[str], None] = lambda m: None) -> GradientResult:
-    """Learn ``steps`` evaluation times for ``solver`` (LD3; module docstring).
+                   coefficient_lr: float | None = None, log: Callable[[str], None] = lambda m: None) -> GradientResult:
+    """Learn ``steps`` evaluation times for ``solver`` (LD3; module docstring), and with them a learned solver's
+    coefficients (``solver.learned``: :mod:`~stepdrop_search.diffusion.solvers.learned`), from the spec's own or from 0,
+    which is its base solver; ``coefficient_lr`` is their learning rate (default ``lr``).
 
     ``train`` / ``validation``: (x_T, teacher x0) pairs, disjoint (the ``fid`` loss reads no teacher: pass x_T twice);
     ``init``: the starting schedule (default: uniform in the chosen space); ``seconds``: stop after the epoch that
@@ -168,7 +176,18 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
     device, dtype = x_train.device, x_train.dtype
     param = StepLogits(schedule, steps, space)
     logits = nn.Parameter(param.logits_for(init) if init is not None else torch.zeros(steps, dtype=torch.float64))
-    optimiser = torch.optim.RMSprop([logits], lr=lr, momentum=0.9)
+    if solver.solver.learned:
+        # Adam for both, not LD3's RMSprop: RMSprop's first steps are ~10× its learning rate (its square average starts
+        # at 0, with no bias correction). Alone on the steps that is a harmless early jump; next to learned coefficients
+        # it moved the steps away while the coefficients fitted them, and validation FID rose every epoch (measured at
+        # NFE 4 and 5 on the shipped model, docs/methods.md).
+        start_rows = solver.coefficients if solver.coefficients is not None else torch.zeros(steps, solver.solver.coefficient_width)
+        coefficients = nn.Parameter(torch.as_tensor(start_rows, dtype=torch.float64).to(device).clone())
+        optimisers = [torch.optim.Adam([logits], lr=lr), torch.optim.Adam([coefficients], lr=coefficient_lr or lr)]
+        solver = replace(solver, coefficients=coefficients)
+    else:
+        optimisers = [torch.optim.RMSprop([logits], lr=lr, momentum=0.9)]
+    learned = [p for o in optimisers for group in o.param_groups for p in group["params"]]
     distance = batch_loss(loss, features)
     forcing = forcing and loss != "fid"
     dim = x_train[0].numel()
@@ -196,6 +215,7 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
     clock = time.perf_counter()
     # the start as given (not its round trip through the logits): when no epoch improves, the result *is* the start
     best_steps = torch.as_tensor(init, dtype=torch.float64) if init is not None else param.timesteps(logits.detach())
+    best_solver = frozen_solver(solver)
     initial = best = validate(best_steps)
     log(f"gradient ({solver.name}, {steps} steps, {space}): validation loss {initial:.5f} at the start")
     history: list[dict] = []
@@ -208,10 +228,12 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
             for batch in order.split(batch_size):
                 x = start[batch].clone().requires_grad_(forcing)
                 value = distance(student(x, param.timesteps(logits), True), y_train[batch])
-                optimiser.zero_grad()
+                for o in optimisers:
+                    o.zero_grad()
                 value.backward()
-                nn.utils.clip_grad_norm_([logits], 1.0)
-                optimiser.step()
+                nn.utils.clip_grad_norm_(learned, 1.0)
+                for o in optimisers:
+                    o.step()
                 seen += float(value.detach()) * len(batch)
                 if forcing:  # projected SGD of each start inside its ball around x_T
                     with torch.no_grad():
@@ -222,20 +244,20 @@ def learn_schedule(model: nn.Module, schedule: NoiseSchedule, solver: SolverSpec
             grid = param.timesteps(logits.detach())
             value = validate(grid)
             if value < best:
-                best, best_steps, stale = value, grid, 0
+                best, best_steps, best_solver, stale = value, grid, frozen_solver(solver), 0
             else:
                 stale += 1
                 if stale >= patience:
-                    for group in optimiser.param_groups:
+                    for group in (g for o in optimisers for g in o.param_groups):
                         group["lr"] *= 0.8
                     stale = 0
             history.append({"epoch": epoch, "train": seen / len(x_train), "validation": value,
-                            "lr": optimiser.param_groups[0]["lr"]})
+                            "lr": optimisers[0].param_groups[0]["lr"]})
             advance(log, f"gradient epoch {epoch}: train {seen / len(x_train):.5f}, validation {value:.5f} "
                          f"(best {best:.5f}); {time.perf_counter() - clock:.0f} s")
             if seconds is not None and time.perf_counter() - clock > seconds:
                 break
     if not math.isfinite(best):
         raise UserError("the gradient-learned schedule diverged (validation loss not finite); lower the learning rate")
-    return GradientResult(best_steps, best, initial, len(history), nfe["forward"], nfe["backward"],
+    return GradientResult(best_steps, best_solver, best, initial, len(history), nfe["forward"], nfe["backward"],
                           time.perf_counter() - clock, history)

@@ -103,7 +103,7 @@ def affordable_search(run: Run) -> bool:
     the pool only. The search gets what the rungs leave less the selection's reserve, max(share × left, its shortest
     race) + export, so the smallest budget leaves max(first / (1 − share), race + first) after the rungs."""
     search, budget = run.settings.search, run.budget
-    if not set(search.methods) & {"optuna", "gradient"}:
+    if not sources.searching(run):
         return False
     if budget.seconds is None:
         return True
@@ -127,7 +127,7 @@ def plan(run: Run, searching: bool) -> str:
     steps = [f"a pool of every solver × {len(sources.analytic.SCHEDULES)} analytic schedules{''.join(', ' + m.upper() for m in methods)} at NFE "
              f"{', '.join(map(str, rungs.pool_nfes(search.nfe)))}"]
     if searching:
-        steps.append(f"a search ({', '.join(m for m in search.methods if m in ('gradient', 'optuna'))}) on the coach")
+        steps.append(f"a search ({', '.join(s.name for s in sources.searching(run))}) on the coach")
     steps.append("a race on the judge picks the export")
     ends = f"within --budget {seconds:g} s" if seconds is not None else f"no time limit (the study stops at {run.settings.budget.trials} trials)"
     return f"plan: {'; '.join(steps)}; {ends}"
@@ -232,7 +232,7 @@ def selection_reserve(run: Run) -> float:
 def search(run: Run) -> None:
     """The search's sources in turn, each given what the budget leaves after the selection's reserve (the learned
     steps half of it when a study follows). Learned steps join the pool; the study's best are finalists."""
-    chosen = sources.chosen(sources.SEARCH, run.settings.search.methods)
+    chosen = sources.searching(run)
     reserve = selection_reserve(run)
     for i, source in enumerate(chosen):
         seconds = run.budget.search_seconds(reserve)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
-from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, eta_solvers, spec_for_nfe
+from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, fixed_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.files import check_writable
 from stepdrop_search.objectives.residual import Teacher
@@ -22,7 +22,7 @@ from stepdrop_search.seeds import search_seed
 
 #: The ways of producing candidates besides the analytic schedules (always in the pool); ``--method`` takes any
 #: comma-separated subset, ``all`` every one.
-METHODS = ("gradient", "dp-gits", "dp-oss", "optuna")
+METHODS = ("gradient", "learned-solver", "dp-gits", "dp-oss", "optuna")
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
 
 
@@ -88,11 +88,14 @@ class GradientSettings:
     epochs: int = 10
     batch: int = 64
     lr: float = 2e-3
+    # the learned-solver method: Adam on its steps and coefficients, and its most epochs (--budget usually stops it)
+    solver_lr: float = 1e-3
+    solver_epochs: int = 20
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES or self.space not in SPACES:
             raise UserError(f"--gradient-loss is one of {', '.join(LOSSES)}; --gradient-space one of {', '.join(SPACES)}")
-        if min(self.samples, self.epochs, self.batch) < 1 or self.lr <= 0:
+        if min(self.samples, self.epochs, self.batch, self.solver_epochs) < 1 or min(self.lr, self.solver_lr) <= 0:
             raise UserError("--gradient-samples, --gradient-epochs and the batch must be ≥ 1, the learning rate > 0")
 
 
@@ -141,8 +144,9 @@ class SearchSettings:
                             "re-scores on a superset of rung 0's samples)")
         if self.multi_objective and (self.nfe_range is None or not 1 <= self.nfe_range[0] < self.nfe_range[1]):
             raise UserError("--multi-objective needs --nfe-range LO,HI with 1 ≤ LO < HI")
-        if set(self.methods) & {"gradient", "dp-gits", "dp-oss"} and self.kind != "explicit":
-            raise UserError("gradient and DP methods produce explicit schedules; use --method optuna to search another --kind")
+        if set(self.methods) & {"gradient", "learned-solver", "dp-gits", "dp-oss"} and self.kind != "explicit":
+            raise UserError("gradient, learned-solver and DP methods produce explicit schedules; use --method optuna to search "
+                            "another --kind")
         if self.solver == "auto" and (self.kind != "explicit" or self.search_eta):
             raise UserError("--solver auto searches step sets across solvers; name one --solver to search "
                             "--kind or --search-eta")
@@ -243,8 +247,9 @@ class OptimizeSettings:
                    SelectionSettings(**parts["selection"]), OutputSettings(**parts["output"]))
 
     def pool_solvers(self) -> tuple[str, ...]:
-        """Every solver the runtime has (``--solver auto``), or the pinned one."""
-        return self.model.run_runtime.solver_names(SOLVERS) if self.search.solver == "auto" else (self.search.solver,)
+        """Every fixed-coefficient solver the runtime has (``--solver auto``; a learned solver is learned by its own method,
+        not tried on the pool's schedules, where without coefficients it is its base solver), or the pinned one."""
+        return self.model.run_runtime.solver_names(fixed_solvers()) if self.search.solver == "auto" else (self.search.solver,)
 
     @property
     def study_name(self) -> str:

@@ -5,7 +5,7 @@ its import below: the sampler loop, the CLI's ``--solver``, ``evaluate --baselin
 all go through the registry.
 """
 
-from stepdrop_search.diffusion.solvers import dpmpp, first_order, heun, ipndm, unipc  # noqa: F401  (registers the solvers)
+from stepdrop_search.diffusion.solvers import dpmpp, first_order, heun, ipndm, learned, unipc  # noqa: F401  (registers the solvers)
 from stepdrop_search.diffusion.solvers.base import (
     SOLVERS,
     Solver,
@@ -13,6 +13,7 @@ from stepdrop_search.diffusion.solvers.base import (
     State,
     Step,
     eta_solvers,
+    fixed_solvers,
     log_snr,
     predict_x0,
     register_solver,
@@ -23,4 +24,4 @@ from stepdrop_search.diffusion.solvers.dpmpp import dpmpp_2m_step
 from stepdrop_search.diffusion.solvers.first_order import ancestral_step, ddim_step
 
 __all__ = ["SOLVERS", "Solver", "SolverSpec", "State", "Step", "ancestral_step", "ddim_step", "dpmpp_2m_step",
-           "eta_solvers", "log_snr", "predict_x0", "register_solver", "solver_class", "spec_for_nfe"]
+           "eta_solvers", "fixed_solvers", "log_snr", "predict_x0", "register_solver", "solver_class", "spec_for_nfe"]

@@ -17,6 +17,7 @@ back to the host.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -138,6 +139,13 @@ class Solver:
     default_eta: ClassVar[float] = 0.0
     #: whether its evaluations per grid step vary (then ``SolverSpec.nfe`` may set a run's budget)
     variable_cost: ClassVar[bool] = False
+    #: whether it takes learned per-grid-step coefficients (``SolverSpec.coefficients``); such a solver runs dense plans
+    #: only, since its coefficients belong to grid steps, and no σ-list tool runs it
+    learned: ClassVar[bool] = False
+    #: whether its step to x̂0 (the last one) is its own; otherwise the loop returns the last evaluation's x̂0 there
+    owns_last_step: ClassVar[bool] = False
+    #: a learned solver's numbers per grid step (one row of its coefficients)
+    coefficient_width: ClassVar[int] = 0
     #: the solver whose single step from a fresh state is this one's first step — one edge of DP-OSS for it: DDIM for
     #: every solver that starts first order (multistep ones have no history yet), and DDIM's probability-flow ODE
     #: for stochastic ones (a DP edge that drew noise would make the schedule depend on one draw)
@@ -153,6 +161,20 @@ class Solver:
     def init_state(self, x: Tensor) -> State:
         """Per-sample state before the first step (batch-first tensors); none for one-step solvers."""
         return {}
+
+    @classmethod
+    def checked_coefficients(cls, rows) -> tuple[tuple[float, ...], ...]:
+        """A learned solver's coefficients from a file: rows of finite numbers, refused in one line otherwise."""
+        width = cls.coefficient_width
+        if not isinstance(rows, (list, tuple)) or not rows or not all(
+                isinstance(r, (list, tuple)) and len(r) == width
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in r) for r in rows):
+            raise UserError(f"solver {cls.name}: coefficients must be a non-empty list of rows of {width} finite numbers, "
+                            "one row per grid step")
+        return tuple(tuple(float(v) for v in r) for r in rows)
+
+    def check_plan(self, length: int, dense: bool) -> None:
+        """Refuse, in one line and before any evaluation, a plan of ``length`` grid steps this solver cannot run."""
 
     def step(self, s: Step, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
@@ -179,14 +201,21 @@ def no_history(batch: int, device: torch.device) -> Tensor:
 class SolverSpec:
     """Which solver a sampler uses, its stochasticity η (for solvers that have one; None: the solver's
     ``default_eta``), and — for solvers whose evaluations per step vary (Heun) — the NFE budget of a run, which
-    decides where it saves an evaluation."""
+    decides where it saves an evaluation. A learned solver's ``coefficients`` are its per-grid-step parameters: a tuple
+    of rows of floats (what files hold), or a tensor while they are being learned (then gradients reach it)."""
 
     name: str = "ddim"
     eta: float | None = None
     nfe: int | None = None
+    coefficients: tuple[tuple[float, ...], ...] | Tensor | None = None
 
     def __post_init__(self) -> None:
         cls = solver_class(self.name)
+        if self.coefficients is not None and not cls.learned:
+            raise UserError(f"solver {self.name} takes no coefficients (learned solvers do: "
+                            f"{', '.join(n for n, c in SOLVERS.items() if c.learned)})")
+        if isinstance(self.coefficients, (list, tuple)):
+            object.__setattr__(self, "coefficients", cls.checked_coefficients(self.coefficients))
         if self.eta is None:
             object.__setattr__(self, "eta", cls.default_eta)
         if not 0.0 <= self.eta <= 1.0:
@@ -202,8 +231,21 @@ class SolverSpec:
     def solver(self) -> Solver:
         return solver_class(self.name)(self)
 
+    @property
+    def key(self) -> tuple:
+        """What makes two specs the same solver (coefficients rounded as files write them)."""
+        return self.name, self.eta, self.nfe, self.coefficient_rows()
+
+    def coefficient_rows(self) -> tuple[tuple[float, ...], ...] | None:
+        """The coefficients as rows of Python floats (a tensor being learned is read as it is now)."""
+        if self.coefficients is None or not isinstance(self.coefficients, Tensor):
+            return self.coefficients
+        return tuple(tuple(row) for row in self.coefficients.detach().double().cpu().tolist())
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "eta": self.eta} | ({"nfe": self.nfe} if self.nfe is not None else {})
+        rows = self.coefficient_rows()
+        return ({"name": self.name, "eta": self.eta} | ({"nfe": self.nfe} if self.nfe is not None else {})
+                | ({"coefficients": [list(r) for r in rows]} if rows is not None else {}))
 
 
 def spec_for_nfe(name: str, nfe: int, eta: float | None = None, runtime: Runtime | str | None = None) -> tuple[SolverSpec, int]:
@@ -221,3 +263,9 @@ def spec_for_nfe(name: str, nfe: int, eta: float | None = None, runtime: Runtime
 
 def eta_solvers() -> tuple[str, ...]:
     return tuple(name for name, cls in SOLVERS.items() if cls.has_eta)
+
+
+def fixed_solvers() -> tuple[str, ...]:
+    """The registered solvers whose coefficients are fixed: what a pool tries on every schedule (a learned solver
+    without its coefficients is only its base solver)."""
+    return tuple(name for name, cls in SOLVERS.items() if not cls.learned)

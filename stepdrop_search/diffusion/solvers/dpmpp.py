@@ -65,7 +65,20 @@ def dpmpp_2m_sde_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: 
 
 def dpmpp_3m_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: Tensor, prev2_x0: Tensor,
                   h_prev: Tensor, h_prev2: Tensor) -> Tensor:
-    """DPM-Solver++(3M), diffusers' ``multistep_dpm_solver_third_order_update`` (η = 0):
+    """DPM-Solver++(3M), diffusers' ``multistep_dpm_solver_third_order_update`` (η = 0); see :func:`dpmpp_3m_weights`."""
+    return multistep_update(x, (x0, prev_x0, prev2_x0), *dpmpp_3m_weights(a_t, a_s, h_prev, h_prev2))
+
+
+def multistep_update(x: Tensor, history: tuple[Tensor, ...], decay: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
+    """x_s = decay·x_t + Σ_j weights_j·x̂0_{−j}: each state multiplied once by a coefficient formed in float64."""
+    out = applied(decay, x) * x
+    for weight, x0 in zip(weights, history, strict=True):
+        out = out + applied(weight, x) * x0
+    return out
+
+
+def dpmpp_3m_weights(a_t: Tensor, a_s: Tensor, h_prev: Tensor, h_prev2: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """(σ_s/σ_t, (w0, w1, w2)): DPM-Solver++(3M)'s update x_s = (σ_s/σ_t) x_t + w0 x̂0 + w1 x̂0_prev + w2 x̂0_prev2.
 
     with r0 = h_prev/h, r1 = h_prev2/h, D1_0 = (x̂0 − x̂0_prev)/r0, D1_1 = (x̂0_prev − x̂0_prev2)/r1,
     D1 = D1_0 + r0/(r0 + r1) (D1_0 − D1_1), D2 = (D1_0 − D1_1)/(r0 + r1), φ₁ = e^{−h} − 1, φ₂ = φ₁/h + 1,
@@ -91,9 +104,8 @@ def dpmpp_3m_step(x: Tensor, x0: Tensor, a_t: Tensor, a_s: Tensor, prev_x0: Tens
              -phi2 * k * v + phi3 * m * v)
     c = midpoint_weight(h, h_prev)
     second = (phi1 * (1 + c), -phi1 * c, torch.zeros_like(phi1))  # α_s φ₁ D of dpmpp_2m_step, as the same weights
-    w0, w1, w2 = (-a_s.sqrt() * torch.where(has_two, a, b) for a, b in zip(third, second, strict=True))
-    return (applied(((1 - a_s) / (1 - a_t)).sqrt(), x) * x + applied(w0, x) * x0 + applied(w1, x) * prev_x0
-            + applied(w2, x) * prev2_x0)
+    weights = tuple(-a_s.sqrt() * torch.where(has_two, a, b) for a, b in zip(third, second, strict=True))
+    return ((1 - a_s) / (1 - a_t)).sqrt(), weights
 
 
 def step_size(s: Step) -> Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from torch import Tensor
+
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.generation import initial_noise
 from stepdrop_search.objectives.residual import Teacher, teacher_outputs
@@ -23,8 +25,25 @@ if TYPE_CHECKING:
     from stepdrop_search.search.run import Run
 
 
+def training_pairs(run: Run) -> tuple[Tensor, Tensor]:
+    """(x_T, target) of the gradient methods' training set then validation set (``samples`` each): x_T of the search
+    seed after its largest rung, and the teacher's x0 from them (x_T again for the ``fid`` loss, which reads none)."""
+    settings, search = run.settings.search.gradient, run.settings.search
+    n, offset, seed = settings.samples, max(run.sizes.rung1, search.trial_samples), search_seed(search.seed)
+    config = run.loaded.config
+    x_T = initial_noise(offset + 2 * n, (config.in_channels, config.image_size, config.image_size), seed)[offset:]
+    x_T = x_T.to(run.device)
+    target = x_T if settings.loss == "fid" else teacher_outputs(
+        run.loaded, Teacher.parse(search.teacher), n=offset + 2 * n, seed=seed, runtime=run.runtime,
+        log=run.log)[offset:].to(run.device)
+    return x_T, target
+
+
 class LearnedSteps:
     name = "gradient"
+
+    def applies(self, run: Run) -> bool:
+        return True
 
     def candidates(self, run: Run, seconds: float | None) -> list[Candidate]:
         """Learned steps for each deterministic searched solver, ``seconds`` shared among them (None: the epochs)."""
@@ -40,13 +59,8 @@ class LearnedSteps:
             run.log(f"gradient: {share:.0f} s per solver is less than one epoch (≈ {epoch:.0f} s); skipped "
                     "(raise --budget to learn steps at this NFE)")
             return []
-        n, offset, seed = settings.samples, max(run.sizes.rung1, search.trial_samples), search_seed(search.seed)
-        config = run.loaded.config
-        x_T = initial_noise(offset + 2 * n, (config.in_channels, config.image_size, config.image_size), seed)[offset:]
-        x_T = x_T.to(run.device)
-        target = x_T if settings.loss == "fid" else teacher_outputs(
-            run.loaded, Teacher.parse(search.teacher), n=offset + 2 * n, seed=seed, runtime=run.runtime,
-            log=run.log)[offset:].to(run.device)
+        n = settings.samples
+        x_T, target = training_pairs(run)
         out = []
         for name in solvers:
             starts = [c for c in ranked(run.rung1, run.sizes.rung1) if c.document.solver.name == name

@@ -205,6 +205,9 @@ def study_candidates(run: Run, study: optuna.Study, known: set[tuple]) -> list[C
 class OptunaStudy:
     name = "optuna"
 
+    def applies(self, run: Run) -> bool:
+        return True
+
     def candidates(self, run: Run, seconds: float | None) -> list[Candidate]:
         """Seed the study with the pool (when this run created it), search for ``seconds``, return its best new trials."""
         if not run.search_solvers:
