@@ -32,7 +32,7 @@ if [ "$QUICK" = 1 ]; then
     LOSSES="--samples 8 --epochs 1 --held-out 16 --teacher ddim-20"
     BIAS="--samples 8 16" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
     # one row per model in the model comparisons, one learned NFE (its export resampled to the main job's NFE)
-    COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 TOP=2
+    COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 TOP=2 FEW_NFES="4"
     # the peers' searches and the S2-DM fine-tunes read these from the environment
     export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10,25 STEPS=10
     export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
@@ -40,7 +40,7 @@ else
     R=${OUT:-bench/results/reproduced}
     BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=480 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
-    COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25"
+    COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25" FEW_NFES="3 4 5 6"
     SCREEN_FORWARDS=2560 TOP=8
 fi
 DEVICE=${DEVICE:-auto}
@@ -148,6 +148,12 @@ for nfe in $LEARNED_NFES; do
     kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe"
     against_pool "learned-nfe$nfe" "$nfe" --baselines dpmpp-2m --nfe 50
 done
+
+step "Below five evaluations: every solver, learned steps and the learned solver at NFE $FEW_NFES (bench/few_nfe.sh)"
+kept "$R/few-nfe/paired.md" ||
+    OUT="$R/few-nfe" STUDIES_DIR="$STUDIES" NFES="$FEW_NFES" BUDGET="$BUDGET" DEVICE="$DEVICE" SAMPLES="$BIG" SEEDS="$SEEDS" \
+        OPTIMIZE_FLAGS="$OPT" \
+        bash bench/few_nfe.sh
 
 step "Every solver at NFE 5, 10 and 25, under the default runtime and with the x̂0 clamp (stepdrop-clamp)"
 SOLVERS=ddim,ddpm,dpmpp-2m,dpmpp-3m,dpmpp-2m-sde,ipndm,unipc,heun

@@ -17,7 +17,7 @@ RESULTS = ["ddim-sanity-2000x3.json", "model-compare.md", "suite-stepdrop.json",
            "sampler-speed.txt", "stochastic-variance.json", "teacher-accuracy.txt", "small-sample-bias-nfe10.txt",
            "optimize-nfe25/best.json", "optimize-nfe25/paired.md",
            "optimize-nfe25-comfyui/best.json", "export-fidelity.md", "learned-nfe5/paired.md",
-           "learned-nfe5/rung-correlation.txt", "gradient-losses-unipc-nfe5.txt", "resample/paired-nfe25.md",
+           "learned-nfe5/rung-correlation.txt", "few-nfe/paired.md", "gradient-losses-unipc-nfe5.txt", "resample/paired-nfe25.md",
            "peers/peers.json", "figures/samples-across-nfe.png", "figures/quality-vs-nfe.png"]
 #: the results of the steps that need the Fashion-MNIST images (the metric's floor, the S2-DM fine-tunes)
 NEED_IMAGES = ["metric-floor.txt", "s2dm-ablation-paired.md", "finetune-compare.md"]
