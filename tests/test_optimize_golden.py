@@ -19,10 +19,10 @@ SETTINGS = dict(nfe=4, method="all", trials=22, budget=None, samples=16, trial_s
 # judge (here a residual net on half of the synthetic images), and the export is the cheapest row still in the race
 # once it reaches its largest round (NFE is a ceiling). The study is seeded with the best
 # rung-0 rows first, only as many as --trials leaves room for. Since the learned-solver issue, NFE 4 also learns a
-# solver (learned-3m) from DPM-Solver++(3M)'s best rung-1 row (no 3M learned steps here), which joins the pool and races;
-# it changes no other decision.
+# solver (learned-3m) from DPM-Solver++(3M)'s best rung-1 row; here no epoch beats that start on its validation x_T,
+# so it proposes nothing and every decision stays as it was.
 GOLDEN = {'export': 'dpmpp-2m-sde/dp-gits@3',
- 'gradient_inits': {'unipc/gradient': 'unipc/karras', 'learned-3m/gradient': 'dpmpp-3m/karras'},
+ 'gradient_inits': {'unipc/gradient': 'unipc/karras'},
  'leader': 'dpmpp-2m-sde/dp-gits@3',
  'pool': ['ddim/dp-gits', 'ddim/dp-gits@3', 'ddim/karras', 'ddim/karras@3', 'ddim/logsnr', 'ddim/logsnr@3',
           'ddim/quadratic', 'ddim/quadratic@3', 'ddim/uniform', 'ddim/uniform@3', 'ddpm/dp-gits', 'ddpm/dp-gits@3',
@@ -36,7 +36,7 @@ GOLDEN = {'export': 'dpmpp-2m-sde/dp-gits@3',
           'dpmpp-3m/quadratic', 'dpmpp-3m/quadratic@3', 'dpmpp-3m/uniform', 'dpmpp-3m/uniform@3', 'heun/dp-gits',
           'heun/logsnr', 'heun/uniform', 'ipndm/dp-gits', 'ipndm/dp-gits@3', 'ipndm/karras', 'ipndm/karras@3',
           'ipndm/logsnr', 'ipndm/logsnr@3', 'ipndm/quadratic', 'ipndm/quadratic@3', 'ipndm/uniform',
-          'ipndm/uniform@3', 'learned-3m/gradient', 'unipc/dp-gits', 'unipc/dp-gits@3', 'unipc/gradient', 'unipc/karras', 'unipc/karras@3',
+          'ipndm/uniform@3', 'unipc/dp-gits', 'unipc/dp-gits@3', 'unipc/gradient', 'unipc/karras', 'unipc/karras@3',
           'unipc/logsnr', 'unipc/logsnr@3', 'unipc/quadratic', 'unipc/quadratic@3', 'unipc/uniform',
           'unipc/uniform@3'],
  'rounds': [16, 32, 64],

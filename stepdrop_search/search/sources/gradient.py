@@ -25,11 +25,14 @@ if TYPE_CHECKING:
     from stepdrop_search.search.run import Run
 
 
-def training_pairs(run: Run) -> tuple[Tensor, Tensor]:
-    """(x_T, target) of the gradient methods' training set then validation set (``samples`` each): x_T of the search
-    seed after its largest rung, and the teacher's x0 from them (x_T again for the ``fid`` loss, which reads none)."""
+def training_pairs(run: Run, after: int = 0) -> tuple[Tensor, Tensor]:
+    """(x_T, target) of a gradient method's training set then validation set (``samples`` each): x_T of the search seed
+    after its largest rung and after ``after`` such pairs of sets (a method that starts from another's result takes the
+    next ones: a start picked on a validation set is flattered there), and the teacher's x0 from them (x_T again for
+    the ``fid`` loss, which reads none)."""
     settings, search = run.settings.search.gradient, run.settings.search
-    n, offset, seed = settings.samples, max(run.sizes.rung1, search.trial_samples), search_seed(search.seed)
+    n, seed = settings.samples, search_seed(search.seed)
+    offset = max(run.sizes.rung1, search.trial_samples) + 2 * n * after
     config = run.loaded.config
     x_T = initial_noise(offset + 2 * n, (config.in_channels, config.image_size, config.image_size), seed)[offset:]
     x_T = x_T.to(run.device)
