@@ -417,7 +417,12 @@ def policy_resample(
     from stepdrop_search.policies.transfer import resample
 
     doc, loaded = _policy_document(policy, None, None, None, None, model)
-    spec, steps = spec_for_nfe(doc.solver.name, nfe, doc.solver.eta if doc.solver.solver.has_eta else None, doc.runtime)
+    solver = doc.solver.solver
+    name = solver.base if solver.learned else doc.solver.name  # learned coefficients belong to the old grid's steps
+    spec, steps = spec_for_nfe(name, nfe, doc.solver.eta if solver.has_eta else None, doc.runtime)
+    if solver.learned:
+        err_console.print(f"{doc.solver.name}'s coefficients belong to its {doc.policy.nfe} steps: the resampled schedule "
+                          f"runs its base solver, {name} (`optimize --nfe {nfe}` learns a solver for {nfe})", highlight=False)
     moved = resample(doc.policy, steps)
     save_policy(out, PolicyDocument(moved, spec, provenance(command_line(), loaded.weights_hash,
                                                             resampled_from={"policy": policy, "nfe": doc.policy.nfe}),

@@ -149,3 +149,12 @@ def test_the_python_export_reproduces_our_samples_through_a_k_diffusion_denoiser
     ours = generate(loaded.model, loaded.schedule, doc.policy, doc.solver, n=8, seed=3).x0
     assert float((theirs - ours).abs().max()) <= 1e-4
     assert len(python_text(doc, "p.json").splitlines()) <= 100
+
+
+def test_resampling_a_learned_solver_keeps_its_base_and_says_the_coefficients_stay_behind(tmp_path):
+    save_policy(tmp_path / "learned.json", document())
+    result = runner.invoke(app, ["policy", "resample", str(tmp_path / "learned.json"), "--nfe", "4", "--out",
+                                 str(tmp_path / "r4.json")])
+    assert result.exit_code == 0 and "runs its base solver, dpmpp-3m" in result.output
+    moved = load_policy(tmp_path / "r4.json")
+    assert moved.solver.name == "dpmpp-3m" and moved.solver.coefficients is None and moved.policy.nfe == 4

@@ -142,6 +142,8 @@ class Solver:
     #: whether it takes learned per-grid-step coefficients (``SolverSpec.coefficients``); such a solver runs dense plans
     #: only, since its coefficients belong to grid steps, and no σ-list tool runs it
     learned: ClassVar[bool] = False
+    #: a learned solver's fixed-coefficient base: what it is with all-zero coefficients
+    base: ClassVar[str] = ""
     #: whether its step to x̂0 (the last one) is its own; otherwise the loop returns the last evaluation's x̂0 there
     owns_last_step: ClassVar[bool] = False
     #: a learned solver's numbers per grid step (one row of its coefficients)

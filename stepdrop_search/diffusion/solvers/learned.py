@@ -41,6 +41,7 @@ class LearnedMultistep(DPMSolverPP3M):
 
     name = "learned-3m"
     learned = True
+    base = DPMSolverPP3M.name
     owns_last_step = True
     coefficient_width = 2
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: without a time limit or when ``--method`` names it.
 DEFAULT_MAX_NFE = 6
 #: the solver whose steps it starts from (its coefficients at 0 are that solver)
-BASE = "dpmpp-3m"
+BASE = LearnedMultistep.base
 
 
 class LearnedSolver:
