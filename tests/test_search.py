@@ -48,6 +48,30 @@ def test_gaps_parameterisation_is_always_valid_and_invertible():
     assert gaps_to_steps([p[f"gap_{i}"] for i in range(9)], p["t_first"], p["t_last"], 1000).tolist() == known
 
 
+def test_a_seed_outside_the_space_runs_exactly_and_quietly():
+    """Learned steps can end above the space's last-step range (T/5): the seeded trial must still run the pool row's
+    exact steps, without Optuna's out-of-range warning in every search log."""
+    import types
+    import warnings
+
+    from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME
+    from stepdrop_search.diffusion.schedule import NoiseSchedule
+    from stepdrop_search.policies import PolicyDocument
+    from stepdrop_search.search.sources.optuna_study import trial_document
+
+    steps = [999, 768, 572, 415, 219]  # t_last 219 > 200
+    run = types.SimpleNamespace(
+        settings=types.SimpleNamespace(search=types.SimpleNamespace(kind="explicit", free_boundary=True, search_eta=False)),
+        search_solvers=("ddim",), runtime=DEFAULT_RUNTIME, loaded=types.SimpleNamespace(schedule=NoiseSchedule()),
+        document=lambda policy, spec: PolicyDocument(policy, spec))
+    study = optuna.create_study()
+    study.enqueue_trial(steps_to_params(steps, True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        doc = trial_document(study.ask(), run, 5)
+    assert list(doc.policy.steps) == steps
+
+
 def test_gits_dp_matches_brute_force_on_a_small_grid(tiny):
     traj = teacher_trajectory(tiny, grid_size=7, n=4)
     nfe = 3

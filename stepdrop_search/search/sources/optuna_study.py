@@ -73,8 +73,12 @@ def trial_document(trial: optuna.Trial, run: Run, nfe: int) -> PolicyDocument:
     name = trial.suggest_categorical("solver", list(solvers)) if len(solvers) > 1 else solvers[0]
     spec, steps = spec_for_nfe(name, nfe, runtime=run.runtime)
     prefix = f"k{steps}_" if len(solvers) > 1 else ""
-    doc = suggest_document(trial, search.kind, steps, run.loaded.schedule, solver=spec, free_boundary=search.free_boundary,
-                           search_eta=search.search_eta, prefix=prefix)
+    with warnings.catch_warnings():
+        # a seeded trial is a pool row, which may lie outside the space (learned steps can end above T/5); Optuna runs
+        # its fixed values exactly and warns once per parameter, which says nothing the seed's user attributes do not
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range", category=UserWarning)
+        doc = suggest_document(trial, search.kind, steps, run.loaded.schedule, solver=spec,
+                               free_boundary=search.free_boundary, search_eta=search.search_eta, prefix=prefix)
     return run.document(doc.policy, doc.solver)
 
 
