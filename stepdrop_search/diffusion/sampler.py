@@ -220,7 +220,8 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
            runtime: Runtime = DEFAULT_RUNTIME, streams: SampleStreams | None = None,
            calibration: AmplitudeCalibration | None = None, trajectory: bool = False,
            solver: SolverSpec | None = None, differentiable: bool = False) -> SampleResult:
-    """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample goes to x̂0.
+    """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample lands at t = 0: on the
+    last evaluation's x̂0, or where the solver's own last step puts it (``Solver.owns_last_step``).
 
     ``runtime`` decides the conventions a σ list and a solver leave open (:mod:`.runtimes`): whether x̂0 is clamped, the
     time the network is fed, and how the start noise ``x`` is scaled (1 for the exact VP start x_T = ε). Its solver set

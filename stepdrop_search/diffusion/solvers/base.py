@@ -176,7 +176,10 @@ class Solver:
         return tuple(tuple(float(v) for v in r) for r in rows)
 
     def check_plan(self, length: int, dense: bool) -> None:
-        """Refuse, in one line and before any evaluation, a plan of ``length`` grid steps this solver cannot run."""
+        """Refuse, in one line and before any evaluation, a plan of ``length`` grid steps this solver cannot run.
+
+        The loop calls it before :meth:`init_state`, so a solver whose state depends on the grid (a learned one's
+        per-step coefficients) may keep ``length`` here."""
 
     def step(self, s: Step, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError

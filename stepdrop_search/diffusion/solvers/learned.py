@@ -65,6 +65,7 @@ class LearnedMultistep(DPMSolverPP3M):
         self.length = length
 
     def init_state(self, x: Tensor) -> State:
+        # self.length: the grid's, from check_plan, which the loop calls first
         rows = self.spec.coefficients if self.spec is not None else None
         offsets = torch.zeros(self.length, 2, dtype=torch.float64) if rows is None else torch.as_tensor(rows)
         self.offsets = offsets.to(device=x.device, dtype=torch.float64) * history_mask(self.length).to(x.device)
