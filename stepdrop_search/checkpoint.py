@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from stepdrop_search.diffusion.flow import FlowAdapter
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.files import atomic_write
@@ -107,6 +108,8 @@ def load_checkpoint_model(path: str | os.PathLike, *, device: str | torch.device
     schedule = NoiseSchedule.from_dict(dict(payload["schedule"]))
     if payload.get("schedule_hash") not in (None, schedule.hash):
         raise UserError(f"{path}: stored noise-schedule hash does not match its schedule; the file is damaged")
+    if schedule.is_flow:  # a velocity network: the sampler sees it as ε over the flow's VP schedule
+        model = FlowAdapter(model, schedule)
     return LoadedModel(model, schedule, dict(payload.get("dataset", {})), state_dict_hash(payload[weights]),
                        str(path), dict(payload.get("card", {})))
 

@@ -106,7 +106,10 @@ def train(
     grad_clip: Annotated[float, typer.Option(help="clip the gradient's norm to this")] = 1.0,
     flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="random horizontal flips (default: where it makes sense)")] = None,
     seed: Annotated[int, typer.Option(help="initialisation, data order and noise")] = 0,
-    schedule: Annotated[str, typer.Option(help="noise schedule: linear or cosine")] = "linear",
+    objective: Annotated[str, typer.Option(help="epsilon (DDPM's ε) or flow (a rectified flow's velocity, as SD3 and "
+                                                "Flux: s drawn logit-normal)")] = "epsilon",
+    schedule: Annotated[str | None, typer.Option(help="noise schedule of an epsilon model: linear or cosine "
+                                                      "(default linear; a flow has its own)")] = None,
     timesteps: Annotated[int, typer.Option("--timesteps", help="T, the number of diffusion steps")] = 1000,
     skip_loss_every: Annotated[int, typer.Option(help="S2-DM skip K (e.g. 10); 0 = plain DDPM loss")] = 0,
     skip_loss_tau: Annotated[float, typer.Option(help="S2-DM weight τ of the plain loss")] = 0.99,
@@ -118,14 +121,14 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
-    """Train a U-Net with the DDPM ε-objective (optionally with the S2-DM skip-step loss)."""
+    """Train a U-Net: the DDPM ε-objective (optionally with the S2-DM skip-step loss), or a rectified flow (--objective flow)."""
     check_writable(out, "--out", folder=True)
     from stepdrop_search.train import TrainConfig
     from stepdrop_search.train import train as run_training
 
     cfg = TrainConfig(preset=preset, dataset=dataset, data_dir=data, image_size=image_size, steps=steps,
                       batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
-                      grad_clip=grad_clip, flip=flip, seed=seed, schedule=schedule, T=timesteps,
+                      grad_clip=grad_clip, flip=flip, seed=seed, objective=objective, schedule=schedule, T=timesteps,
                       skip_loss_every=skip_loss_every, skip_loss_tau=skip_loss_tau, init_from=init_from,
                       checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, out_dir=out, device=device, command=command_line())
     with training_progress() as on_step:

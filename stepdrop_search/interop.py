@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
+from stepdrop_search.diffusion.flow import FlowAdapter
 from stepdrop_search.diffusion.sampler import SampleResult, stream_seed
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError, unknown_name
@@ -86,7 +87,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class DiffusersEpsilon(torch.nn.Module):
-    """ε_θ(x, t) of a diffusers ``UNet2DModel`` behind the interface of our U-Net, whatever it predicts.
+    """ε_θ(x, t) of a diffusers ``UNet2DModel`` behind the interface of our U-Net, whatever it predicts (with the
+    default ``epsilon``, the UNet's raw output: a flow model's velocity, which :class:`FlowAdapter` then converts).
 
     With x_t = α x0 + σ ε (α = √ᾱ_t, σ = √(1 − ᾱ_t)): a ``v_prediction`` model's v = α ε − σ x0 gives ε = α v + σ x_t;
     a ``sample`` model's x̂0 gives ε = (x_t − α x̂0)/σ. ᾱ comes from the schedule at the (possibly real) t, in float64.
@@ -112,8 +114,21 @@ class DiffusersEpsilon(torch.nn.Module):
         return eps.to(x.dtype)
 
 
+#: the diffusers scheduler of rectified-flow models (SD3, Flux): its config in a folder means a velocity network
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+
+
+def is_flow_config(config: dict) -> bool:
+    """Whether a scheduler config is a flow-matching one (``FlowMatch…Scheduler``)."""
+    return str(config.get("_class_name", "")).startswith("FlowMatch")
+
+
 def schedule_from_scheduler_config(config: dict, source: str) -> NoiseSchedule:
-    """Our noise schedule from a diffusers ``scheduler_config.json``; refuses what our ε-sampler cannot run."""
+    """Our noise schedule from a diffusers ``scheduler_config.json``; refuses what our ε-sampler cannot run. A
+    flow-matching config is a rectified flow whatever its ``shift``: the shift is a choice of steps (a policy here),
+    not the model's path."""
+    if is_flow_config(config):
+        return NoiseSchedule(kind="flow", T=int(config.get("num_train_timesteps", 1000)))
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise UserError(f"{source}: prediction_type {prediction!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}")
@@ -132,6 +147,8 @@ def scheduler_config_from_schedule(schedule: NoiseSchedule) -> dict:
     """The diffusers scheduler config describing one of our noise schedules (ε-prediction, no clipping
     beyond the data range). Every parameter of the kind is carried over, so that reading the config back gives
     the same schedule; one diffusers cannot express is refused rather than silently replaced."""
+    if schedule.is_flow:  # shift 1: our steps are the σ themselves (a tool that shifts again would move them)
+        return {"_class_name": FLOW_SCHEDULER, "num_train_timesteps": schedule.T, "shift": 1.0, "use_dynamic_shifting": False}
     beta_schedule = {kind: name for name, kind in BETA_SCHEDULES.items()}[schedule.kind]
     diffusers_cosine_s = 0.008  # hard-coded in diffusers' betas_for_alpha_bar
     if schedule.kind == "cosine" and schedule.cosine_s != diffusers_cosine_s:
@@ -209,7 +226,10 @@ def load_diffusers_model(directory: str | Path, device: str | torch.device = "cp
     if unet.config.out_channels not in (unet.config.in_channels, 2 * unet.config.in_channels):
         raise UserError(f"{unet_dir}: out_channels {unet.config.out_channels} is neither ε nor [ε, variance] "
                         f"for {unet.config.in_channels} input channels")
-    model = DiffusersEpsilon(unet, schedule, config.get("prediction_type", "epsilon")).to(device).eval()
+    if schedule.is_flow:  # the UNet's raw output is the velocity
+        model = FlowAdapter(DiffusersEpsilon(unet), schedule).to(device).eval()
+    else:
+        model = DiffusersEpsilon(unet, schedule, config.get("prediction_type", "epsilon")).to(device).eval()
     card = {"scheduler_config": config, "format": "diffusers"}
     return LoadedModel(model, schedule, {}, state_dict_hash(unet.state_dict()), f"{PREFIX}{directory}", card)
 
@@ -297,6 +317,9 @@ def make_scheduler(name: str, loaded: LoadedModel):
     diffusers = require_diffusers()
     if name not in SCHEDULERS:
         raise unknown_name("diffusers scheduler", name, SCHEDULERS)
+    if loaded.schedule.is_flow:  # these loops step VP models; fed a flow's ε through our adapter they would sample another path
+        raise UserError(f"diffusers' {SCHEDULERS[name][0]} loop runs ε models on β schedules, and this is a rectified flow "
+                        f"(its loop is {FLOW_SCHEDULER})")
     config = loaded.card.get("scheduler_config") or scheduler_config_from_schedule(loaded.schedule)
     # our model wrapper always returns ε (DiffusersEpsilon converts v and x0), so the scheduler must read ε
     return getattr(diffusers, SCHEDULERS[name][0]).from_config({**config, "prediction_type": "epsilon"})

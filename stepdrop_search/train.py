@@ -1,4 +1,5 @@
-"""DDPM training (ε-MSE, optional S2-DM skip-step loss) with EMA, resumable atomic checkpoints.
+"""Training: DDPM (ε-MSE, optional S2-DM skip-step loss) or rectified flow (velocity MSE), with EMA and resumable
+atomic checkpoints.
 
 Every random draw of a step (batch indices, flips, t, noise) comes from one CPU ``torch.Generator``
 whose state is saved in each checkpoint, so a run killed and resumed with ``--resume`` takes exactly
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from stepdrop_search.checkpoint import load_checkpoint, save_checkpoint, state_dict_hash
 from stepdrop_search.data import horizontal_flip_makes_sense, load_dataset
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.diffusion.flow import logit_normal
+from stepdrop_search.diffusion.schedule import FLOW_KINDS, NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.files import write_json
 from stepdrop_search.loading import load_model
@@ -30,6 +32,8 @@ from stepdrop_search.model import UNet, count_parameters, preset_config
 CHECKPOINT_NAME = "last.pt"
 #: what a model file holds besides its card: what sampling needs, nothing of the optimizer
 WEIGHTS_FILE_KEYS = ("model_config", "schedule", "schedule_hash", "dataset", "model")
+#: what the network learns: "epsilon" (DDPM's ε on a β schedule) or "flow" (the velocity ε − x0 of a rectified flow)
+OBJECTIVES = ("epsilon", "flow")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     flip: bool | None = None  # None: flip where the data set is mirror-symmetric in meaning
     seed: int = 0
-    schedule: str = "linear"
+    objective: str = "epsilon"
+    schedule: str | None = None  # None: the objective's own ("linear" for epsilon, "flow" for flow)
     T: int = 1000
     skip_loss_every: int = 0  # S2-DM "skip" K; 0 disables the skip-step loss
     skip_loss_tau: float = 0.99
@@ -66,6 +71,16 @@ class TrainConfig:
             raise UserError("--skip-loss-every must be ≥ 0 and --skip-loss-tau in [0, 1]")
         if self.checkpoint_every < 1 or self.snapshot_every < 0:
             raise UserError("--checkpoint-every must be ≥ 1 and --snapshot-every ≥ 0")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown --objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        flow = self.objective == "flow"
+        if self.schedule is None:
+            object.__setattr__(self, "schedule", "flow" if flow else "linear")
+        if flow != (self.schedule in FLOW_KINDS):
+            raise UserError("--objective flow trains a rectified flow, which has no β schedule: drop --schedule"
+                            if flow else f"--schedule {self.schedule} is a rectified flow's: train it with --objective flow")
+        if flow and self.skip_loss_every:
+            raise UserError("--skip-loss-every is S2-DMs' loss for ε models (it needs a β schedule); drop it with --objective flow")
 
     @property
     def warmup(self) -> int:
@@ -106,6 +121,12 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
     return tau * loss + (1 - tau) * skip_loss
 
 
+def flow_loss(model: torch.nn.Module, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, T: int) -> torch.Tensor:
+    """Rectified flow (Liu et al. 2022; SD3): the velocity ε − x0 at y_s = (1 − s) x0 + s ε, the network fed s·T."""
+    s_b = s.view(-1, 1, 1, 1)
+    return F.mse_loss(model((1 - s_b) * x0 + s_b * noise, s * T), noise - x0)
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters(), strict=False):
@@ -124,8 +145,8 @@ class StepReport:
 
 
 def _check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    old = saved.get("train_config", {})
-    for key in ("preset", "dataset", "image_size", "schedule", "T", "batch_size", "seed", "skip_loss_every"):
+    old = {"objective": "epsilon"} | saved.get("train_config", {})  # runs from before flows trained ε
+    for key in ("preset", "dataset", "image_size", "objective", "schedule", "T", "batch_size", "seed", "skip_loss_every"):
         if old.get(key) != getattr(cfg, key):
             raise UserError(f"{path} was trained with {key}={old.get(key)!r}, not {getattr(cfg, key)!r}; "
                             "resume with the same settings or choose another --out")
@@ -136,12 +157,16 @@ def initial_weights(path: str, model_config, schedule: NoiseSchedule) -> tuple[d
     unless they fit this run's model and noise schedule: a fine-tune that silently changed either would compare
     nothing."""
     start = load_model(None if path == "default" else path)
+    if start.schedule.is_flow != schedule.is_flow:
+        raise UserError(f"--init-from {path} is {'a rectified flow' if start.schedule.is_flow else 'an ε model'}; "
+                        f"this run trains {'a flow' if schedule.is_flow else 'an ε model'} (--objective)")
     if start.config != model_config:
         raise UserError(f"--init-from {path} holds another architecture than --preset/--dataset build here; "
                         "pass the preset and data set it was trained with")
     if start.schedule.hash != schedule.hash:
         raise UserError(f"--init-from {path} was trained with another noise schedule; pass its --schedule/--timesteps")
-    return start.model.state_dict(), lineage_of(start.card, start.weights_hash, path)
+    network = getattr(start.model, "net", start.model)  # a flow model's adapter holds its network
+    return network.state_dict(), lineage_of(start.card, start.weights_hash, path)
 
 
 def training_stage(card: dict, weights_hash: str) -> dict:
@@ -236,13 +261,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        t = torch.randint(0, schedule.T, (cfg.batch_size,), generator=gen)
+        t = logit_normal(cfg.batch_size, gen).float() if schedule.is_flow else \
+            torch.randint(0, schedule.T, (cfg.batch_size,), generator=gen)
         noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=gen)
         x0 = images[idx.to(device)]
         if flip:
             mirror = (torch.rand(cfg.batch_size, generator=gen) < 0.5).to(device)
             x0 = torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        loss = diffusion_loss(model, x0, t.to(device), noise.to(device), alphas_cumprod, skip_coef, cfg.skip_loss_tau)
+        if schedule.is_flow:  # t is the flow time s here
+            loss = flow_loss(model, x0, t.to(device), noise.to(device), schedule.T)
+        else:
+            loss = diffusion_loss(model, x0, t.to(device), noise.to(device), alphas_cumprod, skip_coef, cfg.skip_loss_tau)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

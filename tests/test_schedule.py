@@ -62,7 +62,7 @@ def test_parameters_a_kind_does_not_read_are_left_out_of_the_hash():
 
 # One non-default schedule per kind (a new kind without an entry fails the tests below).
 NON_DEFAULT = {"linear": NoiseSchedule("linear", 500, 0.001, 0.03), "cosine": NoiseSchedule("cosine", 200, cosine_s=0.01),
-               "scaled_linear": NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012)}
+               "scaled_linear": NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012), "flow": NoiseSchedule("flow", 500)}
 
 
 @pytest.mark.parametrize("kind", SCHEDULE_KINDS)

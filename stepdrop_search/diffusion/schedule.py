@@ -1,9 +1,19 @@
-"""Discrete DDPM noise schedules: linear (Ho et al.), cosine (Nichol & Dhariwal) and scaled-linear
-(linear in √β, the latent-diffusion schedule diffusers calls ``scaled_linear``).
+"""Noise schedules: discrete DDPM ones — linear (Ho et al.), cosine (Nichol & Dhariwal), scaled-linear (linear in √β,
+the latent-diffusion schedule diffusers calls ``scaled_linear``) — and rectified flow.
 
 A schedule is a small immutable value (kind, T, parameters). Everything else — β, ᾱ, σ, log-SNR — is
 derived from it, so a checkpoint or a policy file only needs to store :meth:`NoiseSchedule.to_dict`
 and can be checked against another one with :attr:`NoiseSchedule.hash`.
+
+**One abstraction for both families.** Samplers, solvers and policies see a VP process x_t = α_t x0 + σ_t ε with
+α = √ᾱ_t, σ = √(1 − ᾱ_t) and λ_t = log(α_t/σ_t) over steps t in [0, T−1]. A rectified-flow model's path
+y_s = (1 − s) x0 + s ε (SD3, Flux) is that process scaled: y_s = c_s x_t with c_s = √((1 − s)² + s²), the same x0 and ε,
+and λ = 2 log((1 − s)/s). So the ``flow`` kind is a VP schedule with ᾱ_t = (1 − s)²/c_s², and a flow network joins the
+sampler through an adapter that scales the state by c_s and turns its velocity into ε (``model.FlowAdapter``): every
+solver written in x̂0/λ form runs a flow model unchanged, and DDIM *is* the flow's Euler step (both move along the line
+through the state and x̂0). Step t of T sits at s_t = (t + 1)/(T + 1): T/(T + 1) at the top rather than diffusers' and
+ComfyUI's 1, because s = 1 is λ = −∞ (ᾱ = 0), where x̂0 = (x − σ ε)/α has no value; the start state differs from theirs by
+1/(T + 1) of x0 (see ``runtimes``' "model" start).
 """
 
 from __future__ import annotations
@@ -19,8 +29,11 @@ import torch
 from stepdrop_search.errors import UserError
 
 # The fields each kind's β is computed from (besides T): what to_dict stores and the hash covers.
-KIND_PARAMETERS = {"linear": ("beta_start", "beta_end"), "scaled_linear": ("beta_start", "beta_end"), "cosine": ("cosine_s",)}
+KIND_PARAMETERS = {"linear": ("beta_start", "beta_end"), "scaled_linear": ("beta_start", "beta_end"), "cosine": ("cosine_s",),
+                   "flow": ()}
 SCHEDULE_KINDS = tuple(KIND_PARAMETERS)
+#: the kinds whose model is a rectified flow (velocity network, path (1 − s) x0 + s ε); the others are VP (ε networks)
+FLOW_KINDS = ("flow",)
 
 
 @dataclass(frozen=True)
@@ -45,8 +58,34 @@ class NoiseSchedule:
         if not 0 < self.beta_start < self.beta_end < 1:
             raise UserError("noise schedule needs 0 < beta_start < beta_end < 1")
 
+    @property
+    def is_flow(self) -> bool:
+        """Whether the model is a rectified flow (see the module docstring); its β are ᾱ's ratios, not parameters."""
+        return self.kind in FLOW_KINDS
+
+    def flow_time(self, t: torch.Tensor) -> torch.Tensor:
+        """A flow schedule's s = (t + 1)/(T + 1) at steps ``t`` (float64, differentiable): the σ of the path
+        (1 − s) x0 + s ε, which diffusers' and ComfyUI's flow samplers take as their σ."""
+        return (torch.as_tensor(t).double() + 1) / (self.T + 1)
+
+    def flow_step(self, s: torch.Tensor) -> torch.Tensor:
+        """The real step t of flow time ``s`` (the inverse of :meth:`flow_time`), not clamped."""
+        return torch.as_tensor(s, dtype=torch.float64) * (self.T + 1) - 1
+
+    def model_scale(self, t: torch.Tensor) -> torch.Tensor:
+        """c_t, the factor from the VP state the sampler keeps to the state the network sees: 1 for VP models,
+        √((1 − s)² + s²) for a flow model (float64, differentiable)."""
+        t = torch.as_tensor(t)
+        if not self.is_flow:
+            return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+        s = self.flow_time(t)
+        return ((1 - s) ** 2 + s ** 2).sqrt()
+
     @cached_property
     def betas(self) -> torch.Tensor:
+        if self.is_flow:  # the per-step β whose products are the flow's ᾱ (ancestral steps between grid steps)
+            a = self.alphas_cumprod
+            return 1 - a / torch.cat([a.new_ones(1), a[:-1]])
         if self.kind == "linear":
             return torch.linspace(self.beta_start, self.beta_end, self.T, dtype=torch.float64)
         if self.kind == "scaled_linear":
@@ -62,8 +101,14 @@ class NoiseSchedule:
 
     @cached_property
     def alphas_cumprod(self) -> torch.Tensor:
-        """ᾱ_t = Π_{s≤t} (1 − β_s)."""
+        """ᾱ_t = Π_{s≤t} (1 − β_s); for a flow, (1 − s)²/((1 − s)² + s²) at s = (t + 1)/(T + 1)."""
+        if self.is_flow:
+            return self.flow_alphas_cumprod(torch.arange(self.T))
         return torch.cumprod(self.alphas, dim=0)
+
+    def flow_alphas_cumprod(self, t: torch.Tensor) -> torch.Tensor:
+        s = self.flow_time(t)
+        return (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
 
     @cached_property
     def sigmas(self) -> torch.Tensor:
@@ -85,6 +130,9 @@ class NoiseSchedule:
         table = self.table(self.log_snr, t.device)
         if not t.is_floating_point():
             return table[t]
+        if self.is_flow:  # exact in continuous time: λ = 2 log((1 − s)/s)
+            s = self.flow_time(t.double().clamp(0, self.T - 1))
+            return 2 * (torch.log1p(-s) - torch.log(s))
         t = t.double().clamp(0, self.T - 1)
         low = t.floor().long().clamp(max=self.T - 2)
         weight = t - low
@@ -124,6 +172,8 @@ class NoiseSchedule:
 
         Piecewise linear in torch, so gradients flow from t back to λ (schedules learned in log-SNR or σ)."""
         lam = torch.as_tensor(lam, dtype=torch.float64)
+        if self.is_flow:  # s = 1/(1 + e^{λ/2})
+            return self.flow_step(torch.sigmoid(-lam / 2)).clamp(0, self.T - 1)
         neg = -self.log_snr  # increasing in t
         x = (-lam).clamp(float(neg[0]), float(neg[-1]))
         high = torch.searchsorted(neg, x.detach().contiguous()).clamp(1, self.T - 1)

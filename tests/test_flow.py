@@ -1,0 +1,141 @@
+"""Rectified-flow models: the flow schedule is the path (1 − s) x0 + s ε, a velocity network samples through every
+solver by the VP adapter, flow training runs and resumes, and diffusers' flow scheduler draws the same samples."""
+
+import pytest
+import torch
+from torch import nn
+
+from stepdrop_search.diffusion.flow import FlowAdapter, inverse_time_shift, time_shift
+from stepdrop_search.diffusion.sampler import Plan, sample
+from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.errors import UserError
+from stepdrop_search.generation import initial_noise
+from stepdrop_search.policies.kinds import Uniform
+
+FLOW = NoiseSchedule(kind="flow")
+MU, S = 0.1, 0.5  # data x0 ~ N(MU, S²) per pixel
+
+
+class GaussianVelocity(nn.Module):
+    """The exact velocity ε − x0 of Gaussian data on the flow path y = (1 − s) x0 + s ε, fed τ = s·T (diffusers'
+    convention): E[x0 | y] = μ + (1 − s) S² (y − (1 − s) μ)/((1 − s)² S² + s²), ε̂ = (y − (1 − s) E[x0 | y])/s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # the sampler reads the device and dtype off a parameter
+        self.config = type("Shape", (), {"in_channels": 1, "image_size": 4})()
+
+    def forward(self, y: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        s = (tau.double() / FLOW.T).view(-1, 1, 1, 1)
+        mean = MU + (1 - s) * S ** 2 / ((1 - s) ** 2 * S ** 2 + s ** 2) * (y - (1 - s) * MU)
+        return ((y - (1 - s) * mean) / s - mean).float()
+
+
+def exact_x0(y_start: torch.Tensor, s0: float) -> torch.Tensor:
+    """The flow ODE keeps (y − (1 − s) μ)/√((1 − s)² S² + s²) constant: its end at s = 0 in closed form."""
+    return (MU + S * (y_start - (1 - s0) * MU) / ((1 - s0) ** 2 * S ** 2 + s0 ** 2) ** 0.5).float()
+
+
+def test_the_flow_schedule_is_the_rectified_flow_path_as_a_vp_process():
+    t = torch.tensor([0.0, 3.5, 500.0, 998.25, 999.0], dtype=torch.float64)
+    s = FLOW.flow_time(t)
+    a = FLOW.alphas_cumprod_at(t)
+    c = FLOW.model_scale(t)
+    assert torch.allclose(c * a.sqrt(), 1 - s) and torch.allclose(c * (1 - a).sqrt(), s)  # y = c x: (1 − s) x0 + s ε
+    assert torch.allclose(FLOW.log_snr_at(t), 2 * torch.log((1 - s) / s))
+    assert torch.allclose(FLOW.timestep_at_log_snr(FLOW.log_snr_at(t)), t, atol=1e-9)
+    assert torch.equal(FLOW.alphas_cumprod_at(torch.arange(1000)), FLOW.alphas_cumprod)
+    assert float(FLOW.flow_time(torch.tensor(999))) == 1000 / 1001  # below 1, where λ is finite
+    assert NoiseSchedule.from_dict(FLOW.to_dict()) == FLOW and FLOW.hash != NoiseSchedule().hash
+    assert torch.allclose(torch.cumprod(1 - FLOW.betas, 0), FLOW.alphas_cumprod)
+    assert torch.allclose(inverse_time_shift(time_shift(s, 3.0), 3.0), s)
+
+
+@pytest.mark.parametrize(("solver", "tolerance"), [("ddim", 2e-2), ("dpmpp-2m", 1e-3), ("dpmpp-3m", 1e-3), ("unipc", 1e-3),
+                                                  ("ipndm", 1e-3), ("heun", 1e-3)])
+def test_a_velocity_network_samples_the_flow_odes_solution_through_every_solver(solver, tolerance):
+    """200 uniform steps: the error left is each solver's own (DDIM's first order; the last step's x̂0 at s = 0.005)."""
+    model = FlowAdapter(GaussianVelocity(), FLOW)
+    x_T = initial_noise(64, (1, 4, 4), 0)
+    steps = Uniform(nfe=200, schedule=FLOW).timesteps()
+    result = sample(model, FLOW, x_T, Plan(steps, (solver,) * len(steps)), solver=SolverSpec(solver)).x0
+    s0 = float(FLOW.flow_time(steps[0]))
+    target = exact_x0(x_T.double() * float(FLOW.model_scale(steps[0])), s0)  # the VP start x = ε is y = c ε
+    assert (result - target).abs().max() < tolerance
+
+
+def test_flow_training_refuses_what_a_flow_has_not():
+    from stepdrop_search.train import TrainConfig
+
+    assert TrainConfig(objective="flow").schedule == "flow" and TrainConfig().schedule == "linear"
+    with pytest.raises(UserError, match="no β schedule"):
+        TrainConfig(objective="flow", schedule="cosine")
+    with pytest.raises(UserError, match="--objective flow"):
+        TrainConfig(schedule="flow")
+    with pytest.raises(UserError, match="skip-loss"):
+        TrainConfig(objective="flow", skip_loss_every=10)
+
+
+def test_a_flow_model_trains_resumes_and_loads_as_a_flow(tmp_path):
+    from stepdrop_search.loading import load_model
+    from stepdrop_search.train import TrainConfig, train
+
+    cfg = TrainConfig(preset="tiny", dataset="synthetic", image_size=8, steps=6, batch_size=8, objective="flow",
+                      checkpoint_every=3, out_dir=str(tmp_path / "run"), device="cpu")
+    train(cfg, stop_after=3)
+    resumed = train(cfg, resume=True)
+    whole = train(TrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "whole")}))
+    a, b = torch.load(resumed, weights_only=True), torch.load(whole, weights_only=True)
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])  # resumed = uninterrupted, step for step
+    loaded = load_model(resumed)
+    assert loaded.schedule == FLOW and isinstance(loaded.model, FlowAdapter)
+    x = initial_noise(4, (1, 8, 8), 0)
+    steps = Uniform(nfe=5, schedule=FLOW).timesteps()
+    assert torch.isfinite(sample(loaded.model, FLOW, x, Plan(steps, ("dpmpp-2m",) * 5), solver=SolverSpec("dpmpp-2m")).x0).all()
+    with pytest.raises(UserError, match="objective"):  # a flow run is not continued as an ε one
+        train(TrainConfig(**{**cfg.__dict__, "objective": "epsilon", "schedule": None, "steps": 9}), resume=True)
+
+
+def test_ddim_on_a_flow_is_diffusers_flow_match_euler_on_the_same_sigmas():
+    diffusers = pytest.importorskip("diffusers")
+    net = GaussianVelocity()
+    model = FlowAdapter(net, FLOW)
+    steps = Uniform(nfe=8, schedule=FLOW).timesteps()
+    x_T = initial_noise(16, (1, 4, 4), 3)
+    ours = sample(model, FLOW, x_T, Plan(steps, ("ddim",) * 8), solver=SolverSpec("ddim")).x0
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=FLOW.T, shift=1.0)
+    scheduler.set_timesteps(sigmas=FLOW.flow_time(steps).tolist())
+    y = x_T * float(FLOW.model_scale(steps[0]))  # our start state in the flow's space
+    for t in scheduler.timesteps:
+        y = scheduler.step(net(y, t.expand(len(y))), t, y).prev_sample
+    assert (y - ours).abs().max() < 1e-4
+
+
+def test_a_diffusers_folder_with_a_flow_matching_scheduler_loads_as_a_flow(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from stepdrop_search.loading import load_model
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 8), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(tmp_path / "unet")
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    scheduler.save_pretrained(tmp_path / "scheduler")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "DiffusionPipeline"}')
+    loaded = load_model(tmp_path)
+    assert loaded.schedule == FLOW and isinstance(loaded.model, FlowAdapter)  # the shift is a policy, not the path
+    steps = Uniform(nfe=4, schedule=FLOW).timesteps()
+    x_T = initial_noise(2, (1, 8, 8), 0)
+    with torch.no_grad():
+        ours = sample(loaded.model, FLOW, x_T, Plan(steps, ("ddim",) * 4), solver=SolverSpec("ddim")).x0
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        scheduler.set_timesteps(sigmas=FLOW.flow_time(steps).tolist())
+        y = x_T * float(FLOW.model_scale(steps[0]))
+        for t in scheduler.timesteps:
+            y = scheduler.step(unet(y, t).sample, t, y).prev_sample
+    assert (y - ours).abs().max() < 1e-4
+    with pytest.raises(UserError, match="rectified flow"):
+        from stepdrop_search.interop import make_scheduler
+        make_scheduler("euler", loaded)
