@@ -139,3 +139,18 @@ def test_a_diffusers_folder_with_a_flow_matching_scheduler_loads_as_a_flow(tmp_p
     with pytest.raises(UserError, match="rectified flow"):
         from stepdrop_search.interop import make_scheduler
         make_scheduler("euler", loaded)
+
+
+def test_the_shift_kind_spaces_a_flows_steps_as_its_tools_do_and_only_a_flows():
+    from stepdrop_search.policies.kinds import Shift
+    from stepdrop_search.search.sources.analytic import schedules_for
+
+    assert Shift(nfe=6, shift=1.0, schedule=FLOW).timesteps().tolist() == [999, 800, 600, 400, 200, 0]  # uniform t
+    s = FLOW.flow_time(Shift(nfe=6, shift=3.0, schedule=FLOW).timesteps())
+    expected = time_shift(torch.linspace(1, 1 / 1001, 6, dtype=torch.float64), 3.0)
+    assert torch.allclose(s[1:], expected[1:]) and s[0] == 1000 / 1001  # SD3's shift; the top at the grid's top
+    with pytest.raises(UserError, match="rectified flow"):
+        Shift(nfe=5, schedule=NoiseSchedule())
+    with pytest.raises(UserError, match="positive"):
+        Shift(nfe=5, shift=0.0, schedule=FLOW)
+    assert {"shift1", "shift3"} <= set(schedules_for(FLOW)) and "shift1" not in schedules_for(NoiseSchedule())

@@ -1,12 +1,14 @@
 """Every policy kind: its defining property, JSON round trip, and sampling the tiny model."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from stepdrop_search.cli import app
+from stepdrop_search.diffusion.flow import FlowAdapter
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
@@ -21,6 +23,7 @@ from stepdrop_search.policies.kinds import (
     Karras,
     LogSNR,
     Quadratic,
+    Shift,
     Sigmas,
     SkippedStep,
     StepDrop,
@@ -31,6 +34,8 @@ runner = CliRunner()
 
 
 def build(kind: str, nfe: int):
+    if kind == "shift":
+        return Shift(nfe=nfe, schedule=NoiseSchedule("flow"))
     if kind == "explicit":
         return Explicit(steps=tuple(Uniform(nfe=nfe, spacing="linspace").timesteps().tolist()))
     if kind == "sigmas":
@@ -41,6 +46,8 @@ def build(kind: str, nfe: int):
 @pytest.mark.parametrize("kind", sorted(POLICIES))
 def test_every_kind_builds_round_trips_and_samples_at_standard_nfe(kind, tiny_checkpoint, tmp_path):
     loaded = load_model(tiny_checkpoint)
+    if kind == "shift":  # a flow's kind: the same network as a (random) velocity model
+        loaded = replace(loaded, model=FlowAdapter(loaded.model, NoiseSchedule("flow")), schedule=NoiseSchedule("flow"))
     for nfe in (5, 10, 25, 50):
         policy = build(kind, nfe)
         path = save_policy(tmp_path / f"{kind}-{nfe}.json", PolicyDocument(policy, SolverSpec("ddim")))
@@ -292,10 +299,12 @@ SPREADS = {
     "skipped-step": lambda s, nfe: _skipped_step_params(s.T),
     "explicit": lambda s, nfe: _explicit_params(s.T, nfe),
     "sigmas": _sigmas_params,
+    "shift": lambda s, nfe: [dict(shift=v, continuous=c) for v in (0.25, 1.0, 3.0, 16.0) for c in (False, True)],
 }
 CONTINUOUS_KINDS = ("explicit", "sigmas")  # besides continuous=true: the kinds that may give real timesteps
 SPREAD_SCHEDULES = (NoiseSchedule(T=2), NoiseSchedule("cosine", 7), NoiseSchedule("linear", 50),
-                    NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012), NoiseSchedule())
+                    NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012), NoiseSchedule(), NoiseSchedule("flow", 50),
+                    NoiseSchedule("flow"))
 
 
 def _nfes(T: int) -> list[int]:

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 
+from stepdrop_search.diffusion.flow import check_shift, time_shift
 from stepdrop_search.diffusion.sampler import Plan, SampleStreams, batch_streams
 from stepdrop_search.errors import UserError, unknown_name
 from stepdrop_search.policies.base import (
@@ -146,6 +147,31 @@ class LogSNR(_AnalyticSpacing):
     def real_timesteps(self) -> torch.Tensor:
         neg = -self.schedule.log_snr
         return _interp_timesteps(neg[-1] + _unit_ramp(self.nfe) * (neg[0] - neg[-1]), neg)
+
+
+@register
+class Shift(_AnalyticSpacing):
+    """A rectified flow's steps as flow tools pick them: the flow time s uniform from 1 to the bottom of the model's grid,
+    then SD3's time shift s′ = shift·s/(1 + (shift − 1)·s) (diffusers' ``FlowMatchEulerDiscreteScheduler(shift=…)``,
+    ComfyUI's ModelSamplingSD3), the first step at the grid's top (s = T/(T + 1), where the tools have 1). ``shift`` 1
+    is uniform t; > 1 puts more steps at high noise (SD3 samples at 3), and the last one stays above t = 0 as in the
+    tools. Continuous time by default: the shifted s rarely land on whole steps. Flow models only."""
+
+    kind = "shift"
+    shift: float = 3.0
+    continuous: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.schedule.is_flow:
+            raise UserError(f"shift: the time shift spaces a rectified flow's steps, and this noise schedule is "
+                            f"{self.schedule.kind} (an ε model); use uniform, karras or logsnr")
+        check_shift(self.shift, "shift")
+        super().__post_init__()
+
+    def real_timesteps(self) -> torch.Tensor:
+        top, bottom = self.schedule.flow_time(torch.tensor([self.T - 1, 0]))
+        s = time_shift(1 + _unit_ramp(self.nfe) * (bottom - 1), self.shift)
+        return self.schedule.flow_step(s.clamp(bottom, top))
 
 
 #: σ outside the schedule's [σ(0), σ(T−1)] by at most this fraction is taken as the end: printed σ lists are

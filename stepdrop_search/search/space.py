@@ -24,12 +24,15 @@ from stepdrop_search.policies.kinds import (
     Explicit,
     Importance,
     Karras,
+    Shift,
     SkippedStep,
     StepDrop,
     Uniform,
 )
 
-SEARCHABLE = ("explicit", "uniform", "karras", "importance", "skipped-step", "stepdrop", "adaptive")
+SEARCHABLE = ("explicit", "uniform", "karras", "shift", "importance", "skipped-step", "stepdrop", "adaptive")
+#: the time shifts a ``shift`` search tries (log-uniform): below 1 crowds steps at low noise, 16 at high noise
+SHIFT_RANGE = (0.25, 16.0)
 GAP_RANGE = (0.02, 1.0)
 
 
@@ -76,6 +79,8 @@ def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSc
         policy = Uniform(nfe=nfe, spacing=trial.suggest_categorical("spacing", list(SPACINGS)), schedule=schedule)
     elif kind == "karras":
         policy = Karras(nfe=nfe, rho=trial.suggest_float("rho", 1.0, 15.0), schedule=schedule)
+    elif kind == "shift":
+        policy = Shift(nfe=nfe, shift=trial.suggest_float("shift", *SHIFT_RANGE, log=True), schedule=schedule)
     elif kind == "importance":
         high = trial.suggest_float("fraction_high", 0.05, 0.45)
         low = trial.suggest_float("fraction_low", 0.05, 0.45)

@@ -1,18 +1,30 @@
 """The pool's analytic schedules: every solver × {uniform trailing, log-SNR, Karras, quadratic} at every pool NFE,
-each solver on the grid that spends that NFE."""
+each solver on the grid that spends that NFE; on a rectified flow also the time shifts its tools offer (uniform t,
+and the shifts SD3 and Flux users pick), so that the export must beat the best fixed shift."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from stepdrop_search.errors import UserError
-from stepdrop_search.policies.kinds import Karras, LogSNR, Quadratic, Uniform
+from stepdrop_search.policies.kinds import Karras, LogSNR, Quadratic, Shift, Uniform
 from stepdrop_search.search.candidates import Candidate
 
 if TYPE_CHECKING:
     from stepdrop_search.search.run import Run
 
 SCHEDULES = {"uniform": Uniform, "logsnr": LogSNR, "karras": Karras, "quadratic": Quadratic}
+#: the time shifts a flow's pool holds (1: uniform t, diffusers' and ComfyUI's default; 3: SD3's)
+FLOW_SHIFTS = (1.0, 2.0, 3.0, 6.0)
+
+
+def schedules_for(schedule) -> dict:
+    """Label → policy factory (nfe=…) of the pool's analytic rows for a model with this noise schedule."""
+    rows = {label: (lambda steps, kind=kind: kind(nfe=steps, schedule=schedule)) for label, kind in SCHEDULES.items()}
+    if schedule.is_flow:
+        rows |= {f"shift{shift:g}": (lambda steps, shift=shift: Shift(nfe=steps, shift=shift, schedule=schedule))
+                 for shift in FLOW_SHIFTS}
+    return rows
 
 
 class AnalyticSchedules:
@@ -20,10 +32,11 @@ class AnalyticSchedules:
 
     def candidates(self, run: Run, seconds: float | None = None) -> list[Candidate]:
         out = []
+        rows = schedules_for(run.loaded.schedule)
         for spec, steps, nfe in run.grids():
-            for label, kind in SCHEDULES.items():
+            for label, make in rows.items():
                 try:
-                    policy = kind(nfe=steps, schedule=run.loaded.schedule)
+                    policy = make(steps)
                 except UserError:
                     continue  # the schedule cannot place that many distinct steps
                 out.append(Candidate(run.row_name(spec.name, label, nfe), run.document(policy, spec), "pool", nfe_budget=nfe))
