@@ -211,7 +211,7 @@ EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1]
 ModelOption = Annotated[Path | None, typer.Option(help="checkpoint, weights file or diffusers UNet2DModel folder "
                                                   "(default: the shipped model)")]
 #: The runtime names for help texts (the registry in diffusion.runtimes is the truth; a test keeps the two equal).
-RUNTIME_NAMES = "stepdrop, stepdrop-clamp, legacy, k-diffusion, comfyui, a1111, diffusers"
+RUNTIME_NAMES = "stepdrop, stepdrop-clamp, legacy, k-diffusion, comfyui, a1111, diffusers, comfyui-flow, diffusers-flow"
 RuntimeOption = Annotated[str | None, typer.Option(help=f"the conventions to sample under, those of the tool that will run "
                                                    f"the schedule: {RUNTIME_NAMES} (default: a policy file's own, else "
                                                    "stepdrop: no x̂0 clamp, real t, as k-diffusion)")]
@@ -440,8 +440,12 @@ def _export_diffusers(doc, out: Path | None) -> None:
     from stepdrop_search.policies.transfer import run_cost
 
     payload = diffusers_export(doc)
-    lines = [payload["code"], f"# {payload['scheduler']}; our x_T is the pipeline's latents; {run_cost(doc)} network "
+    start = "our x_T is the pipeline's latents" if "latents_scale" not in payload else \
+        f"our x_T times {payload['latents_scale']!r} is the pipeline's latents"
+    lines = [payload["code"], f"# {payload['scheduler']}; {start}; {run_cost(doc)} network "
              f"evaluations per sample; measured under runtime {doc.runtime.name}"]
+    if "if_your_pipeline_shifts" in payload:
+        lines.append(f"# a pipeline that passes mu (SD3, Flux) shifts these σ again; hand it {payload['if_your_pipeline_shifts']}")
     if payload["takes_solver_noise"]:
         lines.append("# pass each step's noise as scheduler.step(..., variance_noise=z) to reproduce samples one for one")
     if out is not None:

@@ -258,11 +258,18 @@ class DiffusersRecipe:
     config: dict
     set_timesteps: dict
     takes_noise: bool = False
+    #: what the pipeline's latents (unit noise) are multiplied by to start where we do: 1 for ε models (the scheduler's
+    #: init_noise_sigma does it); a flow's c₀ < 1, since our first step is at s₀ = T/(T + 1) and the scheduler's at 1
+    latents_scale: float = 1.0
 
     def code(self) -> str:
         """Python that builds the scheduler and sets the steps (the pipeline's own loop does the rest)."""
-        return (f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
+        text = (f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
                 f"scheduler.set_timesteps({', '.join(f'{k}={v!r}' for k, v in self.set_timesteps.items())})")
+        if self.latents_scale != 1.0:
+            text += (f"\nlatents = torch.randn(shape, generator=generator) * {self.latents_scale!r}  # pass as latents=: "
+                     f"the start at σ = {self.set_timesteps['sigmas'][0]!r}, not 1")
+        return text
 
 
 #: scheduler config changes each class needs to run our solver: the VP start √(σ_max² + 1) on the σ schedulers (their
@@ -284,6 +291,9 @@ def diffusers_recipe(document: PolicyDocument) -> DiffusersRecipe:
     from stepdrop_search.diffusion.runtimes import DIFFUSERS_SCHEDULERS
 
     name = document.solver.name
+    schedule = document.policy.schedule
+    if schedule.is_flow:
+        return flow_recipe(document)
     if name not in DIFFUSERS_SCHEDULERS:
         raise UserError(f"diffusers has no scheduler that runs {name} on custom steps")
     cls = DIFFUSERS_SCHEDULERS[name]
@@ -300,15 +310,37 @@ def diffusers_recipe(document: PolicyDocument) -> DiffusersRecipe:
     return DiffusersRecipe(cls, config, call, takes_noise=document.solver.solver.stochastic(document.solver.eta))
 
 
+def flow_recipe(document: PolicyDocument) -> DiffusersRecipe:
+    """A rectified flow's recipe: FlowMatchEulerDiscreteScheduler with shift 1 (it shifts the σ it is given) on the flow
+    times s, the latents scaled to our start (see :class:`DiffusersRecipe`)."""
+    if document.solver.name != "ddim":
+        raise UserError(f"diffusers runs a flow model's custom σ with {FLOW_SCHEDULER} only (Euler, our ddim); its "
+                        f"FlowMatchHeunDiscreteScheduler takes a step count, not a list, so {document.solver.name} has no recipe")
+    steps = document.policy.fixed_timesteps("diffusers")
+    sigmas = document.policy.schedule.flow_time(steps).tolist()
+    scale = float(document.policy.schedule.model_scale(steps[:1])[0])
+    return DiffusersRecipe(FLOW_SCHEDULER, scheduler_config_from_schedule(document.policy.schedule), {"sigmas": sigmas},
+                           latents_scale=scale)
+
+
+#: what a pipeline that always shifts its σ (SD3 and Flux pass ``mu``, with use_dynamic_shifting) must be handed instead
+#: of the exported σ to get them back: diffusers' exponential time shift e^μ/(e^μ + 1/s − 1), inverted
+PRE_SHIFTED = "sigmas = [1 / (1 + math.exp(mu) * (1 / s - 1)) for s in SIGMAS]  # a fixed shift k is mu = math.log(k)"
+
+
 def diffusers_export(document: PolicyDocument) -> dict:
     """What ``policy export --format diffusers`` writes: the recipe (scheduler class, config, ``set_timesteps`` arguments)
     that reproduces the document's samples, with the steps in both forms for reference."""
     recipe = diffusers_recipe(document)
     steps = document.policy.fixed_timesteps("diffusers")
-    return {"scheduler": recipe.scheduler, "scheduler_config": recipe.config, "set_timesteps": recipe.set_timesteps,
-            "takes_solver_noise": recipe.takes_noise, "timesteps": steps.tolist(),
-            "sigmas": document.policy.to_sigmas().tolist(), "num_train_timesteps": document.policy.schedule.T,
-            "runtime": document.runtime.to_dict(), "code": recipe.code()}
+    payload = {"scheduler": recipe.scheduler, "scheduler_config": recipe.config, "set_timesteps": recipe.set_timesteps,
+               "takes_solver_noise": recipe.takes_noise, "timesteps": steps.tolist(),
+               "sigmas": (document.policy.to_flow_sigmas() if document.policy.schedule.is_flow
+                          else document.policy.to_sigmas()).tolist(),
+               "num_train_timesteps": document.policy.schedule.T, "runtime": document.runtime.to_dict(), "code": recipe.code()}
+    if document.policy.schedule.is_flow:
+        payload |= {"latents_scale": recipe.latents_scale, "if_your_pipeline_shifts": PRE_SHIFTED}
+    return payload
 
 
 def make_scheduler(name: str, loaded: LoadedModel):

@@ -154,3 +154,102 @@ def test_the_shift_kind_spaces_a_flows_steps_as_its_tools_do_and_only_a_flows():
     with pytest.raises(UserError, match="positive"):
         Shift(nfe=5, shift=0.0, schedule=FLOW)
     assert {"shift1", "shift3"} <= set(schedules_for(FLOW)) and "shift1" not in schedules_for(NoiseSchedule())
+
+
+def flow_document(solver="ddim", shift=3.0, nfe=6):
+    from stepdrop_search.policies import PolicyDocument
+    from stepdrop_search.policies.kinds import Shift
+
+    return PolicyDocument(Shift(nfe=nfe, shift=shift, schedule=FLOW), SolverSpec(solver))
+
+
+def our_flow_samples(document, x_T, runtime="stepdrop"):
+    from stepdrop_search.diffusion.runtimes import RUNTIMES
+    from stepdrop_search.generation import generate
+
+    return generate(FlowAdapter(GaussianVelocity(), FLOW), FLOW, document.policy, document.solver, n=len(x_T), x_T=x_T,
+                    runtime=RUNTIMES[runtime]).x0
+
+
+@pytest.mark.parametrize("mu", [None, 0.7])
+def test_the_diffusers_export_of_a_flow_policy_reproduces_its_samples_in_flow_match_euler(mu):
+    """The export's own scheduler config, set_timesteps call and latents scale; a pipeline that shifts with mu gets
+    the pre-shifted σ the export gives the formula for."""
+    diffusers = pytest.importorskip("diffusers")
+    import math
+
+    from stepdrop_search.interop import diffusers_export
+    from stepdrop_search.policies.transfer import check_export
+
+    document = flow_document()
+    assert check_export(document, "diffusers", "test").name == "diffusers-flow"
+    payload = diffusers_export(document)
+    config, sigmas = dict(payload["scheduler_config"]), payload["set_timesteps"]["sigmas"]
+    if mu is not None:  # SD3/Flux: dynamic shifting always on, mu from the image size
+        config |= {"use_dynamic_shifting": True}
+        namespace = {"math": math, "SIGMAS": sigmas, "mu": mu}
+        exec(payload["if_your_pipeline_shifts"], namespace)
+        sigmas = namespace["sigmas"]
+    scheduler = getattr(diffusers, payload["scheduler"]).from_config(config)
+    scheduler.set_timesteps(sigmas=sigmas, **({} if mu is None else {"mu": mu}))
+    x_T = initial_noise(16, (1, 4, 4), 5)
+    net = GaussianVelocity()
+    y = x_T * payload["latents_scale"]
+    for t in scheduler.timesteps:
+        y = scheduler.step(net(y, t.expand(len(y))), t, y).prev_sample
+    assert (y - our_flow_samples(document, x_T)).abs().max() < 1e-4
+
+
+def test_the_comfyui_export_of_a_flow_policy_runs_as_comfyuis_const_euler():
+    """ComfyUI on a flow: x = σ₀·noise (CONST.noise_scaling, empty latent), denoised = x − σ·v(x, σ·1000), and
+    k-diffusion's sample_euler on the SIGMAS text."""
+    from stepdrop_search.kdiffusion import kdiffusion_modules
+    from stepdrop_search.policies.transfer import check_export, comfyui_text, parse_numbers
+
+    try:
+        sampling, _ = kdiffusion_modules()
+    except UserError:
+        pytest.skip("k-diffusion is not installed")
+    document = flow_document(shift=2.0)
+    assert check_export(document, "comfyui", "test").name == "comfyui-flow"
+    sigmas = torch.tensor(parse_numbers(comfyui_text(document.policy), "test"), dtype=torch.float64)
+    assert sigmas[-1] == 0 and float(sigmas[0]) == 1000 / 1001
+    net = GaussianVelocity()
+
+    def denoiser(x, sigma):
+        return x - sigma.view(-1, 1, 1, 1) * net(x, sigma * 1000)
+
+    x_T = initial_noise(16, (1, 4, 4), 6)
+    theirs = sampling.sample_euler(denoiser, x_T * sigmas[0], sigmas, disable=True)
+    assert (theirs - our_flow_samples(document, x_T)).abs().max() < 1e-4
+    # a start below the top: ComfyUI's σ₀·noise is our "sigma" start, which comfyui-flow measures under
+    lower = replace_steps(document, 3.0)
+    sigmas = torch.tensor(parse_numbers(comfyui_text(lower.policy), "test"), dtype=torch.float64)
+    theirs = sampling.sample_euler(denoiser, x_T * sigmas[0], sigmas, disable=True)
+    assert (theirs - our_flow_samples(lower, x_T, runtime="comfyui-flow")).abs().max() < 1e-4
+    with pytest.raises(UserError, match="noise"):
+        check_export(lower, "comfyui", "test")  # measured from our start, which ComfyUI's differs from down there
+
+
+def replace_steps(document, start_t):
+    from stepdrop_search.policies import PolicyDocument
+    from stepdrop_search.policies.kinds import Explicit
+
+    return PolicyDocument(Explicit(steps=(700.5, 400.0, 150.25, start_t), schedule=FLOW), document.solver)
+
+
+def test_flow_exports_refuse_what_no_flow_tool_runs_and_runtimes_keep_to_their_family():
+    from stepdrop_search.diffusion.runtimes import RUNTIMES
+    from stepdrop_search.policies.transfer import check_export, runs_in
+
+    for fmt in ("sigmas", "a1111", "python"):
+        with pytest.raises(UserError, match="rectified-flow"):
+            check_export(flow_document(), fmt, "test")
+    with pytest.raises(UserError, match="heun"):
+        check_export(flow_document("heun"), "comfyui", "test")
+    assert "comfyui-flow" in runs_in(flow_document()) and "diffusers-flow" in runs_in(flow_document())
+    x_T = initial_noise(2, (1, 4, 4), 0)
+    with pytest.raises(UserError, match="runtime comfyui is for ε models"):
+        our_flow_samples(flow_document(), x_T, runtime="comfyui")
+    with pytest.raises(UserError, match="runtime diffusers-flow is for rectified-flow models"):
+        RUNTIMES["diffusers-flow"].check_family(False)

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 def test_help_names_every_runtime_and_a_bad_name_lists_them():
     assert RUNTIME_NAMES.split(", ") == list(RUNTIMES)
-    with pytest.raises(UserError, match=r"unknown runtime 'comfy'; did you mean comfyui\? choose one of stepdrop, stepdrop-clamp"):
+    with pytest.raises(UserError, match=r"unknown runtime 'comfy'; did you mean comfyui or comfyui-flow\? choose one of stepdrop, "):
         runtime_named("comfy")
 
 
@@ -33,7 +33,7 @@ def test_help_names_every_runtime_and_a_bad_name_lists_them():
 def test_every_command_takes_runtime_and_refuses_a_bad_name_in_one_line(command, tmp_path):
     result = runner.invoke(app, [*command, "--runtime", "comfy"])
     assert result.exit_code == 2
-    assert "unknown runtime 'comfy'; did you mean comfyui? choose one of" in result.output and "Traceback" not in result.output
+    assert "unknown runtime 'comfy'; did you mean comfyui or comfyui-flow? choose one of" in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,7 +8,9 @@ Two tools given the same σ list and the same solver still sample different imag
 * **start** — how the start noise is scaled at the first σ: the exact VP state x_T = ε (x̃ = ε·√(1 + σ₀²)), or
   x̃ = ε·σ₀ as k-diffusion's example scripts and A1111 do, or ComfyUI's rule (the former only when σ₀ is the
   model's σ_max);
-* **solvers** — which of our solvers the tool has, under its own name.
+* **solvers** — which of our solvers the tool has, under its own name;
+* **family** — which models the tool's conventions are for: ε models on β schedules ("vp"), rectified flows ("flow"),
+  or both (our own sampler). A flow tool's σ is the flow time s, and its start, network time and solvers differ.
 
 A :class:`Runtime` names one such set and the sampler follows it, so a number measured "under comfyui" is what a
 ComfyUI user gets. NFE follows from the same conventions: it is counted by wrapping the network, and a Heun budget
@@ -38,6 +40,8 @@ STARTS = ("vp", "sigma", "vp-at-max")
 START_TOLERANCE = 1e-4
 #: ComfyUI's ``max_denoise`` test: ``math.isclose(sigma_max, sigma, rel_tol=1e-05) or sigma > sigma_max``
 MAX_DENOISE_RTOL = 1e-5
+#: the model families a runtime's conventions are for (see the module docstring)
+FAMILIES = ("any", "vp", "flow")
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,11 @@ class Runtime:
     source: str = ""
     #: a solver the tool has only at one η (diffusers' SDE-DPM-Solver++ is η = 1): our name → that η
     fixed_eta: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+    family: str = "any"
 
     def __post_init__(self) -> None:
         for value, allowed, what in ((self.network_time, NETWORK_TIMES, "network time"), (self.heun, HEUN_PATTERNS, "Heun pattern"),
-                                     (self.start, STARTS, "start")):
+                                     (self.start, STARTS, "start"), (self.family, FAMILIES, "family")):
             if value not in allowed:
                 raise ValueError(f"runtime {self.name}: {what} {value!r} is not one of {', '.join(allowed)}")
 
@@ -82,6 +87,13 @@ class Runtime:
                             "(or pick another --runtime: `stepdrop` has every solver)")
         if name in self.fixed_eta and eta is not None and eta != self.fixed_eta[name]:
             raise UserError(f"runtime {self.name} runs {name} at η = {self.fixed_eta[name]:g} only, not {eta:g}")
+
+    def check_family(self, flow: bool) -> None:
+        """One line when this tool's conventions are for the other model family (a flow tool reads σ as the flow time)."""
+        if self.family != "any" and (self.family == "flow") != flow:
+            names = ", ".join(name for name, r in RUNTIMES.items() if r.family in ("any", "flow" if flow else "vp"))
+            raise UserError(f"runtime {self.name} is for {'rectified-flow' if self.family == 'flow' else 'ε'} models and this "
+                            f"model is {'a rectified flow' if flow else 'an ε model'}; its runtimes: {names}")
 
     def tool_name(self, solver: str) -> str:
         return solver if self.solvers is None else self.solvers[solver]
@@ -150,18 +162,19 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     # external.py DiscreteEpsDDPMDenoiser: sigma_to_t interpolates log σ (quantize=False); the exact start of our x_T is
     # noise * (1 + sigmas[0]**2) ** 0.5 (the example scripts' noise * sigmas[0] is the "sigma" start).
     Runtime("k-diffusion", "k-diffusion 0.1.1.post1's samplers on an exported σ list, started at noise·√(1 + σ₀²)",
-            solvers=KDIFFUSION_SOLVERS, source="k_diffusion/sampling.py, k_diffusion/external.py (0.1.1.post1)"),
+            solvers=KDIFFUSION_SOLVERS, family="vp", source="k_diffusion/sampling.py, k_diffusion/external.py (0.1.1.post1)"),
     # comfy/model_sampling.py ModelSamplingDiscrete.timestep: nearest t in log σ (argmin |log σ − log σ_t|);
     # EPS.noise_scaling: noise * sqrt(1 + σ²) if max_denoise else noise * σ; comfy/samplers.py KSAMPLER.max_denoise:
     # isclose(σ_max, σ₀, rel_tol=1e-5) or σ₀ > σ_max; comfy/k_diffusion/sampling.py: no clamp, sample_heun as k-diffusion.
     Runtime("comfyui", "ComfyUI's KSampler/SamplerCustom on a SIGMAS input: network fed the nearest integer t, start "
             "noise·√(1 + σ₀²) only when σ₀ is the model's σ_max (else noise·σ₀)", network_time="nearest", start="vp-at-max",
-            solvers=COMFYUI_SAMPLERS, fixed_eta=DETERMINISTIC_DDIM,
+            solvers=COMFYUI_SAMPLERS, fixed_eta=DETERMINISTIC_DDIM, family="vp",
             source="comfy/model_sampling.py, comfy/samplers.py, comfy/k_diffusion/sampling.py"),
     # modules/sd_samplers_kdiffusion.py: CompVisDenoiser(quantize=opts.enable_quantization), default False (real t);
     # KDiffusionSampler.sample: x = x * sigmas[0] unless opts.sgm_noise_multiplier (default False).
     Runtime("a1111", "AUTOMATIC1111/Forge's k-diffusion samplers with a custom σ list: real t, start noise·σ₀",
-            start="sigma", solvers=A1111_SAMPLERS, fixed_eta=DETERMINISTIC_DDIM, source="modules/sd_samplers_kdiffusion.py (A1111 1.10, Forge)"),
+            start="sigma", solvers=A1111_SAMPLERS, fixed_eta=DETERMINISTIC_DDIM, family="vp",
+            source="modules/sd_samplers_kdiffusion.py (A1111 1.10, Forge)"),
     # diffusers 0.42: EulerDiscreteScheduler.set_timesteps(sigmas=) (_sigma_to_t interpolates log σ; no clipping),
     # HeunDiscreteScheduler (2N − 1 timesteps for N steps), DPMSolverMultistepScheduler(timesteps=, final_sigmas_type="zero",
     # lower_order_final=False, thresholding=False); init_noise_sigma √(σ_max² + 1) with timestep_spacing "leading".
@@ -169,14 +182,32 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     # step has no variance_noise argument, DPMSolverMultistep's has).
     Runtime("diffusers", "diffusers 0.42 schedulers that take a custom list (Euler, Heun, DPM-Solver multistep) with the "
             "scheduler config the export writes", solvers=DIFFUSERS_SCHEDULERS, fixed_eta={**DETERMINISTIC_DDIM, "dpmpp-2m-sde": 1.0},
-            source="diffusers schedulers/scheduling_euler_discrete.py, scheduling_heun_discrete.py, "
-                   "scheduling_dpmsolver_multistep.py (0.42)"),
+            family="vp", source="diffusers schedulers/scheduling_euler_discrete.py, scheduling_heun_discrete.py, "
+                                "scheduling_dpmsolver_multistep.py (0.42)"),
+    # comfy/model_sampling.py ModelSamplingDiscreteFlow (SD3, Flux): timestep(σ) = σ·1000, no rounding; CONST.noise_scaling
+    # = σ·noise + (1 − σ)·latent_image (σ₀·noise from an empty latent, our "sigma" start: y = c x with x = ε·√(1 − ᾱ₀) is
+    # s₀·ε); calculate_denoised x0 = x − σ·v. Its euler is the flow's Euler step, which is our DDIM on any path; its heun
+    # corrects in s where ours corrects in σ̃ = s/(1 − s), and its dpmpp_2m's exponential step is the VE one (x = x0 + σ ε),
+    # so neither is ours on a flow. The model node's shift moves its own schedulers' σ, never a custom SIGMAS list.
+    Runtime("comfyui-flow", "ComfyUI on a rectified flow (ModelSamplingSD3/Flux) with a SIGMAS input of flow times s: "
+            "network fed s·1000, start σ₀·noise, euler", start="sigma", solvers={"ddim": "euler"}, fixed_eta=DETERMINISTIC_DDIM,
+            family="flow", source="comfy/model_sampling.py (ModelSamplingDiscreteFlow, CONST), comfy/k_diffusion/sampling.py"),
+    # diffusers 0.42 FlowMatchEulerDiscreteScheduler: set_timesteps(sigmas=…) shifts them by `shift` (or by `mu` with
+    # use_dynamic_shifting), appends 0, and feeds the network σ·num_train_timesteps; step is the flow's Euler step. Its
+    # init_noise_sigma is 1 (latents = noise at σ = 1); the export's code scales the latents to our start at σ₀ < 1.
+    # FlowMatchHeunDiscreteScheduler.set_timesteps takes a step count only, so no flow Heun here.
+    Runtime("diffusers-flow", "diffusers 0.42's FlowMatchEulerDiscreteScheduler (shift 1, no dynamic shifting) with "
+            "set_timesteps(sigmas=…) and the latents scaled as the export says", solvers={"ddim": "FlowMatchEulerDiscreteScheduler"},
+            fixed_eta=DETERMINISTIC_DDIM, family="flow",
+            source="diffusers schedulers/scheduling_flow_match_euler_discrete.py (0.42)"),
 )}
 DEFAULT_RUNTIME = RUNTIMES["stepdrop"]
 #: what a policy file without a "runtime" field (schemas 1 and 2) was measured under
 UNRECORDED_RUNTIME = RUNTIMES["legacy"]
-#: the runtime each text export runs under
+#: the runtime each text export runs under, for ε models and for rectified flows (None: no such tool for flows:
+#: k-diffusion 0.1.1 has no flow denoiser wrapper, and A1111/Forge's flow sampling is not checked here)
 EXPORT_RUNTIMES = {"sigmas": "k-diffusion", "comfyui": "comfyui", "a1111": "a1111", "diffusers": "diffusers"}
+FLOW_EXPORT_RUNTIMES = {"sigmas": None, "comfyui": "comfyui-flow", "a1111": None, "diffusers": "diffusers-flow"}
 
 
 def runtime_named(name: str | Runtime | None, default: Runtime = DEFAULT_RUNTIME) -> Runtime:

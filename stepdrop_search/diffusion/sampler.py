@@ -255,6 +255,7 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
     abar = schedule.alphas_cumprod_at(plan.grid).to(device=device, dtype=torch.float64)
     a_ext = torch.cat([abar, torch.ones(1, device=device, dtype=torch.float64)])  # index L = "jump to x̂0"
     t_ext = torch.cat([grid, torch.zeros(1, dtype=grid.dtype, device=device)])
+    runtime.check_family(schedule.is_flow)
     if solver is not None and solver.nfe is not None and not runtime.spends_even_heun_budgets:
         raise UserError(f"a {solver.name} NFE budget spent exactly (first interval uncorrected) is the legacy runtime's pattern; "
                         f"runtime {runtime.name} corrects every interval but the last (build the spec with spec_for_nfe)")

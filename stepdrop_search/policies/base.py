@@ -79,6 +79,11 @@ class Policy:
         sigma = self.schedule.sigma_at(self.fixed_timesteps("the σ export"))
         return torch.cat([sigma, sigma.new_zeros(1)])
 
+    def to_flow_sigmas(self) -> torch.Tensor:
+        """A rectified flow's schedule as its tools' σ: the flow time s at each step, then a trailing 0."""
+        s = self.schedule.flow_time(self.fixed_timesteps("the σ export"))
+        return torch.cat([s, s.new_zeros(1)])
+
     def expected_nfe(self) -> float:
         return float(self.nfe)
 

@@ -1,7 +1,8 @@
 """Schedules that travel: σ lists for k-diffusion, ComfyUI and A1111/Forge, published lists imported onto a model's
 noise schedule, a schedule moved to another NFE, and the check that an export samples there what was measured here.
 
-Every list here is a k-diffusion σ list (σ = √((1 − ᾱ)/ᾱ), descending, a trailing 0 for the jump to x̂0), written
+Every list here is a k-diffusion σ list (σ = √((1 − ᾱ)/ᾱ), descending, a trailing 0 for the jump to x̂0) — for a rectified
+flow, the flow times s its tools take as σ (ComfyUI's CONST sampling, diffusers' FlowMatch schedulers) — written
 in positional notation (ComfyUI's ``ManualSigmas`` reads no exponents) with the shortest digits that give back the
 same float, so an export imported again gives the same steps. Importing maps σ → t by the schedule's own
 interpolation in log σ (k-diffusion's ``sigma_to_t``), so a published list lands on real-valued steps of *this*
@@ -23,6 +24,7 @@ import torch
 from stepdrop_search.diffusion.runtimes import (
     DEFAULT_RUNTIME,
     EXPORT_RUNTIMES,
+    FLOW_EXPORT_RUNTIMES,
     KDIFFUSION_SOLVERS,
     RUNTIMES,
     Runtime,
@@ -42,8 +44,20 @@ PYTHON_RUNTIME = replace(RUNTIMES["k-diffusion"], name="python",
                          solvers={"learned-3m": "sample", "dpmpp-3m": "sample"}, source="stepdrop_search/policies/learned_sampler.py")
 
 
-def export_target(fmt: str) -> Runtime:
-    """The runtime whose conventions the tool of export format ``fmt`` (not json) samples under."""
+#: Why an export format has no tool for rectified flows, for the refusal.
+NO_FLOW_TOOL = {"sigmas": "k-diffusion 0.1.1 has no denoiser wrapper for flow models (ComfyUI's CONST sampling runs them: "
+                          "--format comfyui)",
+                "a1111": "A1111/Forge's flow sampling is not checked against this project's (--format comfyui or diffusers)",
+                "python": "the python sampler is k-diffusion's for ε models"}
+
+
+def export_target(fmt: str, schedule: NoiseSchedule | None = None) -> Runtime:
+    """The runtime whose conventions the tool of export format ``fmt`` (not json) samples under, for a model with
+    ``schedule`` (flow tools for a rectified flow); one line where no tool of that format runs such a model."""
+    if schedule is not None and schedule.is_flow:
+        if FLOW_EXPORT_RUNTIMES.get(fmt) is None:
+            raise UserError(f"--format {fmt} has no tool for rectified-flow models: {NO_FLOW_TOOL[fmt]}")
+        return RUNTIMES[FLOW_EXPORT_RUNTIMES[fmt]]
     return PYTHON_RUNTIME if fmt == "python" else RUNTIMES[EXPORT_RUNTIMES[fmt]]
 
 
@@ -53,8 +67,8 @@ def number_text(value: float) -> str:
 
 
 def sigma_list(policy: Policy) -> list[float]:
-    """The policy's σ at each evaluation, then a trailing 0."""
-    return policy.to_sigmas().tolist()
+    """The policy's σ at each evaluation, then a trailing 0 (a flow's tools' σ, the flow time s, for a rectified flow)."""
+    return policy.to_flow_sigmas().tolist() if policy.schedule.is_flow else policy.to_sigmas().tolist()
 
 
 def comfyui_text(policy: Policy) -> str:
@@ -162,20 +176,24 @@ def runs_in(document) -> str:
     """One line for people: the export formats whose tool reproduces ``document``'s samples, or why none does."""
     if not document.policy.static:
         return "draws its steps per sample: it runs in this project's sampler only"
-    formats = [fmt for fmt in FORMATS if fmt != "json"]
-    accepted = [fmt for fmt in formats if not export_problems(document, export_target(fmt))]
+    schedule = document.policy.schedule
+    targets = {fmt: export_target(fmt, schedule) for fmt in FORMATS if fmt != "json" and not (
+        schedule.is_flow and FLOW_EXPORT_RUNTIMES.get(fmt) is None)}
+    accepted = [fmt for fmt, target in targets.items() if not export_problems(document, target)]
     if accepted:
-        return f"runs as measured in {', '.join(f'{export_target(f).name} (--format {f})' for f in accepted)}"
-    if not any(export_target(fmt).has_solver(document.solver.name) for fmt in formats):
+        return f"runs as measured in {', '.join(f'{targets[f].name} (--format {f})' for f in accepted)}"
+    if not any(target.has_solver(document.solver.name) for target in targets.values()):
+        tools = ", ".join(target.name for target in targets.values())
         return (f"runs as measured in this project's sampler only (no other tool runs {document.solver.name} on custom steps); "
-                "optimize --runtime k-diffusion, comfyui, a1111 or diffusers searches only what that tool runs")
-    return f"runs as measured in this project's sampler only ({'; '.join(export_problems(document, RUNTIMES['k-diffusion']))})"
+                f"optimize --runtime {tools} searches only what that tool runs")
+    first = next(iter(targets.values()))
+    return f"runs as measured in this project's sampler only ({'; '.join(export_problems(document, first))})"
 
 
 def check_export(document, fmt: str, source: str) -> Runtime:
     """The runtime ``fmt`` runs under, after refusing in one line an export whose samples there would differ: what differs
     and the fix (measure the steps under that runtime, which is what ``--runtime`` on the export does)."""
-    target = export_target(fmt)
+    target = export_target(fmt, document.policy.schedule)
     problems = export_problems(document, target)
     if problems:
         heun_recipe = "; k-diffusion reproduces an uncorrected first Heun interval with two calls, x = sample_euler(model, x, " \
@@ -223,7 +241,7 @@ def kdiffusion_call(document) -> str:
 def export_hints(document, fmt: str) -> list[str]:
     """Comment lines that say how to run a text export in its tool: the sampler to pick, the start, the NFE it costs
     there and what the numbers assume."""
-    target = export_target(fmt)
+    target = export_target(fmt, document.policy.schedule)
     nfe = run_cost(document)
     rt = document.runtime
     assumes = (f"# runtime {rt.name}: {'x̂0 clamp' if rt.clamp else 'no x̂0 clamp'}, {rt.network_time} t, {rt.start} start; "
@@ -235,6 +253,10 @@ def export_hints(document, fmt: str) -> list[str]:
                 "# diffusers: --format diffusers (EulerDiscreteScheduler with timestep_spacing='leading' for ddim, whose default "
                 "'linspace' starts at noise·σ₀); "
                 "back: policy import --sigmas '[…]'", assumes]
+    if fmt == "comfyui" and document.policy.schedule.is_flow:
+        return ["# ComfyUI, flow model (ModelSamplingSD3/ModelSamplingFlux; their shift does not move a SIGMAS input): "
+                f"ManualSigmas (this text, flow times s) → SamplerCustom's sigmas; KSamplerSelect sampler_name: "
+                f"{target.tool_name(document.solver.name)}; add_noise on, EmptyLatentImage", assumes]
     if fmt == "comfyui":
         return [f"# ComfyUI: ManualSigmas (this text) → SamplerCustom's sigmas; KSamplerSelect sampler_name: "
                 f"{target.tool_name(document.solver.name)}; add_noise on", assumes]
