@@ -377,7 +377,8 @@ def policy_import(
                                                  "the model's T)")] = None,
     solver: SolverOption = None, eta: EtaOption = None, model: ModelOption = None, runtime: RuntimeOption = None,
 ) -> None:
-    """Turn any published σ or timestep list into an explicit policy for the model's noise schedule (σ → t in log σ)."""
+    """Turn any published σ or timestep list into an explicit policy for the model's noise schedule (σ → t in log σ; on a
+    rectified flow σ is the flow time s, as flow tools write it)."""
     check_writable(out, "--out")
     from stepdrop_search.diffusion.runtimes import runtime_named
     from stepdrop_search.diffusion.solvers import SolverSpec

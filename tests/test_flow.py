@@ -253,3 +253,47 @@ def test_flow_exports_refuse_what_no_flow_tool_runs_and_runtimes_keep_to_their_f
         our_flow_samples(flow_document(), x_T, runtime="comfyui")
     with pytest.raises(UserError, match="runtime diffusers-flow is for rectified-flow models"):
         RUNTIMES["diffusers-flow"].check_family(False)
+
+
+def test_a_flow_tools_sigma_list_imports_onto_the_flows_steps_and_exports_back():
+    from stepdrop_search.policies.transfer import comfyui_text, from_sigmas, parse_numbers
+
+    diffusers_default = [1.0, 0.75, 0.5, 0.25, 0.001]  # a flow tool's σ: s, from pure noise at 1
+    policy = from_sigmas(diffusers_default, FLOW)
+    assert policy.timesteps().tolist()[0] == 999 and torch.allclose(
+        FLOW.flow_time(policy.timesteps())[1:], torch.tensor(diffusers_default[1:], dtype=torch.float64))
+    again = from_sigmas(parse_numbers(comfyui_text(policy), "test"), FLOW)
+    assert torch.equal(again.timesteps(), policy.timesteps())
+    with pytest.raises(UserError, match="outside"):
+        from_sigmas([14.6, 1.0, 0.1], FLOW)  # an ε model's σ̃ list
+
+
+def test_optimize_on_a_flow_model_searches_shifts_with_every_kind_and_exports_for_flow_tools(tiny_features, tmp_path):
+    from typer.testing import CliRunner
+
+    from stepdrop_search.cli import app
+    from stepdrop_search.loading import load_model
+    from stepdrop_search.policies import load_policy
+    from stepdrop_search.search.optimize import optimize
+    from stepdrop_search.search.settings import OptimizeSettings
+    from stepdrop_search.train import TrainConfig, train
+
+    checkpoint = train(TrainConfig(preset="tiny", dataset="synthetic", steps=40, batch_size=32, objective="flow",
+                                   checkpoint_every=40, out_dir=str(tmp_path / "flow"), device="cpu"))
+    out = tmp_path / "best.json"
+    cfg = OptimizeSettings.from_flags(nfe=4, method="all", model=str(checkpoint), features=str(tiny_features), trials=4,
+                                      storage=f"sqlite:///{tmp_path}/s.db", dp_grid=20, dp_samples=4, dp_oss_samples=2,
+                                      out=str(out), samples=16, trial_samples=16, promote=2, promote_samples=16,
+                                      held_out_samples=16, teacher="ddim-50", gradient_samples=16, gradient_epochs=1,
+                                      gradient_batch=8, gradient_solver_epochs=1)
+    result = optimize(cfg)
+    names = {c.name for c in result.candidates}
+    assert {"ddim/shift1", "ddim/shift3", "dpmpp-2m/shift6", "ddim/dp-oss", "ddim/karras"} <= names
+    doc = load_policy(out, load_model(checkpoint).schedule)
+    assert doc.policy.schedule == FLOW and doc.solver.solver.nfe(doc.policy.nfe) <= 4
+    shift3 = CliRunner().invoke(app, ["policy", "export", "shift", "--nfe", "4", "--param", "shift=3", "--model",
+                                      str(checkpoint), "--format", "comfyui"])
+    assert shift3.exit_code == 0 and shift3.output.startswith("0.999000999000999, ")
+    refused = CliRunner().invoke(app, ["policy", "export", "shift", "--nfe", "4", "--model", str(checkpoint), "--format",
+                                       "sigmas"])
+    assert refused.exit_code == 2 and "no tool for rectified-flow models" in refused.output

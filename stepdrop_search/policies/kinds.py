@@ -184,7 +184,10 @@ class Sigmas(_StaticPolicy):
     """A schedule given as k-diffusion noise levels σ = √((1−ᾱ)/ᾱ), descending — what k-diffusion, ComfyUI
     (SIGMAS) and ``policy export --format sigmas`` use. A trailing 0 (k-diffusion's ``append_zero``) is allowed:
     the last step always jumps to x̂0. Each σ becomes its real t by the schedule's log-σ interpolation
-    (continuous time), which is how diffusers' ``_sigma_to_t`` and k-diffusion's ``sigma_to_t`` read them."""
+    (continuous time), which is how diffusers' ``_sigma_to_t`` and k-diffusion's ``sigma_to_t`` read them.
+
+    On a rectified flow, σ is what flow tools call σ: the flow time s in (0, 1] (ComfyUI's SIGMAS for SD3/Flux, diffusers'
+    FlowMatch ``sigmas``); their top, 1, is this model's top step, s = T/(T + 1)."""
 
     kind = "sigmas"
     sigmas: tuple[float, ...] = ()
@@ -210,15 +213,22 @@ class Sigmas(_StaticPolicy):
             raise UserError(f"sigmas: every σ but a trailing 0 must be a positive finite number, got {list(self.sigmas)[:6]}")
         if any(b >= a for a, b in zip(values, values[1:], strict=False)):
             raise UserError("sigmas: σ must be strictly decreasing (from noise to data)")
-        lo, hi = float(self.schedule.sigmas[0]), float(self.schedule.sigmas[-1])
-        outside = [v for v in values if not lo * (1 - SIGMA_SLACK) <= v <= hi * (1 + SIGMA_SLACK)]
+        if self.schedule.is_flow:
+            lo, hi = (float(v) for v in self.schedule.flow_time(torch.tensor([0, self.T - 1])))
+            ceiling = 1.0  # the tools' pure noise
+        else:
+            lo, hi = float(self.schedule.sigmas[0]), float(self.schedule.sigmas[-1])
+            ceiling = hi * (1 + SIGMA_SLACK)
+        outside = [v for v in values if not lo * (1 - SIGMA_SLACK) <= v <= ceiling]
         if outside:
             raise UserError(f"sigmas: σ {outside[:3]} outside this noise schedule's range [{lo:.6g}, {hi:.6g}] "
                             f"(σ at t = 0 and t = {self.T - 1}); a σ list belongs to one noise schedule")
         return torch.tensor(values, dtype=torch.float64).clamp(lo, hi)
 
     def timesteps(self) -> torch.Tensor:
-        return validate_timesteps(snap_whole(self.schedule.timestep_at_sigma(self.levels())).tolist(), self.T, "sigmas")
+        levels = self.levels()
+        steps = self.schedule.flow_step(levels) if self.schedule.is_flow else self.schedule.timestep_at_sigma(levels)
+        return validate_timesteps(snap_whole(steps).tolist(), self.T, "sigmas")
 
 
 def _round_half_up(x: float) -> int:
