@@ -25,6 +25,8 @@ from stepdrop_search.model import UNet, UNetConfig
 FORMAT = "stepdrop-search/checkpoint"
 VERSION = 1
 DEFAULT_MODEL = "default-xs-fashion-mnist.pt"
+#: the models shipped in the package, by the name ``--model NAME`` takes (a file of that name in the working folder wins)
+SHIPPED_MODELS = {"default": DEFAULT_MODEL}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
@@ -114,5 +116,6 @@ def load_checkpoint_model(path: str | os.PathLike, *, device: str | torch.device
                        str(path), dict(payload.get("card", {})))
 
 
-def default_model_path() -> Path:
-    return Path(str(resources.files("stepdrop_search") / "assets" / DEFAULT_MODEL))
+def default_model_path(name: str = "default") -> Path:
+    """The file of the shipped model called ``name`` (:data:`SHIPPED_MODELS`)."""
+    return Path(str(resources.files("stepdrop_search") / "assets" / SHIPPED_MODELS[name]))

@@ -208,8 +208,9 @@ SOLVER_NAMES = "ddim, ddpm, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, ipndm, unipc, heun
 SolverOption = Annotated[str | None, typer.Option(help=f"{SOLVER_NAMES} (default: the file's, else ddim)")]
 EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1] (0 = deterministic; default 0 for ddim, 1 for "
                                                   "dpmpp-2m-sde); refused for solvers without η")]
-ModelOption = Annotated[Path | None, typer.Option(help="checkpoint, weights file or diffusers UNet2DModel folder "
-                                                  "(default: the shipped model)")]
+ModelOption = Annotated[Path | None, typer.Option(help="checkpoint, weights file, diffusers UNet2DModel folder, or a "
+                                                  "shipped model by name: default (the shipped ε model, also used "
+                                                  "when omitted)")]
 #: The runtime names for help texts (the registry in diffusion.runtimes is the truth; a test keeps the two equal).
 RUNTIME_NAMES = "stepdrop, stepdrop-clamp, legacy, k-diffusion, comfyui, a1111, diffusers, comfyui-flow, diffusers-flow"
 RuntimeOption = Annotated[str | None, typer.Option(help=f"the conventions to sample under, those of the tool that will run "

@@ -1,6 +1,7 @@
 """``--model`` to a ready-to-sample model: the loader is chosen by the spec's form.
 
-* nothing: the model shipped inside the package (offline, no data);
+* nothing, or a shipped model's name (``default``; :data:`~stepdrop_search.checkpoint.SHIPPED_MODELS`) when no file of
+  that name is in the working folder: a model shipped inside the package (offline, no data);
 * ``diffusers:DIR``, or a folder diffusers saved (``model_index.json`` or ``config.json``): a locally saved diffusers
   ``UNet2DModel`` with its scheduler config;
 * a file: one of our training checkpoints or exported weights files.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from stepdrop_search.checkpoint import LoadedModel, default_model_path, load_checkpoint_model
+from stepdrop_search.checkpoint import SHIPPED_MODELS, LoadedModel, default_model_path, load_checkpoint_model
 from stepdrop_search.errors import UserError
 from stepdrop_search.interop import PREFIX as DIFFUSERS_PREFIX
 from stepdrop_search.interop import is_diffusers_folder, load_diffusers_model
@@ -26,6 +27,8 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
     """Load the model a ``--model`` value names (see the module docstring); EMA weights when present."""
     if path is None:
         return load_default_model(device=device)
+    if str(path) in SHIPPED_MODELS and not Path(path).exists():
+        return load_checkpoint_model(default_model_path(str(path)), device=device)
     if str(path).startswith(DIFFUSERS_PREFIX):
         return load_diffusers_model(str(path)[len(DIFFUSERS_PREFIX):], device=device)
     if Path(path).is_dir():

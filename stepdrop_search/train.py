@@ -156,7 +156,7 @@ def initial_weights(path: str, model_config, schedule: NoiseSchedule) -> tuple[d
     """Weights to fine-tune from (EMA when the file has them) and the training stages that made them, refused
     unless they fit this run's model and noise schedule: a fine-tune that silently changed either would compare
     nothing."""
-    start = load_model(None if path == "default" else path)
+    start = load_model(path)
     if start.schedule.is_flow != schedule.is_flow:
         raise UserError(f"--init-from {path} is {'a rectified flow' if start.schedule.is_flow else 'an ε model'}; "
                         f"this run trains {'a flow' if schedule.is_flow else 'an ε model'} (--objective)")

@@ -27,3 +27,15 @@ def test_shipped_feature_network_has_accuracy_and_reference_statistics():
     features = load_features(default_features_path("fashion-mnist"), dataset=sds.load_default_model().dataset)
     assert features.card["accuracy_test"] > 0.85
     assert features.reference["count"] == 10_000 and features.reference["features"].shape == (10_000, 64)
+
+
+def test_a_shipped_model_loads_by_name_unless_a_file_of_that_name_is_here(tmp_path):
+    import pytest
+
+    from stepdrop_search.errors import UserError
+    from stepdrop_search.loading import load_model
+
+    assert load_model("default").weights_hash == load_model(None).weights_hash
+    (tmp_path / "default").write_text("not a checkpoint")  # the working folder's file wins, and is refused as what it is
+    with pytest.raises(UserError, match="not a readable stepdrop-search checkpoint"):
+        load_model("default")
