@@ -190,7 +190,8 @@ def load_policy(path: str | os.PathLike, schedule: NoiseSchedule | None = None) 
     if schedule is not None and document.policy.schedule.hash != schedule.hash:
         raise UserError(f"{path} was made for noise schedule {document.policy.schedule.hash} "
                         f"({document.policy.schedule.kind}, T={document.policy.schedule.T}), but the model uses "
-                        f"{schedule.hash} ({schedule.kind}, T={schedule.T}); rebuild the policy for this model")
+                        f"{schedule.hash} ({schedule.kind}, T={schedule.T}); pass the --model it was made for, or rebuild "
+                        "the policy for this model")
     return document
 
 
