@@ -395,6 +395,7 @@ def policy_import(
     values = parse_numbers(sigmas if sigmas is not None else timesteps, "--sigmas" if sigmas is not None else "--timesteps")
     wanted = runtime_named(runtime)
     loaded = load_model(model)
+    wanted.check_family(loaded.schedule.is_flow)
     policy = from_sigmas(values, loaded.schedule) if sigmas is not None else \
         from_timesteps(values, loaded.schedule, source_t)
     run = SolverSpec(solver or "ddim", eta)  # the list is the grid: Heun spends what its length costs
@@ -446,8 +447,10 @@ def _export_diffusers(doc, out: Path | None) -> None:
         f"our x_T times {payload['latents_scale']!r} is the pipeline's latents"
     lines = [payload["code"], f"# {payload['scheduler']}; {start}; {run_cost(doc)} network "
              f"evaluations per sample; measured under runtime {doc.runtime.name}"]
-    if "if_your_pipeline_shifts" in payload:
-        lines.append(f"# a pipeline that passes mu (SD3, Flux) shifts these σ again; hand it {payload['if_your_pipeline_shifts']}")
+    if "if_you_keep_your_scheduler" in payload:
+        lines.append("# keeping your pipeline's own scheduler (SD3's shift 3, Flux's dynamic shifting)? It shifts these σ again: "
+                     "run this first (mu: what the pipeline passes)")
+        lines += [f"# {line}" for line in payload["if_you_keep_your_scheduler"].splitlines()]
     if payload["takes_solver_noise"]:
         lines.append("# pass each step's noise as scheduler.step(..., variance_noise=z) to reproduce samples one for one")
     if out is not None:

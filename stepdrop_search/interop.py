@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
-from stepdrop_search.diffusion.flow import FlowAdapter
+from stepdrop_search.diffusion.flow import PRE_SHIFT_CODE, FlowAdapter
 from stepdrop_search.diffusion.sampler import SampleResult, stream_seed
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError, unknown_name
@@ -264,12 +264,15 @@ class DiffusersRecipe:
 
     def code(self) -> str:
         """Python that builds the scheduler and sets the steps (the pipeline's own loop does the rest)."""
-        text = (f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
-                f"scheduler.set_timesteps({', '.join(f'{k}={v!r}' for k, v in self.set_timesteps.items())})")
-        if self.latents_scale != 1.0:
-            text += (f"\nlatents = torch.randn(shape, generator=generator) * {self.latents_scale!r}  # pass as latents=: "
-                     f"the start at σ = {self.set_timesteps['sigmas'][0]!r}, not 1")
-        return text
+        if self.latents_scale == 1.0:
+            return (f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
+                    f"scheduler.set_timesteps({', '.join(f'{k}={v!r}' for k, v in self.set_timesteps.items())})")
+        sigmas = self.set_timesteps["sigmas"]
+        return (f"SIGMAS = {sigmas!r}\n"
+                f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
+                "scheduler.set_timesteps(sigmas=SIGMAS)\n"
+                f"latents = torch.randn(shape, generator=generator) * {self.latents_scale!r}  # pass as latents=: "
+                f"the start at σ = {sigmas[0]!r}, not 1")
 
 
 #: scheduler config changes each class needs to run our solver: the VP start √(σ_max² + 1) on the σ schedulers (their
@@ -317,15 +320,10 @@ def flow_recipe(document: PolicyDocument) -> DiffusersRecipe:
         raise UserError(f"diffusers runs a flow model's custom σ with {FLOW_SCHEDULER} only (Euler, our ddim); its "
                         f"FlowMatchHeunDiscreteScheduler takes a step count, not a list, so {document.solver.name} has no recipe")
     steps = document.policy.fixed_timesteps("diffusers")
-    sigmas = document.policy.schedule.flow_time(steps).tolist()
+    sigmas = document.policy.tool_sigmas()[:-1].tolist()  # the scheduler appends the 0
     scale = float(document.policy.schedule.model_scale(steps[:1])[0])
     return DiffusersRecipe(FLOW_SCHEDULER, scheduler_config_from_schedule(document.policy.schedule), {"sigmas": sigmas},
                            latents_scale=scale)
-
-
-#: what a pipeline that always shifts its σ (SD3 and Flux pass ``mu``, with use_dynamic_shifting) must be handed instead
-#: of the exported σ to get them back: diffusers' exponential time shift e^μ/(e^μ + 1/s − 1), inverted
-PRE_SHIFTED = "sigmas = [1 / (1 + math.exp(mu) * (1 / s - 1)) for s in SIGMAS]  # a fixed shift k is mu = math.log(k)"
 
 
 def diffusers_export(document: PolicyDocument) -> dict:
@@ -335,11 +333,10 @@ def diffusers_export(document: PolicyDocument) -> dict:
     steps = document.policy.fixed_timesteps("diffusers")
     payload = {"scheduler": recipe.scheduler, "scheduler_config": recipe.config, "set_timesteps": recipe.set_timesteps,
                "takes_solver_noise": recipe.takes_noise, "timesteps": steps.tolist(),
-               "sigmas": (document.policy.to_flow_sigmas() if document.policy.schedule.is_flow
-                          else document.policy.to_sigmas()).tolist(),
+               "sigmas": document.policy.tool_sigmas().tolist(),
                "num_train_timesteps": document.policy.schedule.T, "runtime": document.runtime.to_dict(), "code": recipe.code()}
     if document.policy.schedule.is_flow:
-        payload |= {"latents_scale": recipe.latents_scale, "if_your_pipeline_shifts": PRE_SHIFTED}
+        payload |= {"latents_scale": recipe.latents_scale, "if_you_keep_your_scheduler": PRE_SHIFT_CODE}
     return payload
 
 
@@ -390,6 +387,8 @@ def diffusers_recipe_sample(loaded: LoadedModel, recipe: DiffusersRecipe, *, n: 
     """Sample with a :class:`DiffusersRecipe` in diffusers' own loop, from our x_T of ``seed`` and, for a solver that draws
     noise, our noise stream (``variance_noise``): what a user running the export gets, sample for sample."""
     scheduler = getattr(require_diffusers(), recipe.scheduler).from_config(recipe.config)
+    if recipe.scheduler == FLOW_SCHEDULER:
+        return flow_scheduler_loop(loaded, scheduler, recipe, n=n, seed=seed, batch_size=batch_size)
     return scheduler_loop(loaded, scheduler, recipe.set_timesteps, n=n, seed=seed, batch_size=batch_size, clamp=False,
                           our_noise=recipe.takes_noise)
 
@@ -423,3 +422,23 @@ def scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, *, n: int, se
     steps = len(scheduler.timesteps)
     return SampleResult(torch.cat(outputs), calls, torch.ones(n, steps, dtype=torch.bool),
                         scheduler.timesteps.detach().cpu().round().long())
+
+
+def flow_scheduler_loop(loaded: LoadedModel, scheduler, recipe: DiffusersRecipe, *, n: int, seed: int,
+                        batch_size: int) -> SampleResult:
+    """diffusers' flow loop as a pipeline runs it: latents (our x_T times the recipe's scale), the raw network fed the
+    scheduler's timestep (σ·num_train_timesteps), ``scheduler.step`` on the velocity."""
+    net = loaded.model.net  # the velocity network inside our adapter
+    device = next(net.parameters()).device
+    cfg = net.config
+    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+    outputs, calls = [], torch.zeros(n, dtype=torch.long)
+    for start in range(0, n, batch_size):
+        scheduler.set_timesteps(**recipe.set_timesteps, device=device)
+        y = x_T[start:start + batch_size].to(device, next(net.parameters()).dtype) * recipe.latents_scale
+        for t in scheduler.timesteps:
+            y = scheduler.step(net(y, t.expand(y.shape[0])), t, y).prev_sample
+            calls[start:start + y.shape[0]] += 1
+        outputs.append(y.cpu())
+    steps = len(scheduler.timesteps)
+    return SampleResult(torch.cat(outputs), calls, torch.ones(n, steps, dtype=torch.bool), scheduler.timesteps.detach().cpu())

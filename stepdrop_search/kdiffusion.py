@@ -67,16 +67,43 @@ def start_scale(runtime: Runtime, sigma_start: torch.Tensor, sigma_max: torch.Te
     return exact if at_max else sigma_start
 
 
+class ConstDenoiser(torch.nn.Module):
+    """ComfyUI's CONST model sampling around a flow network (comfy/model_sampling.py): the network fed σ·1000 at the
+    flow state x, and the denoised x − σ·v, counting evaluations per sample. Written from ComfyUI's rules, not from
+    our adapter's conversions, for the same reason as :func:`start_scale`."""
+
+    def __init__(self, adapter: torch.nn.Module, batch: int) -> None:
+        super().__init__()
+        self.net, self.T = adapter.net, adapter.schedule.T
+        self.calls = torch.zeros(batch, dtype=torch.long)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        sigma = sigma.expand(x.shape[0]).to(x.dtype)
+        return x - sigma.view(-1, *([1] * (x.dim() - 1))) * self.net(x, sigma * self.T)
+
+
+def flow_start_scale(runtime: Runtime, s_start: torch.Tensor) -> torch.Tensor:
+    """The factor on unit noise at flow time s₀: ComfyUI's CONST.noise_scaling from an empty latent, s₀ ("sigma"), or
+    our exact start √((1 − s₀)² + s₀²) (the VP x_T = ε seen on the flow's path)."""
+    return s_start if runtime.start == "sigma" else ((1 - s_start) ** 2 + s_start ** 2).sqrt()
+
+
 @torch.no_grad()
 def kdiffusion_sample(loaded: LoadedModel, document: PolicyDocument, *, n: int, seed: int = 0, batch_size: int = 256,
                       sigmas: torch.Tensor | None = None) -> SampleResult:
     """Samples of ``document``'s σ list (or ``sigmas``, e.g. as a tool parsed them) by k-diffusion's sampler for its
     solver, under its runtime's network time and start, from the x_T of ``seed``; a solver that draws noise gets our
-    stream's noise of grid step i through ``noise_sampler``. Runs in the model's dtype."""
+    stream's noise of grid step i through ``noise_sampler``. Runs in the model's dtype.
+
+    A rectified flow runs as ComfyUI runs one: its σ list of flow times, the CONST denoiser, ``sample_euler`` (ddim), the
+    only sampler of ComfyUI's that is ours on a flow."""
     sampling, external = kdiffusion_modules()
     runtime, solver = document.runtime, document.solver
     if solver.name not in KDIFFUSION_SOLVERS:
         raise UserError(f"k-diffusion has no {solver.name} sampler")
+    if loaded.schedule.is_flow:
+        return const_flow_sample(sampling, loaded, document, n=n, seed=seed, batch_size=batch_size, sigmas=sigmas)
     param = next(loaded.model.parameters())
     sigma_list = (document.policy.to_sigmas() if sigmas is None else sigmas).to(param.device, param.dtype)
     alphas_cumprod = loaded.schedule.alphas_cumprod.to(param.device, param.dtype)
@@ -102,6 +129,26 @@ def kdiffusion_sample(loaded: LoadedModel, document: PolicyDocument, *, n: int, 
         x = x * start_scale(runtime, sigma_list[0], sigma_max)
         outputs.append(getattr(sampling, function)(model, x, sigma_list, disable=True, **kwargs).cpu())
         calls.append(network.calls)
+    steps = len(sigma_list) - 1
+    return SampleResult(torch.cat(outputs), torch.cat(calls), torch.ones(n, steps, dtype=torch.bool),
+                        document.policy.timesteps() if sigmas is None else torch.arange(steps))
+
+
+def const_flow_sample(sampling, loaded: LoadedModel, document: PolicyDocument, *, n: int, seed: int, batch_size: int,
+                      sigmas: torch.Tensor | None) -> SampleResult:
+    """:func:`kdiffusion_sample` for a rectified flow (see there)."""
+    if document.solver.name != "ddim" or document.solver.eta:
+        raise UserError(f"ComfyUI's samplers other than euler are not ours on a flow; {document.solver.name} has no client here")
+    param = next(loaded.model.parameters())
+    sigma_list = (document.policy.tool_sigmas() if sigmas is None else sigmas).to(param.device, param.dtype)
+    cfg = loaded.model.config
+    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+    outputs, calls = [], []
+    for start in range(0, n, batch_size):
+        denoiser = ConstDenoiser(loaded.model, min(batch_size, n - start))
+        x = x_T[start:start + batch_size].to(param.device, param.dtype) * flow_start_scale(document.runtime, sigma_list[0])
+        outputs.append(sampling.sample_euler(denoiser, x, sigma_list, disable=True).cpu())
+        calls.append(denoiser.calls)
     steps = len(sigma_list) - 1
     return SampleResult(torch.cat(outputs), torch.cat(calls), torch.ones(n, steps, dtype=torch.bool),
                         document.policy.timesteps() if sigmas is None else torch.arange(steps))

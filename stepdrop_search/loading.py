@@ -28,7 +28,7 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
     if path is None:
         return load_default_model(device=device)
     if str(path) in SHIPPED_MODELS and not Path(path).exists():
-        return load_checkpoint_model(default_model_path(str(path)), device=device)
+        return load_checkpoint_model(default_model_path(str(path)), device=device, use_ema=use_ema)
     if str(path).startswith(DIFFUSERS_PREFIX):
         return load_diffusers_model(str(path)[len(DIFFUSERS_PREFIX):], device=device)
     if Path(path).is_dir():

@@ -18,7 +18,8 @@ from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
 from stepdrop_search.evaluation import Candidate
 from stepdrop_search.policies import PolicyDocument, policy_class
-from stepdrop_search.policies.kinds import Explicit, StepDrop, Uniform
+from stepdrop_search.policies.kinds import Explicit, Shift, StepDrop, Uniform
+from stepdrop_search.search.sources.analytic import FLOW_SHIFTS
 
 SUITES = ("stepdrop", "peers")
 #: The peers' analytic and StepDrop-family schedules, built with each kind's defaults and DDIM.
@@ -59,9 +60,10 @@ def peers_suite(loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 3
                 diffusers_available: bool | None = None, runtime: Runtime = DEFAULT_RUNTIME,
                 log: Callable[[str], None] = lambda m: None) -> Suite:
     """Per NFE: DDIM on uniform steps (leading, trailing, linspace), the peers' analytic and StepDrop-family
-    schedules, DP-GITS and DP-OSS (found here, on ``dp_samples`` teacher trajectories), DPM-Solver++(2M) on
-    uniform steps and on the DP-OSS schedule (schedule transfer), and the model stepped by diffusers'
-    DPMSolverMultistep, DDPM and Euler loops on their default spacing and on the DP-OSS timesteps.
+    schedules (on a rectified flow also the time shifts of its tools), DP-GITS and DP-OSS (found here, on
+    ``dp_samples`` teacher trajectories), DPM-Solver++(2M) on uniform steps and on the DP-OSS schedule (schedule
+    transfer), and the model stepped by diffusers' DPMSolverMultistep, DDPM and Euler loops on their default spacing
+    and on the DP-OSS timesteps (ε models only: these loops step β schedules).
 
     Our rows run under ``runtime``; diffusers' loops run under their own scheduler configs.
 
@@ -87,6 +89,9 @@ def peers_suite(loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 3
                                        family=kind))
             except UserError as exc:
                 suite.missing.append(f"{kind}@{nfe}: {exc}")
+        if schedule.is_flow:  # what a flow's tools offer: the time shift, with their trailing spacing
+            suite.rows += [_row(f"shift{shift:g}@{nfe}", Shift(nfe=nfe, shift=shift, schedule=schedule), family=f"shift{shift:g}")
+                           for shift in FLOW_SHIFTS]
         if traj is None:
             log(f"peers: DDIM teacher trajectories on a {dp_grid}-step grid for {dp_samples} samples (DP rows)")
             traj = teacher_trajectory(loaded, grid_size=dp_grid, n=dp_samples, seed=0, spacing="uniform", solver="ddim",
@@ -104,9 +109,10 @@ def peers_suite(loaded: LoadedModel, nfes: Iterable[int], *, dp_samples: int = 3
         ]
         for scheduler in DIFFUSERS_SCHEDULERS:
             names = (f"diffusers {scheduler}@{nfe}", f"diffusers {scheduler} on dp-oss@{nfe}")
-            if not diffusers_available:
-                suite.missing += [f"{name}: diffusers is not installed (pip install 'stepdrop-search[diffusers]')"
-                                  for name in names]
+            if not diffusers_available or schedule.is_flow:
+                reason = "these loops run ε models on β schedules, and this is a rectified flow" if schedule.is_flow else \
+                    "diffusers is not installed (pip install 'stepdrop-search[diffusers]')"
+                suite.missing += [f"{name}: {reason}" for name in names]
                 continue
             suite.rows += [
                 Candidate(names[0], None, f"diffusers-{scheduler}", diffusers=scheduler, nfe=nfe),

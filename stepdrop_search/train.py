@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from stepdrop_search.checkpoint import load_checkpoint, save_checkpoint, state_dict_hash
 from stepdrop_search.data import horizontal_flip_makes_sense, load_dataset
 from stepdrop_search.devices import resolve_device
-from stepdrop_search.diffusion.flow import logit_normal
+from stepdrop_search.diffusion.flow import FlowAdapter, logit_normal
 from stepdrop_search.diffusion.schedule import FLOW_KINDS, NoiseSchedule
 from stepdrop_search.errors import UserError
 from stepdrop_search.files import write_json
@@ -165,7 +165,7 @@ def initial_weights(path: str, model_config, schedule: NoiseSchedule) -> tuple[d
                         "pass the preset and data set it was trained with")
     if start.schedule.hash != schedule.hash:
         raise UserError(f"--init-from {path} was trained with another noise schedule; pass its --schedule/--timesteps")
-    network = getattr(start.model, "net", start.model)  # a flow model's adapter holds its network
+    network = start.model.net if isinstance(start.model, FlowAdapter) else start.model  # the adapter holds a flow's network
     return network.state_dict(), lineage_of(start.card, start.weights_hash, path)
 
 
@@ -261,17 +261,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        t = logit_normal(cfg.batch_size, gen).float() if schedule.is_flow else \
+        # the noise level: a flow time s in (0, 1), or a DDPM step t
+        level = logit_normal(cfg.batch_size, gen).float() if schedule.is_flow else \
             torch.randint(0, schedule.T, (cfg.batch_size,), generator=gen)
         noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=gen)
         x0 = images[idx.to(device)]
         if flip:
             mirror = (torch.rand(cfg.batch_size, generator=gen) < 0.5).to(device)
             x0 = torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        if schedule.is_flow:  # t is the flow time s here
-            loss = flow_loss(model, x0, t.to(device), noise.to(device), schedule.T)
+        if schedule.is_flow:
+            loss = flow_loss(model, x0, level.to(device), noise.to(device), schedule.T)
         else:
-            loss = diffusion_loss(model, x0, t.to(device), noise.to(device), alphas_cumprod, skip_coef, cfg.skip_loss_tau)
+            loss = diffusion_loss(model, x0, level.to(device), noise.to(device), alphas_cumprod, skip_coef, cfg.skip_loss_tau)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -145,15 +145,20 @@ def test_the_shift_kind_spaces_a_flows_steps_as_its_tools_do_and_only_a_flows():
     from stepdrop_search.policies.kinds import Shift
     from stepdrop_search.search.sources.analytic import schedules_for
 
-    assert Shift(nfe=6, shift=1.0, schedule=FLOW).timesteps().tolist() == [999, 800, 600, 400, 200, 0]  # uniform t
-    s = FLOW.flow_time(Shift(nfe=6, shift=3.0, schedule=FLOW).timesteps())
+    linspace = Shift(nfe=6, shift=1.0, spacing="linspace", schedule=FLOW)
+    assert linspace.timesteps().tolist() == [999, 800, 600, 400, 200, 0]  # uniform t to the bottom
+    s = FLOW.flow_time(Shift(nfe=6, shift=3.0, spacing="linspace", schedule=FLOW).timesteps())
     expected = time_shift(torch.linspace(1, 1 / 1001, 6, dtype=torch.float64), 3.0)
     assert torch.allclose(s[1:], expected[1:]) and s[0] == 1000 / 1001  # SD3's shift; the top at the grid's top
+    s = FLOW.flow_time(Shift(nfe=4, shift=3.0, schedule=FLOW).timesteps())  # trailing: Flux's linspace(1, 1/N, N)
+    assert torch.allclose(s[1:], time_shift(torch.tensor([0.75, 0.5, 0.25], dtype=torch.float64), 3.0))
     with pytest.raises(UserError, match="rectified flow"):
         Shift(nfe=5, schedule=NoiseSchedule())
     with pytest.raises(UserError, match="positive"):
         Shift(nfe=5, shift=0.0, schedule=FLOW)
-    assert {"shift1", "shift3"} <= set(schedules_for(FLOW)) and "shift1" not in schedules_for(NoiseSchedule())
+    assert {"shift1", "shift3", "shift3-linspace"} <= set(schedules_for(FLOW)) and "shift1" not in schedules_for(NoiseSchedule())
+    with pytest.raises(UserError, match="spacing"):
+        Shift(nfe=5, spacing="leading", schedule=FLOW)
 
 
 def flow_document(solver="ddim", shift=3.0, nfe=6):
@@ -171,10 +176,12 @@ def our_flow_samples(document, x_T, runtime="stepdrop"):
                     runtime=RUNTIMES[runtime]).x0
 
 
-@pytest.mark.parametrize("mu", [None, 0.7])
-def test_the_diffusers_export_of_a_flow_policy_reproduces_its_samples_in_flow_match_euler(mu):
-    """The export's own scheduler config, set_timesteps call and latents scale; a pipeline that shifts with mu gets
-    the pre-shifted σ the export gives the formula for."""
+@pytest.mark.parametrize("own", [None, {"shift": 3.0}, {"use_dynamic_shifting": True},
+                                 {"use_dynamic_shifting": True, "time_shift_type": "linear"}])
+def test_the_diffusers_export_of_a_flow_policy_reproduces_its_samples_in_flow_match_euler(own):
+    """The export's code as printed (its SIGMAS, scheduler config, set_timesteps and latents scale); a user who keeps
+    their own scheduler — SD3's fixed shift 3, Flux's dynamic shifting by mu, exponential or linear — runs the
+    export's pre-shift code first and gets the same samples."""
     diffusers = pytest.importorskip("diffusers")
     import math
 
@@ -184,16 +191,19 @@ def test_the_diffusers_export_of_a_flow_policy_reproduces_its_samples_in_flow_ma
     document = flow_document()
     assert check_export(document, "diffusers", "test").name == "diffusers-flow"
     payload = diffusers_export(document)
-    config, sigmas = dict(payload["scheduler_config"]), payload["set_timesteps"]["sigmas"]
-    if mu is not None:  # SD3/Flux: dynamic shifting always on, mu from the image size
-        config |= {"use_dynamic_shifting": True}
-        namespace = {"math": math, "SIGMAS": sigmas, "mu": mu}
-        exec(payload["if_your_pipeline_shifts"], namespace)
-        sigmas = namespace["sigmas"]
-    scheduler = getattr(diffusers, payload["scheduler"]).from_config(config)
-    scheduler.set_timesteps(sigmas=sigmas, **({} if mu is None else {"mu": mu}))
+    namespace = {"diffusers": diffusers, "torch": torch, "shape": (16, 1, 4, 4),
+                 "generator": torch.Generator().manual_seed(0)}
+    exec(payload["code"], namespace)
+    scheduler, mu = namespace["scheduler"], 1.5
+    if own is not None:
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **own)
+        namespace |= {"scheduler": scheduler, "math": math, "mu": mu}
+        exec(payload["if_you_keep_your_scheduler"], namespace)
+        scheduler.set_timesteps(sigmas=namespace["SIGMAS"], mu=mu)
     x_T = initial_noise(16, (1, 4, 4), 5)
     net = GaussianVelocity()
+    assert torch.equal(namespace["latents"], torch.randn((16, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+                       * payload["latents_scale"])  # the printed start is the noise times this scale
     y = x_T * payload["latents_scale"]
     for t in scheduler.timesteps:
         y = scheduler.step(net(y, t.expand(len(y))), t, y).prev_sample
@@ -297,3 +307,73 @@ def test_optimize_on_a_flow_model_searches_shifts_with_every_kind_and_exports_fo
     refused = CliRunner().invoke(app, ["policy", "export", "shift", "--nfe", "4", "--model", str(checkpoint), "--format",
                                        "sigmas"])
     assert refused.exit_code == 2 and "no tool for rectified-flow models" in refused.output
+
+
+def test_the_client_helpers_run_flow_exports_as_comfyui_and_diffusers_do():
+    """What bench/export_fidelity.py runs on a real flow model: k-diffusion's sample_euler on ComfyUI's CONST denoiser,
+    and diffusers' loop on the recipe, each against our sampler from the same x_T."""
+    pytest.importorskip("diffusers")
+    from stepdrop_search.checkpoint import LoadedModel
+    from stepdrop_search.diffusion.runtimes import RUNTIMES
+    from stepdrop_search.interop import diffusers_recipe, diffusers_recipe_sample
+    from stepdrop_search.kdiffusion import kdiffusion_sample
+
+    loaded = LoadedModel(FlowAdapter(GaussianVelocity(), FLOW), FLOW, {}, "gaussian", "test")
+    x_T = initial_noise(8, (1, 4, 4), 2)
+    try:
+        for document in (flow_document(), replace_steps(flow_document(), 3.0).under(RUNTIMES["comfyui-flow"])):
+            theirs = kdiffusion_sample(loaded, document, n=8, seed=2)
+            assert (theirs.x0 - our_flow_samples(document, x_T, document.runtime.name)).abs().max() < 1e-4
+            assert theirs.nfe.tolist() == [len(document.policy.timesteps())] * 8
+    except UserError as exc:
+        if "k-diffusion" not in str(exc):
+            raise
+    document = flow_document(shift=6.0)
+    theirs = diffusers_recipe_sample(loaded, diffusers_recipe(document), n=8, seed=2)
+    assert (theirs.x0 - our_flow_samples(document, x_T)).abs().max() < 1e-4
+
+
+def test_a_flow_policy_resamples_and_a_flow_tools_timesteps_import_as_flow_times():
+    from stepdrop_search.policies.transfer import from_timesteps, resample
+
+    moved = resample(Shift_policy(3.0, 6), 10)
+    assert len(moved.timesteps()) == 10 and moved.timesteps()[0] == 999
+    assert torch.allclose(FLOW.flow_time(from_timesteps([1000, 750, 500, 250], FLOW).timesteps())[1:],
+                          torch.tensor([0.75, 0.5, 0.25], dtype=torch.float64))
+
+
+def Shift_policy(shift, nfe):
+    from stepdrop_search.policies.kinds import Shift
+
+    return Shift(nfe=nfe, shift=shift, schedule=FLOW)
+
+
+def test_the_peers_suite_lists_a_flows_shifts_and_says_why_diffusers_vp_loops_are_missing(monkeypatch):
+    from stepdrop_search import suites
+    from stepdrop_search.checkpoint import LoadedModel
+
+    monkeypatch.setattr(suites, "_run_row", lambda name, policy, solver="ddim", family=None, runtime=None: name)
+    monkeypatch.setattr("stepdrop_search.search.dp.teacher_trajectory", lambda *a, **k: None)
+    monkeypatch.setattr("stepdrop_search.search.dp.gits_schedule", lambda *a, **k: type("R", (), {"steps": torch.tensor([999, 500, 0])})())
+    monkeypatch.setattr("stepdrop_search.search.dp.oss_schedule",
+                        lambda *a, **k: type("R", (), {"steps": torch.tensor([999, 400, 0]), "nfe_spent": 3})())
+    loaded = LoadedModel(FlowAdapter(GaussianVelocity(), FLOW), FLOW, {}, "gaussian", "test")
+    suite = suites.peers_suite(loaded, [3], diffusers_available=True)
+    assert {"shift1@3", "shift3@3", "shift6@3"} <= set(suite.rows)
+    assert any("rectified flow" in line for line in suite.missing) and not any(
+        isinstance(row, str) is False and row.name.startswith("diffusers") for row in suite.rows)
+
+
+def test_a_flow_only_search_and_a_runtime_of_the_other_family_are_refused_before_any_work(tiny_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from stepdrop_search.cli import app
+
+    runner = CliRunner()
+    shift = runner.invoke(app, ["optimize", "--model", str(tiny_checkpoint), "--nfe", "4", "--method", "optuna", "--solver", "ddim", "--kind",
+                                "shift", "--out", str(tmp_path / "o.json")])
+    assert shift.exit_code == 2 and "--kind shift searches a rectified flow's time shift" in shift.output
+    imported = runner.invoke(app, ["policy", "import", "--sigmas", "[14.6, 1.0, 0.1, 0]", "--runtime", "comfyui-flow",
+                                   "--model", str(tiny_checkpoint), "--out", str(tmp_path / "p.json")])
+    assert imported.exit_code == 2 and "runtime comfyui-flow is for rectified-flow models" in imported.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

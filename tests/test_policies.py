@@ -299,7 +299,8 @@ SPREADS = {
     "skipped-step": lambda s, nfe: _skipped_step_params(s.T),
     "explicit": lambda s, nfe: _explicit_params(s.T, nfe),
     "sigmas": _sigmas_params,
-    "shift": lambda s, nfe: [dict(shift=v, continuous=c) for v in (0.25, 1.0, 3.0, 16.0) for c in (False, True)],
+    "shift": lambda s, nfe: [dict(shift=v, spacing=sp, continuous=c) for v in (0.25, 1.0, 3.0, 16.0)
+                             for sp in ("trailing", "linspace") for c in (False, True)],
 }
 CONTINUOUS_KINDS = ("explicit", "sigmas")  # besides continuous=true: the kinds that may give real timesteps
 SPREAD_SCHEDULES = (NoiseSchedule(T=2), NoiseSchedule("cosine", 7), NoiseSchedule("linear", 50),

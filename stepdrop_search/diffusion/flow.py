@@ -29,16 +29,24 @@ def inverse_time_shift(s: Tensor, shift: float) -> Tensor:
     return s / (shift - (shift - 1) * s)
 
 
-def check_shift(shift: float, where: str) -> float:
+#: Python a user runs on an exported ``SIGMAS`` list (flow times, without the trailing 0) before handing it to a flow
+#: scheduler of their own that shifts the σ it is given: :func:`inverse_time_shift` with that scheduler's shift k.
+#: diffusers 0.42's FlowMatchEulerDiscreteScheduler shifts by ``shift`` = k, or with use_dynamic_shifting by
+#: time_shift(mu): k = e^mu when time_shift_type is "exponential" (its default), k = mu when it is "linear".
+PRE_SHIFT_CODE = ("k = scheduler.config.shift if not scheduler.config.use_dynamic_shifting else "
+                  "(math.exp(mu) if scheduler.config.time_shift_type == 'exponential' else mu)\n"
+                  "SIGMAS = [s / (k - (k - 1) * s) for s in SIGMAS]")
+
+
+def check_shift(shift: float, where: str) -> None:
     if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 < float(shift) < float("inf"):
         raise UserError(f"{where}: the time shift must be a positive finite number, got {shift!r}")
-    return float(shift)
 
 
-def logit_normal(n: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0) -> Tensor:
-    """s = sigmoid(m + s·z), z ~ N(0, 1): SD3's training-time density (its "rf/lognorm(0.00, 1.00)", the best of the
+def logit_normal(n: int, generator: torch.Generator) -> Tensor:
+    """Flow times sigmoid(z), z ~ N(0, 1): SD3's training-time density (its "rf/lognorm(0.00, 1.00)", the best of the
     samplers its Table 1 compares), which spends the training on middle noise levels."""
-    return torch.sigmoid(mean + std * torch.randn(n, generator=generator, dtype=torch.float64))
+    return torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64))
 
 
 class FlowAdapter(torch.nn.Module):

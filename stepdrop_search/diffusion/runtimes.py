@@ -222,7 +222,7 @@ def runtime_named(name: str | Runtime | None, default: Runtime = DEFAULT_RUNTIME
 
 
 def convention_differences(measured: Runtime, target: Runtime, *, steps: torch.Tensor, abar_start: torch.Tensor,
-                           abar_max: torch.Tensor, heun_uncorrected_first: bool) -> list[str]:
+                           abar_max: torch.Tensor, heun_uncorrected_first: bool, flow: bool = False) -> list[str]:
     """The conventions under which ``target`` samples something else than ``measured`` did, for this run: steps
     ``steps``, start at ᾱ = ``abar_start`` (the model's last step has ``abar_max``), and whether the run's Heun leaves
     its first interval uncorrected. A convention that cannot matter for this run is no difference (integer steps
@@ -235,9 +235,10 @@ def convention_differences(measured: Runtime, target: Runtime, *, steps: torch.T
         out.append(f"the steps are continuous-time and {target.name} feeds the network "
                    f"{'the nearest integer t' if target.network_time == 'nearest' else 'the real t'}")
     scales = [float(r.start_scale(abar_start, abar_max)) for r in (measured, target)]
+    exact = "√((1 − σ₀)² + σ₀²)" if flow else "√(1 + σ₀²)"  # our x_T = ε in the tools' σ (a flow's: its time s)
     if abs(scales[0] / scales[1] - 1) > START_TOLERANCE:
-        out.append(f"{target.name} starts from noise·{'σ₀' if scales[1] != 1 else '√(1 + σ₀²)'}, this was measured "
-                   f"from noise·{'σ₀' if scales[0] != 1 else '√(1 + σ₀²)'}")
+        out.append(f"{target.name} starts from noise·{'σ₀' if scales[1] != 1 else exact}, this was measured "
+                   f"from noise·{'σ₀' if scales[0] != 1 else exact}")
     if heun_uncorrected_first and not target.spends_even_heun_budgets:
         out.append(f"this Heun run leaves its first interval uncorrected (an even NFE under {measured.name}); "
                    f"{target.name}'s Heun corrects every interval but the last")

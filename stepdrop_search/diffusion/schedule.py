@@ -6,14 +6,15 @@ derived from it, so a checkpoint or a policy file only needs to store :meth:`Noi
 and can be checked against another one with :attr:`NoiseSchedule.hash`.
 
 **One abstraction for both families.** Samplers, solvers and policies see a VP process x_t = α_t x0 + σ_t ε with
-α = √ᾱ_t, σ = √(1 − ᾱ_t) and λ_t = log(α_t/σ_t) over steps t in [0, T−1]. A rectified-flow model's path
-y_s = (1 − s) x0 + s ε (SD3, Flux) is that process scaled: y_s = c_s x_t with c_s = √((1 − s)² + s²), the same x0 and ε,
-and λ = 2 log((1 − s)/s). So the ``flow`` kind is a VP schedule with ᾱ_t = (1 − s)²/c_s², and a flow network joins the
-sampler through an adapter that scales the state by c_s and turns its velocity into ε (``model.FlowAdapter``): every
-solver written in x̂0/λ form runs a flow model unchanged, and DDIM *is* the flow's Euler step (both move along the line
-through the state and x̂0). Step t of T sits at s_t = (t + 1)/(T + 1): T/(T + 1) at the top rather than diffusers' and
-ComfyUI's 1, because s = 1 is λ = −∞ (ᾱ = 0), where x̂0 = (x − σ ε)/α has no value; the start state differs from theirs by
-1/(T + 1) of x0 (see ``runtimes``' "model" start).
+α = √ᾱ_t, σ = √(1 − ᾱ_t) and log-SNR log(α_t²/σ_t²) (what :attr:`log_snr` holds; DPM-Solver's λ is half of it) over
+steps t in [0, T−1]. A rectified-flow model's path y_s = (1 − s) x0 + s ε (SD3, Flux) is that process scaled:
+y_s = c_s x_t with c_s = √((1 − s)² + s²), the same x0 and ε, and log-SNR 2 log((1 − s)/s). So the ``flow`` kind is a VP
+schedule with ᾱ_t = (1 − s)²/c_s², and a flow network joins the sampler through an adapter that scales the state by c_s
+and turns its velocity into ε (``diffusion.flow.FlowAdapter``): every solver written in x̂0/λ form runs a flow model
+unchanged, and DDIM *is* the flow's Euler step (both move along the line through the state and x̂0). Step t of T sits at
+s_t = (t + 1)/(T + 1): T/(T + 1) at the top rather than diffusers' and ComfyUI's 1, because s = 1 is ᾱ = 0, where
+x̂0 = (x − σ ε)/α has no value. Our start there is c·noise (c ≈ 1 − 1/(T + 1)), theirs noise at s = 1; the runtimes
+and exports account for it (``diffusion.runtimes``).
 """
 
 from __future__ import annotations

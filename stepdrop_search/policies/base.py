@@ -84,6 +84,10 @@ class Policy:
         s = self.schedule.flow_time(self.fixed_timesteps("the σ export"))
         return torch.cat([s, s.new_zeros(1)])
 
+    def tool_sigmas(self) -> torch.Tensor:
+        """The σ list the model's tools take: k-diffusion's σ for an ε model, the flow time s for a rectified flow."""
+        return self.to_flow_sigmas() if self.schedule.is_flow else self.to_sigmas()
+
     def expected_nfe(self) -> float:
         return float(self.nfe)
 

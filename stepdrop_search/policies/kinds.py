@@ -27,6 +27,8 @@ from stepdrop_search.policies.base import (
 )
 
 SPACINGS = ("leading", "trailing", "linspace")
+#: how the shift kind spaces its unshifted flow times (see :class:`Shift`)
+SHIFT_SPACINGS = ("trailing", "linspace")
 PROFILES = ("constant", "linear", "quadratic", "cosine2")
 
 
@@ -135,6 +137,8 @@ class Karras(_AnalyticSpacing):
     def real_timesteps(self) -> torch.Tensor:
         lo, hi = self.schedule.sigmas[0] ** (1 / self.rho), self.schedule.sigmas[-1] ** (1 / self.rho)
         sigma = (hi + _unit_ramp(self.nfe) * (lo - hi)) ** self.rho
+        if self.schedule.is_flow:  # its σ has an exact inverse; the table's would bend the formula between steps
+            return self.schedule.timestep_at_sigma(sigma)
         return _interp_timesteps(sigma.log(), self.schedule.sigmas.log())
 
 
@@ -146,19 +150,27 @@ class LogSNR(_AnalyticSpacing):
 
     def real_timesteps(self) -> torch.Tensor:
         neg = -self.schedule.log_snr
-        return _interp_timesteps(neg[-1] + _unit_ramp(self.nfe) * (neg[0] - neg[-1]), neg)
+        levels = neg[-1] + _unit_ramp(self.nfe) * (neg[0] - neg[-1])
+        if self.schedule.is_flow:  # exact λ → t, evenly spaced in λ as the formula says
+            return self.schedule.timestep_at_log_snr(-levels)
+        return _interp_timesteps(levels, neg)
 
 
 @register
 class Shift(_AnalyticSpacing):
-    """A rectified flow's steps as flow tools pick them: the flow time s uniform from 1 to the bottom of the model's grid,
-    then SD3's time shift s′ = shift·s/(1 + (shift − 1)·s) (diffusers' ``FlowMatchEulerDiscreteScheduler(shift=…)``,
-    ComfyUI's ModelSamplingSD3), the first step at the grid's top (s = T/(T + 1), where the tools have 1). ``shift`` 1
-    is uniform t; > 1 puts more steps at high noise (SD3 samples at 3), and the last one stays above t = 0 as in the
-    tools. Continuous time by default: the shifted s rarely land on whole steps. Flow models only."""
+    """A rectified flow's steps as flow tools pick them: N flow times s spaced evenly from 1, then SD3's time shift
+    s′ = shift·s/(1 + (shift − 1)·s) (diffusers' ``FlowMatchEulerDiscreteScheduler(shift=…)``, ComfyUI's
+    ModelSamplingSD3/Flux), the first step at the grid's top (s = T/(T + 1), where the tools have 1). ``shift`` 1 is
+    uniform t; > 1 puts more steps at high noise (SD3 samples at 3).
+
+    ``spacing``: ``trailing`` — s = 1 − k/N, the last evaluation at s = 1/N before shifting (Flux's pipelines, ComfyUI's
+    ``simple`` scheduler); ``linspace`` — from 1 down to the grid's bottom, the last evaluation near s = 0 (diffusers'
+    ``set_timesteps(N)``, which shifts its bottom twice where this shifts once, and ComfyUI's ``normal``). Continuous
+    time by default: the shifted s rarely land on whole steps. Flow models only."""
 
     kind = "shift"
     shift: float = 3.0
+    spacing: str = "trailing"
     continuous: bool = True
 
     def __post_init__(self) -> None:
@@ -166,11 +178,14 @@ class Shift(_AnalyticSpacing):
             raise UserError(f"shift: the time shift spaces a rectified flow's steps, and this noise schedule is "
                             f"{self.schedule.kind} (an ε model); use uniform, karras or logsnr")
         check_shift(self.shift, "shift")
+        if self.spacing not in SHIFT_SPACINGS:
+            raise UserError(f"shift: unknown spacing {self.spacing!r}; choose one of {', '.join(SHIFT_SPACINGS)}")
         super().__post_init__()
 
     def real_timesteps(self) -> torch.Tensor:
         top, bottom = self.schedule.flow_time(torch.tensor([self.T - 1, 0]))
-        s = time_shift(1 + _unit_ramp(self.nfe) * (bottom - 1), self.shift)
+        last = 1 - (self.nfe - 1) / self.nfe if self.spacing == "trailing" else bottom
+        s = time_shift(1 + _unit_ramp(self.nfe) * (last - 1), self.shift)
         return self.schedule.flow_step(s.clamp(bottom, top))
 
 

@@ -35,6 +35,8 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
     ``runtime`` (default ``stepdrop``)."""
 
     wanted = runtime_named(runtime) if runtime is not None else None  # a bad name is refused before anything loads
+    if wanted is not None:
+        wanted.check_family(loaded.schedule.is_flow)
     if spec not in POLICIES and (spec.endswith(".json") or Path(spec).exists()):
         doc = load_policy(spec, loaded.schedule)
         if warning := foreign_model_warning(doc, loaded.weights_hash, spec):

@@ -67,8 +67,8 @@ def number_text(value: float) -> str:
 
 
 def sigma_list(policy: Policy) -> list[float]:
-    """The policy's σ at each evaluation, then a trailing 0 (a flow's tools' σ, the flow time s, for a rectified flow)."""
-    return policy.to_flow_sigmas().tolist() if policy.schedule.is_flow else policy.to_sigmas().tolist()
+    """The policy's σ at each evaluation as its model's tools take them, then a trailing 0."""
+    return policy.tool_sigmas().tolist()
 
 
 def comfyui_text(policy: Policy) -> str:
@@ -108,10 +108,14 @@ def from_sigmas(values: list[float], schedule: NoiseSchedule) -> Explicit:
 
 def from_timesteps(values: list[float], schedule: NoiseSchedule, source_T: int | None = None) -> Explicit:
     """An explicit policy at timesteps ``values`` (descending), rescaled from a ``source_T``-step training schedule
-    onto this one's T (t·(T−1)/(source_T−1)) when given."""
+    onto this one's T (t·(T−1)/(source_T−1)) when given. A flow tool's timestep is τ = s·T (diffusers' FlowMatch
+    schedulers, ComfyUI's CONST sampling), so on a flow they are read as the flow times τ/T (T: ``source_T`` or the
+    model's)."""
+    if source_T is not None and source_T < 2:
+        raise UserError("--source-t must be ≥ 2")
+    if schedule.is_flow:
+        return from_sigmas([v / (source_T or schedule.T) for v in values], schedule)
     if source_T is not None:
-        if source_T < 2:
-            raise UserError("--source-t must be ≥ 2")
         values = [v * (schedule.T - 1) / (source_T - 1) for v in values]
     steps = validate_timesteps(values, schedule.T, "timesteps")
     return Explicit(steps=tuple(steps.tolist()), schedule=schedule)
@@ -127,6 +131,8 @@ def resample(policy: Policy, nfe: int) -> Explicit:
         raise UserError("a one-step schedule has no shape to interpolate; give one of at least two steps")
     log_sigma = sigma.log().flip(0).numpy()  # ascending
     values = np.exp(np.interp(np.linspace(0, 1, nfe), np.linspace(0, 1, len(sigma)), log_sigma))[::-1]
+    if policy.schedule.is_flow:  # from_sigmas reads a flow's σ as its tools write them, the flow time s = σ/(1 + σ)
+        values = values / (1 + values)
     return from_sigmas(list(values), policy.schedule)
 
 
@@ -168,7 +174,7 @@ def export_problems(document, target: Runtime) -> list[str]:
     schedule = policy.schedule
     problems += convention_differences(document.runtime, target, steps=steps, abar_start=schedule.alphas_cumprod_at(steps[:1])[0],
                                        abar_max=schedule.alphas_cumprod_at(torch.tensor(schedule.T - 1)),
-                                       heun_uncorrected_first=solver.solver.uncorrected_first(len(steps)))
+                                       heun_uncorrected_first=solver.solver.uncorrected_first(len(steps)), flow=schedule.is_flow)
     return problems
 
 
@@ -182,12 +188,12 @@ def runs_in(document) -> str:
     accepted = [fmt for fmt, target in targets.items() if not export_problems(document, target)]
     if accepted:
         return f"runs as measured in {', '.join(f'{targets[f].name} (--format {f})' for f in accepted)}"
+    tools = [target for target in targets.values() if target is not PYTHON_RUNTIME]  # runtimes a search can take
     if not any(target.has_solver(document.solver.name) for target in targets.values()):
-        tools = ", ".join(target.name for target in targets.values())
         return (f"runs as measured in this project's sampler only (no other tool runs {document.solver.name} on custom steps); "
-                f"optimize --runtime {tools} searches only what that tool runs")
-    first = next(iter(targets.values()))
-    return f"runs as measured in this project's sampler only ({'; '.join(export_problems(document, first))})"
+                f"optimize --runtime {', '.join(target.name for target in tools)} searches only what that tool runs")
+    reference = targets["comfyui" if schedule.is_flow else "sigmas"]
+    return f"runs as measured in this project's sampler only ({'; '.join(export_problems(document, reference))})"
 
 
 def check_export(document, fmt: str, source: str) -> Runtime:

@@ -124,7 +124,8 @@ def plan(run: Run, searching: bool) -> str:
     """The run in one line, before it starts: what it builds, what it searches, what decides, and how long."""
     search, seconds = run.settings.search, run.settings.budget.seconds
     methods = [m for m in search.methods if m in ("dp-gits", "dp-oss")]
-    steps = [f"a pool of every solver × {len(sources.analytic.SCHEDULES)} analytic schedules{''.join(', ' + m.upper() for m in methods)} at NFE "
+    analytic = len(sources.analytic.schedules_for(run.loaded.schedule))
+    steps = [f"a pool of every solver × {analytic} analytic schedules{''.join(', ' + m.upper() for m in methods)} at NFE "
              f"{', '.join(map(str, rungs.pool_nfes(search.nfe)))}"]
     if searching:
         steps.append(f"a search ({', '.join(s.name for s in sources.searching(run))}) on the coach")
@@ -144,15 +145,17 @@ def dp_forwards(run: Run) -> float:
 def rung_forwards(run: Run) -> float:
     """Sample-forwards of the pool's rung 0 and rung 1 at the run's NFE."""
     sizes, nfe = run.planned_sizes(), run.settings.search.nfe
-    rows = sum(1 for *_, level in run.grids() if level == nfe) * 6  # 4 analytic schedules and 2 DPs per solver
+    per_solver = len(sources.analytic.schedules_for(run.loaded.schedule)) + 2  # the analytic schedules and 2 DPs
+    rows = sum(1 for *_, level in run.grids() if level == nfe) * per_solver
     return rows * nfe * sizes.rung0 + POOL_PROMOTED * 2 * nfe * sizes.rung1
 
 
 def selection_forwards(run: Run) -> float:
     """Sample-forwards of the selection's shortest race: two rounds of the smallest size for every pool row, its
     per-finalist overhead counted as forwards too."""
-    rows = len(run.grids()) * 5  # about: 4 analytic schedules and DP-GITS per solver and NFE
-    per_row = sum(nfe for _, _, nfe in run.grids()) * 5 / max(1, rows)
+    per_grid = len(sources.analytic.schedules_for(run.loaded.schedule)) + 1  # about: the analytic schedules and DP-GITS
+    rows = len(run.grids()) * per_grid
+    per_row = sum(nfe for _, _, nfe in run.grids()) * per_grid / max(1, rows)
     overhead = OVERHEAD / max(run.budget.per_forward or 1.0, 1e-9)
     return rows * 2 * (FIRST_ROUND[0] * per_row + overhead)
 

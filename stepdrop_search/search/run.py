@@ -47,6 +47,10 @@ class Run:
         self.budget = budget or Budget(settings.budget.seconds, settings.budget.timeout)
         self.device = resolve_device(settings.model.device)
         self.loaded: LoadedModel = load_model(settings.model.model, device=self.device)
+        settings.model.run_runtime.check_family(self.loaded.schedule.is_flow)  # before any sampling, study or teacher
+        if settings.search.kind == "shift" and not self.loaded.schedule.is_flow:
+            raise UserError("--kind shift searches a rectified flow's time shift, and this is an ε model; search "
+                            "explicit steps (the default), uniform or karras")
         self.coach = load_features_for_model(settings.model.features, self.loaded.config, self.loaded.dataset,
                                              device=self.device)
         self.storage = None

@@ -19,6 +19,7 @@ from stepdrop_search.policies import PolicyDocument
 from stepdrop_search.policies.base import distinct_decreasing
 from stepdrop_search.policies.kinds import (
     PROFILES,
+    SHIFT_SPACINGS,
     SPACINGS,
     Adaptive,
     Explicit,
@@ -80,7 +81,8 @@ def suggest_document(trial: optuna.Trial, kind: str, nfe: int, schedule: NoiseSc
     elif kind == "karras":
         policy = Karras(nfe=nfe, rho=trial.suggest_float("rho", 1.0, 15.0), schedule=schedule)
     elif kind == "shift":
-        policy = Shift(nfe=nfe, shift=trial.suggest_float("shift", *SHIFT_RANGE, log=True), schedule=schedule)
+        policy = Shift(nfe=nfe, shift=trial.suggest_float("shift", *SHIFT_RANGE, log=True),
+                       spacing=trial.suggest_categorical("spacing", list(SHIFT_SPACINGS)), schedule=schedule)
     elif kind == "importance":
         high = trial.suggest_float("fraction_high", 0.05, 0.45)
         low = trial.suggest_float("fraction_low", 0.05, 0.45)

@@ -14,8 +14,10 @@ if TYPE_CHECKING:
     from stepdrop_search.search.run import Run
 
 SCHEDULES = {"uniform": Uniform, "logsnr": LogSNR, "karras": Karras, "quadratic": Quadratic}
-#: the time shifts a flow's pool holds (1: uniform t, diffusers' and ComfyUI's default; 3: SD3's)
+#: the time shifts a flow's pool holds, with the tools' trailing spacing (1: uniform t; 3: SD3's), and those it also
+#: holds with diffusers' linspace one
 FLOW_SHIFTS = (1.0, 2.0, 3.0, 6.0)
+FLOW_LINSPACE_SHIFTS = (1.0, 3.0)
 
 
 def schedules_for(schedule) -> dict:
@@ -24,6 +26,9 @@ def schedules_for(schedule) -> dict:
     if schedule.is_flow:
         rows |= {f"shift{shift:g}": (lambda steps, shift=shift: Shift(nfe=steps, shift=shift, schedule=schedule))
                  for shift in FLOW_SHIFTS}
+        rows |= {f"shift{shift:g}-linspace": (lambda steps, shift=shift: Shift(nfe=steps, shift=shift, spacing="linspace",
+                                                                               schedule=schedule))
+                 for shift in FLOW_LINSPACE_SHIFTS}
     return rows
 
 
