@@ -8,7 +8,7 @@
 #    learned solver (steps and coefficients, `learned-3m/gradient`) when it beat its start on validation.
 # 2. One `evaluate` of those rows and each NFE's export, with DPM-Solver++(2M) at NFE 50 as the reference line: the same
 #    x_T for every row of a seed, SAMPLES samples × SEEDS evaluation seeds, judge and coach FID and KID; then the paired table
-#    against the reference (bench/paired_table.py).
+#    against the reference (bench/paired_table.py), and the learned solver against its start at each NFE where both exist.
 #
 # A re-run keeps every search whose best.json is in OUT and an evaluation whose table.json is (delete it to remake).
 # Knobs (defaults: what docs/results.md reports): NFES, BUDGET, SAMPLES, SEEDS, OUT, DEVICE, MODEL, STUDIES_DIR (the
@@ -61,4 +61,11 @@ else
 fi
 python bench/paired_table.py "$OUT/table.json" --reference dpmpp-2m-50 > "$OUT/paired.md.part"
 mv "$OUT/paired.md.part" "$OUT/paired.md"
+# the learned solver against the steps it started from (DPM-Solver++(3M) on its learned steps), where both were made
+for nfe in ${NFES//,/ }; do
+    if [ -f "$OUT/nfe$nfe/pool/learned-3m_gradient-nfe$nfe.json" ] && [ -f "$OUT/nfe$nfe/pool/dpmpp-3m_gradient-nfe$nfe.json" ]; then
+        python bench/paired_table.py "$OUT/table.json" --reference "dpmpp-3m_gradient-nfe$nfe" \
+            --rows "learned-3m_gradient-nfe$nfe" > "$OUT/learned-vs-start-nfe$nfe.md"
+    fi
+done
 echo "== $(($(date +%s) - started)) s: done: $OUT/paired.md" >&2
