@@ -1,5 +1,6 @@
 """Durable studies under fire: several `optimize` workers on one study, one of them killed with SIGKILL every few
-seconds and restarted, until the study holds the trials asked for; then one more worker finishes it undisturbed.
+seconds (or every few finished trials, whichever comes first) and restarted, until the study holds the trials asked
+for; then one more worker finishes it undisturbed.
 
     python bench/chaos_study.py --storage postgresql://user@host/db --workers 4 --trials 60 --kill-every 3 \\
         -- --model runs/tiny/last.pt --features features.pt --judge judge.pt
@@ -63,9 +64,12 @@ def trial_numbers(storage: str, study: str) -> list[int]:
 
 
 def chaos(storage: str, *, workers: int, trials: int, kill_every: float, flags: list[str], folder: Path,
-          seed: int = 0, timeout: float = 600.0, study: str = "chaos") -> Outcome:
-    """Run the workers, kill one at random every ``kill_every`` seconds and restart it, until ``trials`` finished;
-    then one undisturbed worker resumes the study to its end. See the module docstring."""
+          kill_every_trials: int | None = None, seed: int = 0, timeout: float = 600.0,
+          study: str = "chaos") -> Outcome:
+    """Run the workers, kill one at random every ``kill_every`` seconds — or as soon as ``kill_every_trials`` more
+    trials finished since the last kill, so that a fast machine cannot finish the study between two kills — and
+    restart it, until ``trials`` finished; then one undisturbed worker resumes the study to its end. See the module
+    docstring."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng, started, kills, lost = random.Random(seed), time.monotonic(), 0, 0
     logs = [open(folder / f"worker-{i}.log", "ab") for i in range(workers)]  # noqa: SIM115 (closed below)
@@ -76,20 +80,21 @@ def chaos(storage: str, *, workers: int, trials: int, kill_every: float, flags: 
 
     procs = [start(i) for i in range(workers)]
     seen: dict[int, tuple] = {}
-    next_kill = time.monotonic() + kill_every
+    next_kill, finished_at_kill = time.monotonic() + kill_every, 0
     try:
         while len(seen) < trials and time.monotonic() - started < timeout:
-            time.sleep(0.5)
+            time.sleep(0.2)
             now = finished_trials(storage, study)
             lost += sum(1 for number, record in seen.items() if now.get(number) != record)
             seen = {**seen, **now}
-            if time.monotonic() >= next_kill:
+            enough_trials = kill_every_trials is not None and len(seen) - finished_at_kill >= kill_every_trials
+            if (time.monotonic() >= next_kill or enough_trials) and len(seen) < trials:
                 i = rng.randrange(workers)
                 procs[i].send_signal(signal.SIGKILL)
                 procs[i].wait()
                 kills += 1
                 procs[i] = start(i)
-                next_kill = time.monotonic() + kill_every
+                next_kill, finished_at_kill = time.monotonic() + kill_every, len(seen)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
@@ -111,13 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills")
+    parser.add_argument("--kill-every-trials", type=int, default=None,
+                        help="also kill as soon as this many more trials finished since the last kill")
     parser.add_argument("--seed", type=int, default=0, help="which worker is killed when")
     parser.add_argument("--folder", type=Path, default=Path("runs/chaos"), help="the workers' logs and exports")
     parser.add_argument("flags", nargs="*", help="more optimize flags, after --: e.g. -- --model M --features F")
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
     outcome = chaos(args.storage, workers=args.workers, trials=args.trials, kill_every=args.kill_every,
-                    flags=args.flags, folder=args.folder, seed=args.seed)
+                    kill_every_trials=args.kill_every_trials, flags=args.flags, folder=args.folder, seed=args.seed)
     print(outcome.line())
     sys.exit(0 if outcome.lost == outcome.duplicated == 0 and outcome.resumed else 1)
 

@@ -19,8 +19,8 @@ def test_workers_killed_at_random_lose_no_trial_and_the_study_resumes_to_its_end
                                                                                 tiny_judge, tmp_path):
     storage = f"sqlite:///{tmp_path}/chaos.db" if backend == "sqlite" else request.getfixturevalue("postgres")
     flags = ["--model", str(tiny_checkpoint), "--features", str(tiny_features), "--judge", str(tiny_judge)]
-    outcome = chaos_study.chaos(storage, workers=workers, trials=30, kill_every=2.0, flags=flags, folder=tmp_path,
-                                timeout=240)
+    outcome = chaos_study.chaos(storage, workers=workers, trials=30, kill_every=2.0, kill_every_trials=4,
+                                flags=flags, folder=tmp_path, timeout=240)
     print(f"{backend}, {workers} workers: {outcome.line()}")  # pytest -s tests/test_chaos.py shows the figures
     assert outcome.kills >= 3, outcome.line()
     assert outcome.lost == 0 and outcome.duplicated == 0 and outcome.resumed, outcome.line()
