@@ -6,11 +6,13 @@
 #   bash bench/reproduce.sh --quick    # the same pipeline at tiny sizes into $OUT (default: a temp folder), minutes;
 #                                      # CI runs it (tests/test_reproduce.py) so the pipeline cannot rot
 #
-# Each step names the README section whose figures it writes. Studies go to a temporary SQLite folder, never into
-# the repository. A run resumes: a step whose result file is already in OUT is kept (delete the file to remake it),
-# and every file is written whole or not at all, so a run killed mid-step is continued by running it again.
+# Each step names the README section whose figures it writes. The full run keeps its studies (SQLite) and its S2-DM
+# fine-tunes in runs/reproduce-WEIGHTS/ (ignored by git; WEIGHTS is the model's weights hash, so a new shipped model
+# never resumes the old one's searches), quick mode in a temporary folder. A run resumes: a step whose result file is
+# already in OUT is kept (delete the file to remake it), a search killed mid-way continues from its study, and every
+# file is written whole or not at all, so a run killed mid-step is continued by running it again.
 # Knobs: OUT (results root), DEVICE (auto), MODEL (a --model for every step; default the shipped one), OLD (the git
-# revision whose shipped model bench/model_compare.sh compares with).
+# revision whose shipped model bench/model_compare.sh compares with; default the one the shipped model replaced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,8 +62,16 @@ if [ "$HAVE_DATA" = 0 ] && [ "$QUICK" = 0 ]; then
          "machine: install dataset-fashion-mnist, or run --quick" >&2
     exit 2
 fi
-STUDIES=$(mktemp -d /tmp/stepdrop-studies.XXXXXX)
-export STEPDROP_CACHE=${STEPDROP_CACHE:-$STUDIES/cache}
+if [ "$QUICK" = 1 ]; then
+    WORK=$(mktemp -d /tmp/stepdrop-studies.XXXXXX)
+else
+    weights=$(python -c "import sys; from stepdrop_search.loading import load_model
+print(load_model(sys.argv[1] if len(sys.argv) > 1 else None).weights_hash)" "${MODEL_FLAG[@]:1}")
+    WORK=runs/reproduce-$weights
+fi
+STUDIES=$WORK/studies s2dm_runs=$WORK/s2dm
+mkdir -p "$STUDIES"
+export STEPDROP_CACHE=${STEPDROP_CACHE:-$WORK/cache}
 mkdir -p "$R"
 started=$(date +%s)
 step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
@@ -122,10 +132,11 @@ fi
 
 step "The shipped model against the one it replaced (bench/model_compare.sh)"
 if kept "$R/model-compare.md"; then :
-elif git cat-file -e "${OLD:-487a72e}:stepdrop_search/assets/default-xs-fashion-mnist.pt" 2>/dev/null; then
-    NEW=${MODEL:-} SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/model-compare" bash bench/model_compare.sh > /dev/null
+elif OLD=${OLD:-$(git log -1 --format=%H -- stepdrop_search/assets/default-xs-fashion-mnist.pt)^} &&
+    git cat-file -e "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" 2>/dev/null; then
+    OLD=$OLD NEW=${MODEL:-} SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/model-compare" bash bench/model_compare.sh > /dev/null
 else
-    echo "skipped: revision ${OLD:-487a72e} is not in this clone (a shallow clone?); fetch it or set OLD" >&2
+    echo "skipped: revision $OLD is not in this clone (a shallow clone?); fetch it or set OLD" >&2
 fi
 
 step "Measuring: StepDrop's tables (--suite stepdrop)"
@@ -222,12 +233,9 @@ to "$R/peers/paired-nfe10.md" python bench/paired_table.py "$R/peers/peers.json"
     --rows "optuna-ddim-nfe10→dpmpp-2m,dpmpp-2m-trailing@10,dp-oss→dpmpp-2m@10,dp-oss@10,optuna-ddim-nfe10,ddim-trailing@10,optuna-dpmpp-2m-nfe10→ddim"
 
 step "The S2-DM ablation (fine-tunes on Fashion-MNIST)"
-s2dm_runs=runs/reproduce-s2dm
-[ "$QUICK" = 1 ] && s2dm_runs=$STUDIES/s2dm
 if kept "$R/s2dm-ablation-s2dm.json"; then :
 elif [ "$HAVE_DATA" = 1 ]; then
-    # 4000 fine-tune steps (500 show little); the full run keeps its checkpoints in runs/, where a killed fine-tune is
-    # continued by the next run (train --resume), quick mode's go with the temporary folder
+    # 4000 fine-tune steps (500 show little); a killed fine-tune is continued by the next run (train --resume)
     STEPS=${STEPS:-4000} RUNS=$s2dm_runs POLICIES="$R/peers" OUT="$R/s2dm-ablation" bash bench/s2dm_ablation.sh
 else
     echo "skipped: the Fashion-MNIST training data is not on this machine (dataset-fashion-mnist)" >&2
@@ -257,4 +265,4 @@ else
 fi
 
 step "done: $R"
-rm -rf "$STUDIES"
+[ "$QUICK" = 0 ] || rm -rf "$WORK"
