@@ -10,7 +10,7 @@ not depend on the batch size, on the samples beside it or on which steps they sk
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +30,16 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     Drawn as it always was (torch's CPU generator seeded with ``seed``), so deterministic results published
     before the per-sample streams still reproduce bit for bit; the other streams are derived elsewhere."""
     return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def noise_batches(network: torch.nn.Module, n: int, seed: int, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first sample index, that batch of our x_T on the network's device and in its dtype) over ``n`` samples of
+    ``seed``: how every external tool's loop (diffusers, k-diffusion, ComfyUI's path) starts where our sampler does."""
+    param = next(network.parameters())
+    cfg = network.config
+    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+    for start in range(0, n, batch_size):
+        yield start, x_T[start:start + batch_size].to(param.device, param.dtype)
 
 
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, solver: SolverSpec, *, n: int,

@@ -20,7 +20,7 @@ from stepdrop_search.diffusion.flow import PRE_SHIFT_CODE, FlowAdapter
 from stepdrop_search.diffusion.sampler import SampleResult, stream_seed
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError, unknown_name
-from stepdrop_search.generation import initial_noise
+from stepdrop_search.generation import noise_batches
 from stepdrop_search.policies import PolicyDocument
 
 #: ``--model diffusers:DIR`` names a locally saved diffusers UNet2DModel.
@@ -400,17 +400,14 @@ def scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, *, n: int, se
     from stepdrop_search.diffusion.sampler import SampleStreams
 
     model = loaded.model
-    device = next(model.parameters()).device
-    cfg = model.config
-    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     outputs, calls = [], torch.zeros(n, dtype=torch.long)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    for start in range(0, n, batch_size):
-        scheduler.set_timesteps(**schedule, device=device)
-        x = x_T[start:start + batch_size].to(device, next(model.parameters()).dtype) * scheduler.init_noise_sigma
+    for start, x in noise_batches(model, n, seed, batch_size):
+        scheduler.set_timesteps(**schedule, device=x.device)
+        x = x * scheduler.init_noise_sigma
         step_kwargs = {"generator": [torch.Generator().manual_seed(int(stream_seed(seed, "noise", i).generate_state(1)[0]))
                                      for i in range(start, start + x.shape[0])]} if takes_generator and not our_noise else {}
-        noise = SampleStreams(seed, range(start, start + x.shape[0])).noise(x.shape[1:], len(scheduler.timesteps), device, x.dtype) \
+        noise = SampleStreams(seed, range(start, start + x.shape[0])).noise(x.shape[1:], len(scheduler.timesteps), x.device, x.dtype) \
             if our_noise else None
         for i, t in enumerate(scheduler.timesteps):
             eps = model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
@@ -429,13 +426,10 @@ def flow_scheduler_loop(loaded: LoadedModel, scheduler, recipe: DiffusersRecipe,
     """diffusers' flow loop as a pipeline runs it: latents (our x_T times the recipe's scale), the raw network fed the
     scheduler's timestep (σ·num_train_timesteps), ``scheduler.step`` on the velocity."""
     net = loaded.model.net  # the velocity network inside our adapter
-    device = next(net.parameters()).device
-    cfg = net.config
-    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     outputs, calls = [], torch.zeros(n, dtype=torch.long)
-    for start in range(0, n, batch_size):
-        scheduler.set_timesteps(**recipe.set_timesteps, device=device)
-        y = x_T[start:start + batch_size].to(device, next(net.parameters()).dtype) * recipe.latents_scale
+    for start, x in noise_batches(net, n, seed, batch_size):
+        scheduler.set_timesteps(**recipe.set_timesteps, device=x.device)
+        y = x * recipe.latents_scale
         for t in scheduler.timesteps:
             y = scheduler.step(net(y, t.expand(y.shape[0])), t, y).prev_sample
             calls[start:start + y.shape[0]] += 1

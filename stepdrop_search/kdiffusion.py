@@ -22,7 +22,7 @@ from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.runtimes import KDIFFUSION_SOLVERS, MAX_DENOISE_RTOL, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult, SampleStreams
 from stepdrop_search.errors import UserError
-from stepdrop_search.generation import initial_noise
+from stepdrop_search.generation import noise_batches
 from stepdrop_search.policies import PolicyDocument
 
 
@@ -108,11 +108,8 @@ def kdiffusion_sample(loaded: LoadedModel, document: PolicyDocument, *, n: int, 
     sigma_list = (document.policy.to_sigmas() if sigmas is None else sigmas).to(param.device, param.dtype)
     alphas_cumprod = loaded.schedule.alphas_cumprod.to(param.device, param.dtype)
     sigma_max = ((1 - alphas_cumprod[-1]) / alphas_cumprod[-1]).sqrt()
-    cfg = loaded.model.config
-    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     outputs, calls = [], []
-    for start in range(0, n, batch_size):
-        x = x_T[start:start + batch_size].to(param.device, param.dtype)
+    for start, x in noise_batches(loaded.model, n, seed, batch_size):
         network = CountingNetwork(loaded.model, x.shape[0])
         model = external.DiscreteEpsDDPMDenoiser(network, alphas_cumprod, quantize=runtime.network_time == "nearest")
         function, kwargs = KDIFFUSION_SOLVERS[solver.name], {}
@@ -141,12 +138,10 @@ def const_flow_sample(sampling, loaded: LoadedModel, document: PolicyDocument, *
         raise UserError(f"ComfyUI's samplers other than euler are not ours on a flow; {document.solver.name} has no client here")
     param = next(loaded.model.parameters())
     sigma_list = (document.policy.tool_sigmas() if sigmas is None else sigmas).to(param.device, param.dtype)
-    cfg = loaded.model.config
-    x_T = initial_noise(n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
     outputs, calls = [], []
-    for start in range(0, n, batch_size):
-        denoiser = ConstDenoiser(loaded.model, min(batch_size, n - start))
-        x = x_T[start:start + batch_size].to(param.device, param.dtype) * flow_start_scale(document.runtime, sigma_list[0])
+    for _, x in noise_batches(loaded.model, n, seed, batch_size):
+        denoiser = ConstDenoiser(loaded.model, x.shape[0])
+        x = x * flow_start_scale(document.runtime, sigma_list[0])
         outputs.append(sampling.sample_euler(denoiser, x, sigma_list, disable=True).cpu())
         calls.append(denoiser.calls)
     steps = len(sigma_list) - 1
