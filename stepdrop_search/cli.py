@@ -10,6 +10,7 @@ import functools
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -91,7 +92,8 @@ def command_line() -> str:
 
 @app.command(epilog=examples("stepdrop-search train --preset xs --steps 6000 --out runs/xs",
                              "stepdrop-search train --resume --out runs/xs     # continue a killed run",
-                             "stepdrop-search train --init-from default --skip-loss-every 10 --steps 4000 --out runs/s2dm"))
+                             "stepdrop-search train --init-from default --skip-loss-every 10 --steps 4000 --out runs/s2dm",
+                             "stepdrop-search train --conditional --preset xs --steps 22000 --out runs/cond-xs"))
 @user_errors_exit_2
 def train(
     preset: Annotated[str, typer.Option(help="model size: tiny, xs, s, paper")] = "xs",
@@ -113,6 +115,9 @@ def train(
     timesteps: Annotated[int, typer.Option("--timesteps", help="T, the number of diffusion steps")] = 1000,
     skip_loss_every: Annotated[int, typer.Option(help="S2-DM skip K (e.g. 10); 0 = plain DDPM loss")] = 0,
     skip_loss_tau: Annotated[float, typer.Option(help="S2-DM weight τ of the plain loss")] = 0.99,
+    conditional: Annotated[bool, typer.Option(help="class-conditional on the data set's labels, with a null class for "
+                                                   "classifier-free guidance")] = False,
+    label_dropout: Annotated[float, typer.Option(help="share of a conditional batch trained on the null class")] = 0.1,
     init_from: Annotated[str | None, typer.Option(help="fine-tune from these weights (EMA if present); 'default': the shipped model")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="save OUT/last.pt every N steps (what --resume continues from)")] = 250,
     snapshot_every: Annotated[int, typer.Option(help="also keep the EMA weights every N steps in OUT/snapshots/ "
@@ -129,7 +134,8 @@ def train(
     cfg = TrainConfig(preset=preset, dataset=dataset, data_dir=data, image_size=image_size, steps=steps,
                       batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
                       grad_clip=grad_clip, flip=flip, seed=seed, objective=objective, schedule=schedule, T=timesteps,
-                      skip_loss_every=skip_loss_every, skip_loss_tau=skip_loss_tau, init_from=init_from,
+                      skip_loss_every=skip_loss_every, skip_loss_tau=skip_loss_tau, conditional=conditional,
+                      label_dropout=label_dropout, init_from=init_from,
                       checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, out_dir=out, device=device, command=command_line())
     with training_progress() as on_step:
         path = run_training(cfg, resume=resume, on_step=on_step)
@@ -294,7 +300,7 @@ def _policy_document(policy: str, nfe, param, solver, eta, model, runtime=None) 
     loaded = load_model(model)
     doc = resolve_policy(policy, nfe, param, solver, eta, loaded, runtime, warn=warn)
     if not doc.provenance:
-        doc = PolicyDocument(doc.policy, doc.solver, provenance(command_line(), loaded.weights_hash), doc.runtime)
+        doc = replace(doc, provenance=provenance(command_line(), loaded.weights_hash))
     return doc, loaded
 
 

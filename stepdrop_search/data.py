@@ -253,6 +253,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, split:
     return ImageData(data.name, resize(data.images, image_size), data.labels)
 
 
+def num_classes(data: ImageData) -> int:
+    """How many classes a labelled data set has (labels 0..K−1); refused for unlabelled data, which a class-conditional
+    model cannot be trained on."""
+    if data.labels is None:
+        raise UserError(f"{data.name}: these images carry no class labels; a conditional model needs a labelled data "
+                        "set (an image folder with one subfolder per class, or fashion-mnist, mnist, cifar10)")
+    return int(data.labels.max()) + 1
+
+
 def horizontal_flip_makes_sense(name: str) -> bool:
     """Mirror images only where the data set is mirror-symmetric in meaning (not digits)."""
     return name not in ("mnist",)

@@ -24,7 +24,7 @@ from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, spec_for_nfe
 from stepdrop_search.errors import UserError, unknown_name
-from stepdrop_search.generation import generate
+from stepdrop_search.generation import generate, generate_document
 from stepdrop_search.model import forward_gflops
 from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import FIDELITY_METRICS, fidelity_metrics, inception_fid
@@ -84,8 +84,7 @@ class Candidate:
             steps = diffusers_timesteps(self.document) if self.document is not None else None
             return diffusers_sample(loaded, self.diffusers, n=n, seed=seed, nfe=None if steps else self.nfe,
                                     timesteps=steps, batch_size=batch_size)
-        return generate(loaded.model, loaded.schedule, self.document.policy, self.document.solver, n=n, seed=seed,
-                        batch_size=batch_size, runtime=self.document.runtime)
+        return generate_document(loaded, self.document, n=n, seed=seed, batch_size=batch_size)
 
 
 def baseline(name: str, nfe: int, schedule: NoiseSchedule, runtime: Runtime = DEFAULT_RUNTIME) -> Candidate:

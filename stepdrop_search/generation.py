@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from stepdrop_search.diffusion.guidance import Guidance, class_labels, conditional_classes
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import AmplitudeCalibration, SampleResult, SampleStreams, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
@@ -45,8 +46,12 @@ def noise_batches(network: torch.nn.Module, n: int, seed: int, batch_size: int) 
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, solver: SolverSpec, *, n: int,
              seed: int = 0, batch_size: int = 256, runtime: Runtime = DEFAULT_RUNTIME,
              calibration: AmplitudeCalibration | None = None, x_T: torch.Tensor | None = None,
-             log: Callable[[str], None] | None = None, first: int = 0) -> SampleResult:
+             log: Callable[[str], None] | None = None, first: int = 0, guidance: Guidance | None = None,
+             classes: tuple[int, ...] | None = None) -> SampleResult:
     """Draw ``n`` samples of ``policy`` in batches; returns the concatenated :class:`SampleResult` (on CPU).
+
+    A class-conditional model samples class i mod K for sample i (or the requested ``classes``, in turn), with
+    ``guidance`` (:mod:`stepdrop_search.diffusion.guidance`).
 
     Sample i uses x_T[i] and the streams of (``seed``, i), whatever ``batch_size`` is; ``first`` starts at sample index
     ``first`` of the seed (so samples ``first … first+n−1`` are those of a run of ``first + n``); an explicit ``x_T``
@@ -62,6 +67,11 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
     cfg = model.config
     if x_T is None:
         x_T = initial_noise(first + n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)[first:]
+    num_classes = conditional_classes(model)
+    if classes is not None and not num_classes:
+        raise UserError("--class needs a class-conditional model (train one with --conditional)")
+    if guidance is not None and guidance.scale != 1 and not num_classes:
+        raise UserError("this policy has guidance, which needs a class-conditional model (train one with --conditional)")
     parts = []
     if log is not None:
         phase(log, f"sampling {n} images in batches of {batch_size}", -(-n // batch_size))
@@ -69,8 +79,9 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
         x = x_T[start:start + batch_size].to(param.device, param.dtype)
         streams = SampleStreams(seed, range(first + start, first + start + x.shape[0]))
         plan = policy.plan(x.shape[0], streams, solver.name)
+        labels = class_labels(streams.indices, num_classes, classes) if num_classes else None
         parts.append(sample(model, schedule, x, plan, eta=solver.eta, solver=solver, runtime=runtime, streams=streams,
-                            calibration=calibration))
+                            calibration=calibration, labels=labels, guidance=guidance))
         if log is not None:
             advance(log, f"{start + x.shape[0]}/{n} images")
     return SampleResult(torch.cat([p.x0.cpu() for p in parts]), torch.cat([p.nfe.cpu() for p in parts]),
@@ -94,11 +105,20 @@ def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int
     return torch.from_numpy(np.stack([np.interp(all_t, t, quantiles.flip(0)[:, k].numpy()) for k in range(2)], 1)).float()
 
 
-def sample_policy(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256,
-                  calibrate: bool = False, log: Callable[[str], None] | None = None) -> SampleResult:
+def generate_document(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256, first: int = 0,
+                      classes: tuple[int, ...] | None = None, calibration: AmplitudeCalibration | None = None,
+                      log: Callable[[str], None] | None = None) -> SampleResult:
+    """:func:`generate` of a policy document (steps, solver, runtime and guidance) on a loaded model."""
+    return generate(loaded.model, loaded.schedule, document.policy, document.solver, n=n, seed=seed,
+                    batch_size=batch_size, runtime=document.runtime, calibration=calibration, log=log, first=first,
+                    guidance=document.guidance, classes=classes)
+
+
+def sample_policy(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256, calibrate: bool = False,
+                  classes: tuple[int, ...] | None = None, log: Callable[[str], None] | None = None) -> SampleResult:
     """What ``stepdrop-search sample`` computes: ``n`` samples of a policy document on a loaded model under the document's
     runtime, optionally with OSS amplitude calibration against a 100-step DDIM teacher's quantile profile."""
     calibration = AmplitudeCalibration(amplitude_profile(loaded.model, loaded.schedule, runtime=document.runtime)) \
         if calibrate else None
-    return generate(loaded.model, loaded.schedule, document.policy, document.solver, n=n, seed=seed,
-                    batch_size=batch_size, runtime=document.runtime, calibration=calibration, log=log)
+    return generate_document(loaded, document, n=n, seed=seed, batch_size=batch_size, classes=classes,
+                             calibration=calibration, log=log)

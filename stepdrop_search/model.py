@@ -5,6 +5,10 @@ The architecture follows the DDPM U-Net in miniature: sinusoidal time embedding 
 upsampling, skip connections by concatenation, and optional self-attention at the lowest resolution.
 Everything is described by :class:`UNetConfig`, a plain dataclass that travels inside checkpoints so
 a model can always be rebuilt from its file.
+
+A class-conditional model (``num_classes`` > 0) adds a learned class embedding to the time embedding, with one
+extra row, :attr:`UNet.null_class`, for "no class": trained with label dropout it is the same network's
+unconditional prediction, which classifier-free guidance (Ho & Salimans 2022) needs beside the conditional one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class UNetConfig:
     blocks_per_level: int = 1
     attention: bool = True
     dropout: float = 0.0
+    num_classes: int = 0  # > 0: class-conditional, with a null class for the unconditional prediction
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
@@ -39,6 +44,8 @@ class UNetConfig:
             )
         if self.in_channels < 1 or self.base_channels < 1 or not self.channel_mults:
             raise UserError("model needs ≥1 input channel, ≥1 base channel and at least one level")
+        if self.num_classes < 0:
+            raise UserError(f"num_classes must be ≥ 0 (0: unconditional), not {self.num_classes}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -63,10 +70,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset_config(name: str, in_channels: int = 1, image_size: int = 28) -> UNetConfig:
+def preset_config(name: str, in_channels: int = 1, image_size: int = 28, num_classes: int = 0) -> UNetConfig:
     if name not in PRESETS:
         raise unknown_name("model preset", name, PRESETS)
-    return UNetConfig(in_channels=in_channels, image_size=image_size, **PRESETS[name])
+    return UNetConfig(in_channels=in_channels, image_size=image_size, num_classes=num_classes, **PRESETS[name])
 
 
 def _groups(channels: int) -> int:
@@ -118,7 +125,8 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε_θ(x_t, t) for images of ``config.in_channels`` × ``config.image_size``²."""
+    """ε_θ(x_t, t) for images of ``config.in_channels`` × ``config.image_size``², or ε_θ(x_t, t, y) for a class y when
+    ``config.num_classes`` > 0 (y = :attr:`null_class`, or no y, is the unconditional prediction)."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -126,6 +134,8 @@ class UNet(nn.Module):
         base = config.base_channels
         time_dim = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        if config.num_classes:
+            self.class_embedding = nn.Embedding(config.num_classes + 1, time_dim)
         self.conv_in = nn.Conv2d(config.in_channels, base, 3, padding=1)
 
         widths = [base * m for m in config.channel_mults]
@@ -159,8 +169,19 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_class(self) -> int:
+        """The class index of the unconditional prediction (the embedding's last row)."""
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))  # float64 reference checks
+        if self.config.num_classes:
+            if y is None:
+                y = torch.full((x.shape[0],), self.null_class, dtype=torch.long, device=x.device)
+            temb = temb + self.class_embedding(y).to(temb.dtype)
+        elif y is not None:
+            raise UserError("this model is unconditional: it takes no class (train one with --conditional)")
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:

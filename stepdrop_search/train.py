@@ -13,14 +13,14 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from stepdrop_search.checkpoint import load_checkpoint, save_checkpoint, state_dict_hash
-from stepdrop_search.data import horizontal_flip_makes_sense, load_dataset
+from stepdrop_search.data import horizontal_flip_makes_sense, load_dataset, num_classes
 from stepdrop_search.devices import resolve_device
 from stepdrop_search.diffusion.flow import FlowAdapter, logit_normal
 from stepdrop_search.diffusion.schedule import FLOW_KINDS, NoiseSchedule
@@ -57,6 +57,8 @@ class TrainConfig:
     T: int = 1000
     skip_loss_every: int = 0  # S2-DM "skip" K; 0 disables the skip-step loss
     skip_loss_tau: float = 0.99
+    conditional: bool = False  # class-conditional, with label dropout: the data set's labels, a null class for CFG
+    label_dropout: float = 0.1  # the share of a conditional batch trained on the null class (Ho & Salimans 2022)
     init_from: str | None = None  # fine-tune: start from this model's weights (EMA when present), fresh optimizer
     checkpoint_every: int = 250
     snapshot_every: int = 0  # also keep the EMA weights every N steps (out_dir/snapshots/step-N.pt) for a training curve
@@ -79,6 +81,8 @@ class TrainConfig:
         if flow != (self.schedule in FLOW_KINDS):
             raise UserError("--objective flow trains a rectified flow, which has no β schedule: drop --schedule"
                             if flow else f"--schedule {self.schedule} is a rectified flow's: train it with --objective flow")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise UserError(f"--label-dropout must be in [0, 1), not {self.label_dropout}")
         if flow and self.skip_loss_every:
             raise UserError("--skip-loss-every is S2-DMs' loss for ε models (it needs a β schedule); drop it with --objective flow")
 
@@ -102,7 +106,8 @@ def ema_decay_at(cfg: TrainConfig, step: int) -> float:
 
 
 def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                   alphas_cumprod: torch.Tensor, skip_coef: torch.Tensor | None, tau: float) -> torch.Tensor:
+                   alphas_cumprod: torch.Tensor, skip_coef: torch.Tensor | None, tau: float,
+                   y: torch.Tensor | None = None) -> torch.Tensor:
     """DDPM ε-MSE, optionally mixed with the S2-DM skip-step loss.
 
     ``skip_coef[t]`` = √(1 − ᾱ_skip^t)/√ᾱ_skip^t, ᾱ_skip^t = Π_{s=t−K+1..t} α_s. We follow S2-DMs eq. (12)
@@ -113,7 +118,7 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
     """
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    eps = model(x_t, t)
+    eps = model(x_t, t) if y is None else model(x_t, t, y)
     loss = F.mse_loss(eps, noise)
     if skip_coef is None:
         return loss
@@ -121,10 +126,12 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
     return tau * loss + (1 - tau) * skip_loss
 
 
-def flow_loss(model: torch.nn.Module, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, T: int) -> torch.Tensor:
+def flow_loss(model: torch.nn.Module, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, T: int,
+              y: torch.Tensor | None = None) -> torch.Tensor:
     """Rectified flow (Liu et al. 2022; SD3): the velocity ε − x0 at y_s = (1 − s) x0 + s ε, the network fed s·T."""
     s_b = s.view(-1, 1, 1, 1)
-    return F.mse_loss(model((1 - s_b) * x0 + s_b * noise, s * T), noise - x0)
+    y_s = (1 - s_b) * x0 + s_b * noise
+    return F.mse_loss(model(y_s, s * T) if y is None else model(y_s, s * T, y), noise - x0)
 
 
 @torch.no_grad()
@@ -146,7 +153,9 @@ class StepReport:
 
 def _check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
     old = {"objective": "epsilon"} | saved.get("train_config", {})  # runs from before flows trained ε
-    for key in ("preset", "dataset", "image_size", "objective", "schedule", "T", "batch_size", "seed", "skip_loss_every"):
+    old = {"conditional": False} | old  # runs from before conditional models were unconditional
+    for key in ("preset", "dataset", "image_size", "objective", "schedule", "T", "batch_size", "seed", "skip_loss_every",
+                "conditional"):
         if old.get(key) != getattr(cfg, key):
             raise UserError(f"{path} was trained with {key}={old.get(key)!r}, not {getattr(cfg, key)!r}; "
                             "resume with the same settings or choose another --out")
@@ -160,13 +169,17 @@ def initial_weights(path: str, model_config, schedule: NoiseSchedule) -> tuple[d
     if start.schedule.is_flow != schedule.is_flow:
         raise UserError(f"--init-from {path} is {'a rectified flow' if start.schedule.is_flow else 'an ε model'}; "
                         f"this run trains {'a flow' if schedule.is_flow else 'an ε model'} (--objective)")
-    if start.config != model_config:
-        raise UserError(f"--init-from {path} holds another architecture than --preset/--dataset build here; "
-                        "pass the preset and data set it was trained with")
+    gains_classes = start.config.num_classes == 0 and model_config.num_classes > 0
+    if start.config != (replace(model_config, num_classes=0) if gains_classes else model_config):
+        raise UserError(f"--init-from {path} holds another architecture than --preset/--dataset/--conditional build "
+                        "here; pass the preset, data set and conditioning it was trained with")
     if start.schedule.hash != schedule.hash:
         raise UserError(f"--init-from {path} was trained with another noise schedule; pass its --schedule/--timesteps")
     network = start.model.net if isinstance(start.model, FlowAdapter) else start.model  # the adapter holds a flow's network
-    return network.state_dict(), lineage_of(start.card, start.weights_hash, path)
+    weights = network.state_dict()
+    if gains_classes:  # an unconditional model made conditional: a zero class embedding predicts what it did for every class
+        weights["class_embedding.weight"] = torch.zeros(model_config.num_classes + 1, weights["time_mlp.2.weight"].shape[0])
+    return weights, lineage_of(start.card, start.weights_hash, path)
 
 
 def training_stage(card: dict, weights_hash: str) -> dict:
@@ -212,7 +225,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
 
     data = load_dataset(cfg.dataset, cfg.data_dir, split="train", image_size=cfg.image_size, seed=cfg.seed)
     schedule = NoiseSchedule(kind=cfg.schedule, T=cfg.T)
-    model_config = preset_config(cfg.preset, data.channels, data.image_size)
+    model_config = preset_config(cfg.preset, data.channels, data.image_size, num_classes(data) if cfg.conditional else 0)
     torch.manual_seed(cfg.seed)
     model = UNet(model_config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -235,6 +248,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
 
     flip = horizontal_flip_makes_sense(cfg.dataset) if cfg.flip is None else cfg.flip
     images = data.images.to(device)
+    labels = data.labels.to(device) if cfg.conditional else None
     alphas_cumprod = schedule.alphas_cumprod.float().to(device)
     skip_coef = None
     if cfg.skip_loss_every:
@@ -266,13 +280,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: Callable[[StepRepo
             torch.randint(0, schedule.T, (cfg.batch_size,), generator=gen)
         noise = torch.randn((cfg.batch_size, *images.shape[1:]), generator=gen)
         x0 = images[idx.to(device)]
+        y = None
+        if labels is not None:  # drawn only for conditional runs: an unconditional run's random stream stays as it was
+            dropped = (torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout).to(device)
+            y = torch.where(dropped, model_config.num_classes, labels[idx.to(device)])
         if flip:
             mirror = (torch.rand(cfg.batch_size, generator=gen) < 0.5).to(device)
             x0 = torch.where(mirror.view(-1, 1, 1, 1), x0.flip(-1), x0)
         if schedule.is_flow:
-            loss = flow_loss(model, x0, level.to(device), noise.to(device), schedule.T)
+            loss = flow_loss(model, x0, level.to(device), noise.to(device), schedule.T, y)
         else:
-            loss = diffusion_loss(model, x0, level.to(device), noise.to(device), alphas_cumprod, skip_coef, cfg.skip_loss_tau)
+            loss = diffusion_loss(model, x0, level.to(device), noise.to(device), alphas_cumprod, skip_coef, cfg.skip_loss_tau, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -198,7 +198,7 @@ BAD_FILES = [
     ("bad type", lambda d: d["params"].__setitem__("spacing", 3), "'spacing' must be a string"),
     ("bad nfe type", set_key("nfe", "5"), "nfe must be an integer"),
     ("unknown param", lambda d: d["params"].__setitem__("rho", 7), "unknown parameter(s) rho"),
-    ("schema", set_key("schema", 4), "schema 4 is not supported (this version reads schemas 1, 2, 3)"),
+    ("schema", set_key("schema", 5), "schema 5 is not supported (this version reads schemas 1, 2, 3, 4)"),
     ("runtime", set_key("runtime", "nowhere"), "runtime must name one of stepdrop"),
     ("heun budget outside legacy", lambda d: d.update(solver={"name": "heun", "eta": 0.0, "nfe": 10}), "spent exactly only under the legacy"),
     ("schema true", set_key("schema", True), "schema True is not supported"),

@@ -60,14 +60,16 @@ class FlowAdapter(torch.nn.Module):
         self.net, self.schedule = net, schedule
         self.config = net.config
 
-    def velocity(self, y: Tensor, s: Tensor) -> Tensor:
-        """The network's own output at flow states ``y`` and flow times ``s`` ((n,) float64)."""
-        return self.net(y, (s * self.schedule.T).to(torch.float32))
+    def velocity(self, y: Tensor, s: Tensor, classes: Tensor | None = None) -> Tensor:
+        """The network's own output at flow states ``y`` and flow times ``s`` ((n,) float64), for ``classes`` when the
+        network is class-conditional."""
+        tau = (s * self.schedule.T).to(torch.float32)
+        return self.net(y, tau) if classes is None else self.net(y, tau, classes)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, classes: Tensor | None = None) -> Tensor:
         s = self.schedule.flow_time(t.to(x.device))
         shape = (-1, *([1] * (x.dim() - 1)))
         s_b = s.view(shape)
         y = (x * self.schedule.model_scale(t.to(x.device)).view(shape).to(x.dtype))
-        v = self.velocity(y, s)
+        v = self.velocity(y, s, classes)
         return (y + (1 - s_b).to(x.dtype) * v).to(x.dtype)

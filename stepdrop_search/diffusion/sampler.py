@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stepdrop_search.diffusion.guidance import ConditionalCall, Guidance, conditional_classes
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec, Step, predict_x0, solver_class
@@ -174,18 +175,22 @@ class SampleResult:
 
 class NFECounter:
     """Wraps ε_θ and counts evaluations per sample on the device (no host sync). The network is fed the time the
-    runtime feeds it (:meth:`Runtime.network_time_of`); the solver's coefficients keep the real t."""
+    runtime feeds it (:meth:`Runtime.network_time_of`); the solver's coefficients keep the real t. A class-conditional
+    model is called through its :class:`~.guidance.ConditionalCall`, which says what a call cost: 2 where guided."""
 
-    def __init__(self, model: torch.nn.Module, batch: int, device: torch.device, runtime: Runtime = DEFAULT_RUNTIME) -> None:
-        self.model, self.runtime = model, runtime
+    def __init__(self, model: torch.nn.Module, batch: int, device: torch.device, runtime: Runtime = DEFAULT_RUNTIME,
+                 conditional: ConditionalCall | None = None) -> None:
+        self.model, self.runtime, self.conditional = model, runtime, conditional
         self.counts = torch.zeros(batch, dtype=torch.long, device=device)
 
-    def __call__(self, x: Tensor, t: Tensor, idx: Tensor | None) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, idx: Tensor | None, guided: bool | Tensor = False) -> Tensor:
+        t_net = self.runtime.network_time_of(t).expand(x.shape[0])
+        eps, cost = (self.model(x, t_net), 1) if self.conditional is None else self.conditional(x, t_net, idx, guided)
         if idx is None:
-            self.counts += 1
+            self.counts += cost
         else:
-            self.counts.index_add_(0, idx, torch.ones_like(idx))
-        return self.model(x, self.runtime.network_time_of(t).expand(x.shape[0]))
+            self.counts.index_add_(0, idx, torch.full_like(idx, cost))
+        return eps
 
 
 class AmplitudeCalibration:
@@ -219,7 +224,8 @@ def next_evaluated(evaluate: Tensor) -> Tensor:
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, *, eta: float = 0.0,
            runtime: Runtime = DEFAULT_RUNTIME, streams: SampleStreams | None = None,
            calibration: AmplitudeCalibration | None = None, trajectory: bool = False,
-           solver: SolverSpec | None = None, differentiable: bool = False) -> SampleResult:
+           solver: SolverSpec | None = None, differentiable: bool = False, labels: Tensor | None = None,
+           guidance: Guidance | None = None) -> SampleResult:
     """Denoise ``x`` (pure noise at grid[0]) along ``plan``; the last step of every sample lands at t = 0: on the
     last evaluation's x̂0, or where the solver's own last step puts it (``Solver.owns_last_step``).
 
@@ -238,14 +244,35 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pla
     that requires grad then receives d(x0)/d(t) through every solver coefficient and the network's time input —
     what the gradient-learned schedules (:mod:`stepdrop_search.search.gradient`) descend on. Otherwise nothing is
     recorded (the fast path).
+
+    A class-conditional model samples the class ``labels`` ((B,) long) with ``guidance`` (:mod:`.guidance`; default
+    none: the conditional prediction alone); without labels it predicts unconditionally (its null class). Whether a
+    grid step is guided is decided from its σ on the host before the loop, so a guided step is one batched call of
+    both predictions and no value is read back.
     """
+    conditional = None
+    if labels is not None:
+        classes = conditional_classes(model)
+        if not classes:
+            raise UserError("class labels were given for an unconditional model (train one with --conditional)")
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"labels for {tuple(labels.shape)} samples, a batch of {x.shape[0]}")
+        conditional = ConditionalCall(model, labels.to(x.device), guidance or Guidance(), classes)
+    elif guidance is not None and guidance.scale != 1:
+        raise UserError("guidance needs a class-conditional model and the classes to sample")
     with torch.set_grad_enabled(differentiable):
-        return _sample(model, schedule, x, plan, eta, runtime, streams, calibration, trajectory, solver)
+        return _sample(model, schedule, x, plan, eta, runtime, streams, calibration, trajectory, solver, conditional)
+
+
+def guided_steps(schedule: NoiseSchedule, grid: Tensor, guidance: Guidance) -> list[bool]:
+    """Whether each grid step (and, last, the end t = 0, never evaluated) is guided, decided on the host from σ."""
+    abar = schedule.alphas_cumprod_at(grid.detach().cpu())
+    return guidance.active(((1 - abar) / abar).sqrt()).tolist() + [False]
 
 
 def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Plan, eta: float, runtime: Runtime,
             streams: SampleStreams | None, calibration: AmplitudeCalibration | None, trajectory: bool,
-            solver: SolverSpec | None) -> SampleResult:
+            solver: SolverSpec | None, conditional: ConditionalCall | None) -> SampleResult:
     device, batch, length = x.device, x.shape[0], len(plan.grid)
     if plan.evaluate is not None and not bool(plan.evaluate[:, 0].all()):
         raise UserError("every sample must evaluate the first grid step (x_T is only defined there)")
@@ -261,7 +288,9 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
                         f"runtime {runtime.name} corrects every interval but the last (build the spec with spec_for_nfe)")
     for name in dict.fromkeys(plan.solvers):
         runtime.check_solver(name, solver.eta if solver is not None and solver.name == name else None)
-    counter = NFECounter(model, batch, device, runtime)
+    counter = NFECounter(model, batch, device, runtime, conditional)
+    guided = guided_steps(schedule, plan.grid, conditional.guidance) if conditional is not None else [False] * (length + 1)
+    guided_on_device = torch.tensor(guided, device=device) if conditional is not None else None
     evaluated = torch.zeros(batch, length, dtype=torch.bool, device=device)
     x = x * applied(runtime.start_scale(abar[0], schedule.alphas_cumprod_at(torch.tensor(schedule.T - 1)).to(abar)), x)
     if trajectory and not plan.dense:
@@ -303,7 +332,7 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
         if states is not None:
             states[i] = x
         xi = x if idx is None else x.index_select(0, idx)
-        eps = counter(xi, grid[i], idx)
+        eps = counter(xi, grid[i], idx, guided[i])
         a_t = a_ext[i]
         x0, eps_c = predict_x0(xi, eps, a_t, runtime.clamp)
         if denoised is not None:
@@ -330,8 +359,15 @@ def _sample(model: torch.nn.Module, schedule: NoiseSchedule, x: Tensor, plan: Pl
             noise = noise_blocks.at(i)
             noise = noise if idx is None else noise.index_select(0, idx)
 
-        def evaluate_more(xs: Tensor, ts: Tensor, which: Tensor | None = None, idx=idx) -> Tensor:
-            return counter(xs, ts, idx if which is None else (which if idx is None else idx.index_select(0, which)))
+        def evaluate_more(xs: Tensor, ts: Tensor, which: Tensor | None = None, idx=idx, target=target) -> Tensor:
+            """A solver's extra evaluation at its target step (Heun's correction), guided as that step is."""
+            if conditional is None:
+                at = False
+            elif idx is None:
+                at = guided[target]
+            else:  # samples jumping to different steps: each its own
+                at = guided_on_device[target if which is None else target.index_select(0, which)]
+            return counter(xs, ts, idx if which is None else (which if idx is None else idx.index_select(0, which)), at)
 
         kept = memory[name] if idx is None else {k: v.index_select(0, idx) for k, v in memory[name].items()}
         step = Step(xi, x0, eps_c, a_t, a_s, t_s, noise, specs[name].eta, evaluate_more, runtime.clamp, i,

@@ -16,7 +16,7 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
-from stepdrop_search.generation import generate
+from stepdrop_search.generation import generate_document
 from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import fidelity_metrics
 from stepdrop_search.objectives.residual import Teacher, residual, teacher_outputs
@@ -61,8 +61,7 @@ class Objective:
         """Score a policy on the first ``samples`` (default all) of the fixed noise set; ``with_fid=False``
         is the cheap rung of a search (residual only)."""
         n = min(samples or self.samples, self.samples)
-        run = generate(self.loaded.model, self.loaded.schedule, document.policy, document.solver, n=n, seed=self.seed,
-                       batch_size=self.batch_size, runtime=document.runtime)
+        run = generate_document(self.loaded, document, n=n, seed=self.seed, batch_size=self.batch_size)
         nfe = float(run.nfe.float().mean())
         if not torch.isfinite(run.x0).all():
             return Scores(math.inf, nfe=nfe, failed="non-finite samples")

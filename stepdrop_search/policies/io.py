@@ -11,6 +11,11 @@ and 2 record none; they were measured under what is now called ``legacy`` (x̂0 
 uncorrected at an even NFE) and load as such. A schema-2 reader meets a schema-3 file with "schema 3 is not
 supported" rather than sampling it under the wrong conventions.
 
+Schema 4 adds ``guidance`` (:mod:`stepdrop_search.diffusion.guidance`: classifier-free guidance's scale and noise
+interval, for class-conditional models). Only a document with guidance is written as schema 4, so every other file
+stays readable by schema-3 readers; a schema-3 reader meets a guided file with "schema 4 is not supported" rather than
+sampling it unguided.
+
 Schema 2 lets timesteps be real numbers in [0, T−1] (continuous time; JSON integers stay discrete steps) and
 adds the ``continuous`` parameter of karras/logsnr and the ``sigmas`` kind; schema-1 files (integer timesteps, the
 same fields) keep loading to the same policies. Saving always writes the newest schema.
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from stepdrop_search.diffusion.guidance import Guidance
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, RUNTIMES, UNRECORDED_RUNTIME, Runtime, runtime_named
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SolverSpec
@@ -34,7 +40,8 @@ from stepdrop_search.files import write_text
 from stepdrop_search.policies.base import Policy, policy_class, validate_timesteps
 
 SCHEMA = 3
-READABLE_SCHEMAS = (1, 2, 3)
+GUIDED_SCHEMA = 4  # written only for documents with guidance
+READABLE_SCHEMAS = (1, 2, 3, 4)
 #: A recomputed real timestep may differ from the file's in the last bits on another platform (libm, numpy);
 #: the file still matches its parameters within this. Integer timesteps must match exactly.
 REAL_TIMESTEP_TOLERANCE = 1e-9
@@ -43,12 +50,14 @@ REQUIRED = ("schema", "kind", "params", "nfe", "solver", "noise_schedule", "nois
 
 @dataclass(frozen=True)
 class PolicyDocument:
-    """A policy, the solver that runs it and the runtime whose conventions it runs under: one sampler, as a file."""
+    """A policy, the solver that runs it, the runtime whose conventions it runs under and, for class-conditional models,
+    its classifier-free guidance: one sampler, as a file."""
 
     policy: Policy
     solver: SolverSpec = field(default_factory=SolverSpec)
     provenance: dict = field(default_factory=dict)
     runtime: Runtime = DEFAULT_RUNTIME
+    guidance: Guidance | None = None
 
     def under(self, runtime: Runtime) -> PolicyDocument:
         """The same steps and solver run under ``runtime``. A Heun budget spent exactly (``legacy``) becomes the runtime's
@@ -61,18 +70,19 @@ class PolicyDocument:
         provenance = {k: v for k, v in self.provenance.items() if k != "objective"}
         if "objective" in self.provenance:
             provenance["measured_under"] = {"runtime": self.runtime.name, "objective": self.provenance["objective"]}
-        return PolicyDocument(self.policy, solver, provenance, runtime)
+        return PolicyDocument(self.policy, solver, provenance, runtime, self.guidance)
 
     def to_dict(self) -> dict:
         p = self.policy
         doc = {
-            "schema": SCHEMA,
+            "schema": SCHEMA if self.guidance is None else GUIDED_SCHEMA,
             "kind": p.kind,
             "params": {} if p.kind == "explicit" else p.params(),
             "nfe": p.nfe,
             "expected_nfe": round(p.expected_nfe(), 4),
             "solver": self.solver.to_dict(),
             "runtime": self.runtime.to_dict(),
+            **({"guidance": self.guidance.to_dict()} if self.guidance is not None else {}),
             "noise_schedule": p.schedule.to_dict(),
             "noise_schedule_hash": p.schedule.hash,
         }
@@ -148,7 +158,10 @@ class PolicyDocument:
         if stored is not None and not _same_timesteps(policy.timesteps(), stored):
             raise UserError(f"{source}: timesteps do not match the {policy.kind} policy's parameters; "
                             "for a hand-edited list set \"kind\": \"explicit\"")
-        return cls(policy, solver, provenance, runtime)
+        guidance = Guidance.from_dict(doc["guidance"], f"{source}: guidance") if "guidance" in doc else None
+        if guidance is not None and schema < GUIDED_SCHEMA:
+            raise UserError(f"{source}: guidance is a schema-{GUIDED_SCHEMA} field; set \"schema\": {GUIDED_SCHEMA}")
+        return cls(policy, solver, provenance, runtime, guidance)
 
 
 def _read_runtime(doc: dict, schema: int, source: str) -> Runtime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from stepdrop_search.diffusion.runtimes import runtime_named
@@ -51,7 +52,7 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
             doc = doc.under(wanted)
         if eta is None and solver in (None, doc.solver.name):  # the file's η belongs to the file's solver only
             return doc
-        return PolicyDocument(doc.policy, solver_spec(solver or doc.solver.name, eta), doc.provenance, doc.runtime)
+        return replace(doc, solver=solver_spec(solver or doc.solver.name, eta))
     wanted = wanted or runtime_named(None)
     run_solver = solver_spec(solver or "ddim", eta, nfe, wanted)
     wanted.check_solver(run_solver.name, run_solver.eta)

@@ -34,7 +34,7 @@ from typing import Protocol
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
-from stepdrop_search.generation import generate
+from stepdrop_search.generation import generate_document
 from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import fid_of_features, proxy_features, resampled_fids
 from stepdrop_search.policies import PolicyDocument
@@ -78,8 +78,7 @@ class SamplingReferee:
     device: torch.device
 
     def features(self, document: PolicyDocument, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-        run = generate(self.loaded.model, self.loaded.schedule, document.policy, document.solver, n=n, seed=self.seed,
-                       runtime=document.runtime, first=first)
+        run = generate_document(self.loaded, document, n=n, seed=self.seed, first=first)
         if not torch.isfinite(run.x0).all():
             return None
         return (proxy_features(run.x0, self.judge, device=self.device)[0],

@@ -8,7 +8,7 @@ so a trial exports exactly what was scored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -127,7 +127,7 @@ def trial_document(name: str, trial: str, storage: str | None = None) -> PolicyD
     model_hash = (study.user_attrs.get("config") or {}).get("model_hash")
     prov = provenance(model_hash=model_hash, objective={"values": chosen.values, "scores": chosen.user_attrs.get("scores")},
                       search={"study": name, "storage": shown(spec), "trial": chosen.number, "state": chosen.state.name.lower()})
-    return PolicyDocument(doc.policy, doc.solver, prov, doc.runtime)  # the runtime the trial was scored under
+    return replace(doc, provenance=prov)  # the runtime (and guidance) the trial was scored under
 
 
 def dashboard(name: str, storage: str | None = None, host: str = "127.0.0.1", port: int = 0):

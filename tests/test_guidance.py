@@ -1,0 +1,189 @@
+"""Class-conditional models and classifier-free guidance as part of a policy (issue 32): the null class, training with
+label dropout, guidance applied in a σ interval, NFE counted with the unconditional evaluation, the policy file."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from stepdrop_search.diffusion.guidance import Guidance, class_labels
+from stepdrop_search.diffusion.sampler import sample
+from stepdrop_search.diffusion.schedule import NoiseSchedule
+from stepdrop_search.diffusion.solvers import SolverSpec, spec_for_nfe
+from stepdrop_search.errors import UserError
+from stepdrop_search.generation import generate, initial_noise
+from stepdrop_search.loading import load_model
+from stepdrop_search.model import UNet, preset_config
+from stepdrop_search.policies import PolicyDocument, load_policy, save_policy
+from stepdrop_search.policies.kinds import StepDrop, Uniform
+from tests.conftest import tiny_config
+
+SCHEDULE = NoiseSchedule(kind="linear", T=1000)
+
+
+def conditional_net(classes: int = 3, seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    net = UNet(preset_config("tiny", 1, 16, num_classes=classes)).eval()
+    for p in net.parameters():  # a trained-looking net: the zero-initialised output layer would hide the classes
+        p.data.normal_(0, 0.1)
+    return net
+
+
+@pytest.fixture(scope="module")
+def conditional_checkpoint(tmp_path_factory):
+    from stepdrop_search.train import train
+
+    return train(tiny_config(tmp_path_factory.mktemp("cond-run"), conditional=True, steps=20))
+
+
+def test_the_null_class_is_the_unconditional_prediction_and_classes_change_it():
+    net, x, t = conditional_net(), torch.randn(4, 1, 16, 16), torch.tensor([10, 200, 500, 900])
+    with torch.no_grad():
+        assert torch.equal(net(x, t), net(x, t, torch.full((4,), net.null_class)))
+        assert not torch.allclose(net(x, t, torch.zeros(4, dtype=torch.long)), net(x, t, torch.ones(4, dtype=torch.long)))
+
+
+def test_an_unconditional_model_refuses_a_class():
+    net = UNet(preset_config("tiny", 1, 16))
+    with pytest.raises(UserError, match="unconditional"):
+        net(torch.randn(1, 1, 16, 16), torch.tensor([5]), torch.tensor([0]))
+
+
+def test_train_conditional_writes_a_model_with_the_data_sets_classes(conditional_checkpoint):
+    loaded = load_model(conditional_checkpoint)
+    assert loaded.config.num_classes == 3  # synthetic shapes: discs, squares, rings
+    assert json.loads(json.dumps(torch.load(conditional_checkpoint, weights_only=True)["train_config"]))["conditional"]
+
+
+def test_an_unconditional_model_fine_tuned_as_conditional_starts_from_its_predictions(tiny_checkpoint, tmp_path):
+    from stepdrop_search.train import train
+
+    run = train(tiny_config(tmp_path, conditional=True, init_from=str(tiny_checkpoint), steps=1, lr=1e-12))
+    before, after = load_model(tiny_checkpoint).model, load_model(run).model
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([10, 400, 900])
+    with torch.no_grad():
+        for label in range(3):
+            assert torch.allclose(after(x, t, torch.full((3,), label)), before(x, t), atol=1e-5)
+
+
+def test_resuming_a_run_as_conditional_is_refused(tiny_checkpoint):
+    from stepdrop_search.train import train
+
+    with pytest.raises(UserError, match="conditional"):
+        train(tiny_config(tiny_checkpoint.parent, conditional=True), resume=True)
+
+
+def test_class_labels_are_balanced_paired_and_follow_requested_classes():
+    assert class_labels(range(0, 7), 3).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert class_labels(range(5, 8), 3).tolist() == [2, 0, 1]  # sample i gets class i mod K, whatever the batch
+    assert class_labels(range(0, 4), 10, (7,)).tolist() == [7, 7, 7, 7]
+    with pytest.raises(UserError, match="not one of the model's classes 0..9"):
+        class_labels(range(0, 4), 10, (10,))
+
+
+def manual_guided_ddim(net, x, labels, steps, guidance):
+    """DDIM with CFG written out step by step: the reference the sampler must equal."""
+    abar = SCHEDULE.alphas_cumprod_at(steps).double()
+    null = torch.full_like(labels, net.null_class)
+    calls = 0
+    for i, t in enumerate(steps):
+        tt = t.expand(x.shape[0]).float()
+        sigma = math.sqrt((1 - abar[i]) / abar[i])
+        eps = net(x, tt, labels)
+        calls += 1
+        if guidance.scale != 1 and guidance.sigma_lo <= sigma <= guidance.sigma_hi:
+            eps = net(x, tt, null) + guidance.scale * (eps - net(x, tt, null))
+            calls += 1
+        a_t = abar[i]
+        x0 = (x - (1 - a_t).sqrt().float() * eps) / a_t.sqrt().float()
+        if i + 1 == len(steps):
+            return x0, calls
+        a_s = abar[i + 1]
+        x = a_s.sqrt().float() * x0 + (1 - a_s).sqrt().float() * eps
+
+
+@pytest.mark.parametrize("guidance", [Guidance(), Guidance(2.5), Guidance(3.0, 0.5, 8.0)],
+                         ids=["unguided", "constant", "interval"])
+def test_guided_sampling_equals_cfg_written_out_and_counts_each_evaluation(guidance):
+    net, policy = conditional_net(), Uniform(nfe=8, schedule=SCHEDULE)
+    x, labels = torch.randn(5, 1, 16, 16), torch.tensor([0, 1, 2, 0, 1])
+    with torch.no_grad():
+        run = sample(net, SCHEDULE, x, policy.plan(5), labels=labels, guidance=guidance)
+        expected, calls = manual_guided_ddim(net, x, labels, policy.timesteps(), guidance)
+    torch.testing.assert_close(run.x0, expected, atol=1e-4, rtol=1e-4)
+    assert run.nfe.tolist() == [calls] * 5
+    sigmas = ((1 - SCHEDULE.alphas_cumprod_at(policy.timesteps())) / SCHEDULE.alphas_cumprod_at(policy.timesteps())).sqrt()
+    inside = int(((sigmas >= guidance.sigma_lo) & (sigmas <= guidance.sigma_hi)).sum()) if guidance.scale != 1 else 0
+    assert calls == 8 + inside and (guidance.constant or 0 < inside < 8)
+
+
+def test_heuns_correction_is_guided_as_its_target_step_and_counted():
+    net, x, labels = conditional_net(), torch.randn(3, 1, 16, 16), torch.tensor([0, 1, 2])
+    spec, steps = spec_for_nfe("heun", 9)
+    policy = Uniform(nfe=steps, schedule=SCHEDULE)
+    with torch.no_grad():
+        unguided = sample(net, SCHEDULE, x, policy.plan(3, None, "heun"), labels=labels, solver=spec)
+        constant = sample(net, SCHEDULE, x, policy.plan(3, None, "heun"), labels=labels, solver=spec,
+                          guidance=Guidance(2.0))
+    assert unguided.nfe.tolist() == [9] * 3 and constant.nfe.tolist() == [18] * 3
+
+
+def test_a_stochastic_policy_with_guidance_counts_per_sample_and_reproduces():
+    model = conditional_net()
+    policy = StepDrop(nfe=12, schedule=SCHEDULE)
+    runs = [generate(model, SCHEDULE, policy, SolverSpec("ddim"), n=6, seed=3, batch_size=b, guidance=Guidance(2.0))
+            for b in (6, 4)]
+    torch.testing.assert_close(runs[0].x0, runs[1].x0, rtol=1e-4, atol=1e-3)  # batch size moves float rounding only
+    assert torch.equal(runs[0].nfe, runs[1].nfe)
+    evaluated = runs[0].evaluated.sum(1)
+    assert torch.equal(runs[0].nfe, 2 * evaluated)  # constant guidance: two evaluations at every step taken
+
+
+def test_generate_samples_class_i_mod_k_and_requested_classes():
+    model = conditional_net()
+    x_T = initial_noise(4, (1, 16, 16), 0)
+    policy = Uniform(nfe=4, schedule=SCHEDULE)
+    with torch.no_grad():
+        default = generate(model, SCHEDULE, policy, SolverSpec(), n=4, seed=0)
+        one = sample(model, SCHEDULE, x_T[1:2], policy.plan(1), labels=torch.tensor([1]))
+        twos = generate(model, SCHEDULE, policy, SolverSpec(), n=4, seed=0, classes=(2,))
+        two = sample(model, SCHEDULE, x_T[3:4], policy.plan(1), labels=torch.tensor([2]))
+    torch.testing.assert_close(default.x0[1:2], one.x0)
+    torch.testing.assert_close(twos.x0[3:4], two.x0)
+
+
+def test_guidance_or_classes_on_an_unconditional_model_are_refused():
+    net = UNet(preset_config("tiny", 1, 16))
+    policy = Uniform(nfe=4, schedule=SCHEDULE)
+    with pytest.raises(UserError, match="class-conditional"):
+        generate(net, SCHEDULE, policy, SolverSpec(), n=2, guidance=Guidance(2.0))
+    with pytest.raises(UserError, match="conditional"):
+        generate(net, SCHEDULE, policy, SolverSpec(), n=2, classes=(1,))
+
+
+def test_a_guided_policy_file_is_schema_4_and_round_trips(tmp_path):
+    doc = PolicyDocument(Uniform(nfe=10, schedule=SCHEDULE), SolverSpec("dpmpp-2m"), guidance=Guidance(2.0, 0.3, 5.0))
+    path = save_policy(tmp_path / "guided.json", doc)
+    raw = json.loads(path.read_text())
+    assert raw["schema"] == 4 and raw["guidance"] == {"scale": 2.0, "sigma_lo": 0.3, "sigma_hi": 5.0}
+    assert load_policy(path).guidance == Guidance(2.0, 0.3, 5.0)
+    plain = save_policy(tmp_path / "plain.json", PolicyDocument(Uniform(nfe=10, schedule=SCHEDULE)))
+    assert json.loads(plain.read_text())["schema"] == 3 and "guidance" not in json.loads(plain.read_text())
+    constant = save_policy(tmp_path / "constant.json", PolicyDocument(Uniform(nfe=10, schedule=SCHEDULE), guidance=Guidance(3.0)))
+    assert json.loads(constant.read_text())["guidance"]["sigma_hi"] is None and load_policy(constant).guidance.constant
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"schema": 3}, "schema-4 field"),
+    ({"guidance": {"scale": -1}}, "finite number ≥ 0"),
+    ({"guidance": {"scale": 2, "sigma_lo": 5, "sigma_hi": 1}}, "σ_lo ≤ σ_hi"),
+    ({"guidance": {"scale": "strong"}}, "must be numbers"),
+    ({"guidance": {"weight": 2}}, "expected"),
+])
+def test_a_malformed_guidance_field_is_one_clear_error(tmp_path, edit, message):
+    doc = PolicyDocument(Uniform(nfe=10, schedule=SCHEDULE), guidance=Guidance(2.0)).to_dict() | edit
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=message):
+        load_policy(path)
