@@ -222,6 +222,10 @@ RUNTIME_NAMES = "stepdrop, stepdrop-clamp, legacy, k-diffusion, comfyui, a1111, 
 RuntimeOption = Annotated[str | None, typer.Option(help=f"the conventions to sample under, those of the tool that will run "
                                                    f"the schedule: {RUNTIME_NAMES} (default: a policy file's own, else "
                                                    "stepdrop: no x̂0 clamp, real t, as k-diffusion)")]
+GuidanceOption = Annotated[str | None, typer.Option(help="classifier-free guidance of a class-conditional model: W "
+                                                    "(scale W at every step) or W:LO:HI (only while k-diffusion's σ is "
+                                                    "in [LO, HI]; 2 evaluations per guided step); default: a policy "
+                                                    "file's own, else none")]
 
 
 @app.command(epilog=examples("stepdrop-search sample --policy policies/best.json --n 64 --out grid.png",
@@ -243,13 +247,17 @@ def sample(
     save_samples: Annotated[Path | None, typer.Option(help="also write the samples as FILE.npz: `samples` float32 "
                                                       "(N, C, H, W) in [-1, 1], `nfe` per sample, `policy` JSON")] = None,
     runtime: RuntimeOption = None,
+    guidance: GuidanceOption = None,
+    classes: Annotated[list[int] | None, typer.Option("--class", help="a class-conditional model's classes to sample, "
+                                                      "in turn (repeatable; default: class i mod K for image i)")] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Sample a grid of images with any policy and solver; prints the measured NFE."""
     for path, flag in ((out, "--out"), (barcode, "--barcode"), (save_samples, "--save-samples")):
         check_writable(path, flag)
     from stepdrop_search.devices import resolve_device
-    from stepdrop_search.generation import sample_policy
+    from stepdrop_search.diffusion.guidance import class_labels, conditional_classes
+    from stepdrop_search.generation import document_nfe, sample_policy
     from stepdrop_search.images import check_npz_path, save_barcode, save_grid
     from stepdrop_search.images import save_samples as write_samples
     from stepdrop_search.loading import load_model
@@ -258,18 +266,24 @@ def sample(
         check_npz_path(save_samples)
     loaded = load_model(model, device=resolve_device(device))
     doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded, runtime,
-                         warn=warn)
+                         warn=warn, guidance=guidance)
+    if classes:
+        if not conditional_classes(loaded.model):
+            raise UserError("--class needs a class-conditional model (train one with --conditional)")
+        class_labels(range(1), conditional_classes(loaded.model), tuple(classes))  # an unknown class fails before sampling
     with reporter(err_console) as log:
-        result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate, log=log)
+        result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate, log=log,
+                               classes=tuple(classes) if classes else None)
     written = [save_grid(result.x0, out)]
     if barcode is not None:
         written.append(save_barcode(result.evaluated, result.grid, loaded.schedule.T, barcode))
     if save_samples is not None:
         written.append(write_samples(result.x0, result.nfe, save_samples, policy=doc.to_json(), model=loaded.source))
     nfe_measured = result.nfe.float()
-    console.print(f"{n} images, policy {doc.policy.kind}, solver {doc.solver.name}, runtime {doc.runtime.name}, measured NFE "
+    guided = f", {doc.guidance.describe()}" if doc.guidance is not None else ""
+    console.print(f"{n} images, policy {doc.policy.kind}, solver {doc.solver.name}, runtime {doc.runtime.name}{guided}, measured NFE "
                   f"{nfe_measured.mean():.2f} (min {int(nfe_measured.min())}, max {int(nfe_measured.max())}; "
-                  f"expected {doc.solver.solver.nfe(doc.policy.expected_nfe()):.2f}); wrote {', '.join(map(str, written))}")
+                  f"expected {document_nfe(doc):.2f}); wrote {', '.join(map(str, written))}")
 
 
 policy_app = typer.Typer(no_args_is_help=True, help="List, show and export skip policies.")
@@ -293,12 +307,13 @@ def policy_list() -> None:
     console.print(table)
 
 
-def _policy_document(policy: str, nfe, param, solver, eta, model, runtime=None) -> tuple[PolicyDocument, object]:
+def _policy_document(policy: str, nfe, param, solver, eta, model, runtime=None,
+                     guidance=None) -> tuple[PolicyDocument, object]:
     from stepdrop_search.loading import load_model
     from stepdrop_search.policies.io import provenance
 
     loaded = load_model(model)
-    doc = resolve_policy(policy, nfe, param, solver, eta, loaded, runtime, warn=warn)
+    doc = resolve_policy(policy, nfe, param, solver, eta, loaded, runtime, warn=warn, guidance=guidance)
     if not doc.provenance:
         doc = replace(doc, provenance=provenance(command_line(), loaded.weights_hash))
     return doc, loaded
@@ -309,10 +324,10 @@ def _policy_document(policy: str, nfe, param, solver, eta, model, runtime=None) 
 def policy_show(
     policy: Annotated[str, typer.Argument(help="a built-in kind or a policy file")],
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
-    model: ModelOption = None, runtime: RuntimeOption = None,
+    model: ModelOption = None, runtime: RuntimeOption = None, guidance: GuidanceOption = None,
 ) -> None:
     """Print a policy as its JSON document (timesteps included for static kinds)."""
-    doc, _ = _policy_document(policy, nfe, param, solver, eta, model, runtime)
+    doc, _ = _policy_document(policy, nfe, param, solver, eta, model, runtime, guidance)
     typer.echo(doc.to_json(), nl=False)
 
 
@@ -331,7 +346,7 @@ def policy_export(
                                            "solvers); refused where that tool would sample "
                                            "something else than was measured")] = "json",
     nfe: NfeOption = None, param: ParamOption = None, solver: SolverOption = None, eta: EtaOption = None,
-    model: ModelOption = None, runtime: RuntimeOption = None,
+    model: ModelOption = None, runtime: RuntimeOption = None, guidance: GuidanceOption = None,
 ) -> None:
     """Write a policy file for the model's noise schedule (atomically), or its steps in another tool's form."""
     check_writable(out, "--out")
@@ -341,7 +356,7 @@ def policy_export(
 
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}; choose {', '.join(FORMATS)}")
-    doc, loaded = _policy_document(policy, nfe, param, solver, eta, model, runtime)
+    doc, loaded = _policy_document(policy, nfe, param, solver, eta, model, runtime, guidance)
     if format != "json":
         check_export(doc, format, policy)
     if format == "diffusers":
@@ -532,6 +547,10 @@ def evaluate(
                                               "(when the run makes ≥ 250k sample-forwards)", rich_help_panel=ADVANCED)] = "auto",
     runtime: Annotated[str, typer.Option(help=f"the conventions every row is sampled under: {RUNTIME_NAMES}; a policy "
                                          "file measured under another is re-run under this one", rich_help_panel=MEASURED)] = "stepdrop",
+    guidance: Annotated[str, typer.Option(help="a class-conditional model's classifier-free guidance, comma-separated: "
+                                          "every row once per W (scale W at every step) or W:LO:HI (only while σ ∈ "
+                                          "[LO, HI]); NFE counts both evaluations of a guided step",
+                                          rich_help_panel=MEASURED)] = "",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""
     check_writable(out.with_suffix(".json"), "--out")
@@ -544,7 +563,8 @@ def evaluate(
                         residual_samples=residual_samples, batch_size=batch_size, model=str(model) if model else None,
                         features=str(features) if features else None, judge=str(judge) if judge else None,
                         inception_weights=str(inception_weights) if inception_weights else None, data=data,
-                        device=device, compile=compile_mode, command=command_line(), runtime=runtime)
+                        device=device, compile=compile_mode, command=command_line(), runtime=runtime,
+                        guidance=comma_list(guidance))
     with reporter(err_console) as log:
         comparison = run_comparison(cfg, log=log, warn=warn)
     spread = "(mean ± std over seeds)" if seeds > 1 else "(one seed: no spread; --seeds 3 gives error bars)"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import machine_description, resolve_device
+from stepdrop_search.diffusion.guidance import Guidance
 from stepdrop_search.diffusion.runtimes import Runtime, runtime_named
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.errors import UserError
@@ -26,6 +27,7 @@ from stepdrop_search.evaluation import (
     Candidate,
     Result,
     baseline,
+    check_class_metrics,
     evaluate,
     parse_metrics,
     seconds_per_sample_forward,
@@ -37,6 +39,7 @@ from stepdrop_search.objectives.metrics import FIDELITY_METRICS
 from stepdrop_search.objectives.residual import Teacher
 from stepdrop_search.policies import PolicyDocument, load_policy
 from stepdrop_search.policies.io import foreign_model_warning
+from stepdrop_search.policies.resolve import check_guidance_fits
 from stepdrop_search.runtime import CompiledNetwork, check_compile_mode, compile_network, should_compile
 
 DEFAULT_METRICS = ("fid", "kid", "throughput", "gflops")
@@ -69,6 +72,7 @@ class CompareConfig:
     compile: str = "auto"
     command: str = ""
     runtime: str = "stepdrop"
+    guidance: tuple[str, ...] = ()  # each baseline and policy row once per guidance (W or W:LO:HI), a conditional model's
 
 
 #: A comparison planned to take at least this many sample-forwards (about 30 s on two CPU cores) says first how long
@@ -127,6 +131,16 @@ def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: Loaded
     return rows
 
 
+def guided_rows(rows: list[Candidate], guidances: tuple[Guidance, ...]) -> list[Candidate]:
+    """Each row once per guidance (named ``ROW-cfgW`` or ``ROW-cfgW@LO-HI``, one plot line per row and guidance), or the
+    rows as they are without any."""
+    if not guidances:
+        return rows
+    return [dataclasses.replace(row, name=f"{row.name}-{g.label()}", family=f"{row.family}-{g.label()}",
+                                document=dataclasses.replace(row.document, guidance=g))
+            for row in rows if row.document is not None for g in guidances]
+
+
 def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: None,
                    warn: Callable[[str], None] | None = None) -> Comparison:
     """Check every input, build the rows, evaluate them on the same seeds; see the module docstring. ``log`` hears
@@ -143,9 +157,14 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
         runtime.check_solver(name)
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model, device=device)
+    check_class_metrics(wanted, loaded)
     rows = [baseline(name, nfe, loaded.schedule, runtime)
             for name in cfg.baselines or (() if cfg.suite or cfg.policies else ("ddim",)) for nfe in cfg.nfes]
     rows += policy_rows(cfg.policies, solvers, loaded, runtime, warn or log)
+    rows = guided_rows(rows, tuple(Guidance.parse(spec) for spec in cfg.guidance))
+    for row in rows:
+        if row.document is not None:
+            check_guidance_fits(row.document, loaded)
     features = load_features_for_model(cfg.features, loaded.config, loaded.dataset, device=device) \
         if set(wanted) & set(FIDELITY_METRICS) else None
     judge = load_judge_for_model(cfg.judge, loaded.config, loaded.dataset, device=device) \

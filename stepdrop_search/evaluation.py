@@ -19,24 +19,26 @@ from dataclasses import dataclass, field
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.guidance import class_labels, conditional_classes
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, spec_for_nfe
 from stepdrop_search.errors import UserError, unknown_name
-from stepdrop_search.generation import generate, generate_document
+from stepdrop_search.generation import document_nfe, generate, generate_document
 from stepdrop_search.model import forward_gflops
 from stepdrop_search.objectives.features import FeatureFile
-from stepdrop_search.objectives.metrics import FIDELITY_METRICS, fidelity_metrics, inception_fid
+from stepdrop_search.objectives.metrics import CLASS_METRICS, FIDELITY_METRICS, fidelity_metrics, inception_fid
 from stepdrop_search.objectives.residual import Teacher, residual, teacher_outputs
 from stepdrop_search.policies import POLICIES, PolicyDocument, policy_class
 from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.progress import advance, phase
 from stepdrop_search.seeds import evaluation_seeds
 
-METRICS = ("fid", "kid", "is", "prc", "residual", "throughput", "gflops", "memory", "inception-fid")
+METRICS = ("fid", "kid", "is", "prc", "accuracy", "class-fid", "residual", "throughput", "gflops", "memory",
+           "inception-fid")
 #: The metrics the judge network measures too, when there is one (``judge_fid``, ``judge_kid``).
-JUDGED = {"fid", "kid"}
+JUDGED = {"fid", "kid", "accuracy", "class-fid"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Candidate:
         """The NFE the row was built for (the expected NFE of a stochastic policy), counted with its solver."""
         if self.document is None:
             return self.nfe
-        return round(self.document.solver.solver.nfe(self.document.policy.nfe))
+        return round(document_nfe(self.document, expected=False))
 
     def to_dict(self) -> dict:
         if not self.diffusers:
@@ -175,6 +177,13 @@ def seed_values(samples: int, seeds: int | Iterable[int]) -> list[int]:
     return seed_list
 
 
+def check_class_metrics(metrics: Iterable[str], loaded: LoadedModel) -> None:
+    """Accuracy and per-class FID measure a class-conditional model's samples: refused in one line for another."""
+    asked = sorted(set(metrics) & set(CLASS_METRICS))
+    if asked and not conditional_classes(loaded.model):
+        raise UserError(f"{', '.join(asked)} measure class-conditional samples; {loaded.source} is unconditional")
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -205,6 +214,9 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
     generate(loaded.model, loaded.schedule, Uniform(nfe=2, schedule=loaded.schedule), SolverSpec(), n=min(samples, batch_size),
              runtime=runtime)
 
+    check_class_metrics(metrics, loaded)
+    classes = conditional_classes(loaded.model)
+    labels = class_labels(range(samples), classes) if classes else None  # what generate samples: class i mod K
     results = []
     phase(progress, f"evaluate: {len(candidates)} rows × {len(seed_list)} seeds × {samples} samples",
           len(candidates) * len(seed_list))
@@ -236,9 +248,9 @@ def evaluate(loaded: LoadedModel, candidates: list[Candidate], *, samples: int, 
                 values["peak_memory_mb"] = _peak_memory_mb(device)
             wanted = metrics & set(FIDELITY_METRICS)
             if wanted:
-                values.update(fidelity_metrics(run.x0, features, wanted, device=device, seed=seed))
+                values.update(fidelity_metrics(run.x0, features, wanted, device=device, seed=seed, labels=labels))
             if judge is not None and wanted & JUDGED:
-                judged = fidelity_metrics(run.x0, judge, wanted & JUDGED, device=device, seed=seed)
+                judged = fidelity_metrics(run.x0, judge, wanted & JUDGED, device=device, seed=seed, labels=labels)
                 values.update({f"judge_{key}": value for key, value in judged.items()})
             if "inception-fid" in metrics:
                 values["inception_fid"] = inception_fid(run.x0, inception[1], inception[0], device=device)

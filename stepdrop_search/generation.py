@@ -105,6 +105,40 @@ def amplitude_profile(model: torch.nn.Module, schedule: NoiseSchedule, *, n: int
     return torch.from_numpy(np.stack([np.interp(all_t, t, quantiles.flip(0)[:, k].numpy()) for k in range(2)], 1)).float()
 
 
+class _StandIn(torch.nn.Module):
+    """A network that returns its input, conditional on one class: what :func:`document_nfe` runs the sampler with
+    to count a guided document's evaluations (which depend on the steps, the solver and the interval, not on ε)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.config = type("StandInConfig", (), {"num_classes": 1})()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return x
+
+
+def document_nfe(document, *, expected: bool = True) -> float:
+    """Network evaluations per sample that ``document`` spends: the solver's NFE for its steps (the expected steps of
+    a stochastic kind, or its nominal ``nfe`` with ``expected=False``) plus, under guidance, each guided evaluation's
+    second (unconditional) one — counted by running the sampler on a stand-in network over 64 samples, so every
+    solver and kind counts as it samples (an adaptive kind's skips follow the stand-in's ε, so its figure is an
+    estimate)."""
+    solver, policy = document.solver, document.policy
+    steps = policy.expected_nfe() if expected else policy.nfe
+    guidance = document.guidance
+    if guidance is None or guidance.scale == 1:
+        return solver.solver.nfe(steps)
+    n = 1 if policy.static else 64
+    streams = SampleStreams(0, range(n))
+    plan = policy.plan(n, streams, solver.name)
+    with torch.no_grad():
+        run = sample(_StandIn(), policy.schedule, torch.zeros(n, 1, 2, 2), plan, eta=solver.eta, solver=solver,
+                     runtime=document.runtime, streams=streams, labels=torch.zeros(n, dtype=torch.long),
+                     guidance=guidance)
+    return float(run.nfe.float().mean())
+
+
 def generate_document(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256, first: int = 0,
                       classes: tuple[int, ...] | None = None, calibration: AmplitudeCalibration | None = None,
                       log: Callable[[str], None] | None = None) -> SampleResult:

@@ -187,3 +187,60 @@ def test_a_malformed_guidance_field_is_one_clear_error(tmp_path, edit, message):
     path.write_text(json.dumps(doc))
     with pytest.raises(UserError, match=message):
         load_policy(path)
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from stepdrop_search.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_sample_draws_a_requested_class_with_guidance_and_reports_the_cost(conditional_checkpoint, tmp_path):
+    result = cli("sample", "--model", conditional_checkpoint, "--nfe", 6, "--guidance", "2:0.5:20", "--class", 1,
+                 "--n", 4, "--out", tmp_path / "grid.png", "--save-samples", tmp_path / "x.npz")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "CFG 2 at σ ∈ [0.5, 20]" in text
+    import numpy as np
+
+    measured = np.load(tmp_path / "x.npz")["nfe"]
+    assert 6 < measured.min() == measured.max() < 12  # some of the 6 steps are guided, not all
+    assert f"expected {float(measured[0]):.2f}" in text  # the stand-in count is the sampler's
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--guidance", "2"], "needs a class-conditional model"),
+    (["sample", "--class", "3"], "--class needs a class-conditional model"),
+    (["sample", "--guidance", "2:5:1"], "σ_lo ≤ σ_hi"),
+    (["sample", "--guidance", "strong"], "must be numbers"),
+    (["evaluate", "--baselines", "ddim", "--nfe", "4", "--samples", "8", "--seeds", "1", "--metrics", "accuracy"],
+     "accuracy measure class-conditional samples"),
+])
+def test_guidance_and_classes_on_an_unconditional_model_fail_in_one_line(tiny_checkpoint, tmp_path, args, message):
+    result = cli(*args, "--model", tiny_checkpoint, "--out", tmp_path / "out.png")
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_a_guided_policy_is_not_exported_as_a_sigma_list(conditional_checkpoint, tmp_path):
+    result = cli("policy", "export", "uniform", "--nfe", 6, "--model", conditional_checkpoint, "--guidance", 2,
+                 "--format", "sigmas")
+    assert result.exit_code == 2 and "sample it unguided" in " ".join(result.output.split()), result.output
+    saved = cli("policy", "export", "uniform", "--nfe", 6, "--model", conditional_checkpoint, "--guidance", "2:0.1:9",
+                "--out", tmp_path / "g.json")
+    assert saved.exit_code == 0 and load_policy(tmp_path / "g.json").guidance == Guidance(2.0, 0.1, 9.0)
+
+
+def test_evaluate_runs_each_row_per_guidance_with_accuracy_and_per_class_fid(conditional_checkpoint, tiny_features,
+                                                                            tiny_judge, tmp_path):
+    result = cli("evaluate", "--model", conditional_checkpoint, "--baselines", "ddim", "--nfe", 4, "--guidance",
+                 "1,3,3:0.5:20", "--samples", 12, "--seeds", 2, "--metrics", "fid,accuracy,class-fid", "--features",
+                 tiny_features, "--judge", tiny_judge, "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert set(rows) == {"ddim-4-cfg1", "ddim-4-cfg3", "ddim-4-cfg3@0.5-20"}
+    nfe = {name: row["summary"]["nfe"]["mean"] for name, row in rows.items()}
+    assert nfe["ddim-4-cfg1"] == 4 and nfe["ddim-4-cfg3"] == 8 and 4 < nfe["ddim-4-cfg3@0.5-20"] < 8
+    seed = rows["ddim-4-cfg3"]["per_seed"][0]
+    assert 0 <= seed["judge_accuracy"] <= 1 and {"judge_class_fid", "judge_class_fid_0", "class_fid"} <= set(seed)

@@ -68,6 +68,23 @@ class Guidance:
         except (TypeError, ValueError):
             raise UserError(f"{where}: scale and interval must be numbers, got {data!r}") from None
 
+    @classmethod
+    def parse(cls, spec: str) -> Guidance:
+        """``W`` (constant guidance at scale W) or ``W:LO:HI`` (only while σ ∈ [LO, HI]; HI may be ``inf``): the
+        command line's form."""
+        parts = spec.strip().split(":")
+        if len(parts) not in (1, 3):
+            raise UserError(f"guidance {spec!r}: write W (constant) or W:LO:HI (σ interval), e.g. 2 or 2:0.3:5")
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            raise UserError(f"guidance {spec!r}: W, LO and HI must be numbers, e.g. 2:0.3:5") from None
+        return cls(*numbers)
+
+    def label(self) -> str:
+        """A short name for report rows: ``cfg2`` or ``cfg2@0.3-5``."""
+        return f"cfg{self.scale:g}" + ("" if self.constant or self.scale == 1 else f"@{self.sigma_lo:g}-{self.sigma_hi:g}")
+
     def describe(self) -> str:
         if self.scale == 1:
             return "no guidance"

@@ -108,8 +108,11 @@ def extract(net: FeatureNet, images: torch.Tensor, batch_size: int = 512) -> tup
 def reference_statistics(net: FeatureNet, data: ImageData) -> dict:
     features, _ = extract(net.eval(), data.images)
     f64 = features.double()
-    return {"features": features.half(), "mu": f64.mean(0), "sigma": torch.cov(f64.T), "count": len(features),
-            "split": "test"}
+    reference = {"features": features.half(), "mu": f64.mean(0), "sigma": torch.cov(f64.T), "count": len(features),
+                 "split": "test"}
+    if data.labels is not None:  # per-class statistics (class-fid of conditional samples) select on them
+        reference["labels"] = data.labels.to(torch.int16)
+    return reference
 
 
 def train_feature_net(dataset: str, data_dir: str | None, out: str | Path, *, steps: int = 1500, batch_size: int = 128,

@@ -13,6 +13,7 @@ the Inception weights file offline and the real images.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ from stepdrop_search.errors import UserError
 from stepdrop_search.objectives.features import FeatureFile, load_features
 
 EXTRACTOR = "stepdrop-proxy"
-FIDELITY_METRICS = ("fid", "kid", "is", "prc")
+FIDELITY_METRICS = ("fid", "kid", "is", "prc", "accuracy", "class-fid")
+#: the metrics of class-conditional samples: they need each sample's class
+CLASS_METRICS = ("accuracy", "class-fid")
 
 
 class ProxyFeatureExtractor(FeatureExtractorBase):
@@ -115,10 +118,17 @@ def kid_of_features(generated: torch.Tensor, features: FeatureFile, *, seed: int
 
 
 def fidelity_metrics(images: torch.Tensor, features: FeatureFile, wanted: set[str], *, device: torch.device,
-                     seed: int = 0, batch_size: int = 500) -> dict[str, float]:
-    """Proxy-FID (``fid``), KID, IS and precision/recall of ``images`` against the reference statistics."""
+                     seed: int = 0, batch_size: int = 500, labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Proxy-FID (``fid``), KID, IS and precision/recall of ``images`` against the reference statistics; with the
+    samples' class ``labels`` (a class-conditional model), the classifier's ``accuracy`` on them and ``class-fid``:
+    each class's FID against that class's reference images (``class_fid_K``) and their mean (``class_fid``)."""
     generated, logits = proxy_features(images, features, device=device, batch_size=batch_size)
     out: dict[str, float] = {}
+    if set(wanted) & set(CLASS_METRICS):
+        if labels is None:
+            raise UserError(f"{', '.join(sorted(set(wanted) & set(CLASS_METRICS)))} measure class-conditional samples; "
+                            "this model is unconditional")
+        out |= class_metrics(generated, logits, labels, features, wanted)
     if "fid" in wanted:
         out["fid"] = fid_of_features(generated, features)
     real = features.reference["features"].double()
@@ -132,6 +142,31 @@ def fidelity_metrics(images: torch.Tensor, features: FeatureFile, wanted: set[st
         prc = prc_features_to_metric(generated.float(), real[pick].float(), prc_neighborhood=3, prc_batch_size=10000,
                                      save_cpu_ram=True, verbose=False)
         out["precision"], out["recall"] = prc[KEY_METRIC_PRECISION], prc[KEY_METRIC_RECALL]
+    return out
+
+
+def class_metrics(generated: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, features: FeatureFile,
+                  wanted: set[str]) -> dict[str, float]:
+    """``accuracy`` (the classifier's top-1 on the samples against the class each was asked for) and per-class FID."""
+    labels = labels.cpu()
+    out: dict[str, float] = {}
+    if "accuracy" in wanted:
+        out["accuracy"] = float((logits.argmax(1).cpu() == labels).double().mean())
+    if "class-fid" in wanted:
+        reference_labels = features.reference.get("labels")
+        if reference_labels is None:
+            raise UserError(f"{features.source}: its reference images carry no class labels, which class-fid needs; "
+                            "add them with `python bench/reference_labels.py FILE`")
+        real = features.reference["features"].double()
+        per_class = {}
+        for c in labels.unique().tolist():
+            mine, theirs = generated[labels == c], real[reference_labels == c]
+            if len(mine) < 2 or len(theirs) < 2:
+                continue
+            ref = {"mu": theirs.mean(0).numpy(), "sigma": torch.cov(theirs.T).numpy()}
+            per_class[c] = float(fid_statistics_to_metric(fid_features_to_statistics(mine), ref, verbose=False)[KEY_METRIC_FID])
+        out |= {f"class_fid_{c}": value for c, value in per_class.items()}
+        out["class_fid"] = float(np.mean(list(per_class.values()))) if per_class else math.nan
     return out
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from stepdrop_search.diffusion.guidance import Guidance, conditional_classes
 from stepdrop_search.diffusion.runtimes import runtime_named
 from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
@@ -30,10 +31,28 @@ def parse_params(items: list[str] | None) -> dict:
 
 
 def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
-                   loaded, runtime: str | None = None, *, warn: Callable[[str], None] = lambda m: None) -> PolicyDocument:
+                   loaded, runtime: str | None = None, *, warn: Callable[[str], None] = lambda m: None,
+                   guidance: str | None = None) -> PolicyDocument:
     """A policy file (validated against the model's schedule; ``warn`` hears if it was made on another model), under
     its recorded runtime unless ``runtime`` names another, or a built-in KIND built for that schedule under
-    ``runtime`` (default ``stepdrop``)."""
+    ``runtime`` (default ``stepdrop``). ``guidance`` (``W`` or ``W:LO:HI``) replaces a file's own; either is refused
+    for an unconditional model before any sampling."""
+    document = _resolve(spec, nfe, params, solver, eta, loaded, runtime, warn)
+    if guidance is not None:
+        document = replace(document, guidance=Guidance.parse(guidance))
+    check_guidance_fits(document, loaded)
+    return document
+
+
+def check_guidance_fits(document: PolicyDocument, loaded) -> None:
+    """A guided document needs a class-conditional model: said in one line, before any work."""
+    if document.guidance is not None and document.guidance.scale != 1 and not conditional_classes(loaded.model):
+        raise UserError(f"this policy has guidance ({document.guidance.describe()}), which needs a class-conditional "
+                        f"model; {loaded.source} is unconditional (train one with --conditional)")
+
+
+def _resolve(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,
+             loaded, runtime: str | None, warn: Callable[[str], None]) -> PolicyDocument:
 
     wanted = runtime_named(runtime) if runtime is not None else None  # a bad name is refused before anything loads
     if wanted is not None:

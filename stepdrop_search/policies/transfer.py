@@ -199,6 +199,10 @@ def runs_in(document) -> str:
 def check_export(document, fmt: str, source: str) -> Runtime:
     """The runtime ``fmt`` runs under, after refusing in one line an export whose samples there would differ: what differs
     and the fix (measure the steps under that runtime, which is what ``--runtime`` on the export does)."""
+    if document.guidance is not None and document.guidance.scale != 1:
+        raise UserError(f"{source} has guidance ({document.guidance.describe()}), which a {fmt} σ list does not carry: "
+                        "the tool would sample it unguided. Keep it as our policy file (--format json) and sample it with "
+                        "`stepdrop-search sample`")
     target = export_target(fmt, document.policy.schedule)
     problems = export_problems(document, target)
     if problems:

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from stepdrop_search.generation import document_nfe
 from stepdrop_search.objectives.objective import Scores
 from stepdrop_search.policies import PolicyDocument
 
@@ -70,7 +71,7 @@ class Candidate:
         if self.held_out is not None:
             return self.held_out.nfe
         measured = self.scores.nfe if self.scores is not None else None
-        return measured if measured is not None else self.document.solver.solver.nfe(self.document.policy.nfe)
+        return measured if measured is not None else document_nfe(self.document, expected=False)
 
     def objective_record(self) -> dict:
         """The coach's scores for a policy file's provenance: the largest rung's, with every rung's value."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stepdrop_search.files import write_json, write_text
+from stepdrop_search.generation import document_nfe
 from stepdrop_search.policies import save_policy
 from stepdrop_search.policies.io import provenance
 from stepdrop_search.search.candidates import Candidate
@@ -29,7 +30,7 @@ def export_path(run: Run, cand: Candidate, index: int = 0) -> Path:
     below it (a Pareto set: ``policies/pareto-STUDY-I-nfeN`` for each member's N)."""
     settings = run.settings
     if settings.search.multi_objective:
-        nfe = round(cand.document.solver.solver.nfe(cand.document.policy.nfe))
+        nfe = round(document_nfe(cand.document, expected=False))
         return Path(f"policies/pareto-{settings.study_name}-{index}-nfe{nfe}.json")
     nfe = settings.search.nfe
     if settings.output.out:
