@@ -244,3 +244,33 @@ def test_evaluate_runs_each_row_per_guidance_with_accuracy_and_per_class_fid(con
     assert nfe["ddim-4-cfg1"] == 4 and nfe["ddim-4-cfg3"] == 8 and 4 < nfe["ddim-4-cfg3@0.5-20"] < 8
     seed = rows["ddim-4-cfg3"]["per_seed"][0]
     assert 0 <= seed["judge_accuracy"] <= 1 and {"judge_class_fid", "judge_class_fid_0", "class_fid"} <= set(seed)
+
+
+def test_optimize_on_a_conditional_model_searches_guidance_within_the_budget(conditional_checkpoint, tiny_features,
+                                                                            tiny_judge, tmp_path):
+    from stepdrop_search.search.optimize import optimize
+    from stepdrop_search.search.settings import OptimizeSettings
+
+    out = tmp_path / "best.json"
+    cfg = OptimizeSettings.from_flags(nfe=6, method="optuna", model=str(conditional_checkpoint), features=str(tiny_features),
+                                      judge=str(tiny_judge), trials=40, storage=f"sqlite:///{tmp_path}/s.db", out=str(out),
+                                      save_pool=str(tmp_path / "pool"), samples=16, trial_samples=16, promote=3,
+                                      promote_samples=16, held_out_samples=32, teacher="ddim-50", budget=0)
+    optimize(cfg)
+    pool = [load_policy(p) for p in (tmp_path / "pool").glob("*.json")]
+    constant = [d for d in pool if d.guidance is not None and d.guidance.constant]
+    assert {d.guidance.scale for d in constant} == {1.5, 2.0, 3.0, 4.0}
+    ddim = [len(d.policy.timesteps()) for d in constant if d.solver.name == "ddim"]
+    assert max(ddim) == 3 and all(2 * n <= 6 for n in ddim)  # 6 NFE buy 3 steps, every one guided (cheaper rows too)
+    import optuna
+
+    trials = optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path}/s.db").trials
+    guided = [t for t in trials if t.params.get("guided_steps", 0) > 0 and "policy" in t.user_attrs]
+    assert guided, "no trial guided any step"
+    for t in guided:
+        doc = PolicyDocument.from_dict(t.user_attrs["policy"])
+        k = t.params["guided_steps"]
+        assert len(doc.policy.timesteps()) == 6 - k and doc.guidance.scale == pytest.approx(t.params["guidance"])
+        assert t.user_attrs["scores"]["nfe"] == 6  # counted by the sampler: every budget spent exactly
+    best = load_policy(out)
+    assert best.provenance["objective"]["held_out"]["nfe"] <= 6

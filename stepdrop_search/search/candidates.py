@@ -83,7 +83,8 @@ class Candidate:
 def candidate_key(doc: PolicyDocument) -> tuple:
     steps = tuple(round(float(t), 6) for t in doc.policy.timesteps().tolist()) if doc.policy.static else \
         json.dumps(doc.policy.params(), sort_keys=True)
-    return (*doc.solver.key, doc.policy.kind if not doc.policy.static else "steps", steps)
+    guidance = (doc.guidance.scale, doc.guidance.sigma_lo, doc.guidance.sigma_hi) if doc.guidance else None
+    return (*doc.solver.key, doc.policy.kind if not doc.policy.static else "steps", steps, guidance)
 
 
 def ranked(candidates: list[Candidate], samples: int | None = None) -> list[Candidate]:

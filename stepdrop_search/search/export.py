@@ -63,7 +63,7 @@ def export(run: Run, cand: Candidate, board: Leaderboard | None = None, *, index
                 "solvers_searched": list(run.search_solvers or settings.pool_solvers()),
                 "wall_time_s": round(run.budget.elapsed(), 1), "config": flags})
     path = export_path(run, cand, index)
-    saved = save_policy(path, run.document(cand.document.policy, cand.document.solver, prov))
+    saved = save_policy(path, run.document(cand.document.policy, cand.document.solver, prov, cand.document.guidance))
     run.log(f"exported {cand.name} → {path}")
     return saved
 
@@ -87,5 +87,5 @@ def save_pool(run: Run) -> None:
                     **({"made_by": cand.made_by} if cand.made_by else {})})
         stem = cand.name.split("@")[0].replace("/", "_")
         save_policy(folder / f"{stem}-nfe{cand.nfe_budget or settings.search.nfe}.json",
-                    run.document(cand.document.policy, cand.document.solver, prov))
+                    run.document(cand.document.policy, cand.document.solver, prov, cand.document.guidance))
     run.log(f"wrote the {len(run.pool) + len(run.cheaper)} pool rows to {folder}/")

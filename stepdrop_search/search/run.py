@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from stepdrop_search.checkpoint import LoadedModel
 from stepdrop_search.devices import resolve_device
+from stepdrop_search.diffusion.guidance import Guidance, conditional_classes
 from stepdrop_search.diffusion.runtimes import Runtime
 from stepdrop_search.diffusion.solvers import SolverSpec, spec_for_nfe
 from stepdrop_search.errors import UserError
@@ -80,9 +81,15 @@ class Run:
     def runtime(self) -> Runtime:
         return self.settings.model.run_runtime
 
-    def document(self, policy, spec: SolverSpec, provenance: dict | None = None) -> PolicyDocument:
-        """A candidate of this run: ``policy`` with ``spec`` under the run's runtime."""
-        return PolicyDocument(policy, spec, provenance or {}, self.runtime)
+    @property
+    def guided(self) -> bool:
+        """A class-conditional model: the search spends evaluations on classifier-free guidance too (:mod:`.guided`)."""
+        return conditional_classes(self.loaded.model) > 0
+
+    def document(self, policy, spec: SolverSpec, provenance: dict | None = None,
+                 guidance: Guidance | None = None) -> PolicyDocument:
+        """A candidate of this run: ``policy`` with ``spec`` (and ``guidance``) under the run's runtime."""
+        return PolicyDocument(policy, spec, provenance or {}, self.runtime, guidance)
 
     def calibrate(self) -> None:
         """The budget's cost model: the seconds one sample-forward takes here, metric included."""

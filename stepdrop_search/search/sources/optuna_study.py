@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 import optuna
 import torch
 
-from stepdrop_search.diffusion.solvers import spec_for_nfe
+from stepdrop_search.diffusion.solvers import solver_class, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.objectives.objective import Scores
-from stepdrop_search.policies import PolicyDocument
+from stepdrop_search.policies import PolicyDocument, policy_class
 from stepdrop_search.progress import advance, phase
 from stepdrop_search.search.candidates import Candidate, candidate_key, ranked
+from stepdrop_search.search.guided import suggest_guidance, suggest_guided_steps
 from stepdrop_search.search.space import steps_to_params, suggest_document
 from stepdrop_search.search.study import open_study
 
@@ -71,15 +72,23 @@ def trial_document(trial: optuna.Trial, run: Run, nfe: int) -> PolicyDocument:
     search = run.settings.search
     solvers = run.search_solvers
     name = trial.suggest_categorical("solver", list(solvers)) if len(solvers) > 1 else solvers[0]
-    spec, steps = spec_for_nfe(name, nfe, runtime=run.runtime)
-    prefix = f"k{steps}_" if len(solvers) > 1 else ""
+    # a conditional model's trial first buys guided steps (single-evaluation solvers; see search.guided)
+    guided = suggest_guided_steps(trial, nfe) if guides(run, name) else 0
+    spec, steps = spec_for_nfe(name, nfe - guided, runtime=run.runtime)
+    prefix = f"k{steps}_" if len(solvers) > 1 or run.guided else ""
     with warnings.catch_warnings():
         # a seeded trial is a pool row, which may lie outside the space (learned steps can end above T/5); Optuna runs
         # its fixed values exactly and warns once per parameter, which says nothing the seed's user attributes do not
         warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range", category=UserWarning)
         doc = suggest_document(trial, search.kind, steps, run.loaded.schedule, solver=spec,
                                free_boundary=search.free_boundary, search_eta=search.search_eta, prefix=prefix)
-    return run.document(doc.policy, doc.solver)
+    guidance = suggest_guidance(trial, doc.policy, guided) if guided else None
+    return run.document(doc.policy, doc.solver, guidance=guidance)
+
+
+def guides(run: Run, solver: str) -> bool:
+    """Whether a trial of ``solver`` searches guidance: a conditional model, a static kind, one evaluation per step."""
+    return run.guided and policy_class(run.settings.search.kind).static and not solver_class(solver).variable_cost
 
 
 def trial_function(run: Run):
@@ -180,7 +189,10 @@ def seeds(run: Run, pool: list[Candidate]) -> list[tuple[dict, dict]]:
         fits_fixed_ends = steps[0] == cand.document.policy.T - 1 and steps[-1] == 0
         if len(steps) != spec_for_nfe(name, search.nfe, runtime=run.runtime)[1] or not (search.free_boundary or fits_fixed_ends):
             continue
-        params = steps_to_params(steps, search.free_boundary, f"k{len(steps)}_" if len(solvers) > 1 else "")
+        if cand.document.guidance is not None:
+            continue  # the study's guided trials place their interval themselves
+        params = steps_to_params(steps, search.free_boundary, f"k{len(steps)}_" if len(solvers) > 1 or run.guided else "")
+        params |= {"guided_steps": 0} if guides(run, name) else {}
         out.append((params | ({"solver": name} if len(solvers) > 1 else {}), {"source": cand.name}))
     return out[:max(0, run.settings.budget.trials - finished(run.study))]
 
