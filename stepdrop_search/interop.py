@@ -80,6 +80,7 @@ class ImageShape:
 
     in_channels: int
     image_size: int
+    num_classes: int = 0  # a class-conditional UNet's classes, its null class (the unconditional one) not counted
 
 
 #: diffusers ``prediction_type``s the adapter turns into ε
@@ -101,11 +102,19 @@ class DiffusersEpsilon(torch.nn.Module):
         if prediction != "epsilon" and schedule is None:
             raise ValueError("a v_prediction or sample model needs its noise schedule")
         self.unet, self.schedule, self.prediction = unet, schedule, prediction
-        self.config = ImageShape(int(unet.config.in_channels), int(unet.config.sample_size))
+        embeds = int(getattr(unet.config, "num_class_embeds", None) or 0)
+        self.config = ImageShape(int(unet.config.in_channels), int(unet.config.sample_size), max(0, embeds - 1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_class(self) -> int:
+        """A class-conditional UNet's last class embedding is its null class (the unconditional prediction), as ours."""
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.num_classes and classes is None:
+            classes = torch.full((x.shape[0],), self.null_class, dtype=torch.long, device=x.device)
         # Learned-variance models (improved DDPM) return [ε, v] along channels: keep the prediction.
-        out = self.unet(x, t).sample[:, : x.shape[1]]
+        out = self.unet(x, t, class_labels=classes).sample[:, : x.shape[1]]
         if self.prediction == "epsilon":
             return out
         a = self.schedule.alphas_cumprod_at(t).view(-1, *([1] * (x.dim() - 1)))  # on t's device, differentiable
@@ -175,7 +184,8 @@ def is_diffusers_folder(directory: Path) -> bool:
 
 
 #: What the refusal of an unsupported diffusers folder says is supported.
-UNSUPPORTED = "stepdrop-search samples unconditional pixel-space UNet2DModels (DDPM-style pipelines)"
+UNSUPPORTED = ("stepdrop-search samples pixel-space UNet2DModels (DDPM-style pipelines), unconditional or class-conditional "
+               "(num_class_embeds)")
 
 
 def check_supported_folder(directory: Path) -> None:
@@ -221,8 +231,13 @@ def load_diffusers_model(directory: str | Path, device: str | torch.device = "cp
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{unet_dir}: cannot load a diffusers UNet2DModel ({first})") from None
-    if getattr(unet.config, "num_class_embeds", None) or getattr(unet.config, "class_embed_type", None):
-        raise UserError(f"{unet_dir}: class-conditional UNet2DModels are not supported (the sampler is unconditional)")
+    if getattr(unet.config, "class_embed_type", None) is not None:
+        raise UserError(f"{unet_dir}: class_embed_type {unet.config.class_embed_type!r} is not supported: a class-"
+                        "conditional UNet2DModel loads with the default embedding (num_class_embeds = classes + 1, the "
+                        "last one the null class that classifier-free guidance needs)")
+    if getattr(unet.config, "num_class_embeds", None) is not None and unet.config.num_class_embeds < 2:
+        raise UserError(f"{unet_dir}: num_class_embeds {unet.config.num_class_embeds} leaves no class beside the null "
+                        "class (the last embedding)")
     if unet.config.out_channels not in (unet.config.in_channels, 2 * unet.config.in_channels):
         raise UserError(f"{unet_dir}: out_channels {unet.config.out_channels} is neither ε nor [ε, variance] "
                         f"for {unet.config.in_channels} input channels")
@@ -261,9 +276,17 @@ class DiffusersRecipe:
     #: what the pipeline's latents (unit noise) are multiplied by to start where we do: 1 for ε models (the scheduler's
     #: init_noise_sigma does it); a flow's c₀ < 1, since our first step is at s₀ = T/(T + 1) and the scheduler's at 1
     latents_scale: float = 1.0
+    #: a class-conditional model's classifier-free guidance scale at each step (1.0: the conditional prediction alone)
+    guidance: tuple[float, ...] | None = None
 
     def code(self) -> str:
-        """Python that builds the scheduler and sets the steps (the pipeline's own loop does the rest)."""
+        """Python that builds the scheduler and sets the steps (the pipeline's own loop does the rest; with guidance,
+        the loop itself, which no diffusers pipeline of a class-conditional UNet2DModel runs per step)."""
+        if self.guidance is not None:
+            return (f"GUIDANCE = {list(self.guidance)!r}  # per step; 1.0: the conditional prediction alone (one evaluation)\n"
+                    f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
+                    f"scheduler.set_timesteps({', '.join(f'{k}={v!r}' for k, v in self.set_timesteps.items())})\n"
+                    + GUIDED_LOOP)
         if self.latents_scale == 1.0:
             return (f"scheduler = diffusers.{self.scheduler}.from_config({self.config!r})\n"
                     f"scheduler.set_timesteps({', '.join(f'{k}={v!r}' for k, v in self.set_timesteps.items())})")
@@ -274,6 +297,20 @@ class DiffusersRecipe:
                 f"latents = torch.randn(shape, generator=generator) * {self.latents_scale!r}  # pass as latents=: "
                 f"the start at σ = {sigmas[0]!r}, not 1")
 
+
+#: the denoising loop of a guided recipe: ``unet`` a class-conditional UNet2DModel whose last class embedding is the null
+#: class, ``labels`` the classes, ``latents`` unit noise (our x_T); both predictions of a guided step in one call
+GUIDED_LOOP = """x = latents * scheduler.init_noise_sigma
+null = torch.full_like(labels, unet.config.num_class_embeds - 1)
+for i, t in enumerate(scheduler.timesteps):
+    x_in = scheduler.scale_model_input(x, t)
+    if GUIDANCE[i] == 1.0:
+        eps = unet(x_in, t, class_labels=labels).sample
+    else:
+        eps_c, eps_u = unet(torch.cat([x_in, x_in]), t, class_labels=torch.cat([labels, null])).sample.chunk(2)
+        eps = eps_u + GUIDANCE[i] * (eps_c - eps_u)
+    x = scheduler.step(eps, t, x).prev_sample
+"""
 
 #: scheduler config changes each class needs to run our solver: the VP start √(σ_max² + 1) on the σ schedulers (their
 #: "linspace" default starts at σ_max), no lowered order before the last step for DPM-Solver++ (our multistep solvers
@@ -296,6 +333,8 @@ def diffusers_recipe(document: PolicyDocument) -> DiffusersRecipe:
     name = document.solver.name
     schedule = document.policy.schedule
     if schedule.is_flow:
+        if document.guidance is not None and document.guidance.scale != 1:
+            raise UserError("a guided flow policy has no diffusers recipe yet: keep it as our policy file (--format json)")
         return flow_recipe(document)
     if name not in DIFFUSERS_SCHEDULERS:
         raise UserError(f"diffusers has no scheduler that runs {name} on custom steps")
@@ -310,7 +349,25 @@ def diffusers_recipe(document: PolicyDocument) -> DiffusersRecipe:
             raise UserError(f"diffusers' {cls} takes integer timesteps only and this policy's steps are real "
                             "(continuous time); build it with continuous=false, or use ddim (EulerDiscreteScheduler takes σ)")
         call = {"timesteps": [int(t) for t in steps.tolist()]}
-    return DiffusersRecipe(cls, config, call, takes_noise=document.solver.solver.stochastic(document.solver.eta))
+    return DiffusersRecipe(cls, config, call, takes_noise=document.solver.solver.stochastic(document.solver.eta),
+                           guidance=per_step_guidance(document))
+
+
+def per_step_guidance(document: PolicyDocument) -> tuple[float, ...] | None:
+    """The guidance scale at each of the document's steps (1.0 where unguided), or None without guidance; refused in one
+    line where the scheduler's loop would not evaluate once per step of ours (Heun, noise-adding solvers)."""
+    guidance = document.guidance
+    if guidance is None or guidance.scale == 1:
+        return None
+    solver = document.solver
+    if solver.solver.variable_cost or solver.solver.stochastic(solver.eta):
+        raise UserError(f"a guided {solver.name} policy has no diffusers recipe: its scheduler's loop evaluates "
+                        "differently from ours per step; search or export a deterministic one-evaluation solver "
+                        "(ddim, dpmpp-2m, dpmpp-3m, unipc)")
+    from stepdrop_search.diffusion.sampler import guided_steps
+
+    flags = guided_steps(document.policy.schedule, document.policy.timesteps(), guidance)[:-1]
+    return tuple(guidance.scale if flag else 1.0 for flag in flags)
 
 
 def flow_recipe(document: PolicyDocument) -> DiffusersRecipe:
@@ -337,6 +394,8 @@ def diffusers_export(document: PolicyDocument) -> dict:
                "num_train_timesteps": document.policy.schedule.T, "runtime": document.runtime.to_dict(), "code": recipe.code()}
     if document.policy.schedule.is_flow:
         payload |= {"latents_scale": recipe.latents_scale, "if_you_keep_your_scheduler": PRE_SHIFT_CODE}
+    if recipe.guidance is not None:
+        payload |= {"guidance": list(recipe.guidance), "guidance_interval": document.guidance.to_dict()}
     return payload
 
 
@@ -390,13 +449,17 @@ def diffusers_recipe_sample(loaded: LoadedModel, recipe: DiffusersRecipe, *, n: 
     if recipe.scheduler == FLOW_SCHEDULER:
         return flow_scheduler_loop(loaded, scheduler, recipe, n=n, seed=seed, batch_size=batch_size)
     return scheduler_loop(loaded, scheduler, recipe.set_timesteps, n=n, seed=seed, batch_size=batch_size, clamp=False,
-                          our_noise=recipe.takes_noise)
+                          our_noise=recipe.takes_noise, guidance=recipe.guidance)
 
 
 def scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, *, n: int, seed: int, batch_size: int, clamp: bool,
-                   our_noise: bool = False) -> SampleResult:
+                   our_noise: bool = False, guidance: tuple[float, ...] | None = None) -> SampleResult:
     """diffusers' denoising loop (as its pipelines run it) over ``scheduler.set_timesteps(**schedule)``; see
-    :func:`diffusers_sample`. ``our_noise`` hands step i our stream's noise of grid step i (``variance_noise``)."""
+    :func:`diffusers_sample`. ``our_noise`` hands step i our stream's noise of grid step i (``variance_noise``).
+    ``guidance`` (a guided recipe's scale per step) runs :data:`GUIDED_LOOP` on a class-conditional model, sample i
+    of class i mod K as our sampler draws it."""
+    if guidance is not None:
+        return guided_scheduler_loop(loaded, scheduler, schedule, guidance, n=n, seed=seed, batch_size=batch_size)
     from stepdrop_search.diffusion.sampler import SampleStreams
 
     model = loaded.model
@@ -419,6 +482,46 @@ def scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, *, n: int, se
     steps = len(scheduler.timesteps)
     return SampleResult(torch.cat(outputs), calls, torch.ones(n, steps, dtype=torch.bool),
                         scheduler.timesteps.detach().cpu().round().long())
+
+
+def guided_scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, guidance: tuple[float, ...], *, n: int,
+                          seed: int, batch_size: int) -> SampleResult:
+    """:data:`GUIDED_LOOP`, executed as printed, on ``loaded``'s diffusers UNet (a :class:`DiffusersEpsilon`) for each
+    batch of our x_T, each evaluation counted."""
+    from stepdrop_search.diffusion.guidance import class_labels
+
+    adapter = loaded.model
+    if not isinstance(adapter, DiffusersEpsilon) or not adapter.config.num_classes:
+        raise UserError("a guided recipe runs on a class-conditional diffusers UNet2DModel (a folder with num_class_embeds)")
+    counted = CountingUNet(adapter.unet)
+    outputs = []
+    for start, latents in noise_batches(adapter, n, seed, batch_size):
+        scheduler.set_timesteps(**schedule, device=latents.device)
+        labels = class_labels(range(start, start + latents.shape[0]), adapter.config.num_classes).to(latents.device)
+        scope = {"scheduler": scheduler, "unet": counted, "latents": latents, "labels": labels, "torch": torch,
+                 "GUIDANCE": list(guidance)}
+        exec(GUIDED_LOOP, scope)  # noqa: S102 (our own constant: the code the export prints, run as printed)
+        outputs.append(scope["x"].cpu())
+    steps = len(scheduler.timesteps)
+    return SampleResult(torch.cat(outputs), counted.per_sample(n), torch.ones(n, steps, dtype=torch.bool),
+                        scheduler.timesteps.detach().cpu().round().long())
+
+
+class CountingUNet(torch.nn.Module):
+    """A diffusers UNet that counts evaluations per sample (a doubled batch is two evaluations of each sample)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet, self.config, self.calls = unet, unet.config, []
+
+    def forward(self, x: torch.Tensor, t, **kwargs):
+        self.calls.append(x.shape[0])
+        return self.unet(x, t, **kwargs)
+
+    def per_sample(self, n: int) -> torch.Tensor:
+        """Evaluations per sample: every sample makes the same calls in this loop, so the sample-evaluations over n (a
+        guided call's doubled batch counts each of its samples twice)."""
+        return torch.full((n,), 0, dtype=torch.long) + round(sum(self.calls) / n)
 
 
 def flow_scheduler_loop(loaded: LoadedModel, scheduler, recipe: DiffusersRecipe, *, n: int, seed: int,

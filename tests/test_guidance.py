@@ -274,3 +274,37 @@ def test_optimize_on_a_conditional_model_searches_guidance_within_the_budget(con
         assert t.user_attrs["scores"]["nfe"] == 6  # counted by the sampler: every budget spent exactly
     best = load_policy(out)
     assert best.provenance["objective"]["held_out"]["nfe"] <= 6
+
+
+def test_a_class_conditional_diffusers_unet_loads_and_its_guided_recipe_reproduces_our_samples(tmp_path):
+    """Import and export against the real diffusers code path: a UNet2DModel with num_class_embeds = 4 (3 classes and
+    the null class) samples a guided DPM-Solver++(2M) policy in our sampler and in the printed loop over diffusers'
+    DPMSolverMultistepScheduler, from the same x_T, with the same labels and evaluations."""
+    diffusers = pytest.importorskip("diffusers")
+    from stepdrop_search.interop import diffusers_recipe, diffusers_recipe_sample
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4, num_class_embeds=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(tmp_path / "scheduler")
+    loaded = load_model(tmp_path)
+    assert loaded.config.num_classes == 3 and loaded.model.null_class == 3
+    doc = PolicyDocument(Uniform(nfe=8, schedule=loaded.schedule), SolverSpec("dpmpp-2m"),
+                         guidance=Guidance(2.5, 0.5, 10.0))
+    recipe = diffusers_recipe(doc)
+    assert 1.0 in recipe.guidance and 2.5 in recipe.guidance and "GUIDANCE = [" in recipe.code()
+    with torch.no_grad():
+        ours = generate(loaded.model, loaded.schedule, doc.policy, doc.solver, n=6, seed=1, guidance=doc.guidance)
+        theirs = diffusers_recipe_sample(loaded, recipe, n=6, seed=1, batch_size=4)
+    torch.testing.assert_close(theirs.x0, ours.x0, atol=1e-3, rtol=1e-3)
+    assert theirs.nfe.tolist() == ours.nfe.tolist() == [8 + recipe.guidance.count(2.5)] * 6
+
+
+def test_a_guided_heun_policy_has_no_diffusers_recipe(tmp_path):
+    from stepdrop_search.interop import diffusers_recipe
+
+    doc = PolicyDocument(Uniform(nfe=5, schedule=SCHEDULE), SolverSpec("heun"), guidance=Guidance(2.0))
+    with pytest.raises(UserError, match="no diffusers recipe"):
+        diffusers_recipe(doc)

@@ -199,10 +199,10 @@ def runs_in(document) -> str:
 def check_export(document, fmt: str, source: str) -> Runtime:
     """The runtime ``fmt`` runs under, after refusing in one line an export whose samples there would differ: what differs
     and the fix (measure the steps under that runtime, which is what ``--runtime`` on the export does)."""
-    if document.guidance is not None and document.guidance.scale != 1:
+    if document.guidance is not None and document.guidance.scale != 1 and fmt != "diffusers":
         raise UserError(f"{source} has guidance ({document.guidance.describe()}), which a {fmt} σ list does not carry: "
-                        "the tool would sample it unguided. Keep it as our policy file (--format json) and sample it with "
-                        "`stepdrop-search sample`")
+                        "the tool would sample it unguided. Export it with --format diffusers (the loop with the scale "
+                        "per step), or keep it as our policy file (--format json)")
     target = export_target(fmt, document.policy.schedule)
     problems = export_problems(document, target)
     if problems:
@@ -230,8 +230,11 @@ def export_fix(document, fmt: str, target: Runtime, source: str) -> str:
 
 
 def run_cost(document) -> int:
-    """The network evaluations one sample of a static policy costs, counted as the runtime spends them."""
-    return int(document.solver.solver.nfe(len(document.policy.timesteps())))
+    """The network evaluations one sample of a static policy costs, counted as the runtime spends them (a guided step's
+    unconditional evaluation included)."""
+    from stepdrop_search.generation import document_nfe
+
+    return round(document_nfe(document))
 
 
 def kdiffusion_call(document) -> str:
