@@ -549,7 +549,8 @@ def evaluate(
                                          "file measured under another is re-run under this one", rich_help_panel=MEASURED)] = "stepdrop",
     guidance: Annotated[str, typer.Option(help="a class-conditional model's classifier-free guidance, comma-separated: "
                                           "every row once per W (scale W at every step) or W:LO:HI (only while σ ∈ "
-                                          "[LO, HI]); NFE counts both evaluations of a guided step",
+                                          "[LO, HI]); NFE counts both evaluations of a guided step, and a baseline "
+                                          "takes the most uniform steps whose counted NFE fits --nfe",
                                           rich_help_panel=MEASURED)] = "",
 ) -> None:
     """Measure policies against baselines: quality with error bars, measured NFE, throughput, GFLOPs, memory."""

@@ -132,8 +132,9 @@ def policy_rows(paths: tuple[str, ...], solvers: tuple[str, ...], loaded: Loaded
 
 
 def guided_rows(rows: list[Candidate], guidances: tuple[Guidance, ...]) -> list[Candidate]:
-    """Each row once per guidance (named ``ROW-cfgW`` or ``ROW-cfgW@LO-HI``, one plot line per row and guidance), or the
-    rows as they are without any."""
+    """Each policy file's row once per guidance, on its own steps (named ``ROW-cfgW`` or ``ROW-cfgW@LO-HI``, one plot
+    line per row and guidance), or the rows as they are without any. (Baselines are rebuilt per guidance to spend
+    their NFE: :func:`~stepdrop_search.evaluation.baseline`.)"""
     if not guidances:
         return rows
     return [dataclasses.replace(row, name=f"{row.name}-{g.label()}", family=f"{row.family}-{g.label()}",
@@ -158,10 +159,11 @@ def run_comparison(cfg: CompareConfig, log: Callable[[str], None] = lambda m: No
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model, device=device)
     check_class_metrics(wanted, loaded)
-    rows = [baseline(name, nfe, loaded.schedule, runtime)
-            for name in cfg.baselines or (() if cfg.suite or cfg.policies else ("ddim",)) for nfe in cfg.nfes]
-    rows += policy_rows(cfg.policies, solvers, loaded, runtime, warn or log)
-    rows = guided_rows(rows, tuple(Guidance.parse(spec) for spec in cfg.guidance))
+    guidances = tuple(Guidance.parse(spec) for spec in cfg.guidance)
+    rows = [baseline(name, nfe, loaded.schedule, runtime, guidance)
+            for name in cfg.baselines or (() if cfg.suite or cfg.policies else ("ddim",)) for nfe in cfg.nfes
+            for guidance in guidances or (None,)]
+    rows += guided_rows(policy_rows(cfg.policies, solvers, loaded, runtime, warn or log), guidances)
     for row in rows:
         if row.document is not None:
             check_guidance_fits(row.document, loaded)

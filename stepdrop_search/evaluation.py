@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
-from stepdrop_search.diffusion.guidance import class_labels, conditional_classes
+from stepdrop_search.diffusion.guidance import Guidance, class_labels, conditional_classes
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
@@ -89,18 +89,28 @@ class Candidate:
         return generate_document(loaded, self.document, n=n, seed=seed, batch_size=batch_size)
 
 
-def baseline(name: str, nfe: int, schedule: NoiseSchedule, runtime: Runtime = DEFAULT_RUNTIME) -> Candidate:
+def baseline(name: str, nfe: int, schedule: NoiseSchedule, runtime: Runtime = DEFAULT_RUNTIME,
+             guidance: Guidance | None = None) -> Candidate:
     """A baseline by name under ``runtime``: a solver on uniform (trailing) steps, or any policy kind with its defaults
-    and DDIM; refused in one line when the runtime has no such solver."""
+    and DDIM; refused in one line when the runtime has no such solver. With ``guidance`` (a class-conditional model) a
+    solver's row is the largest uniform grid whose run, guided steps counted twice, spends at most ``nfe``, and its name
+    ends ``-cfgW`` (``-cfgW@LO-HI`` for an interval)."""
     if name not in SOLVERS and name not in POLICIES:
         raise unknown_name("baseline", name, [*SOLVERS, *sorted(POLICIES)])
+    suffix = f"-{guidance.label()}" if guidance is not None else ""
     if name in SOLVERS:
         runtime.check_solver(name)
-        spec, steps = spec_for_nfe(name, nfe, runtime=runtime)  # the largest grid whose run spends at most nfe evaluations
-        doc = PolicyDocument(Uniform(nfe=steps, schedule=schedule), spec, runtime=runtime)
+        for budget in range(nfe, 0, -1):  # the largest grid whose run spends at most nfe evaluations
+            spec, steps = spec_for_nfe(name, budget, runtime=runtime)
+            doc = PolicyDocument(Uniform(nfe=steps, schedule=schedule), spec, runtime=runtime, guidance=guidance)
+            if guidance is None or document_nfe(doc) <= nfe:
+                break
+        else:
+            raise UserError(f"{name} with {guidance.describe()} cannot run within {nfe} evaluations")
     else:
-        doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"), runtime=runtime)
-    return Candidate(f"{name}-{nfe}", doc, name)
+        doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"),
+                             runtime=runtime, guidance=guidance)
+    return Candidate(f"{name}-{nfe}{suffix}", doc, f"{name}{suffix}")
 
 
 @dataclass
