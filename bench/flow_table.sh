@@ -41,14 +41,17 @@ mkdir -p "$OUT/search" "$STUDIES_DIR"
 started=$(date +%s)
 step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
 kept() { [ -f "$1" ] && echo "   kept $1 (delete it to remake it)" >&2; }
-ev() { stepdrop-search evaluate --model "$MODEL" --device "$DEVICE" --seeds "$SEEDS" "$@"; }
+ev() { stepdrop-search evaluate --model "$MODEL" --device "$DEVICE" "$@"; }
+# shellcheck source=bench/against_pool.sh
+. bench/against_pool.sh
 nfe_list=${NFES// /,}
 
 # one report per NFE, so a run killed mid-way keeps what it finished
 for nfe in $NFES; do
     step "every solver on uniform t at NFE $nfe"
     kept "$OUT/uniform-nfe$nfe.json" ||
-        ev --baselines "${SOLVERS// /,}" --nfe "$nfe" --samples "$SAMPLES" --metrics fid,kid --out "$OUT/uniform-nfe$nfe"
+        ev --baselines "${SOLVERS// /,}" --nfe "$nfe" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid \
+            --out "$OUT/uniform-nfe$nfe"
 done
 for nfe in $NFES; do
     step "the deterministic solvers on shifts $SHIFTS at NFE $nfe"
@@ -60,7 +63,7 @@ for nfe in $NFES; do
                 --param "shift=$shift" --out "$OUT/shifts/nfe$nfe/${solver}_shift$shift-nfe$nfe.json" > /dev/null
         done
     done
-    ev --policy "$OUT/shifts/nfe$nfe" --samples "$SAMPLES" --metrics fid,kid --out "$OUT/shifts-nfe$nfe"
+    ev --policy "$OUT/shifts/nfe$nfe" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --out "$OUT/shifts-nfe$nfe"
 done
 
 step "optimize --nfe $SEARCH_NFE on the flow model"
@@ -72,15 +75,7 @@ kept "$search/best.json" ||
         --storage "sqlite:///$STUDIES_DIR/flow-nfe$SEARCH_NFE.db" > "$search/optimize.txt" 2> "$search/optimize.log"
 
 step "the export against its pool's best rows"
-screen=$((SCREEN_FORWARDS / SEARCH_NFE)); [ "$screen" -ge 8 ] || screen=8
-kept "$search/screen.json" ||
-    ev --policy "$search/best.json" --policy "$search/pool" --samples "$screen" --metrics fid --out "$search/screen"
-if ! kept "$search/evaluate.json"; then
-    rows=()
-    while read -r path; do rows+=(--policy "$path"); done \
-        < <(python bench/screen_pool.py "$search/screen.json" --pool "$search/pool" --top "$TOP")
-    ev --policy "$search/best.json" "${rows[@]}" --samples "$SAMPLES" --metrics fid,kid --out "$search/evaluate"
-fi
+against_pool "$search" "$SEARCH_NFE" "$SAMPLES"
 
 step "tables"
 eps=()

@@ -93,24 +93,9 @@ opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its l
         --out "$R/$name/best.json" --save-pool "$R/$name/pool" --study "$name" --storage "sqlite:///$STUDIES/$name.db" \
         "$@" > "$R/$name/optimize.txt" 2> "$R/$name/optimize.log"
 }
-against_pool() {  # against_pool NAME NFE [evaluate flags]: NAME's export against every row of its pool, on evaluation seeds
-    # every pool row screened at SCREEN_FORWARDS/NFE samples (8 in quick mode), then the export against the TOP best of
-    # the screen (and what the flags add) at the evaluation size (bench/screen_pool.py says why)
-    local dir=$R/$1 nfe=$2; shift 2
-    local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8
-    kept "$dir/screen.json" ||
-        ev --policy "$dir/best.json" --policy "$dir/pool" --samples "$screen" --seeds "$SEEDS" --metrics fid \
-            --out "$dir/screen"
-    kept "$dir/evaluate.json" || {
-        local rows=() path
-        while read -r path; do rows+=(--policy "$path"); done \
-            < <(python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP")
-        ev --policy "$dir/best.json" "${rows[@]}" --samples "$BIG" --seeds "$SEEDS" --metrics fid,kid "$@" \
-            --out "$dir/evaluate"
-    }
-    to "$dir/paired.md" python bench/paired_table.py "$dir/evaluate.json" --reference best
-    to "$dir/rung-correlation.txt" python bench/rung_correlation.py "$dir/screen.json"
-}
+# against_pool DIR NFE SAMPLES [evaluate flags]: an export against the best rows of its pool (bench/against_pool.sh)
+# shellcheck source=bench/against_pool.sh
+. bench/against_pool.sh
 
 step "Measuring: the DDIM sanity table"
 kept "$R/ddim-sanity-2000x3.json" ||
@@ -146,7 +131,7 @@ kept "$R/suite-stepdrop.json" ||
 # The searches come first: what they export decides whether the rest is worth its hours
 step "Searching: the main job, optimize --nfe 25, and its export against its pool"
 kept "$R/optimize-nfe25/best.json" || opt optimize-nfe25 25
-against_pool optimize-nfe25 25
+against_pool "$R/optimize-nfe25" 25 "$BIG"
 
 step "Searching for a tool: optimize --nfe 25 --runtime comfyui, and both exports run through the real clients"
 kept "$R/optimize-nfe25-comfyui/best.json" || opt optimize-nfe25-comfyui 25 --runtime comfyui
@@ -157,7 +142,7 @@ kept "$R/export-fidelity.md" ||
 for nfe in $LEARNED_NFES; do
     step "Learned steps and the published DPs: optimize --nfe $nfe, its export against its pool and DPM-Solver++(2M)-50"
     kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe"
-    against_pool "learned-nfe$nfe" "$nfe" --baselines dpmpp-2m --nfe 50
+    against_pool "$R/learned-nfe$nfe" "$nfe" "$BIG" --baselines dpmpp-2m --nfe 50
 done
 
 step "Below five evaluations: every solver, learned steps and the learned solver at NFE $FEW_NFES (bench/few_nfe.sh)"

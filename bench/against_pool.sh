@@ -1,0 +1,28 @@
+# Sourced by the bench scripts (bash): an optimize export against the rows of its own pool, on evaluation seeds.
+#
+#   against_pool DIR NFE SAMPLES [evaluate flags…]
+#
+# DIR holds best.json and pool/ (optimize --out DIR/best.json --save-pool DIR/pool). Every pool row is screened at
+# SCREEN_FORWARDS/NFE samples (at least 8), then the export is measured against the TOP best of the screen (and what the
+# flags add) at SAMPLES samples, SEEDS seeds (bench/screen_pool.py says why); then DIR/paired.md (every row against the
+# export, paired per seed) and DIR/rung-correlation.txt. A report already in DIR is kept. The caller defines
+# ev (its `stepdrop-search evaluate` with model and device) and SEEDS, SCREEN_FORWARDS, TOP.
+against_pool() {
+    local dir=$1 nfe=$2 samples=$3; shift 3
+    local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8
+    if [ -f "$dir/screen.json" ]; then echo "   kept $dir/screen.json (delete it to remake it)" >&2; else
+        ev --policy "$dir/best.json" --policy "$dir/pool" --samples "$screen" --seeds "$SEEDS" --metrics fid \
+            --out "$dir/screen"
+    fi
+    if [ -f "$dir/evaluate.json" ]; then echo "   kept $dir/evaluate.json (delete it to remake it)" >&2; else
+        local rows=() path
+        while read -r path; do rows+=(--policy "$path"); done \
+            < <(python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP")
+        ev --policy "$dir/best.json" "${rows[@]}" --samples "$samples" --seeds "$SEEDS" --metrics fid,kid "$@" \
+            --out "$dir/evaluate"
+    fi
+    python bench/paired_table.py "$dir/evaluate.json" --reference best > "$dir/paired.md.part"
+    mv "$dir/paired.md.part" "$dir/paired.md"
+    python bench/rung_correlation.py "$dir/screen.json" > "$dir/rung-correlation.txt.part"
+    mv "$dir/rung-correlation.txt.part" "$dir/rung-correlation.txt"
+}
