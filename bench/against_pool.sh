@@ -6,7 +6,9 @@
 # SCREEN_FORWARDS/NFE samples (at least 8), then the export is measured against the TOP best of the screen (and what the
 # flags add) at SAMPLES samples, SEEDS seeds (bench/screen_pool.py says why); then DIR/paired.md (every row against the
 # export, paired per seed) and DIR/rung-correlation.txt. A report already in DIR is kept. The caller defines
-# ev (its `stepdrop-search evaluate` with model and device) and SEEDS, SCREEN_FORWARDS, TOP.
+# ev (its `stepdrop-search evaluate` with model and device) and SEEDS, SCREEN_FORWARDS, TOP; POOL_METRICS (default
+# fid,kid) are the full-size measures; ALSO_MATCH adds the screen's TOP best rows whose names hold it (+cfg: the best
+# constant-guidance rows, which the export must beat whether or not they lead the screen).
 against_pool() {
     local dir=$1 nfe=$2 samples=$3; shift 3
     local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8
@@ -17,8 +19,12 @@ against_pool() {
     if [ -f "$dir/evaluate.json" ]; then echo "   kept $dir/evaluate.json (delete it to remake it)" >&2; else
         local rows=() path
         while read -r path; do rows+=(--policy "$path"); done \
-            < <(python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP")
-        ev --policy "$dir/best.json" "${rows[@]}" --samples "$samples" --seeds "$SEEDS" --metrics fid,kid "$@" \
+            < <({ python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP"
+                  if [ -n "${ALSO_MATCH:-}" ]; then
+                      python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP" --match "$ALSO_MATCH"
+                  fi; } | sort -u)
+        ev --policy "$dir/best.json" "${rows[@]}" --samples "$samples" --seeds "$SEEDS" \
+            --metrics "${POOL_METRICS:-fid,kid}" "$@" \
             --out "$dir/evaluate"
     fi
     python bench/paired_table.py "$dir/evaluate.json" --reference best > "$dir/paired.md.part"

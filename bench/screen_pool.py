@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("report", type=Path, help="an evaluate report (.json) of the export and the pool folder")
     parser.add_argument("--pool", type=Path, required=True, help="the --save-pool folder whose rows the report holds")
     parser.add_argument("--top", type=int, default=8, help="how many pool rows to keep")
+    parser.add_argument("--match", default="", help="only rows whose name holds this (e.g. +cfg: constant guidance)")
     args = parser.parse_args(argv)
-    files = {path.stem: path for path in args.pool.glob("*.json")}
+    files = {path.stem: path for path in args.pool.glob("*.json") if args.match in path.stem}
     if not files:
         parser.error(f"{args.pool} holds no policy files")
     chosen = [files[name] for _, name in ranked_rows(json.loads(args.report.read_text())) if name in files]
-    if not chosen:
+    if not chosen and not args.match:
         parser.error(f"no row of {args.report} is a policy file of {args.pool}")
     print("\n".join(str(path) for path in chosen[:args.top]))
 

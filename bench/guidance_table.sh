@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Classifier-free guidance on the shipped class-conditional model (issue 32): docs/results.md's tables, one command:
+#
+#   bash bench/guidance_table.sh
+#
+# 1. DPM-Solver++(2M) on uniform steps at each NFE of NFES, once per guidance of GUIDANCE: constant scales and the same
+#    scales inside σ intervals; every row spends its NFE with guided steps counted twice (evaluate --guidance), judge
+#    and coach FID, KID, the judge's class accuracy and per-class FID (bench/guidance_table.py renders it).
+# 2. The default optimize job at SEARCH_NFE (its pool holds every solver × schedule with constant guidance 1.5–4), then
+#    its export against the TOP rows of a screen of its pool (bench/against_pool.sh) with the class measures.
+#
+# Every row of a seed starts from the same x_T with the same classes (sample i: class i mod 10), SAMPLES × SEEDS
+# evaluation seeds. A re-run keeps every report already in OUT and resumes a killed search from its study.
+# Knobs (defaults: what docs/results.md reports): MODEL (conditional), NFES, GUIDANCE, SEARCH_NFE, BUDGET, SAMPLES,
+# SEEDS, OUT, DEVICE, STUDIES_DIR (default runs/guidance-table-studies), SCREEN_FORWARDS, TOP, OPTIMIZE_FLAGS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-conditional}
+NFES=${NFES:-10 20}
+GUIDANCE=${GUIDANCE:-1,1.5,2,3,4,1.5:0.28:5.42,2:0.28:5.42,3:0.28:5.42,2:1:30,3:1:30}
+SEARCH_NFE=${SEARCH_NFE:-10}
+BUDGET=${BUDGET:-480}
+SAMPLES=${SAMPLES:-2000}
+SEEDS=${SEEDS:-3}
+OUT=${OUT:-bench/results/guidance}
+DEVICE=${DEVICE:-auto}
+STUDIES_DIR=${STUDIES_DIR:-runs/guidance-table-studies}
+SCREEN_FORWARDS=${SCREEN_FORWARDS:-2560}
+TOP=${TOP:-8}
+OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
+MEASURES=fid,kid,accuracy,class-fid
+mkdir -p "$OUT/search" "$STUDIES_DIR"
+started=$(date +%s)
+step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
+ev() { stepdrop-search evaluate --model "$MODEL" --device "$DEVICE" "$@"; }
+# shellcheck source=bench/against_pool.sh
+. bench/against_pool.sh
+
+for nfe in $NFES; do
+    step "DPM-Solver++(2M) at NFE $nfe under guidance $GUIDANCE"
+    if [ -f "$OUT/scales-nfe$nfe.json" ]; then echo "   kept $OUT/scales-nfe$nfe.json" >&2; continue; fi
+    ev --baselines dpmpp-2m --nfe "$nfe" --guidance "$GUIDANCE" --samples "$SAMPLES" --seeds "$SEEDS" \
+        --metrics "$MEASURES" --out "$OUT/scales-nfe$nfe"
+done
+
+step "optimize --nfe $SEARCH_NFE on the conditional model"
+search=$OUT/search
+if [ -f "$search/best.json" ]; then echo "   kept $search/best.json" >&2; else
+    # shellcheck disable=SC2086
+    stepdrop-search optimize --model "$MODEL" --device "$DEVICE" --nfe "$SEARCH_NFE" --budget "$BUDGET" $OPTIMIZE_FLAGS \
+        --out "$search/best.json" --save-pool "$search/pool" --study "guidance-nfe$SEARCH_NFE" \
+        --storage "sqlite:///$STUDIES_DIR/guidance-nfe$SEARCH_NFE.db" > "$search/optimize.txt" 2> "$search/optimize.log"
+fi
+
+step "the export against its pool's best rows"
+POOL_METRICS=$MEASURES ALSO_MATCH=+cfg against_pool "$search" "$SEARCH_NFE" "$SAMPLES"
+
+step "tables"
+reports=()
+for nfe in $NFES; do reports+=("$OUT/scales-nfe$nfe.json"); done
+python bench/guidance_table.py "${reports[@]}" --export "$search/evaluate.json" > "$OUT/table.md.part"
+mv "$OUT/table.md.part" "$OUT/table.md"
+step "done: $OUT/table.md, $search/paired.md"
