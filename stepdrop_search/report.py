@@ -191,15 +191,30 @@ def plot_quality_vs_nfe(results: list[Result], path: Path, metric: str = "fid") 
 
 
 def plot_pareto_front(points: list[tuple[float, float]], front: list[tuple[float, float, float | None]],
-                      path: Path) -> Path:
+                      path: Path, accuracy: tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]]
+                      | None = None) -> Path:
     """A multi-objective study: every complete trial's (measured NFE, objective) in grey, the Pareto set in colour with
-    its held-out proxy-FID beside each point (``front``: NFE, objective, held-out or None)."""
+    its held-out proxy-FID beside each point (``front``: NFE, objective, held-out or None). With ``accuracy`` (a
+    class-conditional model's (objective, class accuracy, NFE) of the trials and of the Pareto set), a second panel
+    shows the fidelity/diversity trade: accuracy against the objective, coloured by NFE."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(12 if accuracy else 6.5, 4.2), dpi=120, squeeze=False)
+    ax = axes[0][0]
+    if accuracy:
+        side = axes[0][1]
+        trials, members = accuracy
+        side.scatter([p[0] for p in trials], [p[1] for p in trials], s=10, color="0.8", label="trials")
+        shown = side.scatter([p[0] for p in members], [p[1] for p in members], c=[p[2] for p in members], cmap="viridis",
+                             s=30, label="Pareto set")
+        fig.colorbar(shown, ax=side, label="measured NFE")
+        side.set_xlabel("objective (search seed)")
+        side.set_ylabel("class accuracy (coach)")
+        side.grid(alpha=0.3)
+        side.legend(fontsize=8)
     if points:
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=10, color="0.7", label="trials")
     ordered = sorted(front)

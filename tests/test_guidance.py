@@ -310,3 +310,22 @@ def test_a_guided_heun_policy_has_no_diffusers_recipe(tmp_path):
     doc = PolicyDocument(Uniform(nfe=5, schedule=SCHEDULE), SolverSpec("heun"), guidance=Guidance(2.0))
     with pytest.raises(UserError, match="no diffusers recipe"):
         diffusers_recipe(doc)
+
+
+def test_a_pareto_search_on_a_conditional_model_fronts_fid_nfe_and_class_accuracy(conditional_checkpoint, tiny_features,
+                                                                               tiny_judge, tmp_path, monkeypatch):
+    import optuna
+
+    from stepdrop_search.search.optimize import optimize
+    from stepdrop_search.search.settings import OptimizeSettings
+
+    monkeypatch.chdir(tmp_path)  # the front's plot and members go to policies/
+    storage = f"sqlite:///{tmp_path}/s.db"
+    cfg = OptimizeSettings.from_flags(multi_objective=True, nfe_range=(3, 6), model=str(conditional_checkpoint),
+                                      features=str(tiny_features), judge=str(tiny_judge), trials=10, storage=storage,
+                                      samples=16, trial_samples=16, held_out_samples=16, teacher="ddim-50", budget=0)
+    result = optimize(cfg)
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE", "MAXIMIZE"]
+    assert all(len(t.values) == 3 and 0 <= t.values[2] <= 1 for t in study.best_trials)
+    assert result.reports and result.reports[0].is_file() and result.exported

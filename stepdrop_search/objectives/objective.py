@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.guidance import class_labels, conditional_classes
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.generation import generate_document
 from stepdrop_search.objectives.features import FeatureFile
@@ -30,14 +31,16 @@ class Scores:
     residual: float | None = None
     nfe: float | None = None
     failed: str | None = None
+    accuracy: float | None = None  # a class-conditional model's: the classifier's top-1 on the classes asked for
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "fid": self.fid, "residual": self.residual, "nfe": self.nfe, "failed": self.failed}
+        return {"value": self.value, "fid": self.fid, "residual": self.residual, "nfe": self.nfe, "failed": self.failed,
+                "accuracy": self.accuracy}
 
     @classmethod
     def from_dict(cls, values: dict) -> Scores:
         """Scores as :meth:`to_dict` wrote them (an Optuna trial keeps them as a user attribute)."""
-        return cls(**{k: values.get(k) for k in ("value", "fid", "residual", "nfe", "failed")})
+        return cls(**{k: values.get(k) for k in ("value", "fid", "residual", "nfe", "failed", "accuracy")})
 
 
 @dataclass
@@ -65,12 +68,15 @@ class Objective:
         nfe = float(run.nfe.float().mean())
         if not torch.isfinite(run.x0).all():
             return Scores(math.inf, nfe=nfe, failed="non-finite samples")
-        fid = None
+        fid = accuracy = None
         if self.features is not None and with_fid:
-            fid = fidelity_metrics(run.x0, self.features, {"fid"}, device=next(self.loaded.model.parameters()).device,
-                                   seed=self.seed)["fid"]
+            classes = conditional_classes(self.loaded.model)
+            labels = class_labels(range(n), classes) if classes else None  # what generate sampled
+            measured = fidelity_metrics(run.x0, self.features, {"fid", "accuracy"} if classes else {"fid"},
+                                        device=next(self.loaded.model.parameters()).device, seed=self.seed, labels=labels)
+            fid, accuracy = measured["fid"], measured.get("accuracy")
         res = float(residual(run.x0, self._teacher_x0[:n]).mean()) if self._teacher_x0 is not None else None
         value = (fid or 0.0) + self.residual_weight * (res or 0.0)
         if not math.isfinite(value):
-            return Scores(math.inf, fid, res, nfe, "non-finite score")
-        return Scores(value, fid, res, nfe)
+            return Scores(math.inf, fid, res, nfe, "non-finite score", accuracy)
+        return Scores(value, fid, res, nfe, accuracy=accuracy)

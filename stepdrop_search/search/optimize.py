@@ -249,8 +249,9 @@ def search(run: Run) -> None:
 
 
 def optimize_pareto(run: Run) -> OptimizeResult:
-    """NSGA-II over (objective, measured NFE); every Pareto trial exported with its judge FID on held-out noise. The
-    study gets what the budget leaves after :data:`SELECTION_SHARE` of it, kept for that check."""
+    """NSGA-II over (objective, measured NFE), and class accuracy on a class-conditional model (the fidelity side of
+    guidance: its front is FID against accuracy against NFE); every Pareto trial exported with its judge FID on held-out
+    noise. The study gets what the budget leaves after :data:`SELECTION_SHARE` of it, kept for that check."""
     run.study, run.study_created = open_search_study(run)
     run.resolve_sizes(run.study)
     run.search_solvers = run.settings.pool_solvers()
@@ -267,9 +268,13 @@ def optimize_pareto(run: Run) -> OptimizeResult:
         run.held_out(cand, samples)
     exported = [export(run, cand, index=i) for i, cand in enumerate(pareto)]
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    accuracy = None
+    if len(run.directions) == 3:  # a conditional model's front: objective, NFE and class accuracy
+        accuracy = ([(t.values[0], t.values[2], t.values[1]) for t in complete],
+                    [(t.values[0], t.values[2], t.values[1]) for t in run.study.best_trials])
     figure = plot_pareto_front([(t.values[1], t.values[0]) for t in complete],
                                [(c.nfe, c.value(), c.held_out.judge_fid) for c in pareto],
-                               Path(f"policies/pareto-{run.settings.study_name}.png"))
+                               Path(f"policies/pareto-{run.settings.study_name}.png"), accuracy)
     run.log(f"Pareto front: {figure}")
     return OptimizeResult(None, pareto, None, exported, run.settings.study_name, run.trials,
                           run.budget.elapsed(), run.settings, run.sizes, run.search_solvers, [figure])

@@ -57,7 +57,7 @@ class Run:
         self.storage = None
         if "optuna" in settings.search.methods:
             self.storage = make_storage(settings.search.storage, settings.study_name)
-            check_resumable(settings.study_name, self.storage, directions=settings.directions,
+            check_resumable(settings.study_name, self.storage, directions=self.directions,
                             config=settings.study_config(self.loaded.weights_hash))
         self.judge = load_judge_for_model(settings.model.judge, self.loaded.config, self.loaded.dataset, device=self.device)
         if self.judge is None:
@@ -80,6 +80,11 @@ class Run:
     @property
     def runtime(self) -> Runtime:
         return self.settings.model.run_runtime
+
+    @property
+    def directions(self) -> list[str]:
+        """The study's: the objective, and for a Pareto search the NFE, and a conditional model's class accuracy too."""
+        return self.settings.directions + (["maximize"] if self.settings.search.multi_objective and self.guided else [])
 
     @property
     def guided(self) -> bool:

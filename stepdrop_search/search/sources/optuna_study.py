@@ -50,7 +50,7 @@ def open_search_study(run: Run) -> tuple[optuna.Study, bool]:
     """The run's study in the storage it opened; returns (study, created_here)."""
     settings = run.settings
     return open_study(settings.study_name, run.storage, sampler=make_sampler(settings.search.sampler, settings.search.seed),
-                      pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=settings.directions,
+                      pruner=optuna.pruners.MedianPruner(n_startup_trials=5), directions=run.directions,
                       config=settings.study_config(run.loaded.weights_hash))
 
 
@@ -113,7 +113,9 @@ def trial_function(run: Run):
         if scores.failed:
             trial.set_user_attr("failed", scores.failed)
             raise optuna.TrialPruned(scores.failed)
-        return (scores.value, scores.nfe) if search.multi_objective else scores.value
+        if not search.multi_objective:
+            return scores.value
+        return (scores.value, scores.nfe, scores.accuracy) if len(run.directions) == 3 else (scores.value, scores.nfe)
 
     return objective
 
