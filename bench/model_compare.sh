@@ -4,15 +4,16 @@
 # Evaluates both models with the same rows — by default DDIM on uniform steps at NFE 5, 10, 25, 50, the solvers that
 # win some NFE under the default runtime (DPM-Solver++(3M) at 5 and 10, Heun at 25), Heun at 10 and DPM-Solver++(2M)
 # at 10 and 25 (the training curve's sampler) — on the same x_T per seed, then pairs them row by row (bench/model_compare.py).
-# The replaced model is read from git (revision OLD; default: the revision before the shipped model's file last
-# changed, i.e. the model it replaced), so this runs in any full clone.
+# The replaced model is read from git (revision OLD; default: the newest revision whose model file holds other weights,
+# bench/replaced_revision.py), so this runs in any full clone.
 # Writes $OUT-{old,new}-SOLVER.{json,csv,md,png} for each solver of ROWS and $OUT.md.
 #
 # Environment knobs: OLD (git revision that shipped the replaced model),
 # NEW (the new model; default the shipped one), SAMPLES, SEEDS, OUT, DEVICE, ROWS (SOLVER:NFE,NFE… words).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OLD=${OLD:-$(git log -1 --format=%H -- stepdrop_search/assets/default-xs-fashion-mnist.pt)^}
+OLD=${OLD:-$(python bench/replaced_revision.py)} ||
+    { echo "no earlier shipped model in this clone's history (a shallow clone?): fetch it or set OLD" >&2; exit 2; }
 NEW=${NEW:-}
 SAMPLES=${SAMPLES:-2000}
 SEEDS=${SEEDS:-3}

@@ -117,11 +117,11 @@ fi
 
 step "The shipped model against the one it replaced (bench/model_compare.sh)"
 if kept "$R/model-compare.md"; then :
-elif OLD=${OLD:-$(git log -1 --format=%H -- stepdrop_search/assets/default-xs-fashion-mnist.pt)^} &&
+elif OLD=${OLD:-$(python bench/replaced_revision.py)} &&
     git cat-file -e "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" 2>/dev/null; then
     OLD=$OLD NEW=${MODEL:-} SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/model-compare" bash bench/model_compare.sh > /dev/null
 else
-    echo "skipped: revision $OLD is not in this clone (a shallow clone?); fetch it or set OLD" >&2
+    echo "skipped: the replaced model's revision (${OLD:-none found}) is not in this clone (a shallow clone?); fetch it or set OLD" >&2
 fi
 
 step "Measuring: StepDrop's tables (--suite stepdrop)"
