@@ -26,7 +26,7 @@ FORMAT = "stepdrop-search/checkpoint"
 VERSION = 1
 DEFAULT_MODEL = "default-xs-fashion-mnist.pt"
 #: the models shipped in the package, by the name ``--model NAME`` takes (a file of that name in the working folder wins)
-SHIPPED_MODELS = {"default": DEFAULT_MODEL}
+SHIPPED_MODELS = {"default": DEFAULT_MODEL, "conditional": "conditional-xs-fashion-mnist.pt", "flow": "flow-xs-fashion-mnist.pt"}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:

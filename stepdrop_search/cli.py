@@ -216,7 +216,8 @@ EtaOption = Annotated[float | None, typer.Option(help="solver noise η in [0, 1]
                                                   "dpmpp-2m-sde); refused for solvers without η")]
 ModelOption = Annotated[Path | None, typer.Option(help="checkpoint, weights file, diffusers UNet2DModel folder, or a "
                                                   "shipped model by name: default (the shipped ε model, also used "
-                                                  "when omitted)")]
+                                                  "when omitted), conditional (class-conditional ε) or flow "
+                                                  "(rectified flow)")]
 #: The runtime names for help texts (the registry in diffusion.runtimes is the truth; a test keeps the two equal).
 RUNTIME_NAMES = "stepdrop, stepdrop-clamp, legacy, k-diffusion, comfyui, a1111, diffusers, comfyui-flow, diffusers-flow"
 RuntimeOption = Annotated[str | None, typer.Option(help=f"the conventions to sample under, those of the tool that will run "

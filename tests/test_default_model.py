@@ -39,3 +39,16 @@ def test_a_shipped_model_loads_by_name_unless_a_file_of_that_name_is_here(tmp_pa
     (tmp_path / "default").write_text("not a checkpoint")  # the working folder's file wins, and is refused as what it is
     with pytest.raises(UserError, match="not a readable stepdrop-search checkpoint"):
         load_model("default")
+
+
+def test_the_shipped_conditional_and_flow_models_load_by_name_with_cards_that_match():
+    from stepdrop_search.checkpoint import SHIPPED_MODELS, default_model_path
+    from stepdrop_search.diffusion.guidance import conditional_classes
+    from stepdrop_search.loading import load_model
+
+    conditional, flow = load_model("conditional"), load_model("flow")
+    assert conditional_classes(conditional.model) == 10 and not conditional.schedule.is_flow
+    assert flow.schedule.is_flow and conditional_classes(flow.model) == 0
+    for name in SHIPPED_MODELS:
+        card = json.loads(default_model_path(name).with_suffix(".json").read_text())
+        assert card["weights_hash"] == load_model(name).weights_hash and card["training_curves"], name
