@@ -377,3 +377,25 @@ def test_a_flow_only_search_and_a_runtime_of_the_other_family_are_refused_before
                                    "--model", str(tiny_checkpoint), "--out", str(tmp_path / "p.json")])
     assert imported.exit_code == 2 and "runtime comfyui-flow is for rectified-flow models" in imported.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_shipped_flow_models_shift_export_runs_in_flow_match_euler_as_measured():
+    """The shipped flow model (issue 31's done-when, on the real network, not a Gaussian stand-in): a shift-3 Euler
+    policy's diffusers recipe, run by FlowMatchEulerDiscreteScheduler from our x_T, gives our samples to 1e-3 at the
+    same NFE."""
+    pytest.importorskip("diffusers")
+    from stepdrop_search.diffusion.runtimes import RUNTIMES
+    from stepdrop_search.generation import generate
+    from stepdrop_search.interop import diffusers_recipe, diffusers_recipe_sample
+    from stepdrop_search.loading import load_model
+    from stepdrop_search.policies import PolicyDocument
+    from stepdrop_search.policies.kinds import Shift
+
+    loaded = load_model("flow")
+    document = PolicyDocument(Shift(nfe=10, shift=3.0, schedule=loaded.schedule), SolverSpec("ddim"),
+                              runtime=RUNTIMES["diffusers-flow"])
+    with torch.no_grad():
+        ours = generate(loaded.model, loaded.schedule, document.policy, document.solver, n=8, seed=2,
+                        runtime=document.runtime)
+        theirs = diffusers_recipe_sample(loaded, diffusers_recipe(document), n=8, seed=2)
+    assert (theirs.x0 - ours.x0).abs().max() < 1e-3 and theirs.nfe.tolist() == ours.nfe.tolist() == [10] * 8
