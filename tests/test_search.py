@@ -63,7 +63,7 @@ def test_a_seed_outside_the_space_runs_exactly_and_quietly():
     run = types.SimpleNamespace(
         settings=types.SimpleNamespace(search=types.SimpleNamespace(kind="explicit", free_boundary=True, search_eta=False)),
         search_solvers=("ddim",), runtime=DEFAULT_RUNTIME, loaded=types.SimpleNamespace(schedule=NoiseSchedule()),
-        document=lambda policy, spec: PolicyDocument(policy, spec))
+        guided=False, document=lambda policy, spec, guidance=None: PolicyDocument(policy, spec, guidance=guidance))
     study = optuna.create_study()
     study.enqueue_trial(steps_to_params(steps, True))
     with warnings.catch_warnings():
