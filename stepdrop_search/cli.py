@@ -620,7 +620,8 @@ def optimize(
     teacher: Annotated[str, typer.Option(help="residual teacher <solver>-<steps>", rich_help_panel=SEARCH)] = "dpmpp-2m-200",
     free_boundary: Annotated[bool, typer.Option(help="search the first and last step too", rich_help_panel=SEARCH)] = True,
     search_eta: Annotated[bool, typer.Option(help="also search η (with a --solver that has one)", rich_help_panel=SEARCH)] = False,
-    multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set; on a class-conditional model also class accuracy (maximised)", rich_help_panel=SEARCH)] = False,
+    multi_objective: Annotated[bool, typer.Option(help="NSGA-II over (objective, NFE) → Pareto set; on a class-conditional model "
+                                                  "also class accuracy (maximised)", rich_help_panel=SEARCH)] = False,
     nfe_range: Annotated[str | None, typer.Option(help="LO,HI for --multi-objective", rich_help_panel=SEARCH)] = None,
     dp_grid: Annotated[int, typer.Option(help="teacher grid size N of the DP searches (GITS: 61)", rich_help_panel=METHODS)] = 61,
     dp_spacing: Annotated[str, typer.Option(help="DP teacher grid: karras (ρ = 7 in σ, as GITS), uniform (integer steps) "
