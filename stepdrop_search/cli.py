@@ -257,7 +257,7 @@ def sample(
     for path, flag in ((out, "--out"), (barcode, "--barcode"), (save_samples, "--save-samples")):
         check_writable(path, flag)
     from stepdrop_search.devices import resolve_device
-    from stepdrop_search.diffusion.guidance import class_labels, conditional_classes
+    from stepdrop_search.diffusion.guidance import check_conditioning
     from stepdrop_search.generation import document_nfe, sample_policy
     from stepdrop_search.images import check_npz_path, save_barcode, save_grid
     from stepdrop_search.images import save_samples as write_samples
@@ -268,10 +268,7 @@ def sample(
     loaded = load_model(model, device=resolve_device(device))
     doc = resolve_policy(policy, nfe if nfe is not None else default_nfe(policy), param, solver, eta, loaded, runtime,
                          warn=warn, guidance=guidance)
-    if classes:
-        if not conditional_classes(loaded.model):
-            raise UserError("--class needs a class-conditional model (train one with --conditional)")
-        class_labels(range(1), conditional_classes(loaded.model), tuple(classes))  # an unknown class fails before sampling
+    check_conditioning(loaded.model, classes=tuple(classes) if classes else None)  # before any calibration or sampling
     with reporter(err_console) as log:
         result = sample_policy(loaded, doc, n=n, seed=seed, batch_size=batch_size, calibrate=calibrate, log=log,
                                classes=tuple(classes) if classes else None)

@@ -11,11 +11,12 @@ not depend on the batch size, on the samples beside it or on which steps they sk
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from stepdrop_search.diffusion.guidance import Guidance, class_labels, conditional_classes
+from stepdrop_search.diffusion.guidance import Guidance, check_conditioning, class_labels, conditional_classes
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import AmplitudeCalibration, SampleResult, SampleStreams, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
@@ -67,11 +68,8 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, policy: Policy, so
     cfg = model.config
     if x_T is None:
         x_T = initial_noise(first + n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)[first:]
+    check_conditioning(model, guidance, classes)
     num_classes = conditional_classes(model)
-    if classes is not None and not num_classes:
-        raise UserError("--class needs a class-conditional model (train one with --conditional)")
-    if guidance is not None and guidance.scale != 1 and not num_classes:
-        raise UserError("this policy has guidance, which needs a class-conditional model (train one with --conditional)")
     parts = []
     if log is not None:
         phase(log, f"sampling {n} images in batches of {batch_size}", -(-n // batch_size))
@@ -112,7 +110,7 @@ class _StandIn(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(()))
-        self.config = type("StandInConfig", (), {"num_classes": 1})()
+        self.config = SimpleNamespace(num_classes=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return x

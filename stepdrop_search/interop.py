@@ -521,7 +521,7 @@ class CountingUNet(torch.nn.Module):
     def per_sample(self, n: int) -> torch.Tensor:
         """Evaluations per sample: every sample makes the same calls in this loop, so the sample-evaluations over n (a
         guided call's doubled batch counts each of its samples twice)."""
-        return torch.full((n,), 0, dtype=torch.long) + round(sum(self.calls) / n)
+        return torch.full((n,), round(sum(self.calls) / n), dtype=torch.long)
 
 
 def flow_scheduler_loop(loaded: LoadedModel, scheduler, recipe: DiffusersRecipe, *, n: int, seed: int,

@@ -108,6 +108,19 @@ def conditional_classes(model: torch.nn.Module) -> int:
     return int(getattr(model.config, "num_classes", 0) or 0)
 
 
+def check_conditioning(model: torch.nn.Module, guidance: Guidance | None = None,
+                       classes: tuple[int, ...] | None = None, source: str = "this model") -> None:
+    """Guidance and requested classes need a class-conditional model (and classes it has): one line, before any work."""
+    count = conditional_classes(model)
+    if guidance is not None and guidance.scale != 1 and not count:
+        raise UserError(f"this policy has guidance ({guidance.describe()}), which needs a class-conditional model; "
+                        f"{source} is unconditional (train one with --conditional)")
+    if classes is not None:
+        if not count:
+            raise UserError("--class needs a class-conditional model (train one with --conditional)")
+        class_labels(range(1), count, classes)  # an unknown class is refused here
+
+
 class ConditionalCall:
     """The network call of a class-conditional model for one batch: the labels of its samples, the guidance, and the
     per-sample NFE it spends (the sampler's counter adds what this returns)."""

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from stepdrop_search.diffusion.guidance import Guidance, conditional_classes
+from stepdrop_search.diffusion.guidance import Guidance, check_conditioning
 from stepdrop_search.diffusion.runtimes import runtime_named
 from stepdrop_search.diffusion.solvers import SolverSpec, eta_solvers, spec_for_nfe
 from stepdrop_search.errors import UserError
@@ -46,9 +46,7 @@ def resolve_policy(spec: str, nfe: int | None, params: list[str] | None, solver:
 
 def check_guidance_fits(document: PolicyDocument, loaded) -> None:
     """A guided document needs a class-conditional model: said in one line, before any work."""
-    if document.guidance is not None and document.guidance.scale != 1 and not conditional_classes(loaded.model):
-        raise UserError(f"this policy has guidance ({document.guidance.describe()}), which needs a class-conditional "
-                        f"model; {loaded.source} is unconditional (train one with --conditional)")
+    check_conditioning(loaded.model, document.guidance, source=loaded.source)
 
 
 def _resolve(spec: str, nfe: int | None, params: list[str] | None, solver: str | None, eta: float | None,

@@ -75,7 +75,7 @@ def trial_document(trial: optuna.Trial, run: Run, nfe: int) -> PolicyDocument:
     # a conditional model's trial first buys guided steps (single-evaluation solvers; see search.guided)
     guided = suggest_guided_steps(trial, nfe) if guides(run, name) else 0
     spec, steps = spec_for_nfe(name, nfe - guided, runtime=run.runtime)
-    prefix = f"k{steps}_" if len(solvers) > 1 or run.guided else ""
+    prefix = grid_prefix(run, steps)
     with warnings.catch_warnings():
         # a seeded trial is a pool row, which may lie outside the space (learned steps can end above T/5); Optuna runs
         # its fixed values exactly and warns once per parameter, which says nothing the seed's user attributes do not
@@ -84,6 +84,12 @@ def trial_document(trial: optuna.Trial, run: Run, nfe: int) -> PolicyDocument:
                                free_boundary=search.free_boundary, search_eta=search.search_eta, prefix=prefix)
     guidance = suggest_guidance(trial, doc.policy, guided) if guided else None
     return run.document(doc.policy, doc.solver, guidance=guidance)
+
+
+def grid_prefix(run: Run, steps: int) -> str:
+    """The step-set parameters' name prefix: per grid size when a study's trials differ in it (several solvers, or
+    guided steps that buy fewer steps), else none."""
+    return f"k{steps}_" if len(run.search_solvers) > 1 or run.guided else ""
 
 
 def guides(run: Run, solver: str) -> bool:
@@ -193,7 +199,7 @@ def seeds(run: Run, pool: list[Candidate]) -> list[tuple[dict, dict]]:
             continue
         if cand.document.guidance is not None:
             continue  # the study's guided trials place their interval themselves
-        params = steps_to_params(steps, search.free_boundary, f"k{len(steps)}_" if len(solvers) > 1 or run.guided else "")
+        params = steps_to_params(steps, search.free_boundary, grid_prefix(run, len(steps)))
         params |= {"guided_steps": 0} if guides(run, name) else {}
         out.append((params | ({"solver": name} if len(solvers) > 1 else {}), {"source": cand.name}))
     return out[:max(0, run.settings.budget.trials - finished(run.study))]
