@@ -18,7 +18,7 @@
 # A re-run keeps every report already in OUT (delete one to remake it) and resumes a killed search from its study.
 # Knobs (defaults: what docs/results.md reports): MODEL (flow), NFES, SHIFTS, SEARCH_NFE, BUDGET, SAMPLES, SEEDS, OUT,
 # DEVICE, STUDIES_DIR (default runs/flow-table-studies), SCREEN_FORWARDS, TOP, OPTIMIZE_FLAGS (extra optimize flags),
-# EPS_SOLVERS (the ε model's `evaluate` report of every solver on uniform steps).
+# EPS_SOLVERS (the ε model's `evaluate` report of every solver on uniform steps; empty: no ε columns).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-flow}
@@ -34,7 +34,7 @@ STUDIES_DIR=${STUDIES_DIR:-runs/flow-table-studies}
 SCREEN_FORWARDS=${SCREEN_FORWARDS:-2560}
 TOP=${TOP:-8}
 OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
-EPS_SOLVERS=${EPS_SOLVERS:-}
+EPS_SOLVERS=${EPS_SOLVERS-bench/results/reproduced/solvers-nfe5-10-25.json}
 SOLVERS="ddim ddpm dpmpp-2m dpmpp-3m dpmpp-2m-sde ipndm unipc heun"
 DETERMINISTIC="ddim dpmpp-2m dpmpp-3m ipndm unipc heun"
 mkdir -p "$OUT/search" "$STUDIES_DIR"
