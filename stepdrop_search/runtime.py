@@ -59,8 +59,9 @@ class CompiledNetwork(nn.Module):
         self.config = model.config
         self.graph = torch.compile(model)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.eager(x, t) if x.shape[0] < 2 else self.graph(x, t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        """``labels``: a conditional network's class labels (the null class among them), passed through."""
+        return self.eager(x, t, *labels) if x.shape[0] < 2 else self.graph(x, t, *labels)
 
 
 def compile_cache() -> tuple[Path, bool]:

@@ -35,6 +35,17 @@ def test_compiled_network_matches_eager_at_every_batch_size_with_one_compile():
             torch.testing.assert_close(network(x, t), model(x, t), rtol=1e-4, atol=1e-4)
 
 
+def test_a_compiled_conditional_network_takes_its_class_labels():
+    # guided evaluation of the shipped conditional model went through this wrapper without its labels and failed
+    model = UNet(preset_config("tiny", image_size=16, num_classes=3)).eval()
+    network = compile_network(model, batch_size=4)
+    assert isinstance(network, CompiledNetwork)
+    with torch.no_grad():
+        for n in (4, 1):
+            x, t, y = torch.randn(n, 1, 16, 16), torch.tensor(321).expand(n), torch.arange(n) % 4
+            torch.testing.assert_close(network(x, t, y), model(x, t, y), rtol=1e-4, atol=1e-4)
+
+
 def test_a_failed_compile_runs_the_network_eagerly_and_says_why(monkeypatch, tmp_path):
     def broken(model):
         def call(*args):
