@@ -147,8 +147,9 @@ class Leaderboard:
         export, leader = self.export, self.leader
         if export is leader:
             cheaper = [c for c in self.rows if c.held_out.status.startswith("within") and c.held_out.nfe < export.held_out.nfe]
-            note = "" if not cheaper else (f"; {min(cheaper, key=lambda c: c.held_out.nfe).name} at fewer NFE was still "
-                                           f"in the race when it ended ({cheaper[0].held_out.status})")
+            cheapest = min(cheaper, key=lambda c: c.held_out.nfe, default=None)
+            note = "" if cheapest is None else (f"; {cheapest.name} at fewer NFE was still in the race when it ended "
+                                                f"({cheapest.held_out.status})")
             return f"exported {export.name} ({export.held_out.nfe:.0f} NFE), the judge's best ({self.stopped}){note}"
         return (f"exported {export.name}: {export.held_out.nfe:.0f} NFE is level with the best, {leader.name} at "
                 f"{leader.held_out.nfe:.0f} NFE, within {LEVEL:g} paired standard error ({self.stopped})")
