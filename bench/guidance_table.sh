@@ -27,7 +27,7 @@ OUT=${OUT:-bench/results/guidance}
 DEVICE=${DEVICE:-auto}
 STUDIES_DIR=${STUDIES_DIR:-runs/guidance-table-studies}
 # the conditional pool holds each unguided row (167 at NFE 10) again under constant guidance 1.5, 2, 3 and 4 (420 more):
-# the ε scripts' 2560 forwards a row (256 samples) would screen its 587 rows in 45 min on 2 cores, 1280 in 22
+# the ε scripts' 2560 forwards a row (256 samples) would screen its 587 rows in 45 min on 2 cores, 1280 in 20
 SCREEN_FORWARDS=${SCREEN_FORWARDS:-1280}
 TOP=${TOP:-8}
 OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
