@@ -36,19 +36,20 @@ mkdir -p "$OUT/search" "$STUDIES_DIR"
 started=$(date +%s)
 step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
 ev() { stepdrop-search evaluate --model "$MODEL" --device "$DEVICE" "$@"; }
+kept() { [ -f "$1" ] && echo "   kept $1" >&2; }  # kept FILE: true (and says so) when an earlier run made FILE
 # shellcheck source=bench/against_pool.sh
 . bench/against_pool.sh
 
 for nfe in $NFES; do
     step "DPM-Solver++(2M) at NFE $nfe under guidance $GUIDANCE"
-    if [ -f "$OUT/scales-nfe$nfe.json" ]; then echo "   kept $OUT/scales-nfe$nfe.json" >&2; continue; fi
+    kept "$OUT/scales-nfe$nfe.json" && continue
     ev --baselines dpmpp-2m --nfe "$nfe" --guidance "$GUIDANCE" --samples "$SAMPLES" --seeds "$SEEDS" \
         --metrics "$MEASURES" --out "$OUT/scales-nfe$nfe"
 done
 
 step "optimize --nfe $SEARCH_NFE on the conditional model"
 search=$OUT/search
-if [ -f "$search/best.json" ]; then echo "   kept $search/best.json" >&2; else
+if ! kept "$search/best.json"; then
     # shellcheck disable=SC2086
     stepdrop-search optimize --model "$MODEL" --device "$DEVICE" --nfe "$SEARCH_NFE" --budget "$BUDGET" $OPTIMIZE_FLAGS \
         --out "$search/best.json" --save-pool "$search/pool" --study "guidance-nfe$SEARCH_NFE" \
@@ -62,7 +63,7 @@ POOL_METRICS=$MEASURES ALSO_MATCH=+cfg against_pool "$search" "$SEARCH_NFE" "$SA
 # included) at the search's NFE says whether an interval the study did not reach beats it
 solver=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['solver']['name'])" "$search/best.json")
 step "$solver (the export's solver) at NFE $SEARCH_NFE under guidance $GUIDANCE"
-if [ -f "$OUT/export-solver-nfe$SEARCH_NFE.json" ]; then echo "   kept $OUT/export-solver-nfe$SEARCH_NFE.json" >&2; else
+if ! kept "$OUT/export-solver-nfe$SEARCH_NFE.json"; then
     ev --baselines "$solver" --nfe "$SEARCH_NFE" --guidance "$GUIDANCE" --samples "$SAMPLES" --seeds "$SEEDS" \
         --metrics "$MEASURES" --out "$OUT/export-solver-nfe$SEARCH_NFE"
 fi
