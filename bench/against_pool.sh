@@ -7,8 +7,9 @@
 # flags add) at SAMPLES samples, SEEDS seeds (bench/screen_pool.py says why); then DIR/paired.md (every row against the
 # export, paired per seed) and DIR/rung-correlation.txt. A report already in DIR is kept. The caller defines
 # ev (its `stepdrop-search evaluate` with model and device) and SEEDS, SCREEN_FORWARDS, TOP; POOL_METRICS (default
-# fid,kid) are the full-size measures; ALSO_MATCH adds the screen's TOP best rows whose names hold it (+cfg: the best
-# constant-guidance rows, which the export must beat whether or not they lead the screen).
+# fid,kid) are the full-size measures; ALSO_MATCH (a regular expression) adds the screen's TOP best rows whose names
+# match it ('\+cfg[0-9.]+-nfe': the best constant-guidance rows, which the export must beat whether or not they lead the
+# screen).
 against_pool() {
     local dir=$1 nfe=$2 samples=$3; shift 3
     local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8

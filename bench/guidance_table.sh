@@ -6,9 +6,10 @@
 # 1. DPM-Solver++(2M) on uniform steps at each NFE of NFES, once per guidance of GUIDANCE: constant scales and the same
 #    scales inside σ intervals; every row spends its NFE with guided steps counted twice (evaluate --guidance), judge
 #    and coach FID, KID, the judge's class accuracy and per-class FID (bench/guidance_table.py renders it).
-# 2. The default optimize job at SEARCH_NFE (its pool holds every solver × schedule with constant guidance 1.5–4), then
-#    its export against the TOP rows of a screen of its pool (bench/against_pool.sh) with the class measures, and
-#    against its own solver under each guidance of GUIDANCE ($OUT/export-vs-intervals.md).
+# 2. The default optimize job at SEARCH_NFE (its pool holds every solver × schedule with constant guidance 1.5–4 and
+#    with scales 2 and 3 on the published interval σ ∈ [0.28, 5.42]), then its export against the TOP rows of a screen
+#    of its pool and its TOP best constant-guidance rows (bench/against_pool.sh) with the class measures, and against
+#    its own solver under each guidance of GUIDANCE ($OUT/export-vs-intervals.md).
 #
 # Every row of a seed starts from the same x_T with the same classes (sample i: class i mod 10), SAMPLES × SEEDS
 # evaluation seeds. A re-run keeps every report already in OUT and resumes a killed search from its study.
@@ -26,8 +27,9 @@ SEEDS=${SEEDS:-3}
 OUT=${OUT:-bench/results/guidance}
 DEVICE=${DEVICE:-auto}
 STUDIES_DIR=${STUDIES_DIR:-runs/guidance-table-studies}
-# the conditional pool holds each unguided row (167 at NFE 10) again under constant guidance 1.5, 2, 3 and 4 (420 more):
-# the ε scripts' 2560 forwards a row (256 samples) would screen its 587 rows in 45 min on 2 cores, 1280 in 20
+# the conditional pool holds each unguided row (167 at NFE 10) again under constant guidance 1.5, 2, 3 and 4 and under
+# the interval at 2 and 3 (about 800 rows): the ε scripts' 2560 forwards a row (256 samples) would screen them in about
+# an hour on 2 cores, 1280 in half that
 SCREEN_FORWARDS=${SCREEN_FORWARDS:-1280}
 TOP=${TOP:-8}
 OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
@@ -57,10 +59,10 @@ if ! kept "$search/best.json"; then
 fi
 
 step "the export against its pool's best rows"
-POOL_METRICS=$MEASURES ALSO_MATCH=+cfg against_pool "$search" "$SEARCH_NFE" "$SAMPLES"
+POOL_METRICS=$MEASURES ALSO_MATCH='\+cfg[0-9.]+-nfe' against_pool "$search" "$SEARCH_NFE" "$SAMPLES"
 
-# the pool holds constant guidance only: the export's own solver under every guidance of GUIDANCE (σ intervals
-# included) at the search's NFE says whether an interval the study did not reach beats it
+# the pool holds one interval at two scales: the export's own solver under every guidance of GUIDANCE (other scales and
+# intervals) at the search's NFE says whether an interval the study did not reach beats it
 solver=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['solver']['name'])" "$search/best.json")
 step "$solver (the export's solver) at NFE $SEARCH_NFE under guidance $GUIDANCE"
 if ! kept "$OUT/export-solver-nfe$SEARCH_NFE.json"; then

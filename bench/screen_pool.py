@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -30,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("report", type=Path, help="an evaluate report (.json) of the export and the pool folder")
     parser.add_argument("--pool", type=Path, required=True, help="the --save-pool folder whose rows the report holds")
     parser.add_argument("--top", type=int, default=8, help="how many pool rows to keep")
-    parser.add_argument("--match", default="", help="only rows whose name holds this (e.g. +cfg: constant guidance)")
+    parser.add_argument("--match", default="", help="only rows whose name matches this regular expression (e.g. "
+                        "'\\+cfg[0-9.]+-nfe': constant guidance, whose names, unlike a σ interval's, hold no '@')")
     args = parser.parse_args(argv)
-    files = {path.stem: path for path in args.pool.glob("*.json") if args.match in path.stem}
+    files = {path.stem: path for path in args.pool.glob("*.json") if re.search(args.match, path.stem)}
     if not files:
         parser.error(f"{args.pool} holds no policy files")
     chosen = [files[name] for _, name in ranked_rows(json.loads(args.report.read_text())) if name in files]

@@ -23,9 +23,9 @@ from stepdrop_search.diffusion.guidance import Guidance, class_labels, condition
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec, spec_for_nfe
+from stepdrop_search.diffusion.solvers import SOLVERS, SolverSpec
 from stepdrop_search.errors import UserError, unknown_name
-from stepdrop_search.generation import document_nfe, generate, generate_document
+from stepdrop_search.generation import document_nfe, generate, generate_document, largest_within
 from stepdrop_search.model import forward_gflops
 from stepdrop_search.objectives.features import FeatureFile
 from stepdrop_search.objectives.metrics import CLASS_METRICS, FIDELITY_METRICS, fidelity_metrics, inception_fid
@@ -100,13 +100,11 @@ def baseline(name: str, nfe: int, schedule: NoiseSchedule, runtime: Runtime = DE
     suffix = f"-{guidance.label()}" if guidance is not None else ""
     if name in SOLVERS:
         runtime.check_solver(name)
-        for budget in range(nfe, 0, -1):  # the largest grid whose run spends at most nfe evaluations
-            spec, steps = spec_for_nfe(name, budget, runtime=runtime)
-            doc = PolicyDocument(Uniform(nfe=steps, schedule=schedule), spec, runtime=runtime, guidance=guidance)
-            if guidance is None or document_nfe(doc) <= nfe:
-                break
-        else:
-            raise UserError(f"{name} with {guidance.describe()} cannot run within {nfe} evaluations")
+        doc = largest_within(name, nfe, lambda spec, steps: PolicyDocument(Uniform(nfe=steps, schedule=schedule), spec,
+                                                                           runtime=runtime, guidance=guidance), runtime)
+        if doc is None:
+            with_guidance = f" with {guidance.describe()}" if guidance is not None else ""
+            raise UserError(f"solver {name}{with_guidance} cannot run within {nfe} evaluations")
     else:
         doc = PolicyDocument(policy_class(name).from_params({}, nfe=nfe, schedule=schedule), SolverSpec("ddim"),
                              runtime=runtime, guidance=guidance)

@@ -20,7 +20,7 @@ from stepdrop_search.diffusion.guidance import Guidance, check_conditioning, cla
 from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME, Runtime
 from stepdrop_search.diffusion.sampler import AmplitudeCalibration, SampleResult, SampleStreams, sample
 from stepdrop_search.diffusion.schedule import NoiseSchedule
-from stepdrop_search.diffusion.solvers import SolverSpec
+from stepdrop_search.diffusion.solvers import SolverSpec, spec_for_nfe
 from stepdrop_search.errors import UserError
 from stepdrop_search.policies.base import Policy
 from stepdrop_search.progress import advance, phase
@@ -135,6 +135,24 @@ def document_nfe(document, *, expected: bool = True) -> float:
                      runtime=document.runtime, streams=streams, labels=torch.zeros(n, dtype=torch.long),
                      guidance=guidance)
     return float(run.nfe.float().mean())
+
+
+def largest_within(solver: str, nfe: int, build: Callable[[SolverSpec, int], object | None],
+                   runtime: Runtime = DEFAULT_RUNTIME):
+    """``build(spec, steps)`` on the largest grid of ``solver`` whose run spends at most ``nfe`` evaluations per sample,
+    a guided document's second evaluations counted (:func:`document_nfe`); None when no grid fits. Why a search down
+    from ``nfe``: how many steps a guidance interval covers depends on where the steps fall, so the cost of a grid is
+    known only once it is built. ``build`` returns None for a grid it cannot make (a schedule that cannot place that
+    many steps); the next smaller one is tried."""
+    for budget in range(nfe, 0, -1):
+        try:
+            spec, steps = spec_for_nfe(solver, budget, runtime=runtime)
+        except UserError:
+            return None  # too few evaluations for one step, and fewer will not do
+        document = build(spec, steps)
+        if document is not None and document_nfe(document) <= nfe:
+            return document
+    return None
 
 
 def generate_document(loaded, document, *, n: int, seed: int = 0, batch_size: int = 256, first: int = 0,

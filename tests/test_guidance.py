@@ -248,6 +248,41 @@ def test_evaluate_runs_each_row_per_guidance_with_accuracy_and_per_class_fid(con
     assert 0 <= seed["judge_accuracy"] <= 1 and {"judge_class_fid", "judge_class_fid_0", "class_fid"} <= set(seed)
 
 
+def test_a_conditional_pool_holds_the_published_interval_on_the_most_steps_its_budget_buys():
+    """The pool's guided rows (constant and the published σ interval) each spend at most their NFE, guided evaluations
+    counted twice, on the largest grid that does; an interval row guides some steps but not all, and no row repeats."""
+    import types
+
+    from stepdrop_search.diffusion.runtimes import DEFAULT_RUNTIME
+    from stepdrop_search.generation import document_nfe
+    from stepdrop_search.search.guided import POOL_INTERVAL, POOL_INTERVAL_SCALES, step_sigmas
+    from stepdrop_search.search.sources.analytic import AnalyticSchedules
+
+    nfes = (8, 6)
+    run = types.SimpleNamespace(
+        loaded=types.SimpleNamespace(schedule=SCHEDULE), guided=True, runtime=DEFAULT_RUNTIME,
+        grids=lambda: [(*spec_for_nfe(name, nfe), nfe) for nfe in nfes for name in ("ddim", "dpmpp-2m", "heun")],
+        document=lambda policy, spec, guidance=None: PolicyDocument(policy, spec, guidance=guidance),
+        row_name=lambda solver, schedule, nfe: f"{solver}/{schedule}@{nfe}")
+    rows = AnalyticSchedules().candidates(run)
+    assert len({r.name for r in rows}) == len(rows)
+    interval = [r for r in rows if r.document.guidance is not None and not r.document.guidance.constant]
+    assert {r.document.guidance for r in interval} == {Guidance(w, *POOL_INTERVAL) for w in POOL_INTERVAL_SCALES}
+    for row in interval:
+        doc = row.document
+        spent = document_nfe(doc)
+        assert spent <= row.nfe_budget
+        guided = int(doc.guidance.active(step_sigmas(doc.policy)).sum())
+        assert 0 < guided < len(doc.policy.timesteps())
+        if doc.solver.name != "heun":  # one evaluation a step: one more step would overspend
+            bigger = PolicyDocument(Uniform(nfe=len(doc.policy.timesteps()) + 1, schedule=SCHEDULE), doc.solver,
+                                    guidance=doc.guidance)
+            assert "uniform" not in row.name or document_nfe(bigger) > row.nfe_budget
+    uniform = {r.name: r.document for r in interval if r.name.startswith("ddim/uniform+cfg3@")}
+    constant = next(r.document for r in rows if r.name == "ddim/uniform+cfg3@8")
+    assert len(uniform["ddim/uniform+cfg3@0.28-5.42@8"].policy.timesteps()) > len(constant.policy.timesteps()) == 4
+
+
 def test_optimize_on_a_conditional_model_searches_guidance_within_the_budget(conditional_checkpoint, tiny_features,
                                                                             tiny_judge, tmp_path):
     from stepdrop_search.search.optimize import optimize
@@ -262,6 +297,9 @@ def test_optimize_on_a_conditional_model_searches_guidance_within_the_budget(con
     pool = [load_policy(p) for p in (tmp_path / "pool").glob("*.json")]
     constant = [d for d in pool if d.guidance is not None and d.guidance.constant]
     assert {d.guidance.scale for d in constant} == {1.5, 2.0, 3.0, 4.0}
+    interval = [d for d in pool if d.guidance is not None and not d.guidance.constant]  # its own files, not the constant's
+    assert {(d.guidance.scale, d.guidance.sigma_lo, d.guidance.sigma_hi) for d in interval} == {(2.0, 0.28, 5.42),
+                                                                                               (3.0, 0.28, 5.42)}
     ddim = [len(d.policy.timesteps()) for d in constant if d.solver.name == "ddim"]
     assert max(ddim) == 3 and all(2 * n <= 6 for n in ddim)  # 6 NFE buy 3 steps, every one guided (cheaper rows too)
     import optuna

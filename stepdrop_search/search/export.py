@@ -85,7 +85,8 @@ def save_pool(run: Run) -> None:
             **cand.objective_record(), "search_seed": search_seed(settings.search.seed)},
             search={"pool_member": cand.name, "held_out": cand.held_out.to_dict() if cand.held_out else None,
                     **({"made_by": cand.made_by} if cand.made_by else {})})
-        stem = cand.name.split("@")[0].replace("/", "_")
-        save_policy(folder / f"{stem}-nfe{cand.nfe_budget or settings.search.nfe}.json",
+        nfe = cand.nfe_budget or settings.search.nfe
+        stem = cand.name.removesuffix(f"@{nfe}").replace("/", "_")  # the NFE goes at the end; a σ interval's "@" stays
+        save_policy(folder / f"{stem}-nfe{nfe}.json",
                     run.document(cand.document.policy, cand.document.solver, prov, cand.document.guidance))
     run.log(f"wrote the {len(run.pool) + len(run.cheaper)} pool rows to {folder}/")

@@ -1,19 +1,20 @@
 """The pool's analytic schedules: every solver × {uniform trailing, log-SNR, Karras, quadratic} at every pool NFE,
 each solver on the grid that spends that NFE; on a rectified flow also the time shifts its tools offer (uniform t,
 and the shifts SD3 and Flux users pick), so that the export must beat the best fixed shift; on a class-conditional
-model each also with constant classifier-free guidance (:mod:`~stepdrop_search.search.guided`), so that it must beat
-the best constant guidance."""
+model each also with constant classifier-free guidance and with the published guidance interval
+(:mod:`~stepdrop_search.search.guided`), so that it must beat the best constant guidance and the interval a user would
+try first."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from stepdrop_search.diffusion.guidance import Guidance
-from stepdrop_search.diffusion.solvers import spec_for_nfe
 from stepdrop_search.errors import UserError
+from stepdrop_search.generation import largest_within
 from stepdrop_search.policies.kinds import Karras, LogSNR, Quadratic, Shift, Uniform
 from stepdrop_search.search.candidates import Candidate
-from stepdrop_search.search.guided import POOL_SCALES
+from stepdrop_search.search.guided import guides_some_steps, pool_guidances
 
 if TYPE_CHECKING:
     from stepdrop_search.search.run import Run
@@ -37,13 +38,23 @@ def schedules_for(schedule) -> dict:
     return rows
 
 
+def guided_document(run: Run, make, steps: int, spec, guidance: Guidance):
+    """``make(steps)`` under ``spec`` and ``guidance``, or None where the schedule cannot place that many steps."""
+    try:
+        return run.document(make(steps), spec, guidance=guidance)
+    except UserError:
+        return None
+
+
 class AnalyticSchedules:
     name = "analytic"
 
     def candidates(self, run: Run, seconds: float | None = None) -> list[Candidate]:
-        """Every row of the module docstring; for a class-conditional model each also with constant guidance at the
-        :data:`~stepdrop_search.search.guided.POOL_SCALES` on the grid half the NFE buys (every step evaluated twice)."""
-        out = []
+        """Every row of the module docstring; for a class-conditional model each also under every
+        :func:`~stepdrop_search.search.guided.pool_guidances` on the largest grid the NFE buys, guided steps counted
+        twice (an interval row that guides none or all of its steps is left out, and so is a guided row that a larger
+        pool NFE already holds: the pool has that row already)."""
+        out, guided_rows = [], set()
         rows = schedules_for(run.loaded.schedule)
         for spec, steps, nfe in run.grids():
             for label, make in rows.items():
@@ -54,16 +65,15 @@ class AnalyticSchedules:
                 out.append(Candidate(run.row_name(spec.name, label, nfe), run.document(policy, spec), "pool", nfe_budget=nfe))
             if not run.guided:
                 continue
-            try:
-                half_spec, half = spec_for_nfe(spec.name, nfe // 2, runtime=run.runtime)
-            except UserError:
-                continue  # too few evaluations to guide every step
             for label, make in rows.items():
-                try:
-                    policy = make(half)
-                except UserError:
-                    continue
-                out += [Candidate(run.row_name(spec.name, f"{label}+cfg{scale:g}", nfe),
-                                  run.document(policy, half_spec, guidance=Guidance(scale)), "pool", nfe_budget=nfe)
-                        for scale in POOL_SCALES]
+                for guidance in pool_guidances():
+                    doc = largest_within(spec.name, nfe, lambda grid, n, make=make, guidance=guidance:
+                                         guided_document(run, make, n, grid, guidance), run.runtime)
+                    if doc is None or not guides_some_steps(doc.policy, guidance):
+                        continue
+                    key = (doc.solver, label, guidance, len(doc.policy.timesteps()))
+                    if key not in guided_rows:
+                        guided_rows.add(key)
+                        out.append(Candidate(run.row_name(spec.name, f"{label}+{guidance.label()}", nfe), doc, "pool",
+                                             nfe_budget=nfe))
         return out
