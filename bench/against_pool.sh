@@ -18,12 +18,13 @@ against_pool() {
             --out "$dir/screen"
     fi
     if [ -f "$dir/evaluate.json" ]; then echo "   kept $dir/evaluate.json (delete it to remake it)" >&2; else
-        local rows=() path
-        while read -r path; do rows+=(--policy "$path"); done \
-            < <({ python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP"
-                  if [ -n "${ALSO_MATCH:-}" ]; then
-                      python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP" --match "$ALSO_MATCH"
-                  fi; } | sort -u)
+        local rows=() path chosen also=""
+        # two plain assignments, so a failing screen_pool.py stops the caller (set -e) instead of dropping its rows
+        chosen=$(python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP")
+        if [ -n "${ALSO_MATCH:-}" ]; then
+            also=$(python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP" --match "$ALSO_MATCH")
+        fi
+        while read -r path; do if [ -n "$path" ]; then rows+=(--policy "$path"); fi; done < <(printf '%s\n%s\n' "$chosen" "$also" | sort -u)
         ev --policy "$dir/best.json" "${rows[@]}" --samples "$samples" --seeds "$SEEDS" \
             --metrics "${POOL_METRICS:-fid,kid}" "$@" \
             --out "$dir/evaluate"

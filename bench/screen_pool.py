@@ -34,9 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--match", default="", help="only rows whose name matches this regular expression (e.g. "
                         "'\\+cfg[0-9.]+-nfe': constant guidance, whose names, unlike a σ interval's, hold no '@')")
     args = parser.parse_args(argv)
-    files = {path.stem: path for path in args.pool.glob("*.json") if re.search(args.match, path.stem)}
+    try:
+        pattern = re.compile(args.match)
+    except re.error as err:
+        parser.error(f"--match {args.match!r} is not a regular expression ({err}); escape a literal +, e.g. '\\+cfg'")
+    files = {path.stem: path for path in args.pool.glob("*.json") if pattern.search(path.stem)}
     if not files:
-        parser.error(f"{args.pool} holds no policy files")
+        parser.error(f"{args.pool} holds no policy files" + (f" whose name matches {args.match!r}" if args.match else ""))
     chosen = [files[name] for _, name in ranked_rows(json.loads(args.report.read_text())) if name in files]
     if not chosen and not args.match:
         parser.error(f"no row of {args.report} is a policy file of {args.pool}")

@@ -139,16 +139,20 @@ def document_nfe(document, *, expected: bool = True) -> float:
 
 def largest_within(solver: str, nfe: int, build: Callable[[SolverSpec, int], object | None],
                    runtime: Runtime = DEFAULT_RUNTIME):
-    """``build(spec, steps)`` on the largest grid of ``solver`` whose run spends at most ``nfe`` evaluations per sample,
-    a guided document's second evaluations counted (:func:`document_nfe`); None when no grid fits. Why a search down
-    from ``nfe``: how many steps a guidance interval covers depends on where the steps fall, so the cost of a grid is
-    known only once it is built. ``build`` returns None for a grid it cannot make (a schedule that cannot place that
-    many steps); the next smaller one is tried."""
+    """``build(spec, steps)`` on the largest grid of ``solver`` whose run spends at most ``nfe`` evaluations per sample
+    (expected evaluations for a stochastic kind), a guided document's second evaluations counted
+    (:func:`document_nfe`); None when no grid fits. Why a search down from ``nfe``: how many steps a guidance interval
+    covers depends on where the steps fall, so the cost of a grid is known only once it is built. ``build`` returns
+    None for a grid it cannot make (a schedule that cannot place that many steps); the next smaller one is tried."""
+    tried = None
     for budget in range(nfe, 0, -1):
         try:
             spec, steps = spec_for_nfe(solver, budget, runtime=runtime)
         except UserError:
             return None  # too few evaluations for one step, and fewer will not do
+        if (spec, steps) == tried:
+            continue  # the same grid as the last budget (Heun's steps change every other one)
+        tried = spec, steps
         document = build(spec, steps)
         if document is not None and document_nfe(document) <= nfe:
             return document

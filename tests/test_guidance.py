@@ -223,6 +223,15 @@ def test_guidance_and_classes_on_an_unconditional_model_fail_in_one_line(tiny_ch
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
 
 
+def test_a_guided_baseline_that_no_grid_fits_fails_in_one_line(conditional_checkpoint, tmp_path):
+    """Constant guidance doubles every step's cost: one evaluation buys no guided DDIM step."""
+    result = cli("evaluate", "--model", conditional_checkpoint, "--baselines", "ddim", "--nfe", 1, "--guidance", 2,
+                 "--samples", 8, "--seeds", 1, "--out", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    assert "solver ddim with CFG 2 at every step cannot run within 1 evaluations" in " ".join(result.output.split())
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_guided_policy_is_not_exported_as_a_sigma_list(conditional_checkpoint, tmp_path):
     result = cli("policy", "export", "uniform", "--nfe", 6, "--model", conditional_checkpoint, "--guidance", 2,
                  "--format", "sigmas")

@@ -76,7 +76,8 @@ def write_leaderboard(run: Run, board: Leaderboard) -> list[Path]:
 
 
 def save_pool(run: Run) -> None:
-    """Every pool row as a policy file in ``--save-pool`` (``SOLVER_SCHEDULE-nfeN.json``), with its search scores:
+    """Every pool row as a policy file in ``--save-pool`` (``SOLVER_SCHEDULE-nfeN.json``, with ``+cfgW`` or
+    ``+cfgW@LO-HI`` after the schedule for a guided row), with its search scores:
     ``evaluate --policy DIR`` then measures the export against the whole pool on evaluation seeds."""
     settings = run.settings
     folder = Path(settings.output.save_pool)

@@ -25,7 +25,8 @@ from stepdrop_search.policies.base import Policy
 
 #: the pool's constant-guidance scales (w = 1 is the unguided row)
 POOL_SCALES = (1.5, 2.0, 3.0, 4.0)
-#: the interval Kynkäänniemi et al. (2024) publish for EDM2 (σ ∈ (0.28, 5.42]), and the scales the pool holds it at
+#: the interval Kynkäänniemi et al. (2024) publish for EDM2, (0.28, 5.42] (closed here, as every interval of
+#: :class:`Guidance`), and the scales the pool holds it at
 POOL_INTERVAL = (0.28, 5.42)
 POOL_INTERVAL_SCALES = (2.0, 3.0)
 #: the scales a trial may propose (log-uniform)

@@ -41,9 +41,10 @@ def schedules_for(schedule) -> dict:
 def guided_document(run: Run, make, steps: int, spec, guidance: Guidance):
     """``make(steps)`` under ``spec`` and ``guidance``, or None where the schedule cannot place that many steps."""
     try:
-        return run.document(make(steps), spec, guidance=guidance)
+        policy = make(steps)
     except UserError:
         return None
+    return run.document(policy, spec, guidance=guidance)
 
 
 class AnalyticSchedules:
@@ -52,9 +53,9 @@ class AnalyticSchedules:
     def candidates(self, run: Run, seconds: float | None = None) -> list[Candidate]:
         """Every row of the module docstring; for a class-conditional model each also under every
         :func:`~stepdrop_search.search.guided.pool_guidances` on the largest grid the NFE buys, guided steps counted
-        twice (an interval row that guides none or all of its steps is left out, and so is a guided row that a larger
-        pool NFE already holds: the pool has that row already)."""
-        out, guided_rows = [], set()
+        twice (an interval row that guides none or all of its steps is left out: the pool has that row already; a row
+        that a larger pool NFE repeats is dropped where the pool is built, ``optimize.build_pool``)."""
+        out = []
         rows = schedules_for(run.loaded.schedule)
         for spec, steps, nfe in run.grids():
             for label, make in rows.items():
@@ -69,11 +70,7 @@ class AnalyticSchedules:
                 for guidance in pool_guidances():
                     doc = largest_within(spec.name, nfe, lambda grid, n, make=make, guidance=guidance:
                                          guided_document(run, make, n, grid, guidance), run.runtime)
-                    if doc is None or not guides_some_steps(doc.policy, guidance):
-                        continue
-                    key = (doc.solver, label, guidance, len(doc.policy.timesteps()))
-                    if key not in guided_rows:
-                        guided_rows.add(key)
+                    if doc is not None and guides_some_steps(doc.policy, guidance):
                         out.append(Candidate(run.row_name(spec.name, f"{label}+{guidance.label()}", nfe), doc, "pool",
                                              nfe_budget=nfe))
         return out
