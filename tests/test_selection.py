@@ -69,11 +69,12 @@ def test_clearly_worse_finalists_leave_early_and_the_leader_separates():
 
 
 def test_nfe_is_a_ceiling_a_cheaper_finalist_level_with_the_leader_is_exported():
-    # 5 steps a little worse than 25 (within one paired standard error at 64 samples), 3 steps far worse
-    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.05, 3: 3.0}[doc.policy.nfe])
+    # 5 steps a little worse than 25 (within one paired standard error at 64 samples and still at 128, the deciding
+    # round), 3 steps far worse
+    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.08, 3: 3.0}[doc.policy.nfe])
     board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5), finalist("ddim", 3)], largest=64)
     assert board.leader.name == "ddim/uniform@25" and board.export.name == "ddim/uniform@5"
-    assert board.rounds[-1] == 64 and "within 2 standard errors" in board.stopped
+    assert board.rounds[-2:] == [64, 128] and "within 2 standard errors" in board.stopped
     assert "is level with the best" in board.verdict()
     assert [c.name for c in board.front()] == ["ddim/uniform@3", "ddim/uniform@5", "ddim/uniform@25"]
     [best] = [c for c in board.rows if c.name == "ddim/uniform@25"]
@@ -91,6 +92,27 @@ def test_a_cheaper_finalist_still_in_the_race_but_not_level_leaves_the_export_to
     assert cheaper.held_out.status == "within 2 SE"
     assert cheaper.held_out.judge_se < cheaper.held_out.judge_difference < 2 * cheaper.held_out.judge_se
     assert "ddim/uniform@5 at fewer NFE was still in the race" in board.verdict()
+
+
+def test_a_cheaper_row_level_at_the_largest_round_must_stay_level_in_the_deciding_round_to_take_the_export():
+    # 5 steps are within one paired standard error of 25 at 64 samples and fall behind at 128 (the learned NFE-10 run
+    # on the converged model: level at 2048 selection samples, 0.53 ± 0.07 behind on every evaluation seed)
+    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.15, 3: 3.0}[doc.policy.nfe])
+    board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5), finalist("ddim", 3)], largest=64)
+    assert board.rounds[-2:] == [64, 128] and "deciding round" in board.stopped
+    assert board.export is board.leader and board.export.name == "ddim/uniform@25"
+    assert {(solver, first, n) for solver, first, n in referee.asked if first == 64} == {("ddim", 64, 64)}
+    assert sum(first == 64 for _, first, _ in referee.asked) == 2  # the leader and the cheaper row, not the 3-step row
+    [cheaper] = [c for c in board.rows if c.name == "ddim/uniform@5"]
+    assert cheaper.held_out.samples == 128 and cheaper.held_out.judge_difference > cheaper.held_out.judge_se
+
+
+def test_a_budget_that_cannot_pay_the_deciding_round_exports_the_leader():
+    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.05}[doc.policy.nfe])
+    calls = iter([math.inf] * 2)  # the race's rounds 2 and 3 are paid; nothing is left for the deciding round
+    board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5)], largest=64, left=lambda: next(calls, 0.0))
+    assert board.rounds == [16, 32, 64] and "could not pay the deciding round" in board.stopped
+    assert board.export is board.leader and board.export.name == "ddim/uniform@25"
 
 
 def test_a_race_the_budget_ends_early_exports_its_leader_not_the_cheapest():
@@ -249,10 +271,13 @@ def test_a_field_too_large_for_the_budget_carries_its_best_rows_further_instead_
 
 
 def test_a_race_that_reaches_half_its_largest_round_exports_the_cheapest_finalist_still_level():
-    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.1}[doc.policy.nfe])  # 5 steps behind, within 2 SE at 128
-    spent = iter([math.inf] * 3 + [0.0] * 10)  # the budget pays for rounds 2, 3 and 4 (32, 64, 128 samples), not 5
+    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.07}[doc.policy.nfe])  # 5 steps behind, within 1 SE
+    # the budget pays for rounds 2, 3 and 4 (32, 64, 128 samples), not for round 5 of all finalists (256), but for
+    # the deciding round of the leader and the cheaper row level with it (to 256)
+    spent = iter([math.inf] * 3 + [0.0, math.inf])
     board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5)], left=lambda: next(spent), largest=256)
-    assert board.rounds[-1] == 128 and "budget ended" in board.stopped
+    assert board.rounds == [16, 32, 64, 128, 256] and "budget ended before round 5" in board.stopped
+    assert "deciding round" in board.stopped
     assert board.leader.name == "ddim/uniform@25" and board.export.name == "ddim/uniform@5"
 
 
