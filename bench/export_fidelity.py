@@ -7,7 +7,9 @@ client draws from the exported text, from the same x_T.
 Clients: k-diffusion 0.1.1.post1's samplers for ``sigmas``; the same, with ComfyUI's conventions (nearest step, its
 start rule) on the text its ManualSigmas node parses, for ``comfyui``; with A1111's (start noise·σ₀) on the "[…]" list
 for ``a1111``; diffusers' scheduler built from the export's recipe for ``diffusers``. A format that refuses the file
-is listed with its reason. The issue's bar: |ΔFID| ≤ 0.02 at 1000 samples.
+is listed with its reason. A guided policy is sampled with its guidance and classes (class i mod K) on both sides;
+only the diffusers recipe carries guidance, and it runs on a class-conditional diffusers UNet2DModel.
+The issue's bar: |ΔFID| ≤ 0.02 at 1000 samples.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from stepdrop_search.errors import UserError
-from stepdrop_search.generation import generate
+from stepdrop_search.generation import generate_document
 from stepdrop_search.interop import diffusers_recipe, diffusers_recipe_sample
 from stepdrop_search.kdiffusion import kdiffusion_sample
 from stepdrop_search.loading import load_model
@@ -42,6 +44,13 @@ def client_samples(loaded, doc, fmt: str, n: int, seed: int):
     return kdiffusion_sample(loaded, run_doc, n=n, seed=seed, sigmas=sigmas)
 
 
+def refusal(exc: UserError) -> str:
+    """The reason in a client's one-line refusal: what follows "… as it was measured: " (the conventions the tool
+    lacks) or the whole message, without the fix it ends with."""
+    message = str(exc)
+    return message.partition(" as it was measured: ")[2].split(". Fix")[0] or message.split(". Fix")[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("policies", nargs="+", help="policy files (made for the model)")
@@ -62,15 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for path in map(Path, args.policies):
         doc = load_policy(path, loaded.schedule)
-        ours = generate(loaded.model, loaded.schedule, doc.policy, doc.solver, n=args.samples, seed=args.seed,
-                        runtime=doc.runtime)
+        ours = generate_document(loaded, doc, n=args.samples, seed=args.seed)  # with its guidance and classes
         ours_fid = fid(ours.x0)
         for fmt in FORMATS:
             head = f"| {path.name} | {doc.runtime.name} | {doc.solver.name} | {fmt} |"
             try:
                 theirs = client_samples(loaded, doc, fmt, args.samples, args.seed)
             except UserError as exc:
-                print(f"{head} refused: {str(exc).split(': ', 1)[1].split('. Fix')[0]} | | | | |")
+                print(f"{head} refused: {refusal(exc)} | | | | |")
                 continue
             theirs_fid = fid(theirs.x0)
             print(f"{head} {ours.nfe.float().mean():.0f} / {theirs.nfe.float().mean():.0f} | {ours_fid:.4f} | {theirs_fid:.4f} | "

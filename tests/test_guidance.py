@@ -325,10 +325,12 @@ def test_optimize_on_a_conditional_model_searches_guidance_within_the_budget(con
     assert best.provenance["objective"]["held_out"]["nfe"] <= 6
 
 
-def test_a_class_conditional_diffusers_unet_loads_and_its_guided_recipe_reproduces_our_samples(tmp_path):
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "dpmpp-3m"])
+def test_a_class_conditional_diffusers_unet_loads_and_its_guided_recipe_reproduces_our_samples(tmp_path, solver):
     """Import and export against the real diffusers code path: a UNet2DModel with num_class_embeds = 4 (3 classes and
-    the null class) samples a guided DPM-Solver++(2M) policy in our sampler and in the printed loop over diffusers'
-    DPMSolverMultistepScheduler, from the same x_T, with the same labels and evaluations."""
+    the null class) samples a guided DPM-Solver++(2M or 3M, the solver of the conditional model's NFE-10 export) policy
+    in our sampler and in the printed loop over diffusers' DPMSolverMultistepScheduler, from the same x_T, with the
+    same labels and evaluations."""
     diffusers = pytest.importorskip("diffusers")
     from stepdrop_search.interop import diffusers_recipe, diffusers_recipe_sample
 
@@ -340,8 +342,7 @@ def test_a_class_conditional_diffusers_unet_loads_and_its_guided_recipe_reproduc
     diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(tmp_path / "scheduler")
     loaded = load_model(tmp_path)
     assert loaded.config.num_classes == 3 and loaded.model.null_class == 3
-    doc = PolicyDocument(Uniform(nfe=8, schedule=loaded.schedule), SolverSpec("dpmpp-2m"),
-                         guidance=Guidance(2.5, 0.5, 10.0))
+    doc = PolicyDocument(Uniform(nfe=8, schedule=loaded.schedule), SolverSpec(solver), guidance=Guidance(2.5, 0.5, 10.0))
     recipe = diffusers_recipe(doc)
     assert 1.0 in recipe.guidance and 2.5 in recipe.guidance and "GUIDANCE = [" in recipe.code()
     with torch.no_grad():

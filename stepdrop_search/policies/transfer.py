@@ -200,7 +200,7 @@ def check_export(document, fmt: str, source: str) -> Runtime:
     """The runtime ``fmt`` runs under, after refusing in one line an export whose samples there would differ: what differs
     and the fix (measure the steps under that runtime, which is what ``--runtime`` on the export does)."""
     if document.guidance is not None and document.guidance.scale != 1 and fmt != "diffusers":
-        raise UserError(f"{source} has guidance ({document.guidance.describe()}), which a {fmt} σ list does not carry: "
+        raise UserError(f"{source} has guidance ({document.guidance.describe()}), which the {fmt} σ list does not carry: "
                         "the tool would sample it unguided. Export it with --format diffusers (the loop with the scale "
                         "per step), or keep it as our policy file (--format json)")
     target = export_target(fmt, document.policy.schedule)
