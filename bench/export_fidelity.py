@@ -46,7 +46,7 @@ def client_samples(loaded, doc, fmt: str, n: int, seed: int):
 
 def refusal(exc: UserError) -> str:
     """The reason in a client's one-line refusal: what follows "… as it was measured: " (the conventions the tool
-    lacks) or the whole message, without the fix it ends with."""
+    lacks) or the whole message, without the ". Fix …" some end with."""
     message = str(exc)
     return message.partition(" as it was measured: ")[2].split(". Fix")[0] or message.split(". Fix")[0]
 
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for path in map(Path, args.policies):
         doc = load_policy(path, loaded.schedule)
-        ours = generate_document(loaded, doc, n=args.samples, seed=args.seed)  # with its guidance and classes
-        ours_fid = fid(ours.x0)
+        ours = None  # sampled once a client accepts the file (with its guidance and classes)
         for fmt in FORMATS:
             head = f"| {path.name} | {doc.runtime.name} | {doc.solver.name} | {fmt} |"
             try:
@@ -80,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
             except UserError as exc:
                 print(f"{head} refused: {refusal(exc)} | | | | |")
                 continue
+            if ours is None:
+                ours = generate_document(loaded, doc, n=args.samples, seed=args.seed)
+                ours_fid = fid(ours.x0)
             theirs_fid = fid(theirs.x0)
             print(f"{head} {ours.nfe.float().mean():.0f} / {theirs.nfe.float().mean():.0f} | {ours_fid:.4f} | {theirs_fid:.4f} | "
                   f"{theirs_fid - ours_fid:+.4f} | {float((ours.x0 - theirs.x0).abs().max()):.1e} |")

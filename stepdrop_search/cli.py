@@ -609,7 +609,8 @@ def optimize(
                                                         "(default: 4 × rung 0, at most 1024)", rich_help_panel=SEARCH)] = None,
     held_out_samples: Annotated[int | None, typer.Option(help="the selection's largest round: samples of the held-out "
                                                          "selection seed a finalist can reach (default: 2 × rung 1, "
-                                                         "at least 2048)", rich_help_panel=SELECTION)] = None,
+                                                         "at least 2048); a cheaper row level with the leader and the "
+                                                         "leader get twice that in a deciding round", rich_help_panel=SELECTION)] = None,
     seed: Annotated[int, typer.Option(help="search noise: seed s searches on x_T seed 2^24+s and selects on "
                                       "2^24+2^23+s, never an evaluate seed", rich_help_panel=SEARCH)] = 0,
     residual_weight: Annotated[float, typer.Option(help="objective = proxy-FID + w · residual to --teacher (0: proxy-FID "

@@ -16,8 +16,8 @@ SETTINGS = dict(nfe=4, method="all", trials=22, budget=None, samples=16, trial_s
 
 # Since the selection issue: the pool is also built at cheaper NFEs (``@3``) and holds each sampler once (DP-OSS found
 # DP-GITS's steps on this grid, and Heun spends 3 NFE at both budgets); every row and the study's best race on the
-# judge (here a residual net on half of the synthetic images), and the export is the cheapest row still in the race
-# once it reaches its largest round (NFE is a ceiling). The study is seeded with the best
+# judge (here a residual net on half of the synthetic images), and a cheaper row level with the leader once the race
+# reaches its largest round takes the export if it stays level in a deciding round (NFE is a ceiling). The study is seeded with the best
 # rung-0 rows first, only as many as --trials leaves room for. Since the learned-solver issue, NFE 4 also learns a
 # solver (learned-3m) from DPM-Solver++(3M)'s best rung-1 row; here no epoch beats that start on its validation x_T,
 # so it proposes nothing and every decision stays as it was.

@@ -74,7 +74,7 @@ def test_nfe_is_a_ceiling_a_cheaper_finalist_level_with_the_leader_is_exported()
     referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.08, 3: 3.0}[doc.policy.nfe])
     board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5), finalist("ddim", 3)], largest=64)
     assert board.leader.name == "ddim/uniform@25" and board.export.name == "ddim/uniform@5"
-    assert board.rounds[-2:] == [64, 128] and "within 2 standard errors" in board.stopped
+    assert board.rounds[-1] == 64 and board.deciding == 128 and "within 2 standard errors" in board.stopped
     assert "is level with the best" in board.verdict()
     assert [c.name for c in board.front()] == ["ddim/uniform@3", "ddim/uniform@5", "ddim/uniform@25"]
     [best] = [c for c in board.rows if c.name == "ddim/uniform@25"]
@@ -94,25 +94,70 @@ def test_a_cheaper_finalist_still_in_the_race_but_not_level_leaves_the_export_to
     assert "ddim/uniform@5 at fewer NFE was still in the race" in board.verdict()
 
 
+class LateReferee(FakeReferee):
+    """:class:`FakeReferee`, and from sample ``late`` on the rows ``worse`` picks are ``by`` worse: level with the
+    leader on the first samples by construction, behind on the next."""
+
+    def __init__(self, badness, worse, late: int, by: float) -> None:
+        super().__init__(badness)
+        self.worse, self.late, self.by = worse, late, by
+
+    def features(self, document, first, n):
+        judge, coach, nfe = super().features(document, first, n)
+        if self.worse(document):
+            judge[max(0, self.late - first):] += self.by
+        return judge, coach, nfe
+
+
 def test_a_cheaper_row_level_at_the_largest_round_must_stay_level_in_the_deciding_round_to_take_the_export():
-    # 5 steps are within one paired standard error of 25 at 64 samples and fall behind at 128 (the learned NFE-10 run
-    # on the converged model: level at 2048 selection samples, 0.53 ± 0.07 behind on every evaluation seed)
-    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.15, 3: 3.0}[doc.policy.nfe])
+    # 5 steps draw the same first 64 samples as 25 (level) and worse ones after them (the learned NFE-10 run on the
+    # converged model: level at 2048 selection samples, 0.53 ± 0.07 behind on every evaluation seed)
+    referee = LateReferee(lambda doc: {25: 0.0, 5: 0.0, 3: 3.0}[doc.policy.nfe], lambda doc: doc.policy.nfe == 5,
+                          late=64, by=0.5)
     board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5), finalist("ddim", 3)], largest=64)
-    assert board.rounds[-2:] == [64, 128] and "deciding round" in board.stopped
+    assert board.rounds == [16, 32, 64] and board.deciding == 128 and "deciding round" in board.stopped
     assert board.export is board.leader and board.export.name == "ddim/uniform@25"
-    assert {(solver, first, n) for solver, first, n in referee.asked if first == 64} == {("ddim", 64, 64)}
-    assert sum(first == 64 for _, first, _ in referee.asked) == 2  # the leader and the cheaper row, not the 3-step row
-    [cheaper] = [c for c in board.rows if c.name == "ddim/uniform@5"]
-    assert cheaper.held_out.samples == 128 and cheaper.held_out.judge_difference > cheaper.held_out.judge_se
+    assert sorted(n for _, first, n in referee.asked if first == 64) == [64, 64]  # the leader and the 5-step row only
+    statuses = {c.name: c.held_out.status for c in board.rows}
+    assert statuses["ddim/uniform@5"] == "behind in the deciding round (128)"
+    assert "fell behind in a deciding round of 128 samples" in board.verdict()
+    assert "and a deciding round of 128" in board.markdown() and board.to_dict()["deciding_round"] == 128
+
+
+def test_the_last_round_keeps_back_the_deciding_round_of_a_cheaper_level_row_from_a_falling_budget():
+    # 25 and 5 steps draw the same samples (level to the end) under a budget that only falls: a clock that advances
+    # with every sample-forward, 10 s in all. The race's rounds to 128 samples cost 4 s; the last round (256) would
+    # take 3.8 s and leave 2.2 for a deciding round that costs 7.7, so the race keeps back what a deciding round from
+    # 128 costs (3.8 s), stops before its last round and decides at 256 samples within the budget
+    clock = FakeClock()
+    referee = ClockedReferee(clock, lambda doc: {25: 0.0, 5: 0.0, 4: 2.0, 3: 3.0}[doc.policy.nfe])
+    finalists = [finalist("ddim", 25), finalist("ddim", 5), finalist("ddim", 4), finalist("ddim", 3)]
+    board = race(referee, finalists, seed=3, largest=256, seconds=None, cost=lambda forwards: forwards * 1e-3,
+                 left=lambda: 10 - clock.now, log=lambda m: None, clock=clock)
+    assert board.rounds == [16, 32, 64, 128] and "budget ended before round 5" in board.stopped
+    assert board.deciding == 256 and clock.now <= 10
+    assert board.leader.name == "ddim/uniform@25" and board.export.name == "ddim/uniform@5"
 
 
 def test_a_budget_that_cannot_pay_the_deciding_round_exports_the_leader():
-    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.05}[doc.policy.nfe])
+    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.07}[doc.policy.nfe])
     calls = iter([math.inf] * 2)  # the race's rounds 2 and 3 are paid; nothing is left for the deciding round
     board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5)], largest=64, left=lambda: next(calls, 0.0))
-    assert board.rounds == [16, 32, 64] and "could not pay the deciding round" in board.stopped
+    assert board.rounds == [16, 32, 64] and board.deciding is None and "could not pay the deciding round" in board.stopped
     assert board.export is board.leader and board.export.name == "ddim/uniform@25"
+    [cheaper] = [c for c in board.rows if c.name == "ddim/uniform@5"]
+    assert cheaper.held_out.status == "within 1 SE"  # as measured: the budget, not the data, kept it from the export
+
+
+def test_a_leader_that_fails_in_the_deciding_round_leaves_the_export_to_the_rows_that_did_not():
+    referee = FakeReferee(lambda doc: {25: 0.0, 5: 0.07}[doc.policy.nfe])
+    sampled = referee.features
+    referee.features = lambda doc, first, n: None if doc.policy.nfe == 25 and first >= 64 else sampled(doc, first, n)
+    board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5)], largest=64)
+    assert board.deciding == 128 and "ddim/uniform@25 failed in it" in board.stopped
+    assert board.export.name == board.leader.name == "ddim/uniform@5"
+    [failed] = [c for c in board.rows if c.name == "ddim/uniform@25"]
+    assert failed.held_out.status == "failed: non-finite samples"
 
 
 def test_a_race_the_budget_ends_early_exports_its_leader_not_the_cheapest():
@@ -276,8 +321,8 @@ def test_a_race_that_reaches_half_its_largest_round_exports_the_cheapest_finalis
     # the deciding round of the leader and the cheaper row level with it (to 256)
     spent = iter([math.inf] * 3 + [0.0, math.inf])
     board = run_race(referee, [finalist("ddim", 25), finalist("ddim", 5)], left=lambda: next(spent), largest=256)
-    assert board.rounds == [16, 32, 64, 128, 256] and "budget ended before round 5" in board.stopped
-    assert "deciding round" in board.stopped
+    assert board.rounds == [16, 32, 64, 128] and "budget ended before round 5" in board.stopped
+    assert board.deciding == 256 and "deciding round" in board.stopped
     assert board.leader.name == "ddim/uniform@25" and board.export.name == "ddim/uniform@5"
 
 

@@ -21,8 +21,9 @@ data cannot tell the rows apart, not that they are as good. The flow model's NFE
 ± 0.15 behind the same schedule at 10 NFE at 2048 samples, and on 2000 × 3 evaluation samples it was 0.38 ± 0.17
 behind on every seed. Level at the last round is not enough either: the learned NFE-10 run on the converged model
 exported DPM-Solver++(3M) at 8 NFE, −0.15 ± 0.20 against iPNDM on learned steps at 10 NFE at 2048 samples, and it was
-0.53 ± 0.07 behind on every evaluation seed — hence the deciding round, which the budget must pay for (else the leader
-is exported). A race the budget ends earlier exports its leader: a few hundred samples
+0.53 ± 0.07 behind on every evaluation seed — hence the deciding round. The last round keeps back its cost while a
+cheaper row is level (a budget too small for both ends the race at half its largest round and decides there), and a
+budget that cannot pay for it at all leaves the export to the leader. A race the budget ends earlier exports its leader: a few hundred samples
 cannot tell a cheaper row from one the FID's small-sample bias flatters (the run that taught this exported
 DPM-Solver++(3M) at 6 NFE for a 10-NFE budget on 256 samples). Requiring the full largest round was too strict: the
 regeneration's NFE-25 run ended at 1024 samples with an Optuna trial (DPM-Solver++(2M) SDE, 25 NFE) 0.33 ± 1.33 ahead
@@ -107,6 +108,7 @@ class Entrant:
     level: bool = False  # within LEVEL paired standard errors of the leader in its last round
     cut: bool = False  # left because the budget could not carry it further (not 2 standard errors behind)
     failed: str | None = None
+    decided: str | None = None  # how the deciding round (:func:`deciding_round`) left it, when it was in it
 
     @property
     def samples(self) -> int:
@@ -129,6 +131,7 @@ class Leaderboard:
     stopped: str
     rounds: list[int]
     seed: int
+    deciding: int | None = None  # the deciding round's samples, when the leader and cheaper level rows had one
 
     def front(self) -> list[Candidate]:
         """The quality-vs-NFE front: each NFE's best row, kept when it beats every cheaper one on the judge."""
@@ -154,19 +157,24 @@ class Leaderboard:
             cheapest = min(cheaper, key=lambda c: c.held_out.nfe, default=None)
             note = "" if cheapest is None else (f"; {cheapest.name} at fewer NFE was still in the race when it ended "
                                                 f"({cheapest.held_out.status})")
+            if self.deciding:
+                note = f"; the cheaper rows level with it fell behind in a deciding round of {self.deciding} samples"
             return f"exported {export.name} ({export.held_out.nfe:.0f} NFE), the judge's best ({self.stopped}){note}"
         return (f"exported {export.name}: {export.held_out.nfe:.0f} NFE is level with the best, {leader.name} at "
-                f"{leader.held_out.nfe:.0f} NFE, within {LEVEL:g} paired standard error on {export.held_out.samples} samples "
-                f"({self.stopped})")
+                f"{leader.held_out.nfe:.0f} NFE, within {LEVEL:g} paired standard error in a deciding round of "
+                f"{self.deciding} samples ({self.stopped})")
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "rounds": self.rounds, "stopped": self.stopped, "export": self.export.name,
+        return {"seed": self.seed, "rounds": self.rounds, "deciding_round": self.deciding, "stopped": self.stopped,
+                "export": self.export.name,
                 "leader": self.leader.name, "rows": [{"name": c.name, "source": c.source, **c.held_out.to_dict()}
                                                      for c in self.rows]}
 
     def markdown(self) -> str:
         lines = [f"# Selection leaderboard: {self.verdict()}", "",
-                 f"Selection seed {self.seed}, rounds of {', '.join(map(str, self.rounds))} samples; Δ = row − export, "
+                 f"Selection seed {self.seed}, rounds of {', '.join(map(str, self.rounds))} samples"
+                 + (f" and a deciding round of {self.deciding} for the leader and the cheaper rows level with it"
+                    if self.deciding else "") + "; Δ = row − export, "
                  "paired on the samples both have (± one paired bootstrap standard error); the judge decides, the coach is "
                  "shown beside it.", "",
                  "| row | source | NFE | samples | judge FID | Δ judge | coach FID | Δ coach | status |",
@@ -254,7 +262,11 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
             # an equal share of what is left for each round still to go: the field halving while its new samples
             # double, the rounds cost about the same; half of what is left, every round, spent the NFE-25 run's race
             # on 178 rows at 32 and 64 samples and ended it at 512
-            carried = running[:carry(seconds_each, left() / (len(sizes) - r + 1))]
+            # the last round keeps back what a deciding round would cost while a cheaper row is level with the
+            # leader: else the race spends the budget and the ceiling can never take a cheaper row. One it cannot
+            # then pay ends the race at half the largest round, where the ceiling still applies (deciding_round)
+            reserve = deciding_cost(running, size, rate, cost) if r == len(sizes) else 0.0
+            carried = running[:carry(seconds_each, (left() - reserve) / (len(sizes) - r + 1))]
             if len(carried) < 2:
                 stopped = f"the budget ended before round {r} ({size} samples)"
                 break
@@ -285,10 +297,11 @@ def race(referee: Referee, finalists: list[Candidate], *, seed: int, largest: in
             break
     else:
         stopped = f"the largest round ({largest} samples) left {len(left_in)} finalists within {SEPARATION:g} standard errors"
-    ceiling = bool(rounds) and 2 * rounds[-1] >= largest
-    if ceiling:
-        stopped += deciding_round(referee, entrants, rounds, generator, rate, cost, left, log)
-    return standings(entrants, referee, rounds, seed, stopped, ceiling=ceiling)
+    leader, export, deciding = race_leader(entrants), None, None
+    if rounds and 2 * rounds[-1] >= largest:
+        leader, export, deciding, note = deciding_round(referee, entrants, leader, generator, rate, cost, left, log)
+        stopped += note
+    return standings(entrants, referee, rounds, seed, stopped, leader, export or leader, deciding)
 
 
 def sample(referee: Referee, entrants: list[Entrant], done: int, size: int, log: Callable[[str], None]) -> float:
@@ -308,9 +321,9 @@ def sample(referee: Referee, entrants: list[Entrant], done: int, size: int, log:
     return forwards
 
 
-def rank(referee: Referee, entrants: list[Entrant], size: int, generator: torch.Generator, r: int) -> Entrant:
-    """The leader of ``entrants`` (``size`` samples each) on the judge; marks each one level with it or not, and out in
-    round ``r`` when more than :data:`SEPARATION` paired standard errors behind."""
+def rank(referee: Referee, entrants: list[Entrant], size: int, generator: torch.Generator, r: int | None) -> Entrant:
+    """The leader of ``entrants`` (``size`` samples each) on the judge; marks each one level with it or not, and (with
+    a round ``r``) out in that round when more than :data:`SEPARATION` paired standard errors behind."""
     for e in entrants:
         e.judge_fid = fid_of_features(e.judge_features(), referee.judge)
     leader = min(entrants, key=lambda e: e.judge_fid)
@@ -319,59 +332,81 @@ def rank(referee: Referee, entrants: list[Entrant], size: int, generator: torch.
     for e in entrants:
         gap, se = e.judge_fid - leader.judge_fid, float((boot[id(e)] - boot[id(leader)]).std())
         e.level = gap <= LEVEL * se
-        if e is not leader and gap > SEPARATION * se:
+        if r is not None and e is not leader and gap > SEPARATION * se:
             e.out_in_round = r
     return leader
 
 
-def deciding_round(referee: Referee, entrants: list[Entrant], rounds: list[int], generator: torch.Generator,
-                   rate: float | None, cost: Callable[[float], float], left: Callable[[], float],
-                   log: Callable[[str], None]) -> str:
-    """Before a cheaper finalist takes the export from the leader, it and the leader get twice the samples: level at
-    the last round is not enough (the regeneration's learned NFE-10 run exported DPM-Solver++(3M) at 8 NFE, level with
-    iPNDM on learned steps at 10 NFE at 2048 samples, −0.15 ± 0.20, and 0.53 ± 0.07 behind it on every evaluation
-    seed). Only the rows still level after it may take the export; a budget that cannot pay for it leaves the export to
-    the leader. Returns what happened, for the leaderboard's "stopped"."""
-    still = [e for e in entrants if e.out_in_round is None and e.failed is None and e.judge]
-    if not still:
-        return ""
-    leader = min(still, key=lambda e: e.judge_fid)
-    cheaper = [e for e in still if e.level and round(e.nfe) < round(leader.nfe)]
-    for e in still:
-        e.level = e is leader or e in cheaper
-    if not cheaper:
-        return ""
-    done, size = rounds[-1], 2 * rounds[-1]
-    contenders = [leader, *cheaper]
-    if sum(round_seconds(e, size - done, rate, cost) for e in contenders) > left():
-        for e in cheaper:
-            e.level = False
-        return (f"; the budget could not pay the deciding round ({size} samples) a cheaper row level with the "
-                "leader needs, so the leader is exported")
-    phase(log, f"deciding round: the leader and {len(cheaper)} cheaper row(s) level with it, samples {done}…{size - 1}",
-          len(contenders))
-    sample(referee, contenders, done, size, log)
-    rounds.append(size)
-    contenders = [e for e in contenders if e.failed is None]
-    if contenders:
-        rank(referee, contenders, size, generator, len(rounds))
-    kept = [e.candidate.name for e in contenders if e.level and e is not leader]
-    log(f"deciding round: {size} samples; still level with the leader: {', '.join(kept) or 'none'}")
-    rows = "1 cheaper row" if len(cheaper) == 1 else f"{len(cheaper)} cheaper rows"
-    return f"; a deciding round took the leader and the {rows} level with it to {size} samples"
+def cheaper_and_level(entrants: list[Entrant]) -> tuple[Entrant, list[Entrant]]:
+    """The leader of ``entrants`` (by their judge FID so far) and those level with it at fewer NFE, cheapest first."""
+    leader = min(entrants, key=lambda e: e.judge_fid)
+    cheaper = [e for e in entrants if e is not leader and e.level and round(e.nfe) < round(leader.nfe)]
+    return leader, sorted(cheaper, key=lambda e: (round(e.nfe), e.judge_fid))
 
 
-def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed: int, stopped: str, *,
-              ceiling: bool) -> Leaderboard:
-    """The leaderboard: the export — with ``ceiling`` the cheapest finalist level with the leader, else the leader —
-    and every row's paired difference to it on the samples both have."""
+def deciding_cost(running: list[Entrant], samples: int, rate: float | None, cost: Callable[[float], float]) -> float:
+    """What a deciding round of ``samples`` more samples for the leader and the cheapest row level with it costs; 0
+    without such a row."""
+    leader, cheaper = cheaper_and_level(running)
+    return sum(round_seconds(e, samples, rate, cost) for e in (leader, *cheaper[:1])) if cheaper else 0.0
+
+
+def race_leader(entrants: list[Entrant]) -> Entrant:
+    """The best finalist still in the race on the judge (if every one still in failed, the best that did not)."""
     scored = [e for e in entrants if e.failed is None and e.judge]
     if not scored:
         raise ValueError("no finalist produced finite samples")
-    still = [e for e in scored if e.out_in_round is None] or scored  # all in the race failed: the best that did not
-    leader = min(still, key=lambda e: e.judge_fid)
-    level = [e for e in still if e.level] or [leader]
-    export = min(level, key=lambda e: (round(e.nfe), e.judge_fid)) if ceiling else leader
+    still = [e for e in scored if e.out_in_round is None] or scored
+    return min(still, key=lambda e: e.judge_fid)
+
+
+def deciding_round(referee: Referee, entrants: list[Entrant], leader: Entrant, generator: torch.Generator,
+                   rate: float | None, cost: Callable[[float], float], left: Callable[[], float],
+                   log: Callable[[str], None]) -> tuple[Entrant, Entrant, int | None, str]:
+    """The NFE ceiling, decided on twice the samples. The finalists level with ``leader`` at fewer NFE get, with it, a
+    round of twice the samples they have (cheapest first, as far as the budget left pays for); of them, the one with
+    the fewest NFE still level with the best of them afterwards is exported. Level at the last round is not enough:
+    the regeneration's learned NFE-10 run exported DPM-Solver++(3M) at 8 NFE, level with iPNDM on learned steps at 10
+    NFE at 2048 samples (−0.15 ± 0.20), and it was 0.53 ± 0.07 behind on every evaluation seed. The race keeps a
+    share of its budget for this round (:func:`race`); a budget that still cannot pay for it exports the leader.
+    Returns the leader, the export, the round's samples (None when none ran) and what happened, for "stopped"."""
+    still = [e for e in entrants if e.out_in_round is None and e.failed is None and e.judge]
+    if not any(e is leader for e in still):  # every row still in the race failed: nothing to decide between
+        return leader, leader, None, ""
+    _, cheaper = cheaper_and_level(still)
+    if not cheaper:
+        return leader, leader, None, ""
+    done = leader.samples
+    size = 2 * done
+    contenders = [leader, *cheaper]
+    contenders = contenders[:carry([round_seconds(e, size - done, rate, cost) for e in contenders], left())]
+    if len(contenders) < 2:
+        return leader, leader, None, (f"; the budget could not pay the deciding round ({size} samples) the cheaper "
+                                      "rows level with the leader need, so the leader is exported")
+    for e in cheaper[len(contenders) - 1:]:
+        e.decided = "level, not in the deciding round (budget)"
+    rows = "1 cheaper row" if len(contenders) == 2 else f"{len(contenders) - 1} cheaper rows"
+    phase(log, f"deciding round: the leader and {rows} level with it, samples {done}…{size - 1}", len(contenders))
+    sample(referee, contenders, done, size, log)
+    survivors = [e for e in contenders if e.failed is None]
+    failed = "" if len(survivors) == len(contenders) else (
+        f" ({', '.join(e.candidate.name for e in contenders if e.failed)} failed in it)")
+    if not survivors:
+        leader = race_leader(entrants)
+        return leader, leader, size, f"; every row in the deciding round ({size} samples) failed{failed}"
+    best = rank(referee, survivors, size, generator, None)
+    export = min((e for e in survivors if e.level), key=lambda e: (round(e.nfe), e.judge_fid))
+    for e in survivors:
+        e.decided = ("the best in the deciding round" if e is best else
+                     f"level in the deciding round ({size})" if e.level else f"behind in the deciding round ({size})")
+    log(f"deciding round: {size} samples; the best {best.candidate.name}, exported {export.candidate.name}")
+    return best, export, size, f"; a deciding round took the leader and {rows} level with it to {size} samples{failed}"
+
+
+def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed: int, stopped: str, leader: Entrant,
+              export: Entrant, deciding: int | None) -> Leaderboard:
+    """The leaderboard: every row's paired difference to ``export`` on the samples both have, and how its race
+    ended."""
     generator, references = torch.Generator().manual_seed(seed + 1), {}
     for e in entrants:
         if e.failed is None and e.out_in_round == 0:
@@ -391,9 +426,9 @@ def standings(entrants: list[Entrant], referee: Referee, rounds: list[int], seed
         diff = (e.judge_fid if n == e.samples else fid_of_features(e.judge_features(n), referee.judge)) - export_fid
         se = float((resampled_fids(e.judge_features(n), referee.judge, picks) - export_boot).std())
         coach = (coach_fid if n == e.samples else fid_of_features(e.coach_features(n), referee.coach)) - export_coach
-        status = "export" if e is export else (f"cut after round {e.out_in_round} (budget)" if e.cut else
+        status = "export" if e is export else e.decided or (f"cut after round {e.out_in_round} (budget)" if e.cut else
                                                 f"out in round {e.out_in_round}" if e.out_in_round else
                                                 f"within {LEVEL:g} SE" if e.level else f"within {SEPARATION:g} SE")
         e.candidate.held_out = HeldOut(seed, e.samples, e.judge_fid, coach_fid, e.nfe, diff, se, coach, status)
     rows = sorted((e.candidate for e in entrants), key=lambda c: (-c.held_out.samples, c.held_out.judge_fid))
-    return Leaderboard(rows, export.candidate, leader.candidate, stopped, rounds, seed)
+    return Leaderboard(rows, export.candidate, leader.candidate, stopped, rounds, seed, deciding)
