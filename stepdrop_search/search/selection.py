@@ -157,8 +157,11 @@ class Leaderboard:
             cheapest = min(cheaper, key=lambda c: c.held_out.nfe, default=None)
             note = "" if cheapest is None else (f"; {cheapest.name} at fewer NFE was still in the race when it ended "
                                                 f"({cheapest.held_out.status})")
-            if self.deciding:
-                note = f"; the cheaper rows level with it fell behind in a deciding round of {self.deciding} samples"
+            behind = [c.name for c in self.rows if c.held_out.status.startswith("behind in the deciding round")
+                      and c.held_out.nfe < export.held_out.nfe]
+            if self.deciding:  # a cheaper row that overtook the leader there is the export: nothing fell behind it
+                note = (f"; {', '.join(behind)} at fewer NFE fell behind in a deciding round of {self.deciding} samples"
+                        if behind else "")
             return f"exported {export.name} ({export.held_out.nfe:.0f} NFE), the judge's best ({self.stopped}){note}"
         return (f"exported {export.name}: {export.held_out.nfe:.0f} NFE is level with the best, {leader.name} at "
                 f"{leader.held_out.nfe:.0f} NFE, within {LEVEL:g} paired standard error in a deciding round of "
@@ -367,8 +370,8 @@ def deciding_round(referee: Referee, entrants: list[Entrant], leader: Entrant, g
     round of twice the samples they have (cheapest first, as far as the budget left pays for); of them, the one with
     the fewest NFE still level with the best of them afterwards is exported. Level at the last round is not enough:
     the regeneration's learned NFE-10 run exported DPM-Solver++(3M) at 8 NFE, level with iPNDM on learned steps at 10
-    NFE at 2048 samples (−0.15 ± 0.20), and it was 0.53 ± 0.07 behind on every evaluation seed. The race keeps a
-    share of its budget for this round (:func:`race`); a budget that still cannot pay for it exports the leader.
+    NFE at 2048 samples (−0.15 ± 0.20), and it was 0.53 ± 0.07 behind on every evaluation seed. The race's last round
+    keeps back this round's cost (:func:`race`); a budget that still cannot pay for it exports the leader.
     Returns the leader, the export, the round's samples (None when none ran) and what happened, for "stopped"."""
     still = [e for e in entrants if e.out_in_round is None and e.failed is None and e.judge]
     if not any(e is leader for e in still):  # every row still in the race failed: nothing to decide between
