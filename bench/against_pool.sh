@@ -10,14 +10,16 @@
 # fid,kid) are the full-size measures; ALSO_MATCH (a regular expression) adds the screen's TOP best rows whose names
 # match it ('\+cfg[0-9.]+-nfe': the best constant-guidance rows, which the export must beat whether or not they lead the
 # screen).
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 against_pool() {
     local dir=$1 nfe=$2 samples=$3; shift 3
     local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8
-    if [ -f "$dir/screen.json" ]; then echo "   kept $dir/screen.json (delete it to remake it)" >&2; else
+    if ! kept "$dir/screen.json"; then
         ev --policy "$dir/best.json" --policy "$dir/pool" --samples "$screen" --seeds "$SEEDS" --metrics fid \
             --out "$dir/screen"
     fi
-    if [ -f "$dir/evaluate.json" ]; then echo "   kept $dir/evaluate.json (delete it to remake it)" >&2; else
+    if ! kept "$dir/evaluate.json"; then
         local rows=() path chosen also=""
         # two plain assignments, so a failing screen_pool.py stops the caller (set -e) instead of dropping its rows
         chosen=$(python bench/screen_pool.py "$dir/screen.json" --pool "$dir/pool" --top "$TOP")
@@ -29,8 +31,6 @@ against_pool() {
             --metrics "${POOL_METRICS:-fid,kid}" "$@" \
             --out "$dir/evaluate"
     fi
-    python bench/paired_table.py "$dir/evaluate.json" --reference best > "$dir/paired.md.part"
-    mv "$dir/paired.md.part" "$dir/paired.md"
-    python bench/rung_correlation.py "$dir/screen.json" > "$dir/rung-correlation.txt.part"
-    mv "$dir/rung-correlation.txt.part" "$dir/rung-correlation.txt"
+    to "$dir/paired.md" python bench/paired_table.py "$dir/evaluate.json" --reference best
+    to "$dir/rung-correlation.txt" python bench/rung_correlation.py "$dir/screen.json"
 }

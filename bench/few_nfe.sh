@@ -26,15 +26,14 @@ OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
 MODEL_FLAG=()
 [ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
 mkdir -p "$OUT" "$STUDIES_DIR"
-started=$(date +%s)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 rows=()
 for nfe in ${NFES//,/ }; do
     dir=$OUT/nfe$nfe
-    if [ -f "$dir/best.json" ]; then
-        echo "   kept $dir/best.json (delete it to search again)" >&2
-    else
-        echo "== $(($(date +%s) - started)) s: optimize --nfe $nfe" >&2
+    if ! kept "$dir/best.json" "search again"; then
+        step "optimize --nfe $nfe"
         mkdir -p "$dir"
         # shellcheck disable=SC2086
         stepdrop-search optimize "${MODEL_FLAG[@]}" --device "$DEVICE" --nfe "$nfe" --budget "$BUDGET" $OPTIMIZE_FLAGS \
@@ -52,20 +51,17 @@ for nfe in ${NFES//,/ }; do
     done
 done
 
-if [ -f "$OUT/table.json" ]; then
-    echo "   kept $OUT/table.json (delete it to evaluate again)" >&2
-else
-    echo "== $(($(date +%s) - started)) s: evaluate ${#rows[@]} policy flags, $SAMPLES samples × $SEEDS seeds" >&2
+if ! kept "$OUT/table.json" "evaluate again"; then
+    step "evaluate ${#rows[@]} policy flags, $SAMPLES samples × $SEEDS seeds"
     stepdrop-search evaluate "${MODEL_FLAG[@]}" --device "$DEVICE" "${rows[@]}" --baselines dpmpp-2m --nfe 50 \
         --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --out "$OUT/table"
 fi
-python bench/paired_table.py "$OUT/table.json" --reference dpmpp-2m-50 > "$OUT/paired.md.part"
-mv "$OUT/paired.md.part" "$OUT/paired.md"
+to "$OUT/paired.md" python bench/paired_table.py "$OUT/table.json" --reference dpmpp-2m-50
 # the learned solver against the steps it started from (DPM-Solver++(3M) on its learned steps), where both were made
 for nfe in ${NFES//,/ }; do
     if [ -f "$OUT/nfe$nfe/pool/learned-3m_gradient-nfe$nfe.json" ] && [ -f "$OUT/nfe$nfe/pool/dpmpp-3m_gradient-nfe$nfe.json" ]; then
-        python bench/paired_table.py "$OUT/table.json" --reference "dpmpp-3m_gradient-nfe$nfe" \
-            --rows "learned-3m_gradient-nfe$nfe" > "$OUT/learned-vs-start-nfe$nfe.md"
+        to "$OUT/learned-vs-start-nfe$nfe.md" python bench/paired_table.py "$OUT/table.json" \
+            --reference "dpmpp-3m_gradient-nfe$nfe" --rows "learned-3m_gradient-nfe$nfe"
     fi
 done
-echo "== $(($(date +%s) - started)) s: done: $OUT/paired.md" >&2
+step "done: $OUT/paired.md"

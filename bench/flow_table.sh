@@ -38,9 +38,8 @@ EPS_SOLVERS=${EPS_SOLVERS-bench/results/reproduced/solvers-nfe5-10-25.json}
 SOLVERS="ddim ddpm dpmpp-2m dpmpp-3m dpmpp-2m-sde ipndm unipc heun"
 DETERMINISTIC="ddim dpmpp-2m dpmpp-3m ipndm unipc heun"
 mkdir -p "$OUT/search" "$STUDIES_DIR"
-started=$(date +%s)
-step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
-kept() { [ -f "$1" ] && echo "   kept $1 (delete it to remake it)" >&2; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ev() { stepdrop-search evaluate --model "$MODEL" --device "$DEVICE" "$@"; }
 # shellcheck source=bench/against_pool.sh
 . bench/against_pool.sh
@@ -82,13 +81,11 @@ eps=()
 [ -n "$EPS_SOLVERS" ] && eps=(--eps-solvers "$EPS_SOLVERS")
 uniform=() shifts=()
 for nfe in $NFES; do uniform+=("$OUT/uniform-nfe$nfe.json"); shifts+=("$OUT/shifts-nfe$nfe.json"); done
-python bench/flow_table.py --uniform "${uniform[@]}" --shifts "${shifts[@]}" --export "$search/evaluate.json" \
-    --export-nfe "$SEARCH_NFE" "${eps[@]}" > "$OUT/table.md.part"
-mv "$OUT/table.md.part" "$OUT/table.md"
+to "$OUT/table.md" python bench/flow_table.py --uniform "${uniform[@]}" --shifts "${shifts[@]}" \
+    --export "$search/evaluate.json" --export-nfe "$SEARCH_NFE" "${eps[@]}"
 at=("$OUT/uniform-nfe$SEARCH_NFE.json" "$OUT/shifts-nfe$SEARCH_NFE.json")
-python bench/paired_table.py "uniform=${at[0]}" "shifts=${at[1]}" "$search/evaluate.json" --reference best \
-    --rows "$(python bench/flow_table.py --uniform "${at[0]}" --shifts "${at[1]}" --export "$search/evaluate.json" \
-        --rows-at "$SEARCH_NFE")" \
-    > "$OUT/paired-nfe$SEARCH_NFE.md.part"
-mv "$OUT/paired-nfe$SEARCH_NFE.md.part" "$OUT/paired-nfe$SEARCH_NFE.md"
+paired_rows=$(python bench/flow_table.py --uniform "${at[0]}" --shifts "${at[1]}" --export "$search/evaluate.json" \
+    --rows-at "$SEARCH_NFE")
+to "$OUT/paired-nfe$SEARCH_NFE.md" python bench/paired_table.py "uniform=${at[0]}" "shifts=${at[1]}" \
+    "$search/evaluate.json" --reference best --rows "$paired_rows"
 step "done: $OUT/table.md, $OUT/paired-nfe$SEARCH_NFE.md"

@@ -35,10 +35,9 @@ TOP=${TOP:-8}
 OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
 MEASURES=fid,kid,accuracy,class-fid
 mkdir -p "$OUT/search" "$STUDIES_DIR"
-started=$(date +%s)
-step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ev() { stepdrop-search evaluate --model "$MODEL" --device "$DEVICE" "$@"; }
-kept() { [ -f "$1" ] && echo "   kept $1" >&2; }  # kept FILE: true (and says so) when an earlier run made FILE
 # shellcheck source=bench/against_pool.sh
 . bench/against_pool.sh
 
@@ -69,13 +68,11 @@ if ! kept "$OUT/export-solver-nfe$SEARCH_NFE.json"; then
     ev --baselines "$solver" --nfe "$SEARCH_NFE" --guidance "$GUIDANCE" --samples "$SAMPLES" --seeds "$SEEDS" \
         --metrics "$MEASURES" --out "$OUT/export-solver-nfe$SEARCH_NFE"
 fi
-python bench/paired_table.py "$search/evaluate.json" "$OUT/export-solver-nfe$SEARCH_NFE.json" --reference best \
-    > "$OUT/export-vs-intervals.md.part"
-mv "$OUT/export-vs-intervals.md.part" "$OUT/export-vs-intervals.md"
+to "$OUT/export-vs-intervals.md" python bench/paired_table.py "$search/evaluate.json" \
+    "$OUT/export-solver-nfe$SEARCH_NFE.json" --reference best
 
 step "tables"
 reports=()
 for nfe in $NFES; do reports+=("$OUT/scales-nfe$nfe.json"); done
-python bench/guidance_table.py "${reports[@]}" --export "$search/evaluate.json" > "$OUT/table.md.part"
-mv "$OUT/table.md.part" "$OUT/table.md"
+to "$OUT/table.md" python bench/guidance_table.py "${reports[@]}" --export "$search/evaluate.json"
 step "done: $OUT/table.md, $search/paired.md"
