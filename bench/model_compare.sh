@@ -8,7 +8,7 @@
 # bench/replaced_revision.py), so this runs in any full clone.
 # Writes $OUT-{old,new}-SOLVER.{json,csv,md,png} for each solver of ROWS and $OUT.md.
 #
-# Environment knobs: OLD (git revision that shipped the replaced model),
+# Environment knobs: OLD (git revision that shipped the replaced model, or the replaced model's checkpoint file),
 # NEW (the new model; default the shipped one), SAMPLES, SEEDS, OUT, DEVICE, ROWS (SOLVER:NFE,NFE… words).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ ROWS=${ROWS:-ddim:5,10,25,50 dpmpp-2m:10,25 dpmpp-3m:5,10 heun:10,25}
 mkdir -p "$(dirname "$OUT")"
 old_model=$(mktemp /tmp/stepdrop-old-model.XXXXXX)
 trap 'rm -f "$old_model"' EXIT
-git show "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" > "$old_model"
+if [ -f "$OLD" ]; then cp "$OLD" "$old_model"; else git show "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" > "$old_model"; fi
 
 has_rows() {  # has_rows REPORT SOLVER NFES: the report holds the row SOLVER-NFE for each NFE of the list
     python -c "import json, sys; names = {r['name'] for r in json.load(open(sys.argv[1]))['results']}

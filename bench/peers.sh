@@ -9,7 +9,8 @@
 # 2. `evaluate --suite peers` at NFE 5, 10, 25, 50 with those files, each run with both solvers: common random
 #    numbers, SEEDS seeds, SAMPLES samples per row and seed. Writes $OUT/peers.{md,json,csv,png}.
 #
-# Environment knobs (defaults are what the committed report used): SAMPLES, SEEDS, BUDGET, NFES, OUT, DEVICE,
+# Environment knobs (defaults are what the committed report used): MODEL (default the shipped model), SAMPLES, SEEDS,
+# BUDGET, NFES, OUT, DEVICE,
 # STUDIES_DIR (where the studies' SQLite files go; default studies/), and OPTIMIZE_FLAGS (extra flags for every
 # search, e.g. the small rung and held-out sizes bench/reproduce.sh --quick passes), DP_SAMPLES (teacher trajectories
 # for the DP rows; their cost grows with it).
@@ -23,6 +24,8 @@ DEVICE=${DEVICE:-auto}
 STUDIES_DIR=${STUDIES_DIR:-studies}
 OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
 DP_SAMPLES=${DP_SAMPLES:-32}
+MODEL_FLAG=()
+[ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
 mkdir -p "$OUT" "$STUDIES_DIR"
 
 policies=()
@@ -31,12 +34,12 @@ search() {  # search NFE SOLVER; a policy an earlier run exported is kept, so a 
     policies+=(--policy "$file")
     if [ -f "$file" ]; then echo "   kept $file (delete it to search again)" >&2; return; fi
     # shellcheck disable=SC2086
-    stepdrop-search optimize --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --trials 10000 --device "$DEVICE" \
+    stepdrop-search optimize "${MODEL_FLAG[@]}" --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --trials 10000 --device "$DEVICE" \
         $OPTIMIZE_FLAGS --study "peers-optuna-$2-nfe$1" --storage "sqlite:///$STUDIES_DIR/peers-optuna-$2-nfe$1.db" --out "$file"
 }
 for nfe in ${NFES//,/ }; do search "$nfe" ddim; done
 search 10 dpmpp-2m
 
-stepdrop-search evaluate --suite peers --nfe "$NFES" "${policies[@]}" --solvers ddim,dpmpp-2m \
+stepdrop-search evaluate "${MODEL_FLAG[@]}" --suite peers --nfe "$NFES" "${policies[@]}" --solvers ddim,dpmpp-2m \
     --dp-samples "$DP_SAMPLES" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid,residual --residual-samples 128 \
     --device "$DEVICE" --out "$OUT/peers"

@@ -73,15 +73,9 @@ STUDIES=$WORK/studies s2dm_runs=$WORK/s2dm
 mkdir -p "$STUDIES"
 export STEPDROP_CACHE=${STEPDROP_CACHE:-$WORK/cache}
 mkdir -p "$R"
-started=$(date +%s)
-step() { echo "== $(($(date +%s) - started)) s: $*" >&2; }
-kept() {  # kept FILE: true (and says so) when an earlier run into this OUT already made FILE
-    [ -f "$1" ] && echo "   kept $1 (delete it to remake it)" >&2
-}
-to() {  # to FILE COMMAND…: COMMAND's output into FILE, whole or not at all
-    local file=$1; shift
-    "$@" > "$file.part" && mv "$file.part" "$file"
-}
+# step, kept (a file an earlier run into this OUT already made) and to (a whole file or none)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ev() { stepdrop-search evaluate "${MODEL_FLAG[@]}" --device "$DEVICE" "$@"; }
 opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its log and table kept
     local name=$1 nfe=$2; shift 2
@@ -180,7 +174,8 @@ kept "$R/sampler-speed.txt" ||
 
 step "Stochastic rows' spread is proxy-FID's"
 # shellcheck disable=SC2086
-kept "$R/stochastic-variance.json" || python bench/stochastic_variance.py $VARIANCE --out "$R/stochastic-variance"
+kept "$R/stochastic-variance.json" ||
+    python bench/stochastic_variance.py "${MODEL_FLAG[@]}" $VARIANCE --out "$R/stochastic-variance"
 
 step "The teacher, and proxy-FID's small-sample bias"
 # shellcheck disable=SC2086
@@ -234,17 +229,16 @@ if [ -f "$R/s2dm-ablation-s2dm.json" ]; then
         --old "$R/s2dm-ablation-base.json" --new "$R/s2dm-ablation-control.json"
 fi
 
-step "Does more training help? The S2-DM ablation's control fine-tune against the shipped model, at the evaluation size"
+step "Does more training help? The S2-DM ablation's control fine-tune against the model it started from, at the evaluation size"
 if kept "$R/finetune-compare.md"; then :
 elif [ -f "$s2dm_runs/control/last.pt" ]; then
-    # the old rows are the shipped model's, which the model comparison above evaluated on the same samples and seeds
-    # (unless MODEL replaced it there): they are taken from its reports, not evaluated again
-    if [ -z "${MODEL:-}" ]; then
-        for report in "$R"/model-compare-new-*; do
-            if [ -f "$report" ]; then cp "$report" "$R/finetune-compare-old-${report##*/model-compare-new-}"; fi
-        done
-    fi
-    OLD=HEAD NEW="$s2dm_runs/control/last.pt" SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/finetune-compare" bash bench/model_compare.sh > /dev/null
+    # the old rows are the model's the fine-tunes started from (MODEL, or the shipped one), which the model comparison
+    # above evaluated as its new model on the same rows, samples and seeds: taken from its reports, not evaluated again
+    for report in "$R"/model-compare-new-*; do
+        if [ -f "$report" ]; then cp "$report" "$R/finetune-compare-old-${report##*/model-compare-new-}"; fi
+    done
+    OLD=${MODEL:-HEAD} NEW="$s2dm_runs/control/last.pt" SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/finetune-compare" \
+        bash bench/model_compare.sh > /dev/null
 else
     echo "skipped: no control fine-tune in $s2dm_runs (the S2-DM ablation did not run)" >&2
 fi

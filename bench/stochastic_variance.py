@@ -1,10 +1,10 @@
 """Why ancestral rows vary more between seeds than deterministic ones: sampling variance, or a noise defect?
 
-    python bench/stochastic_variance.py [--samples 1000] [--nfe 100] [--ddim-nfe 10] [--seeds 8] [--batch 256]
+    python bench/stochastic_variance.py [--model M] [--samples 1000] [--nfe 100] [--ddim-nfe 10] [--seeds 8] [--batch 256]
                                         [--bootstrap 200] [--compile on] [--out bench/results/stochastic-variance]
 
-Samples the shipped model with the ancestral solver on uniform steps (``evaluate --baselines ddpm``'s row),
-choosing the x_T seed and the solver-noise seed separately (``generate(seed=noise seed, x_T=…)``), in arms:
+Samples the model (default: the shipped one) with the ancestral solver on uniform steps (``evaluate --baselines
+ddpm``'s row), choosing the x_T seed and the solver-noise seed separately (``generate(seed=noise seed, x_T=…)``), in arms:
 
 * ``noise``: x_T seed 0, noise seeds 0, 1, 2 — what the solver noise alone moves;
 * ``x_T``: noise seed 0, x_T seeds 0, 1, 2 — what the starting noise alone moves;
@@ -45,8 +45,8 @@ from torch_fidelity.utils import get_featuresdict_from_dataset
 from stepdrop_search.diffusion.solvers import SolverSpec
 from stepdrop_search.files import write_json, write_text
 from stepdrop_search.generation import generate, initial_noise
-from stepdrop_search.loading import load_default_model
-from stepdrop_search.objectives.features import load_features
+from stepdrop_search.loading import load_model
+from stepdrop_search.objectives.features import load_features_for_model
 from stepdrop_search.objectives.metrics import UInt8Images, fidelity_metrics, proxy_extractor
 from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.runtime import compile_network, keep_freed_memory_for_reuse
@@ -141,6 +141,7 @@ def summarise(args, runs: list[dict], feats: dict, x0: dict, reference: dict, ch
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="checkpoint, weights file or diffusers folder (default: shipped)")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--nfe", type=int, default=100)
     parser.add_argument("--ddim-nfe", type=int, default=10)
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(["python bench/stochastic_variance.py", *(sys.argv[1:] if argv is None else argv)])
     started = datetime.now().isoformat(timespec="minutes")
     keep_freed_memory_for_reuse()
-    loaded = load_default_model()
-    features = load_features(None, dataset=loaded.dataset)
+    loaded = load_model(args.model)
+    features = load_features_for_model(None, loaded.config, loaded.dataset)
     reference = {"mu": features.reference["mu"].double().numpy(), "sigma": features.reference["sigma"].double().numpy()}
     model = compile_network(loaded.model, args.batch, print) if args.compile == "on" else loaded.model
     cfg = loaded.config
