@@ -7,8 +7,9 @@ client draws from the exported text, from the same x_T.
 Clients: k-diffusion 0.1.1.post1's samplers for ``sigmas``; the same, with ComfyUI's conventions (nearest step, its
 start rule) on the text its ManualSigmas node parses, for ``comfyui``; with A1111's (start noise·σ₀) on the "[…]" list
 for ``a1111``; diffusers' scheduler built from the export's recipe for ``diffusers``. A format that refuses the file
-is listed with its reason. A guided policy is sampled with its guidance and classes (class i mod K) on both sides;
-only the diffusers recipe carries guidance, and it runs on a class-conditional diffusers UNet2DModel.
+is listed with its reason. On a class-conditional model both sides sample class i mod K for sample i, a guided policy
+with its guidance; only the diffusers recipe carries guidance, and it runs on a class-conditional diffusers
+UNet2DModel.
 The issue's bar: |ΔFID| ≤ 0.02 at 1000 samples.
 """
 

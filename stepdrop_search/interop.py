@@ -17,6 +17,7 @@ import torch
 
 from stepdrop_search.checkpoint import LoadedModel, state_dict_hash
 from stepdrop_search.diffusion.flow import PRE_SHIFT_CODE, FlowAdapter
+from stepdrop_search.diffusion.guidance import batch_conditioning
 from stepdrop_search.diffusion.sampler import SampleResult, stream_seed
 from stepdrop_search.diffusion.schedule import NoiseSchedule
 from stepdrop_search.errors import UserError, unknown_name
@@ -456,8 +457,8 @@ def scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, *, n: int, se
                    our_noise: bool = False, guidance: tuple[float, ...] | None = None) -> SampleResult:
     """diffusers' denoising loop (as its pipelines run it) over ``scheduler.set_timesteps(**schedule)``; see
     :func:`diffusers_sample`. ``our_noise`` hands step i our stream's noise of grid step i (``variance_noise``).
-    ``guidance`` (a guided recipe's scale per step) runs :data:`GUIDED_LOOP` on a class-conditional model, sample i
-    of class i mod K as our sampler draws it."""
+    ``guidance`` (a guided recipe's scale per step) runs :data:`GUIDED_LOOP` on a class-conditional model; without
+    it, a class-conditional model is called with sample i's class (i mod K) too, as our sampler draws it."""
     if guidance is not None:
         return guided_scheduler_loop(loaded, scheduler, schedule, guidance, n=n, seed=seed, batch_size=batch_size)
     from stepdrop_search.diffusion.sampler import SampleStreams
@@ -472,8 +473,9 @@ def scheduler_loop(loaded: LoadedModel, scheduler, schedule: dict, *, n: int, se
                                      for i in range(start, start + x.shape[0])]} if takes_generator and not our_noise else {}
         noise = SampleStreams(seed, range(start, start + x.shape[0])).noise(x.shape[1:], len(scheduler.timesteps), x.device, x.dtype) \
             if our_noise else None
+        conditioning = batch_conditioning(model, start, x)  # a class-conditional model: sample i of class i mod K
         for i, t in enumerate(scheduler.timesteps):
-            eps = model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
+            eps = model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]), *conditioning)
             calls[start:start + x.shape[0]] += 1
             if noise is not None:
                 step_kwargs = {"variance_noise": noise.at(i)}
@@ -532,9 +534,9 @@ def flow_scheduler_loop(loaded: LoadedModel, scheduler, recipe: DiffusersRecipe,
     outputs, calls = [], torch.zeros(n, dtype=torch.long)
     for start, x in noise_batches(net, n, seed, batch_size):
         scheduler.set_timesteps(**recipe.set_timesteps, device=x.device)
-        y = x * recipe.latents_scale
+        y, conditioning = x * recipe.latents_scale, batch_conditioning(net, start, x)
         for t in scheduler.timesteps:
-            y = scheduler.step(net(y, t.expand(y.shape[0])), t, y).prev_sample
+            y = scheduler.step(net(y, t.expand(y.shape[0]), *conditioning), t, y).prev_sample
             calls[start:start + y.shape[0]] += 1
         outputs.append(y.cpu())
     steps = len(scheduler.timesteps)

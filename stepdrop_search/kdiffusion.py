@@ -19,6 +19,7 @@ import types
 import torch
 
 from stepdrop_search.checkpoint import LoadedModel
+from stepdrop_search.diffusion.guidance import batch_conditioning
 from stepdrop_search.diffusion.runtimes import KDIFFUSION_SOLVERS, MAX_DENOISE_RTOL, Runtime
 from stepdrop_search.diffusion.sampler import SampleResult, SampleStreams
 from stepdrop_search.errors import UserError
@@ -39,16 +40,18 @@ def kdiffusion_modules() -> tuple[types.ModuleType, types.ModuleType]:
 
 
 class CountingNetwork(torch.nn.Module):
-    """Our ε network behind k-diffusion's ``inner_model(x, t)`` call, counting evaluations per sample."""
+    """Our ε network behind k-diffusion's ``inner_model(x, t)`` call, counting evaluations per sample. A
+    class-conditional network gets the batch's classes (``conditioning``), as a tool's class conditioning would pass
+    them."""
 
-    def __init__(self, model: torch.nn.Module, batch: int) -> None:
+    def __init__(self, model: torch.nn.Module, batch: int, conditioning: tuple[torch.Tensor, ...] = ()) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.conditioning = model, conditioning
         self.calls = torch.zeros(batch, dtype=torch.long)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.model(x, t)
+        return self.model(x, t, *self.conditioning)
 
 
 def start_scale(runtime: Runtime, sigma_start: torch.Tensor, sigma_max: torch.Tensor) -> torch.Tensor:
@@ -72,15 +75,15 @@ class ConstDenoiser(torch.nn.Module):
     flow state x, and the denoised x − σ·v, counting evaluations per sample. Written from ComfyUI's rules, not from
     our adapter's conversions, for the same reason as :func:`start_scale`."""
 
-    def __init__(self, adapter: torch.nn.Module, batch: int) -> None:
+    def __init__(self, adapter: torch.nn.Module, batch: int, conditioning: tuple[torch.Tensor, ...] = ()) -> None:
         super().__init__()
-        self.net, self.T = adapter.net, adapter.schedule.T
+        self.net, self.T, self.conditioning = adapter.net, adapter.schedule.T, conditioning
         self.calls = torch.zeros(batch, dtype=torch.long)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         sigma = sigma.expand(x.shape[0]).to(x.dtype)
-        return x - sigma.view(-1, *([1] * (x.dim() - 1))) * self.net(x, sigma * self.T)
+        return x - sigma.view(-1, *([1] * (x.dim() - 1))) * self.net(x, sigma * self.T, *self.conditioning)
 
 
 def flow_start_scale(runtime: Runtime, s_start: torch.Tensor) -> torch.Tensor:
@@ -94,7 +97,10 @@ def kdiffusion_sample(loaded: LoadedModel, document: PolicyDocument, *, n: int, 
                       sigmas: torch.Tensor | None = None) -> SampleResult:
     """Samples of ``document``'s σ list (or ``sigmas``, e.g. as a tool parsed them) by k-diffusion's sampler for its
     solver, under its runtime's network time and start, from the x_T of ``seed``; a solver that draws noise gets our
-    stream's noise of grid step i through ``noise_sampler``. Runs in the model's dtype.
+    stream's noise of grid step i through ``noise_sampler``. Runs in the model's dtype. A class-conditional model samples
+    class i mod K for sample i, unguided, as our sampler does: comparing against its null class would show the class
+    conditioning as an export error (k-diffusion's samplers carry no guidance; a guided policy's σ-list exports are
+    refused before this).
 
     A rectified flow runs as ComfyUI runs one: its σ list of flow times, the CONST denoiser, ``sample_euler`` (ddim), the
     only sampler of ComfyUI's that is ours on a flow."""
@@ -110,7 +116,7 @@ def kdiffusion_sample(loaded: LoadedModel, document: PolicyDocument, *, n: int, 
     sigma_max = ((1 - alphas_cumprod[-1]) / alphas_cumprod[-1]).sqrt()
     outputs, calls = [], []
     for start, x in noise_batches(loaded.model, n, seed, batch_size):
-        network = CountingNetwork(loaded.model, x.shape[0])
+        network = CountingNetwork(loaded.model, x.shape[0], batch_conditioning(loaded.model, start, x))
         model = external.DiscreteEpsDDPMDenoiser(network, alphas_cumprod, quantize=runtime.network_time == "nearest")
         function, kwargs = KDIFFUSION_SOLVERS[solver.name], {}
         if solver.name == "ddim" and solver.eta:
@@ -139,8 +145,8 @@ def const_flow_sample(sampling, loaded: LoadedModel, document: PolicyDocument, *
     param = next(loaded.model.parameters())
     sigma_list = (document.policy.tool_sigmas() if sigmas is None else sigmas).to(param.device, param.dtype)
     outputs, calls = [], []
-    for _, x in noise_batches(loaded.model, n, seed, batch_size):
-        denoiser = ConstDenoiser(loaded.model, x.shape[0])
+    for start, x in noise_batches(loaded.model, n, seed, batch_size):
+        denoiser = ConstDenoiser(loaded.model, x.shape[0], batch_conditioning(loaded.model, start, x))
         x = x * flow_start_scale(document.runtime, sigma_list[0])
         outputs.append(sampling.sample_euler(denoiser, x, sigma_list, disable=True).cpu())
         calls.append(denoiser.calls)

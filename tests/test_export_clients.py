@@ -73,6 +73,25 @@ def test_the_default_runtime_is_k_diffusion_for_every_sampler_k_diffusion_has():
         assert_same_samples(ours(loaded, doc), kdiffusion_sample(loaded, doc, n=N, seed=3), torch.float32)
 
 
+@pytest.mark.parametrize("client", ["k-diffusion", "diffusers"])
+def test_clients_sample_a_class_conditional_models_classes_as_ours_does(client):
+    """An unguided export of a class-conditional model: the client's network call gets sample i's class (i mod K), the
+    class our sampler draws, so the export reproduces our samples (the null class would change every image) — across
+    batches too (3 samples a batch: the second starts at sample 3)."""
+    loaded = load_model("conditional")
+    doc = document(loaded, "dpmpp-2m", 10, "stepdrop" if client == "k-diffusion" else "diffusers")
+    if client == "k-diffusion":
+        check_export(doc, "sigmas", "test")
+        theirs = kdiffusion_sample(loaded, doc, n=N, seed=3, batch_size=3)
+    else:
+        pytest.importorskip("diffusers")
+        from stepdrop_search.interop import diffusers_recipe, diffusers_recipe_sample
+
+        check_export(doc, "diffusers", "test")
+        theirs = diffusers_recipe_sample(loaded, diffusers_recipe(doc), n=N, seed=3, batch_size=3)
+    assert_same_samples(ours(loaded, doc), theirs, torch.float32)
+
+
 def comfyui_manual_sigmas(text: str) -> torch.Tensor:
     """What ComfyUI's core ManualSigmas node makes of its text (comfy_extras/nodes_custom_sampler.py): the numbers its
     regex finds, as a float32 tensor."""

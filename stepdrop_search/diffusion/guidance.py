@@ -103,6 +103,14 @@ def class_labels(indices: range, num_classes: int, classes: tuple[int, ...] | No
     return torch.tensor(chosen, dtype=torch.long)[torch.arange(indices.start, indices.stop) % len(chosen)]
 
 
+def batch_conditioning(model: torch.nn.Module, start: int, x: Tensor) -> tuple[Tensor, ...]:
+    """The extra arguments of ``model(x, t, …)`` with which an external tool's loop conditions the batch ``x`` (samples
+    ``start``, ``start`` + 1, …): on a class-conditional ``model`` the class of sample i, i mod K, as our sampler draws
+    them, so that the client's samples and ours are comparable; none on an unconditional model."""
+    count = conditional_classes(model)
+    return (class_labels(range(start, start + x.shape[0]), count).to(x.device),) if count else ()
+
+
 def conditional_classes(model: torch.nn.Module) -> int:
     """How many classes ``model`` is conditioned on (0: unconditional), through a flow adapter too."""
     return int(getattr(model.config, "num_classes", 0) or 0)
