@@ -190,3 +190,19 @@ def test_a_curve_is_flat_only_when_every_paired_change_is_within_its_noise():
     better = {"fid": {"10": [2.8, 3.0, 2.9]}, "kid": {"10": [0.011, 0.010, 0.012]}}  # −0.2 on every seed
     assert curve.is_flat(before, noisy) and not curve.is_flat(before, better)
     assert not curve.is_flat({"fid": {"10": [3.0]}, "kid": {"10": [0.01]}}, {"fid": {"10": [3.0]}, "kid": {"10": [0.01]}})
+
+
+def test_more_steps_spectrum_puts_fine_detail_in_the_high_band_and_smooth_shading_in_the_low_one():
+    """bench/more_steps.py's image check: a checkerboard's power lies in the high band, a gentle ramp's in the low one,
+    so a sampler that smooths fine detail shows as less high-band power than the real images."""
+    import torch
+
+    more_steps = bench_module("more_steps")
+    coords = torch.arange(16)
+    checker = ((coords[:, None] + coords[None, :]) % 2 * 2 - 1).float().expand(4, 1, 16, 16)
+    ramp = (coords[None, :].float() / 15 * 2 - 1).expand(16, 16).expand(4, 1, 16, 16)
+    low, mid, high = more_steps.band_power(checker)
+    assert high > 1e3 * max(low, mid)
+    low, mid, high = more_steps.band_power(ramp)
+    assert low > 10 * high
+    assert more_steps.as_measured(torch.tensor([1.7, -3.0, 0.001])).tolist() == pytest.approx([1.0, -1.0, 1 / 255], abs=1e-6)

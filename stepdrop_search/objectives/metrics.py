@@ -131,18 +131,23 @@ def fidelity_metrics(images: torch.Tensor, features: FeatureFile, wanted: set[st
         out |= class_metrics(generated, logits, labels, features, wanted)
     if "fid" in wanted:
         out["fid"] = fid_of_features(generated, features)
-    real = features.reference["features"].double()
     if "kid" in wanted:
         out["kid"], out["kid_std"] = kid_of_features(generated, features, seed=seed)
     if "is" in wanted:
         out["is"] = isc_features_to_metric(logits, splits=min(10, max(1, len(logits) // 100)), rng_seed=seed)[KEY_METRIC_ISC_MEAN]
     if "prc" in wanted:
-        # k-NN radii depend on set size: compare with an equally large subset of the real features.
-        pick = torch.from_numpy(np.random.RandomState(seed).permutation(len(real))[: len(generated)])
-        prc = prc_features_to_metric(generated.float(), real[pick].float(), prc_neighborhood=3, prc_batch_size=10000,
-                                     save_cpu_ram=True, verbose=False)
-        out["precision"], out["recall"] = prc[KEY_METRIC_PRECISION], prc[KEY_METRIC_RECALL]
+        out["precision"], out["recall"] = prc_of_features(generated, features, seed=seed)
     return out
+
+
+def prc_of_features(generated: torch.Tensor, features: FeatureFile, *, seed: int = 0) -> tuple[float, float]:
+    """Precision and recall (k = 3) of generated features against an equally large subset of the reference features:
+    k-NN radii depend on set size."""
+    real = features.reference["features"].double()
+    pick = torch.from_numpy(np.random.RandomState(seed).permutation(len(real))[: len(generated)])
+    prc = prc_features_to_metric(generated.float(), real[pick].float(), prc_neighborhood=3, prc_batch_size=10000,
+                                 save_cpu_ram=True, verbose=False)
+    return prc[KEY_METRIC_PRECISION], prc[KEY_METRIC_RECALL]
 
 
 def class_metrics(generated: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, features: FeatureFile,
