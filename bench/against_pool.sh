@@ -11,7 +11,7 @@
 # match it ('\+cfg[0-9.]+-nfe': the best constant-guidance rows, which the export must beat whether or not they lead the
 # screen).
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 against_pool() {
     local dir=$1 nfe=$2 samples=$3; shift 3
     local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate README's tables and plots on the shipped model, one command:
+# Regenerate README's tables and plots on the shipped model (or on MODEL), one command:
 #
 #   bash bench/reproduce.sh            # the full run: every table at its published size, into bench/results/reproduced/
 #                                      # (hours; its own folder, so the results made before are never taken as its own)
@@ -11,8 +11,10 @@
 # never resumes the old one's searches), quick mode in a temporary folder. A run resumes: a step whose result file is
 # already in OUT is kept (delete the file to remake it), a search killed mid-way continues from its study, and every
 # file is written whole or not at all, so a run killed mid-step is continued by running it again.
-# Knobs: OUT (results root), DEVICE (auto), MODEL (a --model for every step; default the shipped one), OLD (the git
-# revision whose shipped model bench/model_compare.sh compares with; default the one the shipped model replaced).
+# Knobs: OUT (results root), DEVICE (auto), MODEL (a checkpoint every step runs on instead of the shipped model: a
+# candidate measured before it replaces the shipped file; the full run then needs its own OUT, and README's figures go
+# to OUT/figures), OLD (the git revision, or checkpoint file, whose model bench/model_compare.sh compares with; default
+# the model the shipped one replaced, or with MODEL the shipped one). Relative paths are from the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,14 +37,21 @@ if [ "$QUICK" = 1 ]; then
     BIAS="--samples 8 16" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
     # one row per model in the model comparisons, one learned NFE (its export resampled to the main job's NFE)
     COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 TOP=2 FEW_NFES="4"
+    MORE_NFES="10 50" MORE_SAMPLES=16
     # the peers' searches and the S2-DM fine-tunes read these from the environment
     export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10,25 STEPS=10
     export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
 else
+    if [ -n "${MODEL:-}" ] && [ -z "${OUT:-}" ]; then
+        echo "MODEL=$MODEL needs its own OUT (e.g. OUT=bench/results/reproduced-candidate): the default folder holds the" \
+             "shipped model's results, which this run would keep as its own" >&2
+        exit 2
+    fi
     R=${OUT:-bench/results/reproduced}
     BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=480 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
     COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25" FEW_NFES="3 4 5 6"
+    MORE_NFES="10 25 50 100 200" MORE_SAMPLES=1000
     SCREEN_FORWARDS=2560 TOP=8
 fi
 DEVICE=${DEVICE:-auto}
@@ -99,9 +108,10 @@ step "Measuring: the metric's floor (real images against the reference statistic
 if kept "$R/metric-floor.txt"; then :
 elif [ "$HAVE_DATA" = 1 ]; then
     floor() {  # real training images at the evaluation size on both networks; the full run adds the 10k test images
-        for role in judge coach; do
-            stepdrop-search features score --role "$role" --split train --samples "$BIG" --device "$DEVICE"
-            [ "$QUICK" = 1 ] || stepdrop-search features score --role "$role" --split test --samples 0 --device "$DEVICE"
+        for role in judge coach; do  # each failure returned: `to` runs this where set -e does not reach
+            stepdrop-search features score --role "$role" --split train --samples "$BIG" --device "$DEVICE" || return
+            [ "$QUICK" = 1 ] || stepdrop-search features score --role "$role" --split test --samples 0 --device "$DEVICE" \
+                || return
         done
     }
     to "$R/metric-floor.txt" floor
@@ -109,10 +119,12 @@ else
     echo "skipped: the Fashion-MNIST images are not on this machine (dataset-fashion-mnist)" >&2
 fi
 
-step "The shipped model against the one it replaced (bench/model_compare.sh)"
+step "The model against the one it replaces (bench/model_compare.sh)"
+if [ -z "${OLD:-}" ]; then  # MODEL would replace the shipped model; the shipped model replaced an earlier one
+    if [ -n "${MODEL:-}" ]; then OLD=HEAD; else OLD=$(python bench/replaced_revision.py) || OLD=""; fi
+fi
 if kept "$R/model-compare.md"; then :
-elif OLD=${OLD:-$(python bench/replaced_revision.py)} &&
-    git cat-file -e "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" 2>/dev/null; then
+elif [ -n "$OLD" ] && { [ -f "$OLD" ] || git cat-file -e "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" 2>/dev/null; }; then
     OLD=$OLD NEW=${MODEL:-} SAMPLES=$BIG ROWS=$COMPARE_ROWS OUT="$R/model-compare" bash bench/model_compare.sh > /dev/null
 else
     echo "skipped: the replaced model's revision (${OLD:-none found}) is not in this clone (a shallow clone?); fetch it or set OLD" >&2
@@ -145,6 +157,18 @@ kept "$R/few-nfe/paired.md" ||
         OPTIMIZE_FLAGS="$OPT" \
         bash bench/few_nfe.sh
 
+step "Why 50 evaluations can score worse than 5: judge FID taken apart, and the images (bench/more_steps.py)"
+if kept "$R/more-steps.md"; then :
+elif [ "$HAVE_DATA" = 1 ]; then  # the real side is the Fashion-MNIST test images
+    learned=()
+    for nfe in $LEARNED_NFES; do learned+=("$R/learned-nfe$nfe/best.json"); done
+    # shellcheck disable=SC2086
+    to "$R/more-steps.md" python bench/more_steps.py "${MODEL_FLAG[@]}" --device "$DEVICE" --nfe $MORE_NFES \
+        --policy "${learned[@]}" --samples "$MORE_SAMPLES" --seeds "$SEEDS" --reference dpmpp-2m-50
+else
+    echo "skipped: the Fashion-MNIST test images are not on this machine (dataset-fashion-mnist)" >&2
+fi
+
 step "Every solver at NFE 5, 10 and 25, under the default runtime and with the x̂0 clamp (stepdrop-clamp)"
 SOLVERS=ddim,ddpm,dpmpp-2m,dpmpp-3m,dpmpp-2m-sde,ipndm,unipc,heun
 kept "$R/solvers-nfe5-10-25.json" ||
@@ -162,7 +186,7 @@ to "$R/optimize-nfe25/paired-solvers.md" python bench/paired_table.py "solvers=$
 # run writes README's own, docs/figures)
 exports=("25=$R/optimize-nfe25")
 for nfe in $LEARNED_NFES; do exports+=("$nfe=$R/learned-nfe$nfe"); done
-figures=docs/figures; [ "$QUICK" = 1 ] && figures=$R/figures
+figures=docs/figures; { [ "$QUICK" = 1 ] || [ -n "${MODEL:-}" ]; } && figures=$R/figures
 python bench/readme_figures.py "${MODEL_FLAG[@]}" --exports "${exports[@]}" --solvers "$R/solvers-nfe5-10-25.json" \
     --out "$figures" > /dev/null
 
@@ -220,7 +244,7 @@ elif [ "$HAVE_DATA" = 1 ]; then
 else
     echo "skipped: the Fashion-MNIST training data is not on this machine (dataset-fashion-mnist)" >&2
 fi
-# README's S2-DM columns: the S2-DM fine-tune against the control, and the control against the shipped model, row by
+# README's S2-DM columns: the S2-DM fine-tune against the control, and the control against the model it started from, row by
 # row and paired per seed (the three evaluations start from the same x_T)
 if [ -f "$R/s2dm-ablation-s2dm.json" ]; then
     to "$R/s2dm-ablation-paired.md" python bench/model_compare.py \
@@ -231,6 +255,8 @@ fi
 
 step "Does more training help? The S2-DM ablation's control fine-tune against the model it started from, at the evaluation size"
 if kept "$R/finetune-compare.md"; then :
+elif [ -n "${MODEL:-}" ] && [ ! -f "$MODEL" ]; then
+    echo "skipped: MODEL=$MODEL is not a checkpoint file, which bench/model_compare.sh needs as its old model" >&2
 elif [ -f "$s2dm_runs/control/last.pt" ]; then
     # the old rows are the model's the fine-tunes started from (MODEL, or the shipped one), which the model comparison
     # above evaluated as its new model on the same rows, samples and seeds: taken from its reports, not evaluated again

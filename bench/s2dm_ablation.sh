@@ -3,8 +3,8 @@
 #
 # Fine-tunes the shipped model (or MODEL) twice from the same weights, same data order, same steps, side by side with one
 # thread each (so both get the same machine): a control with the plain DDPM loss, and one with the S2-DM skip-step
-# loss (K = 10, τ = 0.99). Then evaluates the shipped model and both fine-tunes at NFE 5, 10, 25 with DDIM on
-# uniform steps and with the Optuna-searched schedules of bench/peers.sh (searched on the shipped model).
+# loss (K = 10, τ = 0.99). Then evaluates that model and both fine-tunes at NFE 5, 10, 25 with DDIM on
+# uniform steps and with the Optuna-searched schedules of bench/peers.sh (searched on that model).
 # Writes $OUT-{base,control,s2dm}.{md,json,csv,png}; the wall time of each fine-tune is in
 # its checkpoint (stepdrop-search export prints it into the card).
 #

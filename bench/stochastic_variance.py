@@ -189,10 +189,10 @@ def main(argv: list[str] | None = None) -> None:
                      "max_abs_diff": float((again.x0 - result.x0[:CHECK_SAMPLES]).abs().max())}
         summary, lines = summarise(args, runs, feats, x0, reference, check)
         machine = f"{platform.node()}, {torch.get_num_threads()} threads, model {'compiled' if args.compile == 'on' else 'eager'}"
-        write_json(f"{args.out}.json", {"command": command, "started": started, "machine": machine, **vars(args), "runs": runs,
-                                        **summary})
+        write_json(f"{args.out}.json", {"command": command, "started": started, "machine": machine, **vars(args),
+                                        "weights_hash": loaded.weights_hash, "runs": runs, **summary})
         header = [f"# Seed-to-seed spread of ancestral sampling (proxy-FID, {args.samples} samples per run)", "",
-                  f"`{command}` — started {started}, {machine}.", "",
+                  f"`{command}` — started {started}, {machine}, model {loaded.weights_hash}.", "",
                   f"Ancestral = uniform (trailing) {args.nfe} steps with the DDPM posterior step; reference = DDIM η = 0 "
                   f"at {args.ddim_nfe} steps. Bootstrap std: std of proxy-FID over {args.bootstrap} resamples of a run's "
                   "own samples (root mean square over the arm's runs). Mixed sets: the arm's samples re-dealt across its "

@@ -19,8 +19,9 @@ RESULTS = ["ddim-sanity-2000x3.json", "model-compare.md", "suite-stepdrop.json",
            "optimize-nfe25-comfyui/best.json", "export-fidelity.md", "learned-nfe5/paired.md",
            "learned-nfe5/rung-correlation.txt", "few-nfe/paired.md", "gradient-losses-unipc-nfe5.txt", "resample/paired-nfe25.md",
            "peers/peers.json", "figures/samples-across-nfe.png", "figures/quality-vs-nfe.png"]
-#: the results of the steps that need the Fashion-MNIST images (the metric's floor, the S2-DM fine-tunes)
-NEED_IMAGES = ["metric-floor.txt", "s2dm-ablation-paired.md", "finetune-compare.md"]
+#: the results of the steps that need the Fashion-MNIST images (the metric's floor, the S2-DM fine-tunes, the real side
+#: of more_steps.py)
+NEED_IMAGES = ["metric-floor.txt", "s2dm-ablation-paired.md", "finetune-compare.md", "more-steps.md"]
 
 
 def have_fashion_mnist() -> bool:
@@ -66,3 +67,13 @@ def test_quick_reproduction_runs_every_step_and_a_second_run_keeps_what_the_firs
     assert not evaluated, f"the second run remade {evaluated} instead of keeping them"
     assert f"kept {out}/solvers-nfe5-10-25.json" in second.stderr
     assert f"kept {out}/peers/optuna-ddim-nfe5.json" in second.stderr  # the peers' searches are not run again
+
+
+def test_a_full_run_on_another_model_is_refused_without_its_own_results_folder(tmp_path):
+    """MODEL without OUT would keep the shipped model's results (the default folder) as the candidate's: one line,
+    exit 2, before any work."""
+    env = {k: v for k, v in os.environ.items() if k != "OUT"} | {
+        "MODEL": str(tmp_path / "candidate.pt"), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "needs its own OUT" in run.stderr
