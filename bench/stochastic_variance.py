@@ -25,7 +25,9 @@ own samples. Two checks for a noise defect, i.e. samples of one run sharing some
 
 The first 64 samples of run (0, 0) are also sampled again at batch 16: with per-sample streams they come out the
 same (the batch-size dependence DESIGN.md §6 measured under the old shared stream is gone by construction).
-Results are rewritten to OUT.json and OUT.md after every run, so an interrupted run keeps what it measured.
+Results are rewritten to OUT.partial.json and OUT.partial.md after every run, so an interrupted run keeps what it
+measured; the last run writes OUT.json and OUT.md and removes them (a script that keeps finished results, as
+bench/reproduce.sh, must not take a partial file for a finished one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import platform
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     policies = {"ddpm": Uniform(nfe=args.nfe, schedule=loaded.schedule), "ddim": Uniform(nfe=args.ddim_nfe, schedule=loaded.schedule)}
     runs, feats, x0, check = [], {}, {}, None
-    for solver, x_seed, noise_seed in run_order(args.seeds):
+    order = run_order(args.seeds)
+    for solver, x_seed, noise_seed in order:
         tick = time.perf_counter()
         x_T = initial_noise(args.samples, shape, x_seed)
         result = generate(model, loaded.schedule, policies[solver], SolverSpec(solver), n=args.samples, seed=noise_seed,
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
                      "max_abs_diff": float((again.x0 - result.x0[:CHECK_SAMPLES]).abs().max())}
         summary, lines = summarise(args, runs, feats, x0, reference, check)
         machine = f"{platform.node()}, {torch.get_num_threads()} threads, model {'compiled' if args.compile == 'on' else 'eager'}"
-        write_json(f"{args.out}.json", {"command": command, "started": started, "machine": machine, **vars(args),
+        stem = args.out if len(runs) == len(order) else f"{args.out}.partial"
+        write_json(f"{stem}.json", {"command": command, "started": started, "machine": machine, **vars(args),
                                         "weights_hash": loaded.weights_hash, "runs": runs, **summary})
         header = [f"# Seed-to-seed spread of ancestral sampling (proxy-FID, {args.samples} samples per run)", "",
                   f"`{command}` — started {started}, {machine}, model {loaded.weights_hash}.", "",
@@ -200,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = ["", "| solver | x_T seed | noise seed | proxy-FID | bootstrap std | NFE | minutes |", "|---|---|---|---|---|---|---|"]
         rows += [f"| {r['solver']} | {r['x_T_seed']} | {r['noise_seed']} | {r['fid']:.3f} | {r['bootstrap_std']:.3f} | "
                  f"{r['nfe']:.0f} | {r['seconds'] / 60:.1f} |" for r in runs]
-        write_text(f"{args.out}.md", "\n".join(header + lines + rows) + "\n")
+        write_text(f"{stem}.md", "\n".join(header + lines + rows) + "\n")
+    for suffix in (".json", ".md"):
+        Path(f"{args.out}.partial{suffix}").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
