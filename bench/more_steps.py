@@ -32,7 +32,7 @@ from stepdrop_search.diffusion.solvers import fixed_solvers, spec_for_nfe
 from stepdrop_search.generation import generate_document
 from stepdrop_search.loading import load_model
 from stepdrop_search.objectives.features import load_judge_for_model
-from stepdrop_search.objectives.metrics import fid_of_features, prc_of_features, proxy_features
+from stepdrop_search.objectives.metrics import UInt8Images, fid_of_features, prc_of_features, proxy_features
 from stepdrop_search.policies import PolicyDocument, load_policy
 from stepdrop_search.policies.kinds import Uniform
 from stepdrop_search.seeds import evaluation_seeds
@@ -43,8 +43,8 @@ BACKGROUND = -0.9
 
 
 def as_measured(images: torch.Tensor) -> torch.Tensor:
-    """Images as the metric sees them: clamped to [−1, 1] and rounded to 8 bits."""
-    return images.clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1)
+    """Images as the metric sees them (its own 8-bit conversion, clamped to [−1, 1]), back in [−1, 1]."""
+    return UInt8Images(images).images.float().div(127.5).sub(1)
 
 
 def band_power(images: torch.Tensor) -> np.ndarray:

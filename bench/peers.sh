@@ -27,12 +27,14 @@ DP_SAMPLES=${DP_SAMPLES:-32}
 MODEL_FLAG=()
 [ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
 mkdir -p "$OUT" "$STUDIES_DIR"
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 policies=()
 search() {  # search NFE SOLVER; a policy an earlier run exported is kept, so a killed run loses one search at most
     local file="$OUT/optuna-$2-nfe$1.json"
     policies+=(--policy "$file")
-    if [ -f "$file" ]; then echo "   kept $file (delete it to search again)" >&2; return; fi
+    if kept "$file" "search again"; then return; fi
     # shellcheck disable=SC2086
     stepdrop-search optimize "${MODEL_FLAG[@]}" --nfe "$1" --solver "$2" --method optuna --budget "$BUDGET" --trials 10000 --device "$DEVICE" \
         $OPTIMIZE_FLAGS --study "peers-optuna-$2-nfe$1" --storage "sqlite:///$STUDIES_DIR/peers-optuna-$2-nfe$1.db" --out "$file"
