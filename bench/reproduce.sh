@@ -34,7 +34,7 @@ if [ "$QUICK" = 1 ]; then
     OPT="--samples 16 --promote-samples 16 --held-out-samples 32 --trial-samples 8 --gradient-samples 8
          --gradient-epochs 1 --dp-grid 20 --dp-samples 4 --dp-oss-samples 2"
     LOSSES="--samples 8 --epochs 1 --held-out 16 --teacher ddim-20"
-    BIAS="--samples 8 16" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
+    BIAS="--samples 8 16 --total 32" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
     # one row per model in the model comparisons, one learned NFE (its export resampled to the main job's NFE)
     COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 TOP=2 FEW_NFES="4"
     MORE_NFES="10 50" MORE_SAMPLES=16
@@ -48,7 +48,7 @@ else
         exit 2
     fi
     R=${OUT:-bench/results/reproduced}
-    BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=480 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256"
+    BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=480 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256 --total 1024"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
     COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25" FEW_NFES="3 4 5 6"
     MORE_NFES="10 25 50 100 200" MORE_SAMPLES=1000

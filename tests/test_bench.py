@@ -46,11 +46,20 @@ def test_teacher_accuracy_puts_a_converged_teacher_closer_to_ddim_over_all_steps
     assert rows["dpmpp-2m-50"] < rows["ddim-5"]  # 50 second-order steps of a 100-step model are near its ODE
 
 
-def test_small_sample_bias_prints_every_solver_at_every_sample_count(cosine_checkpoint, tiny_features, capsys):
+def test_small_sample_bias_prints_every_solver_at_every_sample_count_over_its_blocks(cosine_checkpoint, tiny_features,
+                                                                                     capsys):
     bench_module("small_sample_bias").main(["--model", str(cosine_checkpoint), "--features", str(tiny_features),
-                                            "--nfe", "4", "--samples", "8", "16", "--solvers", "ddim", "heun"])
-    rows = capsys.readouterr().out.splitlines()[2:]
-    assert [r.split()[0] for r in rows] == ["ddim", "heun"] and all(len(r.split()) == 5 for r in rows)
+                                            "--nfe", "4", "--samples", "8", "16", "--total", "32",
+                                            "--solvers", "ddim", "heun"])
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["ddim", "heun"] and all(len(r) == 8 and r[2] == r[5] == "±" for r in rows)
+    assert all(float(r[3]) > 0 and float(r[6]) > 0 for r in rows)  # four blocks of 8, two of 16: a spread each
+
+
+def test_small_sample_bias_refuses_a_total_without_two_blocks_of_the_largest_count():
+    with pytest.raises(SystemExit) as refused:
+        bench_module("small_sample_bias").main(["--samples", "64", "256", "--total", "300"])
+    assert refused.value.code == 2
 
 
 def fake_report(path: Path, rows: dict[str, list[float]], model_hash: str = "m",
