@@ -18,6 +18,10 @@ from stepdrop_search.train import TrainConfig, train
 # (two spinning OpenMP threads per process oversubscribe 2 cores badly). Subprocesses inherit it.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+# Tests read the CLI's piped output, which is drawn full width unless COLUMNS says otherwise; pytest-xdist's workers
+# start with COLUMNS=80, which would cut its tables there. (The CLI's consoles are built when it is first imported,
+# after this.)
+os.environ.pop("COLUMNS", None)
 
 
 REPO = Path(__file__).resolve().parent.parent
