@@ -13,6 +13,7 @@ sys.modules["chaos_study"] = chaos_study  # its dataclass looks its module up th
 spec.loader.exec_module(chaos_study)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, workers", [("sqlite", 2), ("postgresql", 4)])
 def test_workers_killed_at_random_lose_no_trial_and_the_study_resumes_to_its_end(backend, workers, request,
                                                                                 tiny_checkpoint, tiny_features,

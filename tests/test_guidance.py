@@ -292,6 +292,7 @@ def test_a_conditional_pool_holds_the_published_interval_on_the_most_steps_its_b
     assert len(uniform["ddim/uniform+cfg3@0.28-5.42@8"].policy.timesteps()) > len(constant.policy.timesteps()) == 4
 
 
+@pytest.mark.slow
 def test_optimize_on_a_conditional_model_searches_guidance_within_the_budget(conditional_checkpoint, tiny_features,
                                                                             tiny_judge, tmp_path):
     from stepdrop_search.search.optimize import optimize

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "reproduce.sh"
 
@@ -42,6 +44,7 @@ def reproduce(out: Path, cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), "--quick"], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_quick_reproduction_runs_every_step_and_a_second_run_keeps_what_the_first_made(tmp_path):
     out, cache = tmp_path / "results", tmp_path / "cache"
     first = reproduce(out, cache)

@@ -81,6 +81,7 @@ def compile_in_a_new_process(cache, **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_compile_killed_midway_or_a_truncated_artefact_is_rebuilt_by_the_next_run(tmp_path):
     """What a Ctrl-C during the first compile did: a 0-byte artefact in the cache, and every later run eager."""
     cache = tmp_path / "cache"
