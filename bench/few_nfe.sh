@@ -23,8 +23,6 @@ OUT=${OUT:-bench/results/few-nfe}
 DEVICE=${DEVICE:-auto}
 STUDIES_DIR=${STUDIES_DIR:-$(mktemp -d /tmp/stepdrop-studies.XXXXXX)}
 OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
-MODEL_FLAG=()
-[ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
 mkdir -p "$OUT" "$STUDIES_DIR"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh

@@ -3,6 +3,9 @@
 [ -n "${STEPDROP_BENCH_LIB:-}" ] && return 0
 STEPDROP_BENCH_LIB=1
 started=$(date +%s)
+# MODEL (a checkpoint file or a model name; unset: the shipped model) as the flag every command takes
+MODEL_FLAG=()
+[ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
 step() {  # step TEXT: a progress line on stderr, with the seconds since the script started
     echo "== $(($(date +%s) - started)) s: $*" >&2
 }

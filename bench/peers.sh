@@ -24,8 +24,6 @@ DEVICE=${DEVICE:-auto}
 STUDIES_DIR=${STUDIES_DIR:-studies}
 OPTIMIZE_FLAGS=${OPTIMIZE_FLAGS:-}
 DP_SAMPLES=${DP_SAMPLES:-32}
-MODEL_FLAG=()
-[ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
 mkdir -p "$OUT" "$STUDIES_DIR"
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"

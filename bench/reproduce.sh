@@ -55,9 +55,10 @@ else
     SCREEN_FORWARDS=2560 TOP=8
 fi
 DEVICE=${DEVICE:-auto}
+# step, kept (a file an earlier run into this OUT already made), to (a whole file or none) and MODEL_FLAG
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 export COLUMNS=160  # rich draws the tables it writes into result files this wide, not cut to 80 columns
-MODEL_FLAG=()
-[ -n "${MODEL:-}" ] && MODEL_FLAG=(--model "$MODEL")
 if ! python -c "import stepdrop_search" 2>/dev/null || ! command -v stepdrop-search > /dev/null; then
     echo "python cannot import stepdrop_search: activate the environment it is installed in (README's install)" >&2
     exit 2
@@ -82,9 +83,6 @@ STUDIES=$WORK/studies s2dm_runs=$WORK/s2dm
 mkdir -p "$STUDIES"
 export STEPDROP_CACHE=${STEPDROP_CACHE:-$WORK/cache}
 mkdir -p "$R"
-# step, kept (a file an earlier run into this OUT already made) and to (a whole file or none)
-# shellcheck source=bench/lib.sh
-. bench/lib.sh
 ev() { stepdrop-search evaluate "${MODEL_FLAG[@]}" --device "$DEVICE" "$@"; }
 opt() {  # opt NAME NFE [flags]: the default optimize job, its pool saved, its log and table kept
     local name=$1 nfe=$2; shift 2
