@@ -11,8 +11,8 @@ Before a README says "5 NFE beats 50", this looks at what differs, row by row on
 - the images: the radially averaged power spectrum in three frequency bands against the real test images' (log₂ ratio:
   +1 is twice the real power), and the share of background pixels (below −0.9).
 
-    python bench/more_steps.py --model bench/candidates/default-xs-fashion-mnist-20676cd8.pt --nfe 10 25 50 100 200 \\
-        --policy bench/results/reproduced-20676cd8/learned-nfe5/best.json --samples 1000 --seeds 3
+    python bench/more_steps.py --nfe 10 25 50 100 200 --policy bench/results/reproduced/learned-nfe5/best.json \\
+        --samples 1000 --seeds 3
 
 Every number is measured on the images as the metric sees them (clamped to [−1, 1], 8-bit).
 """
