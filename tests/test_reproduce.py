@@ -59,9 +59,10 @@ def test_quick_reproduction_runs_every_step_and_a_second_run_keeps_what_the_firs
     assert not missing, f"reproduce.sh --quick did not write {missing}"
     assert json.loads((out / "solvers-nfe5-10-25.json").read_text())["meta"]["samples"] == 16  # the quick sizes
     # the shipped model against the one it replaced, row by row (16 samples cannot tell which is better: 0.5 judge FID)
-    compared = re.match(r"old: model (\w+), .*new: model (\w+),", (out / "model-compare.md").read_text())
+    comparison = (out / "model-compare.md").read_text()
+    compared = re.match(r"old: model (\w+), .*new: model (\w+),", comparison)
     assert compared and compared[1] != compared[2] == load_default_model().weights_hash
-    assert "| heun-10 |" in (out / "model-compare.md").read_text()
+    assert "| heun-10 |" in comparison
 
     made = {name: (out / name).stat().st_mtime_ns for name in RESULTS}
     remade = ["teacher-accuracy.txt", "peers/peers.json"]  # a step and the peers' report, killed before they ended
