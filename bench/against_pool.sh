@@ -3,10 +3,11 @@
 #   against_pool DIR NFE SAMPLES [evaluate flags…]
 #
 # DIR holds best.json and pool/ (optimize --out DIR/best.json --save-pool DIR/pool). Every pool row is screened at
-# SCREEN_FORWARDS/NFE samples (at least 8), then the export is measured against the TOP best of the screen (and what the
-# flags add) at SAMPLES samples, SEEDS seeds (bench/screen_pool.py says why); then DIR/paired.md (every row against the
-# export, paired per seed) and DIR/rung-correlation.txt. A report already in DIR is kept. The caller defines
-# ev (its `stepdrop-search evaluate` with model and device) and SEEDS, SCREEN_FORWARDS, TOP; POOL_METRICS (default
+# SCREEN_FORWARDS/NFE samples (at least 8) on SCREEN_SEEDS seeds (default SEEDS), then the export is measured against
+# the TOP best of the screen (and what the flags add) at SAMPLES samples, SEEDS seeds (bench/screen_pool.py says why);
+# then DIR/paired.md (every row against the export, paired per seed) and DIR/rung-correlation.txt. A report already in
+# DIR is kept. The caller defines ev (its `stepdrop-search evaluate` with model and device) and SEEDS,
+# SCREEN_FORWARDS, TOP; POOL_METRICS (default
 # fid,kid) are the full-size measures; ALSO_MATCH (a regular expression) adds the screen's TOP best rows whose names
 # match it ('\+cfg[0-9.]+-nfe': the best constant-guidance rows, which the export must beat whether or not they lead the
 # screen).
@@ -16,7 +17,7 @@ against_pool() {
     local dir=$1 nfe=$2 samples=$3; shift 3
     local screen=$((SCREEN_FORWARDS / nfe)); [ "$screen" -ge 8 ] || screen=8
     if ! kept "$dir/screen.json"; then
-        ev --policy "$dir/best.json" --policy "$dir/pool" --samples "$screen" --seeds "$SEEDS" --metrics fid \
+        ev --policy "$dir/best.json" --policy "$dir/pool" --samples "$screen" --seeds "${SCREEN_SEEDS:-$SEEDS}" --metrics fid \
             --out "$dir/screen"
     fi
     if ! kept "$dir/evaluate.json"; then

@@ -29,17 +29,19 @@ done
 if [ "$QUICK" = 1 ]; then
     R=${OUT:-$(mktemp -d /tmp/stepdrop-reproduce.XXXXXX)}
     # the StepDrop suite runs 1000-step rows: its cost is per step, so quick mode gives it 2 samples and 1 seed
-    BIG=16 SEEDS=2 SUITE_SAMPLES=2 SUITE_SEEDS=1 BUDGET=15 SPEED_REPEATS=1 FIDELITY_SAMPLES=16
-    VARIANCE="--samples 64 --seeds 3 --nfe 4 --ddim-nfe 2 --bootstrap 2"
-    OPT="--samples 16 --promote-samples 16 --held-out-samples 32 --trial-samples 8 --gradient-samples 8
+    BIG=8 SEEDS=2 SUITE_SAMPLES=2 SUITE_SEEDS=1 BUDGET=15 SPEED_REPEATS=1 FIDELITY_SAMPLES=8
+    # eager: compiling the network costs a cold machine 40 s (tests/test_runtime.py covers --compile)
+    VARIANCE="--samples 64 --seeds 3 --nfe 4 --ddim-nfe 2 --bootstrap 2 --compile off"
+    OPT="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8 --gradient-samples 8
          --gradient-epochs 1 --dp-grid 20 --dp-samples 4 --dp-oss-samples 2"
     LOSSES="--samples 8 --epochs 1 --held-out 16 --teacher ddim-20"
     BIAS="--samples 8 16 --total 32" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
     # one row per model in the model comparisons, one learned NFE (its export resampled to the main job's NFE)
-    COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 TOP=2 FEW_NFES="4"
-    MORE_NFES="10 50" MORE_SAMPLES=16
-    # the peers' searches and the S2-DM fine-tunes read these from the environment
-    export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10,25 STEPS=10
+    # each export's pool screened on one seed
+    COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 SCREEN_SEEDS=1 TOP=2
+    FEW_NFES="4" MORE_NFES="10 50" MORE_SAMPLES=8
+    # the peers' searches and the S2-DM fine-tunes read these from the environment (the paired peer tables need NFE 5, 10)
+    export SAMPLES=8 SEEDS BUDGET=5 NFES=5,10 STEPS=10
     export OPTIMIZE_FLAGS="--samples 8 --promote-samples 8 --held-out-samples 16 --trial-samples 8" DP_SAMPLES=2
 else
     if [ -n "${MODEL:-}" ] && [ -z "${OUT:-}" ]; then

@@ -3,20 +3,21 @@
 #
 # Fine-tunes the shipped model (or MODEL) twice from the same weights, same data order, same steps, side by side with one
 # thread each (so both get the same machine): a control with the plain DDPM loss, and one with the S2-DM skip-step
-# loss (K = 10, τ = 0.99). Then evaluates that model and both fine-tunes at NFE 5, 10, 25 with DDIM on
+# loss (K = 10, τ = 0.99). Then evaluates that model and both fine-tunes at NFES (5, 10, 25) with DDIM on
 # uniform steps and with the Optuna-searched schedules of bench/peers.sh (searched on that model).
 # Writes $OUT-{base,control,s2dm}.{md,json,csv,png}; the wall time of each fine-tune is in
 # its checkpoint (stepdrop-search export prints it into the card).
 #
 # Environment knobs (defaults are what the committed 500-step results used): MODEL (a checkpoint to start from
 # instead of the shipped model: it is the base row too), STEPS (fine-tune steps), LR, SAMPLES,
-# SEEDS, POLICIES (folder of optuna-ddim-nfe*.json), RUNS (checkpoint folder), OUT (results stem). A longer run
+# SEEDS, NFES, POLICIES (folder of optuna-ddim-nfe$NFE.json for each), RUNS (checkpoint folder), OUT (results stem). A longer run
 # wants its own RUNS and OUT, e.g. STEPS=4000 RUNS=runs/s2dm-4000 OUT=bench/results/s2dm-ablation-4000 bash bench/s2dm_ablation.sh
 set -euo pipefail
 STEPS=${STEPS:-500}
 LR=${LR:-2e-4}
 SAMPLES=${SAMPLES:-256}
 SEEDS=${SEEDS:-3}
+NFES=${NFES:-5,10,25}
 POLICIES=${POLICIES:-bench/results/peers}
 RUNS=${RUNS:-runs/s2dm-ablation}
 OUT=${OUT:-bench/results/s2dm-ablation}
@@ -37,7 +38,7 @@ wait "$control"  # one wait per run: a failed fine-tune stops the script (a bare
 wait "$s2dm"
 
 policies=()
-for nfe in 5 10 25; do policies+=(--policy "$POLICIES/optuna-ddim-nfe$nfe.json"); done
+for nfe in ${NFES//,/ }; do policies+=(--policy "$POLICIES/optuna-ddim-nfe$nfe.json"); done
 for name in base control s2dm; do
     model=()
     if [ "$name" = base ]; then
@@ -45,6 +46,6 @@ for name in base control s2dm; do
     else
         model=(--model "$RUNS/$name/last.pt")
     fi
-    stepdrop-search evaluate "${model[@]}" --baselines ddim --nfe 5,10,25 "${policies[@]}" \
+    stepdrop-search evaluate "${model[@]}" --baselines ddim --nfe "$NFES" "${policies[@]}" \
         --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --out "$OUT-$name"
 done
