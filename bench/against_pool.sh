@@ -7,10 +7,9 @@
 # the TOP best of the screen (and what the flags add) at SAMPLES samples, SEEDS seeds (bench/screen_pool.py says why);
 # then DIR/paired.md (every row against the export, paired per seed) and DIR/rung-correlation.txt. A report already in
 # DIR is kept. The caller defines ev (its `stepdrop-search evaluate` with model and device) and SEEDS,
-# SCREEN_FORWARDS, TOP; POOL_METRICS (default
-# fid,kid) are the full-size measures; ALSO_MATCH (a regular expression) adds the screen's TOP best rows whose names
-# match it ('\+cfg[0-9.]+-nfe': the best constant-guidance rows, which the export must beat whether or not they lead the
-# screen).
+# SCREEN_FORWARDS, TOP; POOL_METRICS (default fid,kid) are the full-size measures; ALSO_MATCH (a regular expression)
+# adds the screen's TOP best rows whose names match it ('\+cfg[0-9.]+-nfe': the best constant-guidance rows, which the
+# export must beat whether or not they lead the screen).
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 against_pool() {

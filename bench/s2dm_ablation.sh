@@ -9,8 +9,8 @@
 # its checkpoint (stepdrop-search export prints it into the card).
 #
 # Environment knobs (defaults are what the committed 500-step results used): MODEL (a checkpoint to start from
-# instead of the shipped model: it is the base row too), STEPS (fine-tune steps), LR, SAMPLES,
-# SEEDS, NFES, POLICIES (folder of optuna-ddim-nfe$NFE.json for each), RUNS (checkpoint folder), OUT (results stem). A longer run
+# instead of the shipped model: it is the base row too), STEPS (fine-tune steps), LR, SAMPLES, SEEDS, NFES,
+# POLICIES (folder of optuna-ddim-nfe$NFE.json for each), RUNS (checkpoint folder), OUT (results stem). A longer run
 # wants its own RUNS and OUT, e.g. STEPS=4000 RUNS=runs/s2dm-4000 OUT=bench/results/s2dm-ablation-4000 bash bench/s2dm_ablation.sh
 set -euo pipefail
 STEPS=${STEPS:-500}
