@@ -14,7 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=${OLD:-$(python bench/replaced_revision.py)} ||
     { echo "no earlier shipped model in this clone's history (a shallow clone?): fetch it or set OLD" >&2; exit 2; }
-NEW=${NEW:-}
 SAMPLES=${SAMPLES:-2000}
 SEEDS=${SEEDS:-3}
 OUT=${OUT:-bench/results/model-compare}
@@ -25,25 +24,28 @@ old_model=$(mktemp /tmp/stepdrop-old-model.XXXXXX)
 trap 'rm -f "$old_model"' EXIT
 if [ -f "$OLD" ]; then cp "$OLD" "$old_model"; else git show "$OLD:stepdrop_search/assets/default-xs-fashion-mnist.pt" > "$old_model"; fi
 
-has_rows() {  # has_rows REPORT SOLVER NFES: the report holds the row SOLVER-NFE for each NFE of the list
-    python -c "import json, sys; names = {r['name'] for r in json.load(open(sys.argv[1]))['results']}
-sys.exit(0 if all(f'{sys.argv[2]}-{n}' in names for n in sys.argv[3].split(',')) else 1)" "$@"
+has_rows() {  # has_rows REPORT SOLVER NFES MODEL: REPORT holds SOLVER-NFE for each NFE, measured on MODEL's weights
+    python -c "import json, sys
+from stepdrop_search.checkpoint import load_checkpoint_model
+report = json.load(open(sys.argv[1]))
+names, meta = {r['name'] for r in report['results']}, report['meta']
+same = (meta.get('samples'), meta.get('seeds')) == (int('$SAMPLES'), int('$SEEDS'))
+same = same and meta.get('model_hash') == load_checkpoint_model(sys.argv[4]).weights_hash
+sys.exit(0 if same and all(f'{sys.argv[2]}-{n}' in names for n in sys.argv[3].split(',')) else 1)" "$@"
 }
-rows() {  # rows NAME MODEL_FLAG…: the compared rows on one model; a report already written for the old model is kept
-    local name=$1; shift
-    local ev=(stepdrop-search evaluate "$@" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --device "$DEVICE")
+rows() {  # rows NAME MODEL: the compared rows on one model; a report already written for these weights is kept
+    local name=$1 model=$2
+    local ev=(stepdrop-search evaluate --model "$model" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid
+              --device "$DEVICE")
     local solver nfes
     for solver in $ROWS; do
         nfes=${solver#*:} solver=${solver%%:*}
-        # the revision fixes the old model's rows: a report already written is kept when it holds every wanted NFE
-        [ "$name" = old ] && [ -f "$OUT-$name-$solver.json" ] && has_rows "$OUT-$name-$solver.json" "$solver" "$nfes" \
-            && continue
+        # a rerun resumes: a report is kept when it holds every wanted NFE on the same weights, samples and seeds
+        [ -f "$OUT-$name-$solver.json" ] && has_rows "$OUT-$name-$solver.json" "$solver" "$nfes" "$model" && continue
         "${ev[@]}" --baselines "$solver" --nfe "$nfes" --out "$OUT-$name-$solver"
     done
 }
-new_model=()
-[ -n "$NEW" ] && new_model=(--model "$NEW")
-rows old --model "$old_model"
-rows new "${new_model[@]}"
+rows old "$old_model"
+rows new "${NEW:-stepdrop_search/assets/default-xs-fashion-mnist.pt}"
 python bench/model_compare.py --old "$OUT"-old-*.json --new "$OUT"-new-*.json > "$OUT.md"
 cat "$OUT.md"
