@@ -587,8 +587,9 @@ def optimize(
                                         "solver coefficients; by default at NFE ≤ 6), dp-gits, dp-oss, optuna (the pool's "
                                         "analytic schedules are always scored)", rich_help_panel=SEARCH)] = "all",
     kind: Annotated[str, typer.Option(help="policy kind to search (explicit = free step sets)", rich_help_panel=SEARCH)] = "explicit",
-    solver: Annotated[str, typer.Option(help="auto (every solver in the pool, the best ones searched) or one of: "
-                                        + SOLVER_NAMES, rich_help_panel=SEARCH)] = "auto",
+    solver: Annotated[str, typer.Option(help="auto (every solver in the pool, the best ones searched), one of: "
+                                        + SOLVER_NAMES + "; or a comma-separated list (the pool holds only these, the "
+                                        "best ones searched)", rich_help_panel=SEARCH)] = "auto",
     trials: Annotated[int, typer.Option(help="finished trials the study should hold (resumes count); --budget "
                                         "usually stops the search first", rich_help_panel=SEARCH)] = 10000,
     budget: Annotated[float | None, typer.Option(help="seconds for the whole run, teacher, DPs, search and selection "

@@ -289,6 +289,26 @@ def test_search_eta_with_a_solver_without_eta_is_refused():
         OptimizeSettings.from_flags(nfe=5, solver="dpmpp-2m", search_eta=True)
 
 
+@pytest.mark.parametrize("solver", ["ddim,ddim", ",", "ddim,euler"])
+def test_a_solver_list_must_name_each_known_solver_once(solver):
+    with pytest.raises(UserError, match="--solver|euler"):
+        OptimizeSettings.from_flags(nfe=5, solver=solver)
+
+
+def test_a_solver_list_keeps_only_those_solvers_in_the_pool_and_the_search(tiny_checkpoint, tiny_features, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = OptimizeSettings.from_flags(nfe=4, method="optuna", solver="ddim, dpmpp-2m", model=str(tiny_checkpoint),
+                                      features=str(tiny_features), trials=2, budget=None, **SMALL)
+    assert cfg.pool_solvers() == ("ddim", "dpmpp-2m") and cfg.search.pinned_solver is None
+    result = optimize(cfg)
+    assert {c.document.solver.name for c in result.candidates} == {"ddim", "dpmpp-2m"}
+    assert set(result.search_solvers) == {"ddim", "dpmpp-2m"}  # rung 1 ranks both; neither is dropped unasked
+    assert (tmp_path / "policies" / "best-explicit-ddim+dpmpp-2m-nfe4.json").exists()
+    with pytest.raises(UserError, match="--search-eta|--kind"):
+        OptimizeSettings.from_flags(nfe=4, solver="ddim,dpmpp-2m", kind="karras")
+
+
 def test_optimize_refuses_a_feature_network_of_another_image_shape_before_any_work(tiny_checkpoint, tmp_path):
     from stepdrop_search.objectives.features import default_features_path
 

@@ -36,7 +36,7 @@ def export_path(run: Run, cand: Candidate, index: int = 0) -> Path:
     if settings.output.out:
         return Path(settings.output.out)
     suffix = "" if settings.model.runtime == "stepdrop" else f"-{settings.model.runtime}"
-    return Path(f"policies/best-{settings.search.kind}-{settings.search.solver}-nfe{nfe}{suffix}.json")
+    return Path(f"policies/best-{settings.search.kind}-{settings.search.solver_label}-nfe{nfe}{suffix}.json")
 
 
 def selection_record(board: Leaderboard) -> dict:

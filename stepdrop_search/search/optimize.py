@@ -214,8 +214,8 @@ def score_pool(run: Run) -> None:
 def searched_solvers(run: Run) -> tuple[str, ...]:
     """The pinned solver, or the best solvers of the pool's rung 1 (which depends only on what the study's settings
     fix, so a resumed study gets the same set; a study that recorded its set keeps it)."""
-    if run.settings.search.solver != "auto":
-        return (run.settings.search.solver,)
+    if (pinned := run.settings.search.pinned_solver) is not None:
+        return (pinned,)
     recorded = run.study.user_attrs.get("search_solvers") if run.study is not None else None
     if recorded:
         return tuple(recorded)

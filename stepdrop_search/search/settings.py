@@ -147,13 +147,30 @@ class SearchSettings:
         if set(self.methods) & {"gradient", "learned-solver", "dp-gits", "dp-oss"} and self.kind != "explicit":
             raise UserError("gradient, learned-solver and DP methods produce explicit schedules; use --method optuna to search "
                             "another --kind")
-        if self.solver == "auto" and (self.kind != "explicit" or self.search_eta):
-            raise UserError("--solver auto searches step sets across solvers; name one --solver to search "
+        if self.solver != "auto" and (not self.solvers or len(set(self.solvers)) != len(self.solvers)):
+            raise UserError(f"--solver {self.solver!r} must be auto, one solver, or a list naming each solver once")
+        if self.pinned_solver is None and (self.kind != "explicit" or self.search_eta):
+            raise UserError(f"--solver {self.solver} searches step sets across solvers; name one --solver to search "
                             "--kind or --search-eta")
-        if self.search_eta and self.solver not in eta_solvers():
+        if self.search_eta and self.pinned_solver not in eta_solvers():
             raise UserError(f"--search-eta searches η, which only {', '.join(eta_solvers())} has; drop it or use --solver ddim")
         search_seed(self.seed)  # in the search range
         Teacher.parse(self.teacher)
+
+    @property
+    def solvers(self) -> tuple[str, ...]:
+        """``--solver`` as a tuple of names: ``auto`` → () (every solver the runtime has), else the comma list."""
+        return () if self.solver == "auto" else tuple(n.strip() for n in self.solver.split(",") if n.strip())
+
+    @property
+    def solver_label(self) -> str:
+        """``--solver`` as a study's and an export's name part: ``auto``, or the names joined by ``+``."""
+        return "+".join(self.solvers) or "auto"
+
+    @property
+    def pinned_solver(self) -> str | None:
+        """The one solver searched when ``--solver`` names exactly one; None when the pool's rung 1 picks them."""
+        return self.solvers[0] if len(self.solvers) == 1 else None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -206,14 +223,15 @@ class OptimizeSettings:
     output: OutputSettings = field(default_factory=OutputSettings)
 
     def __post_init__(self) -> None:
-        """The checks that need two parts: a pinned solver must run at the NFE under the runtime."""
+        """The checks that need two parts: each named solver must run at the NFE under the runtime."""
         runtime, search = self.model.run_runtime, self.search
-        if search.solver != "auto":
-            SolverSpec(search.solver)
-            runtime.check_solver(search.solver)
-            spec_for_nfe(search.solver, search.nfe, runtime=runtime)  # an NFE this solver cannot run in is refused here
-        if search.search_eta and search.solver in runtime.fixed_eta:
-            raise UserError(f"runtime {self.model.runtime} runs {search.solver} at η = {runtime.fixed_eta[search.solver]:g} "
+        for name in search.solvers:
+            SolverSpec(name)
+            runtime.check_solver(name)
+            spec_for_nfe(name, search.nfe, runtime=runtime)  # an NFE this solver cannot run in is refused here
+        if search.search_eta and search.pinned_solver in runtime.fixed_eta:
+            pinned = search.pinned_solver
+            raise UserError(f"runtime {self.model.runtime} runs {pinned} at η = {runtime.fixed_eta[pinned]:g} "
                             "only; drop --search-eta")
         if not self.pool_solvers():
             raise UserError(f"runtime {self.model.runtime} has none of the solvers to search")
@@ -248,8 +266,8 @@ class OptimizeSettings:
 
     def pool_solvers(self) -> tuple[str, ...]:
         """Every fixed-coefficient solver the runtime has (``--solver auto``; a learned solver is learned by its own method,
-        not tried on the pool's schedules, where without coefficients it is its base solver), or the pinned one."""
-        return self.model.run_runtime.solver_names(fixed_solvers()) if self.search.solver == "auto" else (self.search.solver,)
+        not tried on the pool's schedules, where without coefficients it is its base solver), or the named ones."""
+        return self.search.solvers or self.model.run_runtime.solver_names(fixed_solvers())
 
     @property
     def study_name(self) -> str:
@@ -257,7 +275,7 @@ class OptimizeSettings:
         if search.study:
             return search.study
         span = f"{search.nfe_range[0]}-{search.nfe_range[1]}" if search.multi_objective else str(search.nfe)
-        return f"{search.kind}-{search.solver}-nfe{span}" + ("" if self.model.runtime == "stepdrop" else f"-{self.model.runtime}")
+        return f"{search.kind}-{search.solver_label}-nfe{span}" + ("" if self.model.runtime == "stepdrop" else f"-{self.model.runtime}")
 
     @property
     def directions(self) -> list[str]:
