@@ -37,7 +37,9 @@ if [ "$QUICK" = 1 ]; then
     LOSSES="--samples 8 --epochs 1 --held-out 16 --teacher ddim-20"
     BIAS="--samples 8 16 --total 32" TEACHERS="--samples 4 --teachers dpmpp-2m-20 ddim-50" SPEED_NFE="4" SPEED_BATCH=16
     # one row per model in the model comparisons, one learned NFE (its export resampled to the main job's NFE)
-    # each export's pool screened on one seed
+    # each export's pool screened on one seed; the main and learned jobs' pools hold five solvers, not all eight
+    # (DPM-Solver++(3M) is where the learned solver starts, UniPC's DP-OSS row where the loss comparison does)
+    POOL_SOLVERS="--solver ddim,dpmpp-2m,dpmpp-3m,heun,unipc"
     COMPARE_ROWS="heun:10" LEARNED_NFES="5" RESAMPLE="5:25:main:optimize-nfe25" SCREEN_FORWARDS=0 SCREEN_SEEDS=1 TOP=2
     FEW_NFES="4" MORE_NFES="10 50" MORE_SAMPLES=8
     # the peers' searches and the S2-DM fine-tunes read these from the environment (the paired peer tables need NFE 5, 10)
@@ -52,7 +54,7 @@ else
     R=${OUT:-bench/results/reproduced}
     BIG=2000 SEEDS=3 SUITE_SAMPLES=100 SUITE_SEEDS=2 BUDGET=480 SPEED_REPEATS=1 FIDELITY_SAMPLES=1000 VARIANCE="" OPT="" LOSSES="" BIAS="--samples 64 256 --total 1024"
     TEACHERS="" SPEED_NFE="10 50" SPEED_BATCH=256
-    COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25" FEW_NFES="3 4 5 6"
+    POOL_SOLVERS="" COMPARE_ROWS="" LEARNED_NFES="5 10" RESAMPLE="5:10:l10:learned-nfe10 10:25:main:optimize-nfe25" FEW_NFES="3 4 5 6"
     MORE_NFES="10 25 50 100 200" MORE_SAMPLES=1000
     SCREEN_FORWARDS=2560 TOP=8
 fi
@@ -136,7 +138,8 @@ kept "$R/suite-stepdrop.json" ||
 
 # The searches come first: what they export decides whether the rest is worth its hours
 step "Searching: the main job, optimize --nfe 25, and its export against its pool"
-kept "$R/optimize-nfe25/best.json" || opt optimize-nfe25 25
+# shellcheck disable=SC2086
+kept "$R/optimize-nfe25/best.json" || opt optimize-nfe25 25 $POOL_SOLVERS
 against_pool "$R/optimize-nfe25" 25 "$BIG"
 
 step "Searching for a tool: optimize --nfe 25 --runtime comfyui, and both exports run through the real clients"
@@ -147,7 +150,8 @@ kept "$R/export-fidelity.md" ||
 
 for nfe in $LEARNED_NFES; do
     step "Learned steps and the published DPs: optimize --nfe $nfe, its export against its pool and DPM-Solver++(2M)-50"
-    kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe"
+    # shellcheck disable=SC2086
+    kept "$R/learned-nfe$nfe/best.json" || opt "learned-nfe$nfe" "$nfe" $POOL_SOLVERS
     against_pool "$R/learned-nfe$nfe" "$nfe" "$BIG" --baselines dpmpp-2m --nfe 50
 done
 
