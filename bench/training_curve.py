@@ -4,8 +4,10 @@ A run trained with ``--snapshot-every N`` keeps its EMA weights every N steps in
 snapshot (and, with ``--start MODEL``, the weights it started from) with DPM-Solver++(2M) on uniform steps at each
 ``--nfe``, on the same x_T (evaluation seeds) for every snapshot, and prints one row per snapshot: proxy-FID and KID,
 each the mean ± std over seeds, and the paired change from the row before (same x_T, so the seed's own noise cancels).
-The last line says whether the curve is flat: at every NFE, the last two snapshots differ by no more than twice the
-std of their paired per-seed differences, in proxy-FID and in KID.
+The last lines say whether the curve is flat: at every NFE, the last two snapshots differ by no more than twice the
+std of their paired per-seed differences, in proxy-FID and in KID; and, with six or more snapshots, the same test on
+the mean of the last three against the mean of the three before (its trend: an EMA's weights wander from snapshot to
+snapshot by more than a paired test at 2000 samples forgives, which the last-two test reads as change).
 
 Choosing a snapshot to ship is a selection, so the curve samples the *selection* noise (seeds 2²⁴ + 2²³ + s,
 :mod:`stepdrop_search.seeds`) by default: the evaluation seeds ``evaluate`` reports the chosen model on stay unseen
@@ -43,6 +45,8 @@ from stepdrop_search.seeds import selection_seed
 
 #: a change smaller than this many std of its paired per-seed differences is read as no change
 FLAT_WITHIN_STD = 2.0
+#: snapshots in each of the two windows the trend compares
+TREND_WINDOW = 3
 #: what must match for a row of an earlier --out to be kept instead of scored again
 SETTINGS = ("solver", "nfe", "samples", "seeds", "noise", "runtime", "features")
 
@@ -82,6 +86,26 @@ def is_flat(before: dict, after: dict) -> bool:
             if len(after[metric][nfe]) < 2 or abs(mean) > FLAT_WITHIN_STD * std:
                 return False
     return True
+
+
+def window_row(rows: list[dict]) -> dict:
+    """A row whose score per metric, NFE and seed is the mean of ``rows``' (each seed drew the same x_T in every row)."""
+    return {metric: {nfe: [statistics.fmean(seed) for seed in zip(*(row[metric][nfe] for row in rows), strict=True)]
+                     for nfe in rows[0][metric]} for metric in ("fid", "kid")}
+
+
+def trend_line(results: list[dict], nfes: list[int]) -> str | None:
+    """The last :data:`TREND_WINDOW` snapshots against the ones before, paired per seed; None with too few snapshots."""
+    snapshots = [row for row in results if row["step"] != "start"]
+    if len(snapshots) < 2 * TREND_WINDOW:
+        return None
+    before, last = snapshots[-2 * TREND_WINDOW:-TREND_WINDOW], snapshots[-TREND_WINDOW:]
+    old, new = window_row(before), window_row(last)
+    changes = ", ".join(f"{label} NFE {nfe} {mean:+.3f} ± {std:.3f}" for metric, label in (("fid", "FID"), ("kid", "KID"))
+                        for nfe in map(str, nfes) for mean, std in [paired_change(old[metric][nfe], new[metric][nfe])])
+    flat = is_flat(old, new)
+    return (f"trend: {'flat' if flat else 'not flat'} (the mean of steps {last[0]['step']}–{last[-1]['step']} against "
+            f"{before[0]['step']}–{before[-1]['step']}, paired: {changes})")
 
 
 def step_order(row: dict) -> int:
@@ -200,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"flat: {'yes' if flat else 'no'} (the last two rows, {results[-2]['step']} and {results[-1]['step']}, "
               f"{'within' if flat else 'not within'} {FLAT_WITHIN_STD:g} std of their paired change at every NFE, "
               "in proxy-FID and KID)")
+    if trend := trend_line(results, args.nfe):
+        print(trend)
     if args.plot:
         plot(results, args.nfe, args.plot, f"{args.run}: {args.solver}, uniform steps, runtime {args.runtime}, "
              f"{args.samples} samples × {args.seeds} {args.noise} seeds")

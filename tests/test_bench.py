@@ -201,6 +201,22 @@ def test_a_curve_is_flat_only_when_every_paired_change_is_within_its_noise():
     assert not curve.is_flat({"fid": {"10": [3.0]}, "kid": {"10": [0.01]}}, {"fid": {"10": [3.0]}, "kid": {"10": [0.01]}})
 
 
+def test_a_curve_trend_compares_the_mean_of_the_last_snapshots_with_the_ones_before():
+    curve = bench_module("training_curve")
+
+    def row(step, fid):
+        return {"step": str(step), "fid": {"10": fid}, "kid": {"10": [0.01, 0.01, 0.01]}}
+
+    offsets = [(0.0, 0.1, -0.1), (0.3, 0.2, 0.4), (-0.1, 0.0, -0.2), (0.25, 0.15, 0.1), (-0.2, -0.1, -0.3), (0.2, 0.25, 0.1)]
+    wander = [row(1000 * (i + 1), [3.0 + a, 3.2 + b, 3.1 + c]) for i, (a, b, c) in enumerate(offsets)]
+    assert not curve.is_flat(wander[-2], wander[-1])  # the last two differ by 0.35–0.4 on every seed
+    assert curve.trend_line(wander, [10]).startswith("trend: flat (the mean of steps 4000–6000 against 1000–3000")
+    falling = [row(1000 * (i + 1), [3.0 - 0.1 * i, 3.2 - 0.1 * i, 3.1 - 0.1 * i]) for i in range(6)]
+    assert "FID NFE 10 -0.300 ± 0.000" in curve.trend_line([row("start", [4, 4, 4])] + falling, [10])
+    assert curve.trend_line(falling, [10]).startswith("trend: not flat")
+    assert curve.trend_line(falling[:5], [10]) is None
+
+
 def test_more_steps_spectrum_puts_fine_detail_in_the_high_band_and_smooth_shading_in_the_low_one():
     """bench/more_steps.py's image check: a checkerboard's power lies in the high band, a gentle ramp's in the low one,
     so a sampler that smooths fine detail shows as less high-band power than the real images."""
