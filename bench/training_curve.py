@@ -103,8 +103,9 @@ def trend_line(results: list[dict], nfes: list[int]) -> str | None:
     old, new = window_row(before), window_row(last)
     changes = ", ".join(f"{label} NFE {nfe} {mean:+.3f} ± {std:.3f}" for metric, label in (("fid", "FID"), ("kid", "KID"))
                         for nfe in map(str, nfes) for mean, std in [paired_change(old[metric][nfe], new[metric][nfe])])
-    flat = is_flat(old, new)
-    return (f"trend: {'flat' if flat else 'not flat'} (the mean of steps {last[0]['step']}–{last[-1]['step']} against "
+    verdict = "cannot tell with one seed" if len(last[0]["fid"][str(nfes[0])]) < 2 else \
+        "flat" if is_flat(old, new) else "not flat"
+    return (f"trend: {verdict} (the mean of steps {last[0]['step']}–{last[-1]['step']} against "
             f"{before[0]['step']}–{before[-1]['step']}, paired: {changes})")
 
 

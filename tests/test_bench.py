@@ -215,6 +215,9 @@ def test_a_curve_trend_compares_the_mean_of_the_last_snapshots_with_the_ones_bef
     assert "FID NFE 10 -0.300 ± 0.000" in curve.trend_line([row("start", [4, 4, 4])] + falling, [10])
     assert curve.trend_line(falling, [10]).startswith("trend: not flat")
     assert curve.trend_line(falling[:5], [10]) is None
+    assert curve.trend_line([row("start", [4, 4, 4])] + falling[:5], [10]) is None  # the start is no snapshot
+    one_seed = [{"step": r["step"], "fid": {"10": r["fid"]["10"][:1]}, "kid": {"10": [0.01]}} for r in falling]
+    assert curve.trend_line(one_seed, [10]).startswith("trend: cannot tell with one seed")
 
 
 def test_more_steps_spectrum_puts_fine_detail_in_the_high_band_and_smooth_shading_in_the_low_one():

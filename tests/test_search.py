@@ -1,6 +1,7 @@
 """DP searches, Optuna studies, durable resume after SIGKILL, and several workers on one study."""
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -289,10 +290,24 @@ def test_search_eta_with_a_solver_without_eta_is_refused():
         OptimizeSettings.from_flags(nfe=5, solver="dpmpp-2m", search_eta=True)
 
 
-@pytest.mark.parametrize("solver", ["ddim,ddim", ",", "ddim,euler"])
-def test_a_solver_list_must_name_each_known_solver_once(solver):
-    with pytest.raises(UserError, match="--solver|euler"):
+@pytest.mark.parametrize("solver", ["ddim,ddim", ",", "ddim,euler", "auto,ddim", "ddim,learned-3m"])
+def test_a_solver_list_must_name_each_known_fixed_solver_once(solver):
+    with pytest.raises(UserError, match="--solver|euler") as refused:
         OptimizeSettings.from_flags(nfe=5, solver=solver)
+    assert "\n" not in str(refused.value)
+    if "learned" in solver:
+        assert "list dpmpp-3m instead" in str(refused.value)
+
+
+def test_a_solver_list_is_one_study_however_it_is_typed_and_each_name_must_run_under_the_runtime():
+    typed = [OptimizeSettings.from_flags(nfe=5, solver=s) for s in ("heun,ddim", " ddim , heun", "ddim,heun,")]
+    assert {t.search.solver for t in typed} == {"ddim,heun"} and {t.study_name for t in typed} == {"explicit-ddim+heun-nfe5"}
+    assert len({json.dumps(t.study_config("w")) for t in typed}) == 1  # what a resumed study is checked against
+    assert OptimizeSettings.from_flags(nfe=5, solver=" ddim ").search.pinned_solver == "ddim"
+    with pytest.raises(UserError, match="dpmpp-3m"):  # ComfyUI has no DPM-Solver++(3M) sampler
+        OptimizeSettings.from_flags(nfe=5, solver="ddim,dpmpp-3m", runtime="comfyui")
+    with pytest.raises(UserError, match="--search-eta"):
+        OptimizeSettings.from_flags(nfe=5, solver="ddim,heun", search_eta=True)
 
 
 def test_a_solver_list_keeps_only_those_solvers_in_the_pool_and_the_search(tiny_checkpoint, tiny_features, tmp_path,

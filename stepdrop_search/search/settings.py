@@ -147,8 +147,15 @@ class SearchSettings:
         if set(self.methods) & {"gradient", "learned-solver", "dp-gits", "dp-oss"} and self.kind != "explicit":
             raise UserError("gradient, learned-solver and DP methods produce explicit schedules; use --method optuna to search "
                             "another --kind")
-        if self.solver != "auto" and (not self.solvers or len(set(self.solvers)) != len(self.solvers)):
+        if self.solver.strip() != "auto" and (not self.solvers or "auto" in self.solvers
+                                              or len(set(self.solvers)) != len(self.solvers)):
             raise UserError(f"--solver {self.solver!r} must be auto, one solver, or a list naming each solver once")
+        if len(self.solvers) > 1 and (learned := [SolverSpec(n).solver for n in self.solvers if SolverSpec(n).solver.learned]):
+            raise UserError(f"--solver lists {', '.join(c.name for c in learned)}, whose coefficients --method "
+                            f"learned-solver learns from its base's steps; list {', '.join(c.base for c in learned)} instead")
+        # one spelling per set of solvers (spaces and order aside), so a resumed study matches its own settings
+        object.__setattr__(self, "solver", ",".join(sorted(self.solvers)) if len(self.solvers) > 1
+                           else self.solvers[0] if self.solvers else "auto")
         if self.pinned_solver is None and (self.kind != "explicit" or self.search_eta):
             raise UserError(f"--solver {self.solver} searches step sets across solvers; name one --solver to search "
                             "--kind or --search-eta")
@@ -159,8 +166,9 @@ class SearchSettings:
 
     @property
     def solvers(self) -> tuple[str, ...]:
-        """``--solver`` as a tuple of names: ``auto`` → () (every solver the runtime has), else the comma list."""
-        return () if self.solver == "auto" else tuple(n.strip() for n in self.solver.split(",") if n.strip())
+        """``--solver`` as a tuple of names: ``auto`` → () (every solver the runtime has), else the comma list (sorted
+        once the settings are made)."""
+        return () if self.solver.strip() == "auto" else tuple(n.strip() for n in self.solver.split(",") if n.strip())
 
     @property
     def solver_label(self) -> str:
