@@ -38,13 +38,16 @@ sys.exit(0 if same and all(f'{sys.argv[2]}-{n}' in names for n in sys.argv[3].sp
 }
 rows() {  # rows NAME MODEL: the compared rows on one model ("": the shipped one); a report already made on them is kept
     local name=$1 model=$2
-    local flag=() weights solver nfes
+    local flag=() weights="" solver nfes
     [ -n "$model" ] && flag=(--model "$model")
-    weights=$(weights_of "$model")
     for solver in $ROWS; do
         nfes=${solver#*:} solver=${solver%%:*}
-        # a rerun resumes: a report is kept when it holds every wanted NFE on the same weights, samples and seeds
-        [ -f "$OUT-$name-$solver.json" ] && has_rows "$OUT-$name-$solver.json" "$solver" "$nfes" "$weights" && continue
+        # a rerun resumes: a report is kept when it holds every wanted NFE on the same weights, samples and seeds (the
+        # weights are hashed once, and only when there is a report to check: a fresh run pays no model load for it)
+        if [ -f "$OUT-$name-$solver.json" ]; then
+            [ -n "$weights" ] || weights=$(weights_of "$model")
+            has_rows "$OUT-$name-$solver.json" "$solver" "$nfes" "$weights" && continue
+        fi
         stepdrop-search evaluate "${flag[@]}" --samples "$SAMPLES" --seeds "$SEEDS" --metrics fid,kid --device "$DEVICE" \
             --baselines "$solver" --nfe "$nfes" --out "$OUT-$name-$solver"
     done
