@@ -150,12 +150,11 @@ class SearchSettings:
         if self.solver.strip() != "auto" and (not self.solvers or "auto" in self.solvers
                                               or len(set(self.solvers)) != len(self.solvers)):
             raise UserError(f"--solver {self.solver!r} must be auto, one solver, or a list naming each solver once")
-        if len(self.solvers) > 1 and (learned := [SolverSpec(n).solver for n in self.solvers if SolverSpec(n).solver.learned]):
+        if len(self.solvers) > 1 and (learned := [s for s in (SolverSpec(n).solver for n in self.solvers) if s.learned]):
             raise UserError(f"--solver lists {', '.join(c.name for c in learned)}, whose coefficients --method "
                             f"learned-solver learns from its base's steps; list {', '.join(c.base for c in learned)} instead")
         # one spelling per set of solvers (spaces and order aside), so a resumed study matches its own settings
-        object.__setattr__(self, "solver", ",".join(sorted(self.solvers)) if len(self.solvers) > 1
-                           else self.solvers[0] if self.solvers else "auto")
+        object.__setattr__(self, "solver", ",".join(sorted(self.solvers)) or "auto")
         if self.pinned_solver is None and (self.kind != "explicit" or self.search_eta):
             raise UserError(f"--solver {self.solver} searches step sets across solvers; name one --solver to search "
                             "--kind or --search-eta")
