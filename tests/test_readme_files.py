@@ -48,3 +48,16 @@ def test_every_bench_result_the_docs_name_exists():
     missing = {doc.name: [name for name in named_in(doc) if not exists(name)] for doc in (ROOT / "docs").glob("*.md")}
     assert sum(len(named_in(doc)) for doc in (ROOT / "docs").glob("*.md")) > 40
     assert not any(missing.values()), f"docs name files that are not there: {missing}"
+
+
+def test_every_relative_link_in_readme_and_docs_resolves_from_its_own_file():
+    """A Markdown link or image is resolved against the file it is in (as GitHub renders it), so a link written from
+    the repository root inside docs/ (`](docs/model.md)`) is broken there."""
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    broken = {
+        str(page.relative_to(ROOT)): [target for target in link.findall(page.read_text())
+                                      if not re.match(r"[a-z]+:|#", target)
+                                      and not (page.parent / target.split("#")[0]).exists()]
+        for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    }
+    assert not any(broken.values()), f"links that do not resolve from their own file: {broken}"
